@@ -1,0 +1,197 @@
+"""`ablate` command line: run, plan, compare, ui, variants."""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from ablate.errors import AblateError
+
+DEFAULT_RESULTS = "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except AblateError as e:
+        print(f"ablate: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ablate: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ablate", description="Architecture ablations for small language models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def store_options(cmd):
+        cmd.add_argument(
+            "--results",
+            type=Path,
+            default=Path(os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS)),
+            help="local store for MLflow, artifacts and the data cache (default: ./results or $ABLATE_RESULTS)",
+        )
+        cmd.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else RESULTS/mlflow.db)")
+
+    run = sub.add_parser("run", help="train every trial of a study and log it to MLflow")
+    run.add_argument("study", type=Path)
+    store_options(run)
+    run.set_defaults(func=_run)
+
+    plan = sub.add_parser("plan", help="show the trials a study would run, with parameter counts")
+    plan.add_argument("study", type=Path)
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=_plan)
+
+    compare = sub.add_parser("compare", help="a table of variants: mean, 95%% CI, difference to the baseline")
+    compare.add_argument("--study", help="study name (default: the one that ran last)")
+    compare.add_argument("--metric", default="val_loss")
+    compare.add_argument("--baseline", help="variant to compare against (default: the study's)")
+    compare.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table")
+    store_options(compare)
+    compare.set_defaults(func=_compare)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on the store (127.0.0.1, a free port)")
+    ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    store_options(ui)
+    ui.set_defaults(func=_ui)
+
+    variants = sub.add_parser("variants", help="list the registered mixers")
+    variants.add_argument("--json", action="store_true")
+    variants.set_defaults(func=_variants)
+    return p
+
+
+def _console():
+    """A rich console; when output is not a terminal, wide enough that tables are not cut."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _store(args) -> tuple[Path, str]:
+    from ablate.tracking import tracking_uri
+
+    return args.results, tracking_uri(args.results, args.tracking_uri)
+
+
+def _store_args(args) -> str:
+    """The store flags to repeat in the hints printed after a run."""
+    out = "" if str(args.results) == os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS) else f" --results {args.results}"
+    return out + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
+
+
+def _run(args) -> int:
+    from ablate import study as study_mod
+    from ablate.runner import run_study
+
+    study = study_mod.load(args.study)  # validates fully before anything is written
+    results, uri = _store(args)
+    _check_writable(results)
+    run_study(study, results, uri, _console(), store_args=_store_args(args))
+    return 0
+
+
+def _check_writable(results: Path) -> None:
+    existing = next(p for p in [results, *results.resolve().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise AblateError(f"--results: {results} is not a writable directory")
+
+
+def _plan(args) -> int:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from ablate import study as study_mod
+
+    study = study_mod.load(args.study)
+    trials = [{k: v for k, v in asdict(t).items() if k != "train"} for t in study.trials]
+    if args.json:
+        print(json.dumps({"study": study.name, "trials": trials}, indent=2))
+        return 0
+    table = Table(title=f"study {study.name}: {len(trials)} trials")
+    for col in ("variant", "seed", "mixer", "layers", "d_model", "heads", "qkv", "ffn", "params", "non-emb"):
+        table.add_column(col, justify="left" if col in ("variant", "mixer") else "right", no_wrap=True)
+    for t in trials:
+        m = t["model"]
+        table.add_row(
+            t["variant"], str(t["seed"]), m["mixer"], str(m["n_layers"]), str(m["d_model"]), str(m["n_heads"]),
+            str(m["qkv_dim"]), str(m["ffn_dim"]) if m["ffn"] else "off",
+            f"{t['n_params']:,}", f"{t['n_params_non_embedding']:,}",
+        )
+    _console().print(table)
+    print("model dicts (mixer options, ffn type) in full: ablate plan --json")
+    return 0
+
+
+def _compare(args) -> int:
+    from rich.table import Table
+
+    from ablate.compare import render, study_runs, summarize
+
+    _, uri = _store(args)
+    name, tags, runs = study_runs(uri, args.study)
+    order = json.loads(tags.get("ablate.variants", "[]"))
+    baseline = args.baseline or tags.get("ablate.baseline")
+    table = summarize(runs, args.metric, baseline, order)
+    if args.format != "table":
+        print(render(table, args.format))
+        return 0
+    out = Table(title=f"{name}: {args.metric} (baseline {baseline or table['variant'].iloc[0]})")
+    for col in table.columns:
+        out.add_column(col, justify="left" if col == "variant" else "right")
+    for row in table.itertuples(index=False):
+        out.add_row(*(_cell(v) for v in row))
+    _console().print(out)
+    return 0
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.4f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _ui(args) -> int:
+    results, uri = _store(args)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise AblateError(f"no store at {uri} yet: run a study first")
+    port = args.port or _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    print(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C stops it)", flush=True)
+    server = subprocess.Popen(cmd)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait()
+        return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _variants(args) -> int:
+    from ablate import registry
+
+    rows = [{"name": n, "description": registry.mixer_class(n).description} for n in registry.variants()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['description']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The backbone every variant shares: embedding, blocks of mixer + optional FFN, norm, tied head."""
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from ablate import registry
+from ablate.layers import FFNS, rms_norm
+
+
+class ModelConfig(BaseModel):
+    """Exactly the dict `build_model` takes (and `ablate plan --json` prints per trial)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mixer: str
+    mixer_options: dict[str, Any] = Field(default_factory=dict)
+    vocab_size: int = Field(8192, gt=1)
+    context: int = Field(256, gt=0)
+    d_model: int = Field(96, gt=0)
+    n_layers: int = Field(4, gt=0)
+    n_heads: int = Field(6, gt=0)
+    qkv_dim: int = Field(384, gt=0)
+    ffn: bool = True
+    ffn_dim: int = Field(384, gt=0)
+    ffn_type: Literal["swiglu", "gelu"] = "swiglu"
+
+    @model_validator(mode="after")
+    def _heads_divide_qkv(self):
+        if self.qkv_dim % self.n_heads:
+            raise ValueError(f"qkv_dim {self.qkv_dim} is not divisible by n_heads {self.n_heads}")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.qkv_dim // self.n_heads
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as a plain dict with every mixer option's default filled in."""
+        options = registry.mixer_options(self.mixer, self.mixer_options)
+        return {**self.model_dump(), "mixer_options": options}
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + mixer(norm(x)), then x + ffn(norm(x)) unless ffn is off."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.mixer = registry.mixer_class(cfg.mixer)(cfg, **cfg.mixer_options)
+        self.ffn = FFNS[cfg.ffn_type](cfg.d_model, cfg.ffn_dim) if cfg.ffn else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(rms_norm(x))
+        if self.ffn is not None:
+            x = x + self.ffn(rms_norm(x))
+        return x
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual output maps scaled by 1/√(2·layers)."""
+        residual_std = 0.02 / (2 * self.cfg.n_layers) ** 0.5
+        for name, p in self.named_parameters():
+            std = residual_std if name.endswith(("out.weight", "w_out.weight")) else 0.02
+            nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x)
+        return F.linear(rms_norm(x), self.embed.weight)
+
+    def n_params(self, non_embedding: bool = False) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.embed.weight.numel() if non_embedding else total
+
+
+def build_model(model: dict[str, Any], device: str | torch.device | None = None) -> LanguageModel:
+    """Build the language model a model dict describes (see ModelConfig for its keys)."""
+    cfg = ModelConfig(**model)
+    cfg = cfg.model_copy(update={"mixer_options": cfg.resolved()["mixer_options"]})
+    with torch.device(device or "cpu"):
+        return LanguageModel(cfg)

@@ -1,0 +1,142 @@
+"""Run a planned study: prepare the data once, then train each trial into its own MLflow run."""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ablate import data, tracking
+from ablate.model import build_model
+from ablate.study import Study, Trial
+from ablate.trainer import TrainConfig, Trainer, seed_everything
+
+
+@dataclass
+class Outcome:
+    trial: Trial
+    status: str  # FINISHED, SKIPPED (finished earlier), KILLED, FAILED
+    metrics: dict = field(default_factory=dict)
+
+
+def run_study(study: Study, results: Path, uri: str, console: Console | None = None, store_args: str = "") -> list[Outcome]:
+    console = console or Console()
+    results.mkdir(parents=True, exist_ok=True)
+    tracker = tracking.Tracker(uri, results)
+
+    start = time.perf_counter()
+    corpus = data.prepare(study.config.data, results / "cache", study.path.parent)
+    meta = corpus.meta
+    how = "built" if corpus.built else "loaded from cache"
+    console.print(
+        f"data: {meta['source']} — {meta['n_train_tokens']:,} train / {meta['n_val_tokens']:,} val tokens, "
+        f"vocab {meta['vocab_size']}, fingerprint {meta['fingerprint']}; tokenizer and splits {how} "
+        f"in {time.perf_counter() - start:.1f}s (build took {meta['build_s']:.1f}s)"
+    )
+
+    exp_id = tracker.experiment(study.name, study.baseline, [v.name for v in study.config.variants])
+    done = tracker.finished_trials(exp_id)
+    todo = [t for t in study.trials if t.key(study.config.data) not in done]
+    outcomes = [Outcome(t, "SKIPPED", done[t.key(study.config.data)]) for t in study.trials if t not in todo]
+    if outcomes:
+        console.print(f"{len(outcomes)} of {len(study.trials)} trials already finished in the store; running the other {len(todo)}")
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[speed]} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        overall = progress.add_task("study", total=sum(t.train["steps"] for t in todo), loss="", speed="")
+        for i, trial in enumerate(todo, 1):
+            label = f"trial {i}/{len(todo)} {trial.variant} seed {trial.seed}"
+            task = progress.add_task(label, total=trial.train["steps"], loss="-", speed="-")
+            outcomes.append(_run_trial(study, trial, corpus, tracker, exp_id, progress, task, overall))
+            progress.remove_task(task)
+            progress.console.print(f"{label}: val_loss {outcomes[-1].metrics['val_loss']:.4f}")
+
+    _summary(study, outcomes, meta, results, uri, time.perf_counter() - start, console, store_args)
+    return outcomes
+
+
+def _run_trial(study, trial, corpus, tracker, exp_id, progress, task, overall) -> Outcome:
+    seed_everything(trial.seed)
+    model = build_model(trial.model)
+    trainer = Trainer(model, corpus, TrainConfig(**trial.train), trial.seed)
+    tags = {
+        tracking.TAG + "study": study.name,
+        tracking.TAG + "variant": trial.variant,
+        tracking.TAG + "seed": str(trial.seed),
+        tracking.TAG + "trial_key": trial.key(study.config.data),
+        tracking.TAG + "data_fingerprint": corpus.meta["fingerprint"],
+        tracking.TAG + "python_version": corpus.meta["python_version"],
+    }
+    params = {
+        **tracking.flatten("model", trial.model),
+        **tracking.flatten("train", trial.train),
+        **tracking.flatten("data", study.config.data.model_dump()),
+        "data.fingerprint": corpus.meta["fingerprint"],
+        "data.unigram_entropy": f"{corpus.meta['unigram_entropy']:.6f}",
+        "variant": trial.variant,
+        "seed": str(trial.seed),
+        "n_params": str(trial.n_params),
+        "n_params_non_embedding": str(trial.n_params_non_embedding),
+        "device": str(trainer.device),
+    }
+    run = tracker.start(exp_id, f"{trial.variant}-seed{trial.seed}", tags, params)
+    run.text(study.text, "study.yaml")
+    last_step = 0
+
+    def on_metrics(step: int, metrics: dict[str, float], kind: str) -> None:
+        nonlocal last_step
+        run.metrics(step, metrics)
+        if kind == "eval":
+            run.flush()
+        else:
+            progress.update(task, completed=step, loss=f"{metrics['train_loss']:.3f}", speed=f"{metrics['tokens_per_s']:,.0f}")
+            progress.advance(overall, step - last_step)
+            last_step = step
+
+    status = "FAILED"
+    try:
+        final = trainer.fit(on_metrics)
+        run.metrics(trial.train["steps"], {k: final[k] for k in ("train_time_s", "mean_tokens_per_s")})
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        run.end(status)
+    return Outcome(trial, status, final)
+
+
+def _summary(study, outcomes, meta, results, uri, elapsed, console, store_args) -> None:
+    table = Table(title=f"study {study.name}")
+    for col in ("variant", "seed", "params (non-emb)", "val_loss", "tokens/s", "status"):
+        table.add_column(col, justify="left" if col in ("variant", "status") else "right")
+    for o in outcomes:
+        m = o.metrics
+        table.add_row(
+            o.trial.variant,
+            str(o.trial.seed),
+            f"{o.trial.n_params:,} ({o.trial.n_params_non_embedding:,})",
+            f"{m['val_loss']:.4f}" if m else "-",
+            f"{m['mean_tokens_per_s']:,.0f}" if m else "-",
+            o.status.lower(),
+        )
+    console.print(table)
+    console.print(
+        f"unigram entropy of the train tokens: {meta['unigram_entropy']:.4f} nats/token "
+        "(the loss of a model that ignores context; val losses should sit far below it)"
+    )
+    console.print(f"study wall time: {elapsed:.0f}s")
+    console.print(f"results: {uri}" + ("" if not uri.startswith("sqlite") else f" (artifacts under {results / 'artifacts'})"))
+    console.print(f"compare: ablate compare{store_args} --study {study.name} --metric val_loss")
+    console.print(f"browse:  ablate ui{store_args}")

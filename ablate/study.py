@@ -1,0 +1,209 @@
+"""Study YAML → validated StudyConfig → plan: the list of trials, before any compute is spent."""
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ablate import registry
+from ablate.data import DataConfig, source_files
+from ablate.errors import AblateError
+from ablate.model import ModelConfig, build_model
+from ablate.trainer import TrainConfig
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _safe_name(value: str) -> str:
+    if not NAME.match(value):
+        raise ValueError("must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+class VariantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    _name = field_validator("name")(_safe_name)
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    variants: list[VariantConfig] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    baseline: str | None = None
+
+    _name = field_validator("name")(_safe_name)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be unique, got {self.seeds}")
+        if self.baseline is not None and self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not a variant{registry.did_you_mean(self.baseline, names)}")
+        return self
+
+
+@dataclass
+class Trial:
+    variant: str
+    seed: int
+    model: dict[str, Any]
+    train: dict[str, Any]
+    n_params: int
+    n_params_non_embedding: int
+
+    def key(self, data: DataConfig) -> str:
+        """Identifies the trial's whole configuration: a rerun skips trials already finished."""
+        spec = {"data": data.model_dump(), **{k: v for k, v in asdict(self).items() if not k.startswith("n_")}}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Study:
+    config: StudyConfig
+    path: Path
+    text: str
+    trials: list[Trial]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def baseline(self) -> str:
+        return self.config.baseline or self.config.variants[0].name
+
+
+def load(path: str | Path) -> Study:
+    """Read, validate and plan a study; every problem is an AblateError naming file, line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise AblateError(f"{path}: cannot read study ({e.strerror})") from None
+    lines = _Lines(path, text)
+    try:
+        config = StudyConfig(**lines.mapping)
+    except ValidationError as e:
+        raise AblateError(lines.explain(e)) from None
+    try:
+        source_files(config.data, path.parent)
+    except AblateError as e:
+        raise AblateError(f"{lines.at(('data', 'source'))}: {e}") from None
+    return Study(config, path, text, [_trial(config, v, seed, i, lines) for i, v in enumerate(config.variants) for seed in config.seeds])
+
+
+def _trial(config: StudyConfig, variant: VariantConfig, seed: int, index: int, lines: "_Lines") -> Trial:
+    merged = {**config.model, **variant.model, "vocab_size": config.data.vocab_size}
+    own = ("variants", index)
+
+    def model_loc(loc: tuple) -> tuple:
+        if not loc:
+            return own + ("model",)
+        if loc[0] == "vocab_size":
+            return ("data", "vocab_size")
+        return (own if loc[0] in variant.model or loc[0] not in config.model else ()) + ("model",) + loc
+
+    def train_loc(loc: tuple) -> tuple:
+        return (own if not loc or loc[0] in variant.train or loc[0] not in config.train else ()) + ("train",) + loc
+
+    try:
+        model_cfg = ModelConfig(**merged)
+    except ValidationError as e:
+        raise AblateError(lines.explain(e, model_loc)) from None
+    try:
+        train_cfg = TrainConfig(**{**config.train, **variant.train})
+    except ValidationError as e:
+        raise AblateError(lines.explain(e, train_loc)) from None
+    try:
+        model = model_cfg.resolved()
+        built = build_model(model, device="meta")
+    except AblateError as e:
+        raise AblateError(f"{lines.at(model_loc(('mixer',)))}: variant {variant.name!r}: {e}") from None
+    return Trial(
+        variant=variant.name,
+        seed=seed,
+        model=model,
+        train=train_cfg.model_dump(mode="json"),
+        n_params=built.n_params(),
+        n_params_non_embedding=built.n_params(non_embedding=True),
+    )
+
+
+class _Lines:
+    """The YAML document as plain data, plus the line of every key, for error messages."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.load(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise AblateError(f"{where}: invalid YAML: {e.problem or e.context}") from None
+        except yaml.YAMLError as e:
+            raise AblateError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise AblateError(f"{path}: a study must be a YAML mapping with name, variants, ...")
+        self.mapping = data
+        self.line: dict[tuple, int] = {}
+        self._index(node, ())
+
+    def _index(self, node, loc: tuple) -> None:
+        self.line[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                self._index(value, loc + (key.value,))
+                self.line[loc + (key.value,)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._index(item, loc + (i,))
+
+    def at(self, loc: tuple) -> str:
+        """'file:line' for the deepest part of loc that the document has."""
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.line:
+                return f"{self.path}:{self.line[loc[:n]]}"
+        return str(self.path)
+
+    def explain(self, error: ValidationError, locate=lambda loc: loc) -> str:
+        """The first validation error as one line: file:line: dotted.key: problem."""
+        err = error.errors()[0]
+        loc = locate(tuple(err["loc"]))
+        key = ".".join(str(p) for p in loc) or "(study)"
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            msg = f"unknown key{registry.did_you_mean(str(loc[-1]), known)}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        return f"{self.at(loc)}: {key}: {msg}"
+
+
+def _known_keys(parent: tuple) -> list[str]:
+    if parent in ((), ("study",)):
+        return list(StudyConfig.model_fields)
+    last = parent[-1]
+    if isinstance(last, int):
+        return list(VariantConfig.model_fields)
+    return list({"data": DataConfig, "model": ModelConfig, "train": TrainConfig}.get(last, StudyConfig).model_fields)

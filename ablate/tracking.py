@@ -1,0 +1,118 @@
+"""MLflow as the results store: one experiment per study, one run per trial.
+
+Metrics are buffered and written with `log_batch` at eval points and when a run
+ends, so logging costs no per-step round trips to the store.
+"""
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ablate.errors import AblateError
+
+TAG = "ablate."
+
+
+def tracking_uri(results: Path, explicit: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the SQLite file under results/."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results.resolve() / 'mlflow.db'}"
+
+
+def client(uri: str):
+    from mlflow import MlflowClient  # importing mlflow resets its loggers, so quieten them after
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def flatten(prefix: str, value: Any) -> dict[str, str]:
+    """Nested settings as MLflow params: {'model': {'d_model': 64}} → {'model.d_model': '64'}."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else str(value)}
+
+
+class Tracker:
+    def __init__(self, uri: str, results: Path):
+        self.uri, self.results = uri, results
+        self.client = client(uri)
+
+    def experiment(self, name: str, baseline: str, variants: list[str]) -> str:
+        """The study's experiment, created on first use with its artifacts under results/."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:///"):
+                location = (self.results.resolve() / "artifacts" / name).as_uri()
+            exp_id = self.client.create_experiment(name, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        self.client.set_experiment_tag(exp_id, TAG + "study", name)
+        self.client.set_experiment_tag(exp_id, TAG + "baseline", baseline)
+        self.client.set_experiment_tag(exp_id, TAG + "variants", json.dumps(variants))
+        return exp_id
+
+    def finished_trials(self, exp_id: str) -> dict[str, dict[str, float]]:
+        """trial key → final metrics of the trials that already have a FINISHED run."""
+        runs = self.client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'", max_results=50_000)
+        return {r.data.tags.get(TAG + "trial_key"): r.data.metrics for r in runs}
+
+    def start(self, exp_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> "RunLog":
+        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
+        log = RunLog(self.client, run.info.run_id)
+        log.params(params)
+        return log
+
+
+class RunLog:
+    """One MLflow run: buffered metrics, flushed in batches."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+        self.pending: list = []
+
+    def params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending.extend(Metric(k, float(v), now, step) for k, v in values.items())
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), 1000):  # and at most 1000 metrics
+            self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
+        self.pending = []
+
+    def text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def end(self, status: str) -> None:
+        try:
+            self.flush()
+        finally:
+            self.client.set_terminated(self.run_id, status)
+
+
+def latest_study(c) -> str:
+    """The study whose runs started most recently."""
+    exps = [e for e in c.search_experiments(max_results=50_000) if TAG + "study" in e.tags]
+    if not exps:
+        raise AblateError("no ablate study found in the store (run `ablate run STUDY.yaml` first)")
+    runs = c.search_runs([e.experiment_id for e in exps], order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise AblateError("the store holds studies but no runs yet")
+    return next(e.name for e in exps if e.experiment_id == runs[0].info.experiment_id)

@@ -1,0 +1,138 @@
+"""The one trainer every variant shares. It knows nothing of studies or MLflow:
+it reports metrics through a callback."""
+
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ablate.data import Batches, Corpus, val_batches
+
+# callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval.
+Callback = Callable[[int, dict[str, float], str], None]
+
+
+class TrainConfig(BaseModel):
+    """The `train:` section of a study (defaults: the Strawberry seed recipe)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(10_000, gt=0)
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = Field(1e-3, ge=0)
+    warmup: int = Field(500, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr·min_lr_ratio")
+    grad_clip: float | None = Field(1.0, gt=0)
+    eval_every: int = Field(250, gt=0)
+    eval_batches: int = Field(20, gt=0)
+    log_every: int = Field(10, gt=0, description="steps between host reads of the train loss")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup > self.steps:
+            raise ValueError(f"warmup ({self.warmup}) is longer than steps ({self.steps})")
+        return self
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def seed_everything(seed: int) -> None:
+    """One seed fixes the initialisation (and, through Batches, the data order)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to min_lr_ratio at the last step."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, corpus: Corpus, cfg: TrainConfig, seed: int):
+        self.cfg, self.device = cfg, cfg.resolved_device()
+        self.model = model.to(self.device)
+        self.context = model.cfg.context
+        self.batches = Batches(corpus.train, self.context, cfg.batch_size, seed)
+        self.val = val_batches(corpus.val, self.context, cfg.batch_size, cfg.eval_batches)
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=cfg.betas,
+            fused=self.device.type == "cuda",
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        cuda = self.device.type == "cuda"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        with self.autocast:
+            logits = self.forward(x)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        total = sum(self.loss(x, y) for x, y in self.val)
+        self.model.train()
+        return float(total) / len(self.val)
+
+    def fit(self, callback: Callback | None = None) -> dict[str, float]:
+        """Train for cfg.steps; return the final train and val loss and the throughput."""
+        cfg, emit = self.cfg, callback or (lambda *_: None)
+        tokens_per_step = cfg.batch_size * self.context
+        loss_sum, n_since = torch.zeros((), device=self.device), 0
+        start = last = time.perf_counter()
+        metrics: dict[str, float] = {}
+        self.model.train()
+        for step in range(1, cfg.steps + 1):
+            loss = self.loss(*next(self.batches))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += loss.detach()
+            n_since += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                metrics["train_loss"] = loss_sum.item() / n_since
+                metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+                metrics["tokens_per_s"] = n_since * tokens_per_step / (now - last)
+                emit(step, {k: metrics[k] for k in ("train_loss", "lr", "tokens_per_s")}, "log")
+                loss_sum.zero_()
+                n_since, last = 0, now
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                eval_start = time.perf_counter()
+                metrics["val_loss"] = self.evaluate()
+                emit(step, {"val_loss": metrics["val_loss"]}, "eval")
+                last += time.perf_counter() - eval_start  # keep eval time out of tokens/s
+        elapsed = time.perf_counter() - start
+        return {
+            "train_loss": metrics["train_loss"],
+            "val_loss": metrics["val_loss"],
+            "train_time_s": elapsed,
+            "mean_tokens_per_s": cfg.steps * tokens_per_step / elapsed,
+        }

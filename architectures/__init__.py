@@ -1,0 +1,1 @@
+"""Sequence mixers, one family per file; each module registers its mixers on import."""
