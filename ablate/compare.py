@@ -73,5 +73,5 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "markdown":
         return table.to_markdown(index=False, floatfmt=".4f")
     if fmt == "json":
-        return json.dumps(json.loads(table.to_json(orient="records")), indent=2)
+        return json.dumps(json.loads(table.to_json(orient="records", double_precision=15)), indent=2)
     raise AblateError(f"unknown format {fmt!r}")

@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
 from ablate import registry
@@ -28,11 +28,13 @@ class ModelConfig(BaseModel):
     ffn_dim: int = Field(384, gt=0)
     ffn_type: Literal["swiglu", "gelu"] = "swiglu"
 
-    @model_validator(mode="after")
-    def _heads_divide_qkv(self):
-        if self.qkv_dim % self.n_heads:
-            raise ValueError(f"qkv_dim {self.qkv_dim} is not divisible by n_heads {self.n_heads}")
-        return self
+    @field_validator("qkv_dim")
+    @classmethod
+    def _heads_divide_qkv(cls, qkv_dim: int, info: ValidationInfo) -> int:
+        n_heads = info.data.get("n_heads")
+        if n_heads and qkv_dim % n_heads:
+            raise ValueError(f"qkv_dim {qkv_dim} is not divisible by n_heads {n_heads}")
+        return qkv_dim
 
     @property
     def head_dim(self) -> int:

@@ -10,7 +10,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ablate.data import Batches, Corpus, val_batches
 
@@ -37,11 +37,13 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     compile: bool = False
 
-    @model_validator(mode="after")
-    def _warmup_fits(self):
-        if self.warmup > self.steps:
-            raise ValueError(f"warmup ({self.warmup}) is longer than steps ({self.steps})")
-        return self
+    @field_validator("warmup")
+    @classmethod
+    def _warmup_fits(cls, warmup: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if steps and warmup > steps:
+            raise ValueError(f"warmup ({warmup}) is longer than steps ({steps})")
+        return warmup
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

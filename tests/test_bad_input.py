@@ -1,0 +1,51 @@
+"""A malformed study stops before any training: exit 2, one line naming the key and line, nothing written."""
+
+import pytest
+
+from ablate.cli import main
+from tests.conftest import TINY_STUDY, write_study
+
+CASES = {
+    "unknown key": (("steps: 30", "stpes: 30"), "study.yaml:4: train.stpes: unknown key (did you mean 'steps'?)"),
+    "unknown top-level key": (("seeds: [0, 1]", "seeds: [0, 1]\nseed: 3"), "study.yaml:9: seed: unknown key (did you mean 'seeds'?)"),
+    "unknown variant": (("mixer: mha}", "mixer: mhaa}"), "study.yaml:6: variant 'mha': unknown variant 'mhaa' (did you mean 'mha'?)"),
+    "wrong type": (("d_model: 32", "d_model: wide"), "study.yaml:3: model.d_model: Input should be a valid integer"),
+    "negative lr": (("steps: 30", "steps: 30, lr: -0.1"), "study.yaml:4: train.lr: Input should be greater than 0"),
+    "missing data file": (("source: stdlib", "source: missing.txt"), "study.yaml:2: data.source:"),
+    "zero size": (("n_layers: 1", "n_layers: 0"), "study.yaml:3: model.n_layers: Input should be greater than 0"),
+    "heads do not divide": (("n_heads: 2", "n_heads: 3"), "study.yaml:3: model.qkv_dim: qkv_dim 32 is not divisible by n_heads 3"),
+    "unknown mixer option": (("mixer: mha}", "mixer: mha, mixer_options: {windw: 4}}"), "has no option 'windw' (did you mean 'window'?)"),
+    "variant override wrong": (("mixer: aft-simple, ffn: false", "mixer: aft-simple, ffn: maybe"), "study.yaml:7: variants.1.model.ffn: Input should be a valid boolean"),
+    "unsafe name": (("name: tiny", "name: ../escape"), "study.yaml:1: name: must be"),
+    "bad yaml": (("variants:", "variants: [\n"), "invalid YAML"),
+    "baseline not a variant": (("seeds: [0, 1]", "seeds: [0, 1]\nbaseline: mah"), "baseline 'mah' is not a variant (did you mean 'mha'?)"),
+    "duplicate seeds": (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be unique"),
+    "warmup too long": (("warmup: 5", "warmup: 500"), "study.yaml:4: train.warmup: warmup (500) is longer than steps (30)"),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_malformed_study_gives_one_line_and_exit_2(case, tmp_path, capsys):
+    (old, new), expected = CASES[case]
+    assert old in TINY_STUDY
+    path = write_study(tmp_path, TINY_STUDY.replace(old, new, 1))
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ablate: error: ")
+    assert expected in err
+    assert "Traceback" not in err
+    assert not results.exists()
+
+
+def test_missing_study_file(tmp_path, capsys):
+    assert main(["plan", str(tmp_path / "none.yaml")]) == 2
+    assert "cannot read study" in capsys.readouterr().err
+
+
+def test_unwritable_results_directory(tmp_path, capsys):
+    path = write_study(tmp_path, TINY_STUDY)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", str(path), "--results", str(blocker / "results")]) == 2
+    assert "not a writable directory" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""The whole path a researcher walks: plan → run → MLflow store → compare → ui."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import ablate
+import mlflow
+import pytest
+from ablate.cli import main
+from tests.conftest import TINY_STUDY, write_study
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny study run once by the installed `ablate` command into a fresh results dir."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    study = write_study(tmp, TINY_STUDY)
+    results = tmp / "results"
+    proc = subprocess.run(
+        ["ablate", "run", str(study), "--results", str(results)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    return study, results, proc.stdout
+
+
+def test_run_logs_one_finished_run_per_trial(finished):
+    study, results, stdout = finished
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    pairs = sorted(zip(runs["tags.ablate.variant"], runs["tags.ablate.seed"]))
+    assert pairs == [("aft", "0"), ("aft", "1"), ("mha", "0"), ("mha", "1")]
+    assert set(runs["tags.ablate.study"]) == {"tiny"}
+    assert all(math.isfinite(v) for v in runs["metrics.val_loss"])
+    assert set(runs["params.model.d_model"]) == {"32"} and set(runs["params.train.steps"]) == {"30"}
+    assert runs["params.data.fingerprint"].nunique() == 1
+
+    client = mlflow.MlflowClient()
+    run_id = runs["run_id"].iloc[0]
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [15, 30]
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(5, 31, 5))
+    artifact = client.download_artifacts(run_id, "study.yaml", str(results / "dl"))
+    assert open(artifact).read() == study.read_text()
+    assert str(results / "artifacts" / "tiny") in runs["artifact_uri"].iloc[0]
+
+    assert "unigram entropy" in stdout and "ablate compare" in stdout
+
+
+def test_compare_json_means_equal_the_runs(finished, capsys):
+    _, results, _ = finished
+    assert main(["compare", "--results", str(results), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    assert [r["variant"] for r in rows] == ["mha", "aft"]  # the study's order; mha is the baseline
+    for row in rows:
+        values = runs.loc[runs["tags.ablate.variant"] == row["variant"], "metrics.val_loss"]
+        assert row["n"] == 2
+        assert row["mean"] == pytest.approx(values.mean(), abs=1e-12)
+        assert row["std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
+        assert row["ci95_low"] < row["mean"] < row["ci95_high"]
+    assert rows[0]["diff_vs_baseline"] == 0
+    assert rows[1]["diff_vs_baseline"] == pytest.approx(rows[1]["mean"] - rows[0]["mean"])
+
+    for fmt in ("table", "csv", "markdown"):
+        assert main(["compare", "--results", str(results), "--study", "tiny", "--format", fmt]) == 0
+        assert "aft" in capsys.readouterr().out
+
+
+def test_rerun_skips_finished_trials(finished):
+    study, results, _ = finished
+    proc = subprocess.run(["ablate", "run", str(study), "--results", str(results)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 of 4 trials already finished" in proc.stdout
+    assert len(mlflow.search_runs(experiment_names=["tiny"])) == 4
+
+
+def test_plan_json_gives_the_model_dicts_build_model_takes(tmp_path, capsys):
+    assert main(["plan", str(write_study(tmp_path, TINY_STUDY)), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["study"] == "tiny" and len(plan["trials"]) == 4
+    for trial in plan["trials"]:
+        assert set(trial) == {"variant", "seed", "model", "n_params", "n_params_non_embedding"}
+        model = ablate.build_model(trial["model"])
+        assert trial["n_params"] == sum(p.numel() for p in model.parameters())
+    assert not (tmp_path / "results").exists()
+
+
+def test_variants_lists_every_mixer_with_a_description(capsys):
+    assert main(["variants", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ablate.variants()
+    assert {"mha", "aft-simple"} <= set(ablate.variants())
+    assert all(r["description"] for r in rows)
+
+
+def test_ui_serves_the_store(finished):
+    _, results, _ = finished
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "ablate.cli", "ui", "--results", str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+", ui.stdout.readline()).group(0)
+        deadline = time.time() + 120
+        while True:
+            try:
+                body = urllib.request.urlopen(f"{url}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")
+                break
+            except OSError:
+                assert time.time() < deadline and ui.poll() is None, "the MLflow UI did not come up"
+                time.sleep(0.5)
+        assert json.load(body)["experiment"]["name"] == "tiny"
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)

@@ -1,0 +1,50 @@
+"""The shared trainer: schedule, learning, determinism."""
+
+import math
+
+import pytest
+
+import ablate
+from ablate.trainer import TrainConfig, Trainer, lr_factor, seed_everything
+
+MODEL = dict(mixer="mha", vocab_size=512, context=32, d_model=32, n_layers=1, n_heads=2, qkv_dim=32, ffn_dim=64)
+TRAIN = dict(steps=40, batch_size=8, warmup=5, eval_every=20, eval_batches=2, log_every=5)
+
+
+def _fit(corpus, seed, model=MODEL, **train):
+    seed_everything(seed)
+    events = []
+    trainer = Trainer(ablate.build_model(model), corpus, TrainConfig(**{**TRAIN, **train}), seed)
+    final = trainer.fit(lambda step, metrics, kind: events.append((step, kind, metrics)))
+    return final, events
+
+
+def test_schedule_warms_up_linearly_then_decays_to_the_floor():
+    cfg = TrainConfig(steps=100, warmup=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.55)
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_training_learns_and_reports_through_the_callback(corpus):
+    final, events = _fit(corpus, 0, steps=120, eval_every=60)
+    first_log = next(m for s, k, m in events if k == "log")
+    assert first_log["train_loss"] < math.log(512) + 0.1
+    assert final["val_loss"] < first_log["train_loss"] - 0.5
+    assert [s for s, k, _ in events if k == "eval"] == [60, 120]
+    assert [s for s, k, _ in events if k == "log"] == list(range(5, 121, 5))
+
+
+def test_one_seed_gives_the_same_loss_twice(corpus):
+    a, _ = _fit(corpus, 7)
+    b, _ = _fit(corpus, 7)
+    c, _ = _fit(corpus, 8)
+    assert a["val_loss"] == b["val_loss"] and a["train_loss"] == b["train_loss"]
+    assert a["val_loss"] != c["val_loss"]
+
+
+def test_warmup_longer_than_training_is_refused():
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(steps=10, warmup=20)
