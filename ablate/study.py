@@ -108,10 +108,15 @@ def load(path: str | Path) -> Study:
         source_files(config.data, path.parent)
     except AblateError as e:
         raise AblateError(f"{lines.at(('data', 'source'))}: {e}") from None
-    return Study(config, path, text, [_trial(config, v, seed, i, lines) for i, v in enumerate(config.variants) for seed in config.seeds])
+    trials = []
+    for index, variant in enumerate(config.variants):
+        resolved = _resolve(config, variant, index, lines)
+        trials += [Trial(variant=variant.name, seed=seed, **resolved) for seed in config.seeds]
+    return Study(config, path, text, trials)
 
 
-def _trial(config: StudyConfig, variant: VariantConfig, seed: int, index: int, lines: "_Lines") -> Trial:
+def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_Lines") -> dict[str, Any]:
+    """A variant's full model and train settings (defaults merged with its overrides) and sizes."""
     merged = {**config.model, **variant.model, "vocab_size": config.data.vocab_size}
     own = ("variants", index)
 
@@ -138,14 +143,12 @@ def _trial(config: StudyConfig, variant: VariantConfig, seed: int, index: int, l
         built = build_model(model, device="meta")
     except AblateError as e:
         raise AblateError(f"{lines.at(model_loc(('mixer',)))}: variant {variant.name!r}: {e}") from None
-    return Trial(
-        variant=variant.name,
-        seed=seed,
-        model=model,
-        train=train_cfg.model_dump(mode="json"),
-        n_params=built.n_params(),
-        n_params_non_embedding=built.n_params(non_embedding=True),
-    )
+    return {
+        "model": model,
+        "train": train_cfg.model_dump(mode="json"),
+        "n_params": built.n_params(),
+        "n_params_non_embedding": built.n_params(non_embedding=True),
+    }
 
 
 class _Lines:
@@ -201,9 +204,9 @@ class _Lines:
 
 
 def _known_keys(parent: tuple) -> list[str]:
-    if parent in ((), ("study",)):
+    """The keys allowed where an unknown one was found (parent: the path to its mapping)."""
+    if not parent:
         return list(StudyConfig.model_fields)
-    last = parent[-1]
-    if isinstance(last, int):
+    if isinstance(parent[-1], int):
         return list(VariantConfig.model_fields)
-    return list({"data": DataConfig, "model": ModelConfig, "train": TrainConfig}.get(last, StudyConfig).model_fields)
+    return list({"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[parent[-1]].model_fields)

@@ -8,6 +8,8 @@ from tests.conftest import TINY_STUDY, write_study
 CASES = {
     "unknown key": (("steps: 30", "stpes: 30"), "study.yaml:4: train.stpes: unknown key (did you mean 'steps'?)"),
     "unknown top-level key": (("seeds: [0, 1]", "seeds: [0, 1]\nseed: 3"), "study.yaml:9: seed: unknown key (did you mean 'seeds'?)"),
+    "unknown variant key": (("- {name: mha,", "- {name: mha, seeds: [1],"), "study.yaml:6: variants.0.seeds: unknown key"),
+    "unknown model key in a variant": (("mixer: mha}", "mixer: mha, d_modl: 8}"), "study.yaml:6: variants.0.model.d_modl: unknown key (did you mean 'd_model'?)"),
     "unknown variant": (("mixer: mha}", "mixer: mhaa}"), "study.yaml:6: variant 'mha': unknown variant 'mhaa' (did you mean 'mha'?)"),
     "wrong type": (("d_model: 32", "d_model: wide"), "study.yaml:3: model.d_model: Input should be a valid integer"),
     "negative lr": (("steps: 30", "steps: 30, lr: -0.1"), "study.yaml:4: train.lr: Input should be greater than 0"),
