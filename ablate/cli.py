@@ -23,6 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ablate: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(e, MlflowException):
+            raise
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ablate: error: MLflow store: {first_line}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -51,3 +51,11 @@ def test_unwritable_results_directory(tmp_path, capsys):
     blocker.write_text("")
     assert main(["run", str(path), "--results", str(blocker / "results")]) == 2
     assert "not a writable directory" in capsys.readouterr().err
+
+
+def test_unusable_tracking_store(tmp_path, capsys):
+    path = write_study(tmp_path, TINY_STUDY)
+    assert main(["compare", "--tracking-uri", "nosuchscheme://x", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: ") and err.count("\n") == 1
+    assert main(["run", str(path), "--results", str(tmp_path / "r"), "--tracking-uri", "nosuchscheme://x"]) == 2

@@ -38,6 +38,13 @@ def test_token_arrays_are_used_as_they_are(tmp_path):
     assert set(np.unique(np.concatenate([corpus.train, corpus.val]))) <= set(np.unique(tokens))
 
 
+def test_bin_files_hold_uint16_tokens(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 600, size=40_000).astype(np.uint16)
+    tokens.tofile(tmp_path / "train.bin")
+    corpus = prepare(DataConfig(source=str(tmp_path / "train.bin"), vocab_size=600), tmp_path / "cache")
+    assert np.array_equal(np.sort(np.concatenate([corpus.train, corpus.val])), np.sort(tokens))
+
+
 def test_token_ids_beyond_the_vocabulary_are_refused(tmp_path):
     np.save(tmp_path / "tokens.npy", np.arange(5000))
     with pytest.raises(AblateError, match="outside"):
