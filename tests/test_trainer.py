@@ -48,3 +48,11 @@ def test_one_seed_gives_the_same_loss_twice(corpus):
 def test_warmup_longer_than_training_is_refused():
     with pytest.raises(ValueError, match="warmup"):
         TrainConfig(steps=10, warmup=20)
+
+
+@pytest.mark.parametrize("mixer", ablate.variants())
+def test_compiled_training_gives_the_eager_loss(corpus, mixer):
+    model = {**MODEL, "mixer": mixer}
+    eager, _ = _fit(corpus, 0, model=model, steps=10, eval_every=10)
+    compiled, _ = _fit(corpus, 0, model=model, steps=10, eval_every=10, compile=True)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-5)
