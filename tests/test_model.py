@@ -1,5 +1,7 @@
 """Parameter counts, causality of every registered mixer, and AFT numerics."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ import ablate
 from ablate import study
 from ablate.layers import causal_softmax_mean
 
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
 SEED_SHAPE = dict(vocab_size=8192, context=256, d_model=96, n_heads=6, qkv_dim=384, ffn_dim=384)
 
 
@@ -16,16 +19,16 @@ def test_mha_at_seed_shape_has_the_published_parameter_count():
     assert model.n_params(non_embedding=True) == 1_032_192
 
 
-@pytest.mark.parametrize("path", ["studies/ffn_necessity.yaml", "studies/smoke.yaml"])
-def test_plan_counts_equal_the_built_models(path):
-    for trial in study.load(path).trials:
+@pytest.mark.parametrize("name", ["ffn_necessity", "smoke"])
+def test_plan_counts_equal_the_built_models(name):
+    for trial in study.load(STUDIES / f"{name}.yaml").trials:
         model = ablate.build_model(trial.model)
         assert trial.n_params == sum(p.numel() for p in model.parameters())
         assert trial.n_params_non_embedding == trial.n_params - model.embed.weight.numel()
 
 
 def test_ffn_necessity_variants_have_equal_parameter_counts():
-    counts = {t.n_params_non_embedding for t in study.load("studies/ffn_necessity.yaml").trials}
+    counts = {t.n_params_non_embedding for t in study.load(STUDIES / "ffn_necessity.yaml").trials}
     assert counts == {163_840}
 
 
