@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +79,26 @@ def test_rerun_skips_finished_trials(finished):
     assert proc.returncode == 0, proc.stderr
     assert "4 of 4 trials already finished" in proc.stdout
     assert len(mlflow.search_runs(experiment_names=["tiny"])) == 4
+
+
+def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
+    study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 400"))
+    proc = subprocess.Popen(
+        ["ablate", "run", str(study), "--results", str(tmp_path / "results")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    for line in proc.stdout:
+        if line.startswith("trial 1/4"):
+            break
+    proc.send_signal(signal.SIGINT)  # during the second trial
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    statuses = [r.info.status for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])]
+    assert statuses.count("FINISHED") == 1 and set(statuses) <= {"FINISHED", "KILLED"}
 
 
 def test_plan_json_gives_the_model_dicts_build_model_takes(tmp_path, capsys):
