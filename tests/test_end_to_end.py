@@ -17,6 +17,12 @@ from ablate.cli import main
 from tests.conftest import TINY_STUDY, write_study
 
 
+def clean_env() -> dict[str, str]:
+    """The environment for `ablate` subprocesses, without the MLFLOW_TRACKING_URI that
+    mlflow.set_tracking_uri exports in this process."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONUNBUFFERED": "1"}
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """The tiny study run once by the installed `ablate` command into a fresh results dir."""
@@ -24,7 +30,7 @@ def finished(tmp_path_factory):
     study = write_study(tmp, TINY_STUDY)
     results = tmp / "results"
     proc = subprocess.run(
-        ["ablate", "run", str(study), "--results", str(results)], capture_output=True, text=True, timeout=600
+        ["ablate", "run", str(study), "--results", str(results)], capture_output=True, text=True, timeout=600, env=clean_env()
     )
     assert proc.returncode == 0, proc.stderr
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
@@ -75,7 +81,9 @@ def test_compare_json_means_equal_the_runs(finished, capsys):
 
 def test_rerun_skips_finished_trials(finished):
     study, results, _ = finished
-    proc = subprocess.run(["ablate", "run", str(study), "--results", str(results)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["ablate", "run", str(study), "--results", str(results)], capture_output=True, text=True, env=clean_env()
+    )
     assert proc.returncode == 0, proc.stderr
     assert "4 of 4 trials already finished" in proc.stdout
     assert len(mlflow.search_runs(experiment_names=["tiny"])) == 4
@@ -88,7 +96,7 @@ def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=clean_env(),
     )
     for line in proc.stdout:
         if line.startswith("trial 1/4"):
@@ -127,6 +135,7 @@ def test_ui_serves_the_store(finished):
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env=clean_env(),
     )
     try:
         url = re.search(r"http://127\.0\.0\.1:\d+", ui.stdout.readline()).group(0)
