@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
             default=Path(os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS)),
             help="local store for MLflow, artifacts and the data cache (default: ./results or $ABLATE_RESULTS)",
         )
-        cmd.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else RESULTS/mlflow.db)")
+        cmd.add_argument(
+            "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else RESULTS/mlflow.db)"
+        )
 
     run = sub.add_parser("run", help="train every trial of a study and log it to MLflow")
     run.add_argument("study", type=Path)
@@ -129,9 +131,16 @@ def _plan(args) -> int:
     for t in trials:
         m = t["model"]
         table.add_row(
-            t["variant"], str(t["seed"]), m["mixer"], str(m["n_layers"]), str(m["d_model"]), str(m["n_heads"]),
-            str(m["qkv_dim"]), str(m["ffn_dim"]) if m["ffn"] else "off",
-            f"{t['n_params']:,}", f"{t['n_params_non_embedding']:,}",
+            t["variant"],
+            str(t["seed"]),
+            m["mixer"],
+            str(m["n_layers"]),
+            str(m["d_model"]),
+            str(m["n_heads"]),
+            str(m["qkv_dim"]),
+            str(m["ffn_dim"]) if m["ffn"] else "off",
+            f"{t['n_params']:,}",
+            f"{t['n_params_non_embedding']:,}",
         )
     _console().print(table)
     print("model dicts (mixer options, ffn type) in full: ablate plan --json")
@@ -171,7 +180,18 @@ def _ui(args) -> int:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise AblateError(f"no store at {uri} yet: run a study first")
     port = args.port or _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     print(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C stops it)", flush=True)
     server = subprocess.Popen(cmd)
     try:

@@ -21,7 +21,9 @@ class Outcome:
     metrics: dict = field(default_factory=dict)
 
 
-def run_study(study: Study, results: Path, uri: str, console: Console | None = None, store_args: str = "") -> list[Outcome]:
+def run_study(
+    study: Study, results: Path, uri: str, console: Console | None = None, store_args: str = ""
+) -> list[Outcome]:
     console = console or Console()
     results.mkdir(parents=True, exist_ok=True)
     tracker = tracking.Tracker(uri, results)
@@ -41,7 +43,9 @@ def run_study(study: Study, results: Path, uri: str, console: Console | None = N
     todo = [t for t in study.trials if t.key(study.config.data) not in done]
     outcomes = [Outcome(t, "SKIPPED", done[t.key(study.config.data)]) for t in study.trials if t not in todo]
     if outcomes:
-        console.print(f"{len(outcomes)} of {len(study.trials)} trials already finished in the store; running the other {len(todo)}")
+        console.print(
+            f"{len(outcomes)} of {len(study.trials)} trials already finished in the store; running the other {len(todo)}"
+        )
 
     columns = (
         TextColumn("{task.description}"),
@@ -100,7 +104,9 @@ def _run_trial(study, trial, corpus, tracker, exp_id, progress, task, overall) -
         if kind == "eval":
             run.flush()
         else:
-            progress.update(task, completed=step, loss=f"{metrics['train_loss']:.3f}", speed=f"{metrics['tokens_per_s']:,.0f}")
+            progress.update(
+                task, completed=step, loss=f"{metrics['train_loss']:.3f}", speed=f"{metrics['tokens_per_s']:,.0f}"
+            )
             progress.advance(overall, step - last_step)
             last_step = step
 
@@ -137,6 +143,8 @@ def _summary(study, outcomes, meta, results, uri, elapsed, console, store_args) 
         "(the loss of a model that ignores context; val losses should sit far below it)"
     )
     console.print(f"study wall time: {elapsed:.0f}s")
-    console.print(f"results: {uri}" + ("" if not uri.startswith("sqlite") else f" (artifacts under {results / 'artifacts'})"))
+    console.print(
+        f"results: {uri}" + ("" if not uri.startswith("sqlite") else f" (artifacts under {results / 'artifacts'})")
+    )
     console.print(f"compare: ablate compare{store_args} --study {study.name} --metric val_loss")
     console.print(f"browse:  ablate ui{store_args}")

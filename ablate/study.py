@@ -57,7 +57,9 @@ class StudyConfig(BaseModel):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be unique, got {self.seeds}")
         if self.baseline is not None and self.baseline not in names:
-            raise ValueError(f"baseline {self.baseline!r} is not a variant{registry.did_you_mean(self.baseline, names)}")
+            raise ValueError(
+                f"baseline {self.baseline!r} is not a variant{registry.did_you_mean(self.baseline, names)}"
+            )
         return self
 
 

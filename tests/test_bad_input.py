@@ -7,22 +7,49 @@ from tests.conftest import TINY_STUDY, write_study
 
 CASES = {
     "unknown key": (("steps: 30", "stpes: 30"), "study.yaml:4: train.stpes: unknown key (did you mean 'steps'?)"),
-    "unknown top-level key": (("seeds: [0, 1]", "seeds: [0, 1]\nseed: 3"), "study.yaml:9: seed: unknown key (did you mean 'seeds'?)"),
-    "unknown variant key": (("- {name: mha,", "- {name: mha, seeds: [1],"), "study.yaml:6: variants.0.seeds: unknown key"),
-    "unknown model key in a variant": (("mixer: mha}", "mixer: mha, d_modl: 8}"), "study.yaml:6: variants.0.model.d_modl: unknown key (did you mean 'd_model'?)"),
-    "unknown variant": (("mixer: mha}", "mixer: mhaa}"), "study.yaml:6: variant 'mha': unknown variant 'mhaa' (did you mean 'mha'?)"),
+    "unknown top-level key": (
+        ("seeds: [0, 1]", "seeds: [0, 1]\nseed: 3"),
+        "study.yaml:9: seed: unknown key (did you mean 'seeds'?)",
+    ),
+    "unknown variant key": (
+        ("- {name: mha,", "- {name: mha, seeds: [1],"),
+        "study.yaml:6: variants.0.seeds: unknown key",
+    ),
+    "unknown model key in a variant": (
+        ("mixer: mha}", "mixer: mha, d_modl: 8}"),
+        "study.yaml:6: variants.0.model.d_modl: unknown key (did you mean 'd_model'?)",
+    ),
+    "unknown variant": (
+        ("mixer: mha}", "mixer: mhaa}"),
+        "study.yaml:6: variant 'mha': unknown variant 'mhaa' (did you mean 'mha'?)",
+    ),
     "wrong type": (("d_model: 32", "d_model: wide"), "study.yaml:3: model.d_model: Input should be a valid integer"),
     "negative lr": (("steps: 30", "steps: 30, lr: -0.1"), "study.yaml:4: train.lr: Input should be greater than 0"),
     "missing data file": (("source: stdlib", "source: missing.txt"), "study.yaml:2: data.source:"),
     "zero size": (("n_layers: 1", "n_layers: 0"), "study.yaml:3: model.n_layers: Input should be greater than 0"),
-    "heads do not divide": (("n_heads: 2", "n_heads: 3"), "study.yaml:3: model.qkv_dim: qkv_dim 32 is not divisible by n_heads 3"),
-    "unknown mixer option": (("mixer: mha}", "mixer: mha, mixer_options: {windw: 4}}"), "has no option 'windw' (did you mean 'window'?)"),
-    "variant override wrong": (("mixer: aft-simple, ffn: false", "mixer: aft-simple, ffn: maybe"), "study.yaml:7: variants.1.model.ffn: Input should be a valid boolean"),
+    "heads do not divide": (
+        ("n_heads: 2", "n_heads: 3"),
+        "study.yaml:3: model.qkv_dim: qkv_dim 32 is not divisible by n_heads 3",
+    ),
+    "unknown mixer option": (
+        ("mixer: mha}", "mixer: mha, mixer_options: {windw: 4}}"),
+        "has no option 'windw' (did you mean 'window'?)",
+    ),
+    "variant override wrong": (
+        ("mixer: aft-simple, ffn: false", "mixer: aft-simple, ffn: maybe"),
+        "study.yaml:7: variants.1.model.ffn: Input should be a valid boolean",
+    ),
     "unsafe name": (("name: tiny", "name: ../escape"), "study.yaml:1: name: must be"),
     "bad yaml": (("variants:", "variants: [\n"), "invalid YAML"),
-    "baseline not a variant": (("seeds: [0, 1]", "seeds: [0, 1]\nbaseline: mah"), "baseline 'mah' is not a variant (did you mean 'mha'?)"),
+    "baseline not a variant": (
+        ("seeds: [0, 1]", "seeds: [0, 1]\nbaseline: mah"),
+        "baseline 'mah' is not a variant (did you mean 'mha'?)",
+    ),
     "duplicate seeds": (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be unique"),
-    "warmup too long": (("warmup: 5", "warmup: 500"), "study.yaml:4: train.warmup: warmup (500) is longer than steps (30)"),
+    "warmup too long": (
+        ("warmup: 5", "warmup: 500"),
+        "study.yaml:4: train.warmup: warmup (500) is longer than steps (30)",
+    ),
 }
 
 

@@ -10,9 +10,10 @@ import sys
 import time
 import urllib.request
 
-import ablate
 import mlflow
 import pytest
+
+import ablate
 from ablate.cli import main
 from tests.conftest import TINY_STUDY, write_study
 
@@ -30,7 +31,11 @@ def finished(tmp_path_factory):
     study = write_study(tmp, TINY_STUDY)
     results = tmp / "results"
     proc = subprocess.run(
-        ["ablate", "run", str(study), "--results", str(results)], capture_output=True, text=True, timeout=600, env=clean_env()
+        ["ablate", "run", str(study), "--results", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=clean_env(),
     )
     assert proc.returncode == 0, proc.stderr
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
