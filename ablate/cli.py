@@ -1,4 +1,4 @@
-"""`ablate` command line: run, plan, compare, ui, variants."""
+"""`ablate` command line: run, plan, compare, ui, audit, variants."""
 
 import argparse
 import json
@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     store_options(ui)
     ui.set_defaults(func=_ui)
+
+    audit = sub.add_parser("audit", help="check that models are causal: perturb future tokens and other sequences")
+    audit.add_argument("study", type=Path, nargs="?", help="audit every variant of this study")
+    audit.add_argument("--variant", action="append", default=[], help="audit a registered mixer at a small shape")
+    audit.set_defaults(func=_audit)
 
     variants = sub.add_parser("variants", help="list the registered mixers")
     variants.add_argument("--json", action="store_true")
@@ -206,6 +211,35 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+AUDIT_SHAPE = dict(vocab_size=256, context=64, d_model=32, n_layers=2, n_heads=2, qkv_dim=32, ffn_dim=64)
+
+
+def _audit(args) -> int:
+    """Exit 1 when a model leaks, unless the study says allow_leaky: true."""
+    from rich.table import Table
+
+    from ablate import audit, registry
+    from ablate import study as study_mod
+
+    if not args.study and not args.variant:
+        raise AblateError("audit what? give a study file or --variant NAME")
+    leaks, allowed = {}, False
+    if args.study:
+        study = study_mod.load(args.study)
+        leaks, allowed = audit.audit_study(study), study.config.allow_leaky
+    for name in args.variant:
+        registry.mixer_class(name)  # an unknown name is an error with a suggestion
+        leaks[name] = audit.max_leak({"mixer": name, **AUDIT_SHAPE})
+    table = Table(title=f"causality audit (tolerance {audit.TOLERANCE:g})")
+    for col in ("variant", "causal", "largest logit change"):
+        table.add_column(col, justify="right" if col.startswith("largest") else "left")
+    for name, leak in leaks.items():
+        table.add_row(name, "yes" if audit.is_causal(leak) else "NO", f"{leak:.2e}")
+    _console().print(table)
+    leaking = [name for name, leak in leaks.items() if not audit.is_causal(leak)]
+    return 1 if leaking and not allowed else 0
 
 
 def _variants(args) -> int:

@@ -56,6 +56,7 @@ def summarize(runs: pd.DataFrame, metric: str, baseline: str | None, order: list
                 "ci95_low": low,
                 "ci95_high": high,
                 "n_params": int(group["params.n_params"].astype(int).iloc[0]),
+                "causal": _causal(group),
             }
         )
     table = pd.DataFrame(rows)
@@ -64,6 +65,14 @@ def summarize(runs: pd.DataFrame, metric: str, baseline: str | None, order: list
         raise AblateError(f"baseline {baseline!r} has no finished runs; variants: {', '.join(order)}")
     table["diff_vs_baseline"] = table["mean"] - table.loc[table["variant"] == baseline, "mean"].iloc[0]
     return table
+
+
+def _causal(group: pd.DataFrame) -> str:
+    """'no' when any run of the variant failed the audit: its loss is not an honest next-token loss."""
+    tags = group.get("tags.ablate.causal")
+    if tags is None or tags.isna().all():
+        return "unknown"
+    return "no" if (tags == "false").any() else "yes"
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ablate import data, tracking
+from ablate import audit, data, tracking
 from ablate.model import build_model
 from ablate.study import Study, Trial
 from ablate.trainer import TrainConfig, Trainer, seed_everything
@@ -25,6 +25,13 @@ def run_study(
     study: Study, results: Path, uri: str, console: Console | None = None, store_args: str = ""
 ) -> list[Outcome]:
     console = console or Console()
+    leaks = audit.audit_study(study)
+    audit.refuse_leaks(study, leaks)
+    leaking = sorted(v for v, leak in leaks.items() if not audit.is_causal(leak))
+    console.print(
+        f"audit: {len(leaks) - len(leaking)} of {len(leaks)} variants causal"
+        + (f"; leaking (allowed by allow_leaky): {', '.join(leaking)}" if leaking else "")
+    )
     results.mkdir(parents=True, exist_ok=True)
     tracker = tracking.Tracker(uri, results)
 
@@ -62,7 +69,8 @@ def run_study(
         for i, trial in enumerate(todo, 1):
             label = f"trial {i}/{len(todo)} {trial.variant} seed {trial.seed}"
             task = progress.add_task(label, total=trial.train["steps"], loss="-", speed="-")
-            outcomes.append(_run_trial(study, trial, corpus, tracker, exp_id, progress, task, overall))
+            leak = leaks[trial.variant]
+            outcomes.append(_run_trial(study, trial, leak, corpus, tracker, exp_id, progress, task, overall))
             progress.remove_task(task)
             progress.console.print(f"{label}: val_loss {outcomes[-1].metrics['val_loss']:.4f}")
 
@@ -70,7 +78,7 @@ def run_study(
     return outcomes
 
 
-def _run_trial(study, trial, corpus, tracker, exp_id, progress, task, overall) -> Outcome:
+def _run_trial(study, trial, leak, corpus, tracker, exp_id, progress, task, overall) -> Outcome:
     seed_everything(trial.seed)
     model = build_model(trial.model)
     trainer = Trainer(model, corpus, TrainConfig(**trial.train), trial.seed)
@@ -81,6 +89,8 @@ def _run_trial(study, trial, corpus, tracker, exp_id, progress, task, overall) -
         tracking.TAG + "trial_key": trial.key(study.config.data),
         tracking.TAG + "data_fingerprint": corpus.meta["fingerprint"],
         tracking.TAG + "python_version": corpus.meta["python_version"],
+        tracking.TAG + "causal": str(audit.is_causal(leak)).lower(),
+        tracking.TAG + "max_leak": f"{leak:.3e}",
     }
     params = {
         **tracking.flatten("model", trial.model),

@@ -46,6 +46,7 @@ class StudyConfig(BaseModel):
     variants: list[VariantConfig] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     baseline: str | None = None
+    allow_leaky: bool = Field(False, description="train variants that fail the causality audit")
 
     _name = field_validator("name")(_safe_name)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ablate
-from ablate import study
+from ablate import registry, study
 from ablate.layers import causal_softmax_mean
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
@@ -43,11 +43,17 @@ def _configs():
 
 
 @pytest.mark.parametrize("config", _configs())
-def test_every_mixer_is_causal(config):
+def test_every_mixer_is_causal_unless_marked_otherwise(config):
     torch.manual_seed(0)
     model = ablate.build_model(config).eval()
     B, T = 3, config["context"]
     idx = torch.randint(0, config["vocab_size"], (B, T))
+    if not registry.mixer_class(config["mixer"]).causal:  # the mark must be true: it does leak
+        changed = idx.clone()
+        changed[1:] = torch.randint(0, config["vocab_size"], (B - 1, T))
+        with torch.no_grad():
+            assert (model(changed)[0] - model(idx)[0]).abs().max().item() > 1e-5
+        return
     with torch.no_grad():
         logits = model(idx)
         for t in (0, 1, T // 2, T - 1):  # change position t: positions < t must not move
