@@ -37,6 +37,11 @@ def is_causal(leak: float) -> bool:
     return leak <= TOLERANCE
 
 
+def leaking(leaks: dict[str, float]) -> list[str]:
+    """The names whose leak is above the tolerance."""
+    return [name for name, leak in leaks.items() if not is_causal(leak)]
+
+
 def audit_study(study) -> dict[str, float]:
     """Each variant's largest leak (the seed does not change the architecture)."""
     return {t.variant: max_leak(t.model) for t in {t.variant: t for t in study.trials}.values()}
@@ -44,10 +49,10 @@ def audit_study(study) -> dict[str, float]:
 
 def refuse_leaks(study, leaks: dict[str, float]) -> None:
     """A leaking variant's loss is no honest next-token loss: train it only when the study allows it."""
-    leaking = {v: leak for v, leak in leaks.items() if not is_causal(leak)}
-    if leaking and not study.config.allow_leaky:
-        variant, leak = next(iter(leaking.items()))
+    leaky = leaking(leaks)
+    if leaky and not study.config.allow_leaky:
+        variant = leaky[0]
         raise AblateError(
-            f"{study.path}: variant {variant!r} is not causal (a logit moved by {leak:.2e} when only tokens it must "
+            f"{study.path}: variant {variant!r} is not causal (a logit moved by {leaks[variant]:.2e} when only tokens it must "
             "not see changed); set allow_leaky: true to train it anyway, tagged ablate.causal=false"
         )

@@ -238,8 +238,7 @@ def _audit(args) -> int:
     for name, leak in leaks.items():
         table.add_row(name, "yes" if audit.is_causal(leak) else "NO", f"{leak:.2e}")
     _console().print(table)
-    leaking = [name for name, leak in leaks.items() if not audit.is_causal(leak)]
-    return 1 if leaking and not allowed else 0
+    return 1 if audit.leaking(leaks) and not allowed else 0
 
 
 def _variants(args) -> int:

@@ -27,10 +27,10 @@ def run_study(
     console = console or Console()
     leaks = audit.audit_study(study)
     audit.refuse_leaks(study, leaks)
-    leaking = sorted(v for v, leak in leaks.items() if not audit.is_causal(leak))
+    leaky = audit.leaking(leaks)
     console.print(
-        f"audit: {len(leaks) - len(leaking)} of {len(leaks)} variants causal"
-        + (f"; leaking (allowed by allow_leaky): {', '.join(leaking)}" if leaking else "")
+        f"audit: {len(leaks) - len(leaky)} of {len(leaks)} variants causal"
+        + (f"; leaking (allowed by allow_leaky): {', '.join(leaky)}" if leaky else "")
     )
     results.mkdir(parents=True, exist_ok=True)
     tracker = tracking.Tracker(uri, results)
@@ -47,8 +47,13 @@ def run_study(
 
     exp_id = tracker.experiment(study.name, study.baseline, [v.name for v in study.config.variants])
     done = tracker.finished_trials(exp_id)
-    todo = [t for t in study.trials if t.key(study.config.data) not in done]
-    outcomes = [Outcome(t, "SKIPPED", done[t.key(study.config.data)]) for t in study.trials if t not in todo]
+    todo, outcomes = [], []
+    for trial in study.trials:
+        key = trial.key(study.config.data)
+        if key in done:
+            outcomes.append(Outcome(trial, "SKIPPED", done[key]))
+        else:
+            todo.append(trial)
     if outcomes:
         console.print(
             f"{len(outcomes)} of {len(study.trials)} trials already finished in the store; running the other {len(todo)}"
