@@ -3,9 +3,11 @@
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ablate.errors import AblateError
@@ -198,13 +200,37 @@ def _ui(args) -> int:
         str(port),
     ]
     print(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C stops it)", flush=True)
-    server = subprocess.Popen(cmd)
+    # mlflow server forks uvicorn workers and job consumers; in a session of their own they can
+    # all be stopped together, whichever way this command ends (Ctrl-C, SIGTERM, the server dying).
+    server = subprocess.Popen(cmd, start_new_session=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         return server.wait()
     except KeyboardInterrupt:
-        server.terminate()
-        server.wait()
         return 0
+    finally:
+        _stop_group(server)
+
+
+def _stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the process's whole group; SIGKILL whatever is still there after grace_s."""
+    _signal_group(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while process.poll() is None or _signal_group(process.pid, 0):
+        if time.monotonic() > deadline:
+            _signal_group(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    process.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send sig to the group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -156,3 +157,21 @@ def test_ui_serves_the_store(finished):
     finally:
         ui.terminate()
         ui.wait(timeout=30)
+    # mlflow server's workers and job consumers go with it: nothing of this store keeps running
+    assert not _processes_mentioning(str(results))
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that contain text (read from /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = (cmdline.parent / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if text in line and status != "Z":
+            found.append(line)
+    return found
