@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
@@ -178,12 +179,12 @@ def _compare(args) -> int:
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return "-" if value != value else f"{value:.4f}"
+        return "-" if math.isnan(value) else f"{value:.4f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _ui(args) -> int:
-    results, uri = _store(args)
+    _results, uri = _store(args)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise AblateError(f"no store at {uri} yet: run a study first")
     port = args.port or _free_port()
@@ -239,7 +240,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-AUDIT_SHAPE = dict(vocab_size=256, context=64, d_model=32, n_layers=2, n_heads=2, qkv_dim=32, ffn_dim=64)
+AUDIT_SHAPE = {
+    "vocab_size": 256,
+    "context": 64,
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "qkv_dim": 32,
+    "ffn_dim": 64,
+}
 
 
 def _audit(args) -> int:

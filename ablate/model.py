@@ -49,13 +49,13 @@ class ModelConfig(BaseModel):
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x)), then x + ffn(norm(x)) unless ffn is off."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.mixer = registry.mixer_class(cfg.mixer)(cfg, **cfg.mixer_options)
+        self.mixer = registry.mixer_class(cfg.mixer)(cfg, layer_idx, **cfg.mixer_options)
         self.ffn = FFNS[cfg.ffn_type](cfg.d_model, cfg.ffn_dim) if cfg.ffn else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(rms_norm(x))
+        x = self.mixer(x) if self.mixer.adds_residual else x + self.mixer(rms_norm(x))
         if self.ffn is not None:
             x = x + self.ffn(rms_norm(x))
         return x
@@ -66,7 +66,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -81,6 +81,11 @@ class LanguageModel(nn.Module):
         for block in self.blocks:
             x = block(x)
         return F.linear(rms_norm(x), self.embed.weight)
+
+    @property
+    def causal(self) -> bool:
+        """False when a mixer says it sees the future or other sequences (the audit measures it)."""
+        return all(block.mixer.causal for block in self.blocks)
 
     def n_params(self, non_embedding: bool = False) -> int:
         total = sum(p.numel() for p in self.parameters())

@@ -14,16 +14,24 @@ _MIXERS: dict[str, type["Mixer"]] = {}
 
 
 class Mixer(nn.Module):
-    """A sequence mixer: built as `Mixer(cfg, **options)`, called as `forward(x) -> y`.
+    """A sequence mixer: built as `Mixer(cfg, layer_idx, **options)`, called as `forward(x) -> y`.
 
-    x and y are (B, T, d_model); x arrives already normed by the block. `cfg` is the
-    model's ModelConfig; options are the keyword-only arguments of the subclass's
-    constructor, which are also what a study may set under `mixer_options`.
+    x and y are (B, T, d_model); x arrives already normed by the block, which adds y to
+    its residual stream. `cfg` is the model's ModelConfig and `layer_idx` the block's
+    index (a layer schedule such as hybrid uses it); options are the keyword-only
+    arguments of the subclass's constructor, which are also what a study may set under
+    `mixer_options`.
+
+    `causal` is False for a mixer that knowingly sees the future or other sequences
+    (the audit still measures it). `adds_residual` is True for a mixer that runs several
+    residual steps itself: the block then passes it the raw residual stream and takes
+    its output as the new stream.
     """
 
     name: str = ""
     description: str = ""
     causal: bool = True
+    adds_residual: bool = False
 
 
 def register(name: str):
@@ -71,6 +79,15 @@ def mixer_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
         if key not in params:
             raise AblateError(f"mixer {name!r} has no option {key!r}{did_you_mean(key, params)}")
     return {**params, **given}
+
+
+def check_int(value: Any, what: str, minimum: int = 1, allow_none: bool = False) -> None:
+    """Refuse a mixer option that must be an integer ≥ minimum (or null where allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        allowed = f"an integer ≥ {minimum}" + (" or null" if allow_none else "")
+        raise AblateError(f"{what} must be {allowed}, got {value!r}")
 
 
 def did_you_mean(word: str, choices) -> str:

@@ -1,17 +1,21 @@
-"""The Attention Free Transformer family (Zhai et al., 2021, arXiv:2105.14103)."""
+"""The Attention Free Transformer family (Zhai et al., 2021, arXiv:2105.14103).
+
+y_t = σ(q_t) ⊙ Σ_{t'≤t} exp(k_t' + w_{t,t'}) ⊙ v_t' / Σ_{t'≤t} exp(k_t' + w_{t,t'}), per channel,
+with w ≡ 0 (aft-simple), a learned pairwise bias (aft-full) or a learned bias inside a
+window and 0 outside it (aft-local: out-of-window keys stay in the sums).
+"""
 
 import torch
 from torch import nn
 
-from ablate.layers import causal_softmax_mean, rms_norm
-from ablate.registry import Mixer, register
+from ablate.layers import causal_biased_softmax_mean, causal_softmax_mean, head_rms_norm
+from ablate.registry import Mixer, check_int, register
 
 
-@register("aft-simple")
-class AFTSimple(Mixer):
-    """AFT without position bias: σ(q) ⊙ causal softmax(k)-weighted mean of v, O(T·C)."""
+class _AFT(Mixer):
+    """q, k, v projections, optional per-head QK-norm, and the output map shared by the family."""
 
-    def __init__(self, cfg, *, qk_norm: bool = False):
+    def __init__(self, cfg, *, qk_norm: bool):
         super().__init__()
         self.n_heads, self.qk_norm = cfg.n_heads, qk_norm
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
@@ -20,8 +24,57 @@ class AFTSimple(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         if self.qk_norm:
-            q, k = self._head_norm(q), self._head_norm(k)
-        return self.out(torch.sigmoid(q) * causal_softmax_mean(k, v))
+            q, k = head_rms_norm(q, self.n_heads), head_rms_norm(k, self.n_heads)
+        return self.out(torch.sigmoid(q) * self.weighted_mean(k, v))
 
-    def _head_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x.unflatten(-1, (self.n_heads, -1))).flatten(-2)
+    def weighted_mean(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register("aft-simple")
+class AFTSimple(_AFT):
+    """AFT without position bias: σ(q) ⊙ causal softmax(k)-weighted mean of v, O(T·C)."""
+
+    def __init__(self, cfg, layer_idx, *, qk_norm: bool = False):
+        super().__init__(cfg, qk_norm=qk_norm)
+
+    def weighted_mean(self, k, v):
+        return causal_softmax_mean(k, v)
+
+
+class _BiasedAFT(_AFT):
+    """An AFT with a learned bias w_{t,t'} on the pairs 0 ≤ t - t' < window (all t' ≤ t without one), 0 elsewhere.
+
+    Only the used pairs are parameters, so the count is honest and no parameter is dead.
+    """
+
+    def __init__(self, cfg, *, qk_norm: bool, window: int | None):
+        super().__init__(cfg, qk_norm=qk_norm)
+        T, reach = cfg.context, window or cfg.context
+        lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+        self.register_buffer("used", (lag >= 0) & (lag < reach), persistent=False)
+        self.bias = nn.Parameter(torch.zeros(sum(min(t + 1, reach) for t in range(T))))
+
+    def pairwise_bias(self) -> torch.Tensor:
+        """The (T, T) matrix w: learned entries where used (row by row), zeros elsewhere."""
+        return self.bias.new_zeros(self.used.shape).masked_scatter(self.used, self.bias)
+
+    def weighted_mean(self, k, v):
+        return causal_biased_softmax_mean(k, v, self.pairwise_bias())
+
+
+@register("aft-full")
+class AFTFull(_BiasedAFT):
+    """AFT with a learned bias for every pair t' ≤ t of the context, O(T²·C)."""
+
+    def __init__(self, cfg, layer_idx, *, qk_norm: bool = False):
+        super().__init__(cfg, qk_norm=qk_norm, window=None)
+
+
+@register("aft-local")
+class AFTLocal(_BiasedAFT):
+    """AFT with a learned bias for t - t' < window; keys further back stay in the sums with bias 0."""
+
+    def __init__(self, cfg, layer_idx, *, window: int = 32, qk_norm: bool = False):
+        check_int(window, "aft-local window")
+        super().__init__(cfg, qk_norm=qk_norm, window=window)

@@ -17,7 +17,7 @@ class BatchMean(Mixer):
 
     causal = False
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer_idx):
         super().__init__()
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 

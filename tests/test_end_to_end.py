@@ -33,6 +33,7 @@ def finished(tmp_path_factory):
     results = tmp / "results"
     proc = subprocess.run(
         ["ablate", "run", str(study), "--results", str(results)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=600,
@@ -59,7 +60,7 @@ def test_run_logs_one_finished_run_per_trial(finished):
     assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [15, 30]
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(5, 31, 5))
     artifact = client.download_artifacts(run_id, "study.yaml", str(results / "dl"))
-    assert open(artifact).read() == study.read_text()
+    assert Path(artifact).read_text() == study.read_text()
     assert str(results / "artifacts" / "tiny") in runs["artifact_uri"].iloc[0]
 
     assert "unigram entropy" in stdout and "ablate compare" in stdout
@@ -88,7 +89,11 @@ def test_compare_json_means_equal_the_runs(finished, capsys):
 def test_rerun_skips_finished_trials(finished):
     study, results, _ = finished
     proc = subprocess.run(
-        ["ablate", "run", str(study), "--results", str(results)], capture_output=True, text=True, env=clean_env()
+        ["ablate", "run", str(study), "--results", str(results)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
     )
     assert proc.returncode == 0, proc.stderr
     assert "4 of 4 trials already finished" in proc.stdout

@@ -7,8 +7,17 @@ import pytest
 import ablate
 from ablate.trainer import TrainConfig, Trainer, lr_factor, seed_everything
 
-MODEL = dict(mixer="mha", vocab_size=512, context=32, d_model=32, n_layers=1, n_heads=2, qkv_dim=32, ffn_dim=64)
-TRAIN = dict(steps=40, batch_size=8, warmup=5, eval_every=20, eval_batches=2, log_every=5)
+MODEL = {
+    "mixer": "mha",
+    "vocab_size": 512,
+    "context": 48,
+    "d_model": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "qkv_dim": 32,
+    "ffn_dim": 64,
+}
+TRAIN = {"steps": 40, "batch_size": 8, "warmup": 5, "eval_every": 20, "eval_batches": 2, "log_every": 5}
 
 
 def _fit(corpus, seed, model=MODEL, **train):

@@ -1,0 +1,78 @@
+"""Hybrids of global linear attention (AFT) and local softmax attention.
+
+`hybrid` is a layer schedule: layer i runs pattern[i mod len(pattern)], each entry a mixer
+name or {name: {options}}; the default [aft-simple ×3, mha(window=64)] is the "3:1"
+placement. `hybrid-heads` mixes inside one layer: some heads run AFT, the rest windowed
+softmax attention, and their outputs are concatenated before the output map.
+"""
+
+import torch
+from torch import nn
+
+from ablate import registry
+from ablate.errors import AblateError
+from ablate.layers import Rotary, causal_softmax_mean, rms_norm, softmax_attention
+from ablate.registry import Mixer, check_int, register
+
+DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
+
+
+def _entry(entry) -> tuple[str, dict]:
+    """A pattern entry as (mixer name, options)."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, options = next(iter(entry.items()))
+        if isinstance(name, str) and isinstance(options, dict | None):
+            return name, options or {}
+    raise AblateError(f"hybrid pattern entries are a mixer name or {{name: {{options}}}}, got {entry!r}")
+
+
+@register("hybrid")
+class Hybrid(Mixer):
+    """A layer schedule: layer i runs pattern[i mod len(pattern)] (default 3 AFT layers to 1 local mha)."""
+
+    def __init__(self, cfg, layer_idx, *, pattern: list = DEFAULT_PATTERN):
+        super().__init__()
+        if not isinstance(pattern, list | tuple) or not pattern:
+            raise AblateError(f"hybrid pattern must be a non-empty list of mixers, got {pattern!r}")
+        entries = [_entry(entry) for entry in pattern]  # every entry checked, not only the ones used
+        if any(name == "hybrid" for name, _ in entries):
+            raise AblateError("a hybrid pattern cannot contain hybrid itself")
+        name, options = entries[layer_idx % len(entries)]
+        self.mixer = registry.mixer_class(name)(cfg, layer_idx, **registry.mixer_options(name, options))
+        self.causal, self.adds_residual = self.mixer.causal, self.mixer.adds_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mixer(x)
+
+
+@register("hybrid-heads")
+class HybridHeads(Mixer):
+    """One layer whose heads are split: `aft_heads` run aft-simple, the rest windowed softmax attention."""
+
+    def __init__(self, cfg, layer_idx, *, aft_heads: int | None = None, window: int = 64):
+        super().__init__()
+        aft_heads = cfg.n_heads // 2 if aft_heads is None else aft_heads
+        check_int(aft_heads, "hybrid-heads aft_heads", minimum=1)
+        if aft_heads >= cfg.n_heads:
+            raise AblateError(f"hybrid-heads aft_heads must leave attention heads: {aft_heads} of {cfg.n_heads}")
+        check_int(window, "hybrid-heads window")
+        if cfg.head_dim % 2:
+            raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {cfg.head_dim}")
+        self.n_heads, self.aft_heads, self.window = cfg.n_heads, aft_heads, window
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
+        self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
+        self.rotary = Rotary(cfg.head_dim, cfg.context)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).unbind(2)  # each (B, T, H, d)
+        a = self.aft_heads
+        global_part = torch.sigmoid(q[:, :, :a]).flatten(2) * causal_softmax_mean(
+            k[:, :, :a].flatten(2), v[:, :, :a].flatten(2)
+        )
+        q, k, v = (t[:, :, a:].transpose(1, 2) for t in (q, k, v))  # (B, H - a, T, d)
+        q, k = rms_norm(self.rotary(q)), rms_norm(self.rotary(k))
+        local_part = softmax_attention(q, k, v, self.window).transpose(1, 2).flatten(2)
+        return self.out(torch.cat([global_part, local_part], dim=-1))
