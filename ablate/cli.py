@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+SMOKE_HELP = "the smoke form: 20 steps, the first seed, experiment NAME-smoke (a quick look on a CPU)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ablate", description="Architecture ablations for small language models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -53,12 +56,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train every trial of a study and log it to MLflow")
     run.add_argument("study", type=Path)
+    run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     store_options(run)
     run.set_defaults(func=_run)
 
     plan = sub.add_parser("plan", help="show the trials a study would run, with parameter counts")
     plan.add_argument("study", type=Path)
     plan.add_argument("--json", action="store_true")
+    plan.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     plan.set_defaults(func=_plan)
 
     compare = sub.add_parser("compare", help="a table of variants: mean, 95%% CI, difference to the baseline")
@@ -108,7 +113,7 @@ def _run(args) -> int:
     from ablate import study as study_mod
     from ablate.runner import run_study
 
-    study = study_mod.load(args.study)  # validates fully before anything is written
+    study = study_mod.load(args.study, smoke_form=args.smoke)  # validates fully before anything is written
     results, uri = _store(args)
     _check_writable(results)
     run_study(study, results, uri, _console(), store_args=_store_args(args))
@@ -128,7 +133,7 @@ def _plan(args) -> int:
 
     from ablate import study as study_mod
 
-    study = study_mod.load(args.study)
+    study = study_mod.load(args.study, smoke_form=args.smoke)
     trials = [{k: v for k, v in asdict(t).items() if k != "train"} for t in study.trials]
     if args.json:
         print(json.dumps({"study": study.name, "trials": trials}, indent=2))

@@ -86,7 +86,7 @@ def run_study(
 def _run_trial(study, trial, leak, corpus, tracker, exp_id, progress, task, overall) -> Outcome:
     seed_everything(trial.seed)
     model = build_model(trial.model)
-    trainer = Trainer(model, corpus, TrainConfig(**trial.train), trial.seed)
+    trainer = Trainer(model, corpus, TrainConfig(**trial.train), trial.seed, prefix_eval=not audit.is_causal(leak))
     tags = {
         tracking.TAG + "study": study.name,
         tracking.TAG + "variant": trial.variant,
@@ -140,19 +140,28 @@ def _run_trial(study, trial, leak, corpus, tracker, exp_id, progress, task, over
 
 def _summary(study, outcomes, meta, results, uri, elapsed, console, store_args) -> None:
     table = Table(title=f"study {study.name}")
-    for col in ("variant", "seed", "params (non-emb)", "val_loss", "tokens/s", "status"):
+    leaky = any("prefix_val_loss" in o.metrics for o in outcomes)
+    columns = ["variant", "seed", "params (non-emb)", "val_loss"] + ["prefix_val_loss"] * leaky + ["tokens/s", "status"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("variant", "status") else "right")
     for o in outcomes:
         m = o.metrics
+        prefix = [f"{m['prefix_val_loss']:.4f}" if "prefix_val_loss" in m else "-"] * leaky
         table.add_row(
             o.trial.variant,
             str(o.trial.seed),
             f"{o.trial.n_params:,} ({o.trial.n_params_non_embedding:,})",
             f"{m['val_loss']:.4f}" if m else "-",
+            *prefix,
             f"{m['mean_tokens_per_s']:,.0f}" if m else "-",
             o.status.lower(),
         )
     console.print(table)
+    if leaky:
+        console.print(
+            "prefix_val_loss: leaking variants' loss with each position predicted from its own prefix alone "
+            "(the honest next-token loss; val_loss is teacher-forced and sees what it must not)"
+        )
     console.print(
         f"unigram entropy of the train tokens: {meta['unigram_entropy']:.4f} nats/token "
         "(the loss of a model that ignores context; val losses should sit far below it)"

@@ -95,8 +95,28 @@ class Study:
         return self.config.baseline or self.config.variants[0].name
 
 
-def load(path: str | Path) -> Study:
-    """Read, validate and plan a study; every problem is an AblateError naming file, line and key."""
+# `--smoke`: the same models and data, trained just long enough to see every part run on a CPU.
+SMOKE_TRAIN = {"steps": 20, "warmup": 2, "eval_every": 20, "eval_batches": 2, "log_every": 5}
+
+
+def smoke(config: StudyConfig) -> StudyConfig:
+    """The study's smoke form: 20 steps, one seed, its own experiment (NAME-smoke), so it never mixes with real runs."""
+    variants = [v.model_copy(update={"train": {**v.train, **SMOKE_TRAIN}}) for v in config.variants]
+    return config.model_copy(
+        update={
+            "name": f"{config.name}-smoke",
+            "train": {**config.train, **SMOKE_TRAIN},
+            "variants": variants,
+            "seeds": config.seeds[:1],
+        }
+    )
+
+
+def load(path: str | Path, smoke_form: bool = False) -> Study:
+    """Read, validate and plan a study; every problem is an AblateError naming file, line and key.
+
+    With smoke_form, plan its smoke form (see `smoke`) once the study itself has validated.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -111,11 +131,19 @@ def load(path: str | Path) -> Study:
         source_files(config.data, path.parent)
     except AblateError as e:
         raise AblateError(f"{lines.at(('data', 'source'))}: {e}") from None
+    if smoke_form:
+        _plan(config, lines)  # the study as written must be valid, not only its smoke form
+        config = smoke(config)
+    trials = _plan(config, lines)
+    return Study(config, path, text, trials)
+
+
+def _plan(config: StudyConfig, lines: "_Lines") -> list[Trial]:
     trials = []
     for index, variant in enumerate(config.variants):
         resolved = _resolve(config, variant, index, lines)
         trials += [Trial(variant=variant.name, seed=seed, **resolved) for seed in config.seeds]
-    return Study(config, path, text, trials)
+    return trials
 
 
 def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_Lines") -> dict[str, Any]:

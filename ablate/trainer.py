@@ -66,9 +66,15 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+PREFIX_POSITIONS = 16  # per window of the first val batch: the positions prefix_val_loss predicts
+
+
 class Trainer:
-    def __init__(self, model: torch.nn.Module, corpus: Corpus, cfg: TrainConfig, seed: int):
-        self.cfg, self.device = cfg, cfg.resolved_device()
+    """Trains one model. With `prefix_eval` (for models that leak) the final evaluation also
+    predicts a fixed set of val positions each from a forward pass over its own prefix alone."""
+
+    def __init__(self, model: torch.nn.Module, corpus: Corpus, cfg: TrainConfig, seed: int, prefix_eval: bool = False):
+        self.cfg, self.device, self.prefix_eval = cfg, cfg.resolved_device(), prefix_eval
         self.model = model.to(self.device)
         self.context = model.cfg.context
         self.batches = Batches(corpus.train, self.context, cfg.batch_size, seed)
@@ -100,6 +106,30 @@ class Trainer:
         self.model.train()
         return float(total) / len(self.val)
 
+    @torch.no_grad()
+    def evaluate_prefixes(self) -> dict[str, float]:
+        """The honest loss of a leaking model, and the teacher-forced loss at the same positions.
+
+        Each chosen position t of each window of the first val batch is predicted by a forward
+        pass over tokens 0..t of that window alone (a batch of one), so nothing after t and no
+        other sequence can reach it. The same positions read from one teacher-forced pass over
+        the whole batch give the number to set beside it.
+        """
+        self.model.eval()
+        x, y = (t.to(self.device) for t in self.val[0])
+        positions = torch.linspace(0, self.context - 1, PREFIX_POSITIONS).round().long().unique()
+        with self.autocast:
+            teacher = self.forward(x)[:, positions].float()
+            prefix = torch.stack(
+                [torch.stack([self.forward(x[i : i + 1, : t + 1])[0, -1] for t in positions]) for i in range(len(x))]
+            ).float()
+        self.model.train()
+        target = y[:, positions].flatten()
+        return {
+            "prefix_val_loss": F.cross_entropy(prefix.flatten(0, 1), target).item(),
+            "val_loss_at_prefix_positions": F.cross_entropy(teacher.flatten(0, 1), target).item(),
+        }
+
     def fit(self, callback: Callback | None = None) -> dict[str, float]:
         """Train for cfg.steps; return the final train and val loss and the throughput."""
         cfg, emit = self.cfg, callback or (lambda *_: None)
@@ -128,13 +158,15 @@ class Trainer:
                 n_since, last = 0, now
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 eval_start = time.perf_counter()
-                metrics["val_loss"] = self.evaluate()
-                emit(step, {"val_loss": metrics["val_loss"]}, "eval")
+                evaluated = {"val_loss": self.evaluate()}
+                if self.prefix_eval and step == cfg.steps:
+                    evaluated |= self.evaluate_prefixes()
+                metrics |= evaluated
+                emit(step, evaluated, "eval")
                 last += time.perf_counter() - eval_start  # keep eval time out of tokens/s
         elapsed = time.perf_counter() - start
         return {
-            "train_loss": metrics["train_loss"],
-            "val_loss": metrics["val_loss"],
+            **{k: v for k, v in metrics.items() if k not in ("lr", "tokens_per_s")},
             "train_time_s": elapsed,
             "mean_tokens_per_s": cfg.steps * tokens_per_step / elapsed,
         }

@@ -36,11 +36,12 @@ class Hybrid(Mixer):
         super().__init__()
         if not isinstance(pattern, list | tuple) or not pattern:
             raise AblateError(f"hybrid pattern must be a non-empty list of mixers, got {pattern!r}")
-        entries = [_entry(entry) for entry in pattern]  # every entry checked, not only the ones used
+        entries = [_entry(entry) for entry in pattern]
         if any(name == "hybrid" for name, _ in entries):
             raise AblateError("a hybrid pattern cannot contain hybrid itself")
+        entries = [(name, registry.mixer_options(name, options)) for name, options in entries]  # all checked
         name, options = entries[layer_idx % len(entries)]
-        self.mixer = registry.mixer_class(name)(cfg, layer_idx, **registry.mixer_options(name, options))
+        self.mixer = registry.mixer_class(name)(cfg, layer_idx, **options)
         self.causal, self.adds_residual = self.mixer.causal, self.mixer.adds_residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,27 @@ CASES = {
         ("mixer: aft-simple, ffn: false", "mixer: aft-simple, ffn: maybe"),
         "study.yaml:7: variants.1.model.ffn: Input should be a valid boolean",
     ),
+    "retention chunk as long as the context": (
+        ("mixer: mha}", "mixer: retention, mixer_options: {chunk_size: 32}}"),
+        "study.yaml:6: variant 'mha': retention chunk_size 32 must be below the context 32",
+    ),
+    "unknown retention scope": (
+        ("mixer: mha}", "mixer: retention, mixer_options: {scope: global, chunk_size: 8}}"),
+        "retention scope must be one of chunk, sequence, batch, got 'global'",
+    ),
+    "retnet form": (("mixer: mha}", "mixer: retnet, mixer_options: {form: fast}}"), "retnet form must be one of"),
+    "hybrid pattern of unknown mixer": (
+        ("mixer: mha}", "mixer: hybrid, mixer_options: {pattern: [aft-simple, mhaa]}}"),
+        "study.yaml:6: variant 'mha': unknown variant 'mhaa' (did you mean 'mha'?)",
+    ),
+    "hybrid pattern entry malformed": (
+        ("mixer: mha}", "mixer: hybrid, mixer_options: {pattern: [[mha]]}}"),
+        "hybrid pattern entries are a mixer name or {name: {options}}",
+    ),
+    "aft-local window": (
+        ("mixer: mha}", "mixer: aft-local, mixer_options: {window: 0}}"),
+        "aft-local window must be an integer ≥ 1, got 0",
+    ),
     "unsafe name": (("name: tiny", "name: ../escape"), "study.yaml:1: name: must be"),
     "bad yaml": (("variants:", "variants: [\n"), "invalid YAML"),
     "baseline not a variant": (

@@ -131,6 +131,20 @@ def test_plan_json_gives_the_model_dicts_build_model_takes(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_smoke_form_trains_one_seed_for_20_steps_into_its_own_experiment(tmp_path, capsys):
+    study = write_study(
+        tmp_path, TINY_STUDY.replace("steps: 30", "steps: 300").replace("eval_every: 15", "eval_every: 100")
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["run", str(study), "--smoke", "--results", str(tmp_path / "results"), "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["tiny-smoke"])
+    assert sorted(runs["tags.ablate.variant"]) == ["aft", "mha"] and set(runs["tags.ablate.seed"]) == {"0"}
+    assert set(runs["params.train.steps"]) == {"20"} and set(runs["status"]) == {"FINISHED"}
+    assert mlflow.get_experiment_by_name("tiny") is None  # the real study's experiment stays untouched
+
+
 def test_variants_lists_every_mixer_with_a_description(capsys):
     assert main(["variants", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

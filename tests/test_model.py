@@ -26,17 +26,30 @@ def test_retention_at_seed_shape_has_the_published_parameter_count():
         assert model.n_params(non_embedding=True) == 1_032_192
 
 
-@pytest.mark.parametrize("name", ["ffn_necessity", "smoke"])
+SHIPPED = sorted(p.stem for p in STUDIES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_plan_counts_equal_the_built_models(name):
     for trial in study.load(STUDIES / f"{name}.yaml").trials:
-        model = ablate.build_model(trial.model)
+        model = ablate.build_model(trial.model, device="meta")
         assert trial.n_params == sum(p.numel() for p in model.parameters())
         assert trial.n_params_non_embedding == trial.n_params - model.embed.weight.numel()
 
 
-def test_ffn_necessity_variants_have_equal_parameter_counts():
-    counts = {t.n_params_non_embedding for t in study.load(STUDIES / "ffn_necessity.yaml").trials}
-    assert counts == {163_840}
+def test_ffn_necessity_compares_each_family_at_equal_parameter_counts():
+    trials = study.load(STUDIES / "ffn_necessity.yaml").trials
+    counts = {t.variant: t.n_params_non_embedding for t in trials}
+    families = {name.removesuffix("-no-ffn") for name in counts}
+    assert families == {"mha", "aft", "hybrid", "hybrid-heads", "retnet", "retention"}
+    for family in families:
+        assert counts[family] == counts[f"{family}-no-ffn"], family
+    assert counts["mha"] == 163_840 and counts["retnet"] == 204_800 and counts["retention"] == 294_912
+
+
+@pytest.mark.parametrize(("name", "count"), [("strawberry_seed", 1_032_192), ("hybrid_ratio", 655_360)])
+def test_shipped_studies_compare_at_one_parameter_count(name, count):
+    assert {t.n_params_non_embedding for t in study.load(STUDIES / f"{name}.yaml").trials} == {count}
 
 
 CHUNK = 5  # chunked mixers use chunks of 5 over a context of 36: the last chunk is short

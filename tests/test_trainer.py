@@ -3,8 +3,11 @@
 import math
 
 import pytest
+import torch
+from torch import nn
 
 import ablate
+from ablate.registry import Mixer, register
 from ablate.trainer import TrainConfig, Trainer, lr_factor, seed_everything
 
 MODEL = {
@@ -20,10 +23,24 @@ MODEL = {
 TRAIN = {"steps": 40, "batch_size": 8, "warmup": 5, "eval_every": 20, "eval_batches": 2, "log_every": 5}
 
 
-def _fit(corpus, seed, model=MODEL, **train):
+@register("test-peek-next")
+class PeekNext(Mixer):
+    """Test only: position t sees the token at t + 1, the crudest leak there is."""
+
+    causal = False
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1))
+
+
+def _fit(corpus, seed, model=MODEL, prefix_eval=False, **train):
     seed_everything(seed)
     events = []
-    trainer = Trainer(ablate.build_model(model), corpus, TrainConfig(**{**TRAIN, **train}), seed)
+    trainer = Trainer(ablate.build_model(model), corpus, TrainConfig(**{**TRAIN, **train}), seed, prefix_eval)
     final = trainer.fit(lambda step, metrics, kind: events.append((step, kind, metrics)))
     return final, events
 
@@ -65,3 +82,16 @@ def test_compiled_training_gives_the_eager_loss(corpus, mixer):
     eager, _ = _fit(corpus, 0, model=model, steps=10, eval_every=10)
     compiled, _ = _fit(corpus, 0, model=model, steps=10, eval_every=10, compile=True)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-5)
+
+
+def test_prefix_loss_equals_the_teacher_forced_loss_for_a_causal_model_only(corpus):
+    causal, _ = _fit(corpus, 0, steps=20, eval_every=20, prefix_eval=True)
+    assert causal["prefix_val_loss"] == pytest.approx(causal["val_loss_at_prefix_positions"], abs=1e-4)
+    leaky, events = _fit(
+        corpus, 0, model={**MODEL, "mixer": "test-peek-next"}, steps=20, eval_every=10, prefix_eval=True
+    )
+    assert leaky["val_loss_at_prefix_positions"] < leaky["prefix_val_loss"] - 0.3  # it learns to read the answer
+    assert [sorted(m) for s, k, m in events if k == "eval"] == [
+        ["val_loss"],
+        ["prefix_val_loss", "val_loss", "val_loss_at_prefix_positions"],
+    ]
