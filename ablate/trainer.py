@@ -120,8 +120,8 @@ class Trainer:
         positions = torch.linspace(0, self.context - 1, PREFIX_POSITIONS).round().long().unique()
         with self.autocast:
             teacher = self.forward(x)[:, positions].float()
-            prefix = torch.stack(
-                [torch.stack([self.forward(x[i : i + 1, : t + 1])[0, -1] for t in positions]) for i in range(len(x))]
+            prefix = torch.stack(  # eager: a compiled model would recompile for every prefix length
+                [torch.stack([self.model(x[i : i + 1, : t + 1])[0, -1] for t in positions]) for i in range(len(x))]
             ).float()
         self.model.train()
         target = y[:, positions].flatten()
