@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate.errors import AblateError
+
 
 def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMS norm over the last axis without a learned weight (the seed model has none)."""
@@ -25,6 +27,8 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, context: int, base: float = 10000.0):
         super().__init__()
+        if head_dim % 2:
+            raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {head_dim}")
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.outer(torch.arange(context, dtype=torch.float64), inv_freq)
         self.register_buffer("cos", angles.cos(), persistent=False)

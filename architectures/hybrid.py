@@ -59,8 +59,6 @@ class HybridHeads(Mixer):
         if aft_heads >= cfg.n_heads:
             raise AblateError(f"hybrid-heads aft_heads must leave attention heads: {aft_heads} of {cfg.n_heads}")
         check_int(window, "hybrid-heads window")
-        if cfg.head_dim % 2:
-            raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {cfg.head_dim}")
         self.n_heads, self.aft_heads, self.window = cfg.n_heads, aft_heads, window
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)

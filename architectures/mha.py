@@ -3,7 +3,6 @@
 import torch
 from torch import nn
 
-from ablate.errors import AblateError
 from ablate.layers import Rotary, rms_norm, softmax_attention
 from ablate.registry import Mixer, check_int, register
 
@@ -15,8 +14,6 @@ class MultiHeadAttention(Mixer):
     def __init__(self, cfg, layer_idx, *, window: int | None = None, rope: bool = True, qk_norm: bool = True):
         super().__init__()
         check_int(window, "mha window", allow_none=True)
-        if rope and cfg.head_dim % 2:
-            raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {cfg.head_dim}")
         self.n_heads, self.qk_norm, self.window = cfg.n_heads, qk_norm, window
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)

@@ -56,8 +56,6 @@ class Retention(Mixer):
                 f"retention chunk_size {chunk_size} must be below the context {cfg.context}: "
                 "otherwise the whole sequence runs on the static weights alone"
             )
-        if cfg.head_dim % 2:
-            raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {cfg.head_dim}")
         C, D = cfg.d_model, cfg.qkv_dim
         self.scope, self.recurrence, self.chunk_size = scope, recurrence, chunk_size
         self.causal = scope == "chunk"

@@ -74,8 +74,6 @@ class MultiScaleRetention(Mixer):
         if form not in FORMS:
             raise AblateError(f"retnet form must be one of {', '.join(FORMS)}, got {form!r}")
         check_int(chunk_size, "retnet chunk_size")
-        if cfg.head_dim % 2:
-            raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {cfg.head_dim}")
         self.n_heads, self.form, self.chunk_size = cfg.n_heads, form, chunk_size
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.gate = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
