@@ -90,6 +90,14 @@ def check_int(value: Any, what: str, minimum: int = 1, allow_none: bool = False)
         raise AblateError(f"{what} must be {allowed}, got {value!r}")
 
 
+def check_choice(value: Any, what: str, choices: tuple[str, ...]) -> None:
+    """Refuse a mixer option that must be one of a few names."""
+    if value not in choices:
+        raise AblateError(
+            f"{what} must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}"
+        )
+
+
 def did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -19,7 +19,7 @@ from torch import nn
 
 from ablate.errors import AblateError
 from ablate.layers import Rotary, causal_softmax_mean, head_rms_norm, rms_norm, softmax_attention
-from ablate.registry import Mixer, check_int, register
+from ablate.registry import Mixer, check_choice, check_int, register
 
 SCOPES = ("chunk", "sequence", "batch")
 
@@ -47,8 +47,7 @@ class Retention(Mixer):
 
     def __init__(self, cfg, layer_idx, *, scope: str = "chunk", recurrence: int = 2, chunk_size: int = 32):
         super().__init__()
-        if scope not in SCOPES:
-            raise AblateError(f"retention scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        check_choice(scope, "retention scope", SCOPES)
         check_int(recurrence, "retention recurrence")
         check_int(chunk_size, "retention chunk_size")
         if scope == "chunk" and chunk_size >= cfg.context:

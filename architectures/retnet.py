@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.errors import AblateError
 from ablate.layers import Rotary
-from ablate.registry import Mixer, check_int, register
+from ablate.registry import Mixer, check_choice, check_int, register
 
 
 def decays(n_heads: int) -> torch.Tensor:
@@ -71,8 +70,7 @@ class MultiScaleRetention(Mixer):
 
     def __init__(self, cfg, layer_idx, *, form: str = "chunkwise", chunk_size: int = 64):
         super().__init__()
-        if form not in FORMS:
-            raise AblateError(f"retnet form must be one of {', '.join(FORMS)}, got {form!r}")
+        check_choice(form, "retnet form", FORMS)
         check_int(chunk_size, "retnet chunk_size")
         self.n_heads, self.form, self.chunk_size = cfg.n_heads, form, chunk_size
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
