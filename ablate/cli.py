@@ -138,8 +138,13 @@ def _plan(args) -> int:
     if args.json:
         print(json.dumps({"study": study.name, "trials": trials}, indent=2))
         return 0
-    table = Table(title=f"study {study.name}: {len(trials)} trials")
-    for col in ("variant", "seed", "mixer", "layers", "d_model", "heads", "qkv", "ffn", "params", "non-emb"):
+    budget = study.config.budget
+    title = f"study {study.name}: {len(trials)} trials" + (
+        f" at {budget.describe()} (±{budget.tolerance:.1%})" if budget else ""
+    )
+    table = Table(title=title)
+    columns = ("variant", "seed", "mixer", "layers", "d_model", "heads", "qkv", "ffn", "params", "non-emb")
+    for col in columns + ("FLOPs/token", "state"):
         table.add_column(col, justify="left" if col in ("variant", "mixer") else "right", no_wrap=True)
     for t in trials:
         m = t["model"]
@@ -154,8 +159,12 @@ def _plan(args) -> int:
             str(m["ffn_dim"]) if m["ffn"] else "off",
             f"{t['n_params']:,}",
             f"{t['n_params_non_embedding']:,}",
+            f"{t['flops_per_token']:,.0f}",
+            "-" if t["state_size"] is None else f"{t['state_size']:,}",
         )
     _console().print(table)
+    print("FLOPs/token: forward pass, matrix products counted by torch plus each mixer's declared element-wise work")
+    print("state: numbers per sequence a decoder carries between tokens ('-': grows with the sequence)")
     print("model dicts (mixer options, ffn type) in full: ablate plan --json")
     return 0
 

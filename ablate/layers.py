@@ -50,6 +50,25 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < window))
 
 
+def mean_keys(T: int, window: int | None = None) -> float:
+    """How many keys a causal position sees on average over a context of T (at most `window`)."""
+    reach = window or T
+    return sum(min(t + 1, reach) for t in range(T)) / T
+
+
+# Declared element-wise work per token, which torch's FLOP counter (matmuls only) does not see.
+# Counts are operations per element: a softmax is max, subtract, exp, sum and divide.
+def attention_softmax_flops(n_heads: int, T: int, window: int | None = None) -> float:
+    """The softmax over each head's attended scores."""
+    return 5 * n_heads * mean_keys(T, window)
+
+
+def causal_softmax_mean_flops(channels: int) -> float:
+    """`causal_softmax_mean`: three logcumsumexp (max, subtract, exp, add, log: 5 each), two
+    clamped logs of v (3 each), two exps and three subtractions of the combination."""
+    return (3 * 5 + 2 * 3 + 2 + 3) * channels
+
+
 class SwiGLU(nn.Module):
     """FFN (u ⊙ silu(g)) W_out with [u, g] = x W_in: 3·C·F parameters."""
 

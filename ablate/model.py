@@ -87,6 +87,11 @@ class LanguageModel(nn.Module):
         """False when a mixer says it sees the future or other sequences (the audit measures it)."""
         return all(block.mixer.causal for block in self.blocks)
 
+    def state_size(self) -> int | None:
+        """Numbers per sequence carried between tokens when decoding, over all layers (None if unbounded)."""
+        sizes = [block.mixer.state_size() for block in self.blocks]
+        return None if None in sizes else sum(sizes)
+
     def n_params(self, non_embedding: bool = False) -> int:
         total = sum(p.numel() for p in self.parameters())
         return total - self.embed.weight.numel() if non_embedding else total

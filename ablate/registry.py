@@ -33,6 +33,15 @@ class Mixer(nn.Module):
     causal: bool = True
     adds_residual: bool = False
 
+    def elementwise_flops(self, T: int) -> float:
+        """Per token at context T: element-wise work (exp, cumulative sums, softmax) that
+        torch's FLOP counter, which counts matrix products, does not see. A declared estimate."""
+        return 0.0
+
+    def state_size(self) -> int | None:
+        """Numbers per sequence a decoder carries from token to token; None when it grows with the sequence."""
+        return None
+
 
 def register(name: str):
     """Class decorator: make a Mixer subclass available to studies under `name`."""

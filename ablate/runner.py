@@ -107,6 +107,8 @@ def _run_trial(study, trial, leak, corpus, tracker, exp_id, progress, task, over
         "seed": str(trial.seed),
         "n_params": str(trial.n_params),
         "n_params_non_embedding": str(trial.n_params_non_embedding),
+        "flops_per_token": f"{trial.flops_per_token:.0f}",
+        "state_size": str(trial.state_size),
         "device": str(trainer.device),
     }
     run = tracker.start(exp_id, f"{trial.variant}-seed{trial.seed}", tags, params)

@@ -3,14 +3,15 @@
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablate import registry
+from ablate.budget import Budget, flops_per_token, solve
 from ablate.data import DataConfig, source_files
 from ablate.errors import AblateError
 from ablate.model import ModelConfig, build_model
@@ -31,6 +32,9 @@ class VariantConfig(BaseModel):
     name: str
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+    scale: Literal["d_model", "n_layers", "ffn_dim", "qkv_dim"] | None = Field(
+        None, description="the dimension that absorbs the study's budget (default d_model)"
+    )
 
     _name = field_validator("name")(_safe_name)
 
@@ -45,6 +49,7 @@ class StudyConfig(BaseModel):
     train: dict[str, Any] = Field(default_factory=dict)
     variants: list[VariantConfig] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    budget: Budget | None = None
     baseline: str | None = None
     allow_leaky: bool = Field(False, description="train variants that fail the causality audit")
 
@@ -72,10 +77,13 @@ class Trial:
     train: dict[str, Any]
     n_params: int
     n_params_non_embedding: int
+    flops_per_token: float
+    state_size: int | None
 
     def key(self, data: DataConfig) -> str:
         """Identifies the trial's whole configuration: a rerun skips trials already finished."""
-        spec = {"data": data.model_dump(), **{k: v for k, v in asdict(self).items() if not k.startswith("n_")}}
+        spec = {"data": data.model_dump(), "variant": self.variant, "seed": self.seed, "model": self.model}
+        spec["train"] = self.train
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -174,11 +182,21 @@ def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_L
         built = build_model(model, device="meta")
     except AblateError as e:
         raise AblateError(f"{lines.at(model_loc(('mixer',)))}: variant {variant.name!r}: {e}") from None
+    if config.budget is None and variant.scale:
+        raise AblateError(f"{lines.at(own + ('scale',))}: variants.{index}.scale: the study has no budget to meet")
+    if config.budget is not None:
+        try:
+            model = solve(model, config.budget, variant.scale or "d_model")
+        except AblateError as e:
+            raise AblateError(f"{lines.at(own + ('scale',))}: variant {variant.name!r}: {e}") from None
+        built = build_model(model, device="meta")
     return {
         "model": model,
         "train": train_cfg.model_dump(mode="json"),
         "n_params": built.n_params(),
         "n_params_non_embedding": built.n_params(non_embedding=True),
+        "flops_per_token": flops_per_token(built),
+        "state_size": built.state_size(),
     }
 
 

@@ -8,7 +8,13 @@ window and 0 outside it (aft-local: out-of-window keys stay in the sums).
 import torch
 from torch import nn
 
-from ablate.layers import causal_biased_softmax_mean, causal_softmax_mean, head_rms_norm
+from ablate.layers import (
+    causal_biased_softmax_mean,
+    causal_softmax_mean,
+    causal_softmax_mean_flops,
+    head_rms_norm,
+    mean_keys,
+)
 from ablate.registry import Mixer, check_int, register
 
 
@@ -30,6 +36,9 @@ class _AFT(Mixer):
     def weighted_mean(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def elementwise_flops(self, T):
+        return 6 * self.out.in_features  # σ(q) (5 per element) and the product with the mean
+
 
 @register("aft-simple")
 class AFTSimple(_AFT):
@@ -40,6 +49,12 @@ class AFTSimple(_AFT):
 
     def weighted_mean(self, k, v):
         return causal_softmax_mean(k, v)
+
+    def elementwise_flops(self, T):
+        return super().elementwise_flops(T) + causal_softmax_mean_flops(self.out.in_features)
+
+    def state_size(self):
+        return 3 * self.out.in_features  # per channel: the log-sums of exp(k), exp(k)·v⁺ and exp(k)·v⁻
 
 
 class _BiasedAFT(_AFT):
@@ -54,6 +69,7 @@ class _BiasedAFT(_AFT):
         lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]
         self.register_buffer("used", (lag >= 0) & (lag < reach), persistent=False)
         self.bias = nn.Parameter(torch.zeros(sum(min(t + 1, reach) for t in range(T))))
+        self.window = window
 
     def pairwise_bias(self) -> torch.Tensor:
         """The (T, T) matrix w: learned entries where used (row by row), zeros elsewhere."""
@@ -61,6 +77,14 @@ class _BiasedAFT(_AFT):
 
     def weighted_mean(self, k, v):
         return causal_biased_softmax_mean(k, v, self.pairwise_bias())
+
+    def elementwise_flops(self, T):
+        # per key seen and channel: add the bias, exp, and weight v; then the two means combined
+        return super().elementwise_flops(T) + (3 * mean_keys(T) + 10) * self.out.in_features
+
+    def state_size(self):
+        # in-window keys and values, and the three running sums of the keys beyond the window
+        return (2 * self.window + 3) * self.out.in_features if self.window else None
 
 
 @register("aft-full")

@@ -11,7 +11,14 @@ from torch import nn
 
 from ablate import registry
 from ablate.errors import AblateError
-from ablate.layers import Rotary, causal_softmax_mean, rms_norm, softmax_attention
+from ablate.layers import (
+    Rotary,
+    attention_softmax_flops,
+    causal_softmax_mean,
+    causal_softmax_mean_flops,
+    rms_norm,
+    softmax_attention,
+)
 from ablate.registry import Mixer, check_int, register
 
 DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
@@ -47,6 +54,12 @@ class Hybrid(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mixer(x)
 
+    def elementwise_flops(self, T):
+        return self.mixer.elementwise_flops(T)
+
+    def state_size(self):
+        return self.mixer.state_size()
+
 
 @register("hybrid-heads")
 class HybridHeads(Mixer):
@@ -75,3 +88,15 @@ class HybridHeads(Mixer):
         q, k = rms_norm(self.rotary(q)), rms_norm(self.rotary(k))
         local_part = softmax_attention(q, k, v, self.window).transpose(1, 2).flatten(2)
         return self.out(torch.cat([global_part, local_part], dim=-1))
+
+    def elementwise_flops(self, T):
+        aft_channels = self.aft_heads * self.out.in_features // self.n_heads
+        return (
+            causal_softmax_mean_flops(aft_channels)
+            + 6 * aft_channels
+            + attention_softmax_flops(self.n_heads - self.aft_heads, T, self.window)
+        )
+
+    def state_size(self):
+        d = self.out.in_features // self.n_heads
+        return 3 * self.aft_heads * d + 2 * self.window * (self.n_heads - self.aft_heads) * d

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ablate.layers import Rotary, rms_norm, softmax_attention
+from ablate.layers import Rotary, attention_softmax_flops, rms_norm, softmax_attention
 from ablate.registry import Mixer, check_int, register
 
 
@@ -28,3 +28,9 @@ class MultiHeadAttention(Mixer):
             q, k = rms_norm(q), rms_norm(k)
         y = softmax_attention(q, k, v, self.window)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+    def elementwise_flops(self, T):
+        return attention_softmax_flops(self.n_heads, T, self.window)
+
+    def state_size(self):
+        return 2 * self.window * self.out.in_features if self.window else None  # a window of keys and values

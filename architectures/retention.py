@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.errors import AblateError
-from ablate.layers import Rotary, causal_softmax_mean, head_rms_norm, rms_norm, softmax_attention
+from ablate.layers import (
+    Rotary,
+    attention_softmax_flops,
+    causal_softmax_mean,
+    causal_softmax_mean_flops,
+    head_rms_norm,
+    rms_norm,
+    softmax_attention,
+)
 from ablate.registry import Mixer, check_choice, check_int, register
 
 SCOPES = ("chunk", "sequence", "batch")
@@ -67,6 +75,17 @@ class Retention(Mixer):
         # W_t: one generated row of width C per C entries of each static weight.
         self.transform = nn.Parameter(torch.empty(C, sum(w.numel() for w in self.static()) // C))
         self.rotary = Rotary(cfg.head_dim, cfg.context + chunk_size)  # covers the padded tail
+
+    def elementwise_flops(self, T):
+        """Per AFT step: head norms, σ(q) and the softmax mean; the output maps' swish; each update
+        of the weights (swish, product, sum, rescale: ~10 per entry) and the generated weights'
+        rescale (3 per entry), shared by the tokens of a chunk; the final attention's softmax."""
+        C, D = self.out.out_features, self.qkv.out_features // 3
+        per_step = 4 * 2 * D + 6 * D + causal_softmax_mean_flops(D) + (6 * C if self.sw is not None else 0)
+        weights = sum(w.numel() for w in self.static())
+        size = self.chunk_size if self.scope == "chunk" else T
+        per_chunk = (10 * self.recurrence + 3) * weights / size
+        return (self.recurrence + 1) * per_step + per_chunk + attention_softmax_flops(self.n_heads, T)
 
     def static(self) -> list[torch.Tensor]:
         return [m.weight for m in (self.qkv, self.sw, self.out) if m is not None]

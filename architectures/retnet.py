@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.layers import Rotary
+from ablate.layers import Rotary, mean_keys
 from ablate.registry import Mixer, check_choice, check_int, register
 
 
@@ -91,3 +91,17 @@ class MultiScaleRetention(Mixer):
             y = chunkwise(q, k, v, self.gamma, self.chunk_size)
         y = F.layer_norm(y, (y.size(-1),))  # group norm: each head normalised on its own
         return self.out(F.silu(self.gate(x)) * y.transpose(1, 2).reshape(B, T, -1))
+
+    def elementwise_flops(self, T):
+        """The decay applied to each score (recurrent: γ·S + k vᵀ, 3 per state entry), group norm (5
+        per element), swish gate (5) and its product."""
+        C, d = self.out.in_features, self.out.in_features // self.n_heads
+        if self.form == "recurrent":
+            decay = 3 * C * d
+        else:
+            decay = self.n_heads * mean_keys(T, self.chunk_size if self.form == "chunkwise" else None)
+        return decay + 11 * C
+
+    def state_size(self):
+        C = self.out.in_features
+        return C * (C // self.n_heads)  # one d×d state per head

@@ -67,6 +67,25 @@ CASES = {
         "baseline 'mah' is not a variant (did you mean 'mha'?)",
     ),
     "duplicate seeds": (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be unique"),
+    "budget with two targets": (
+        ("seeds: [0, 1]", "seeds: [0, 1]\nbudget: {params: 9000, flops_per_token: 9000}"),
+        "study.yaml:9: budget: a budget sets exactly one of params and flops_per_token",
+    ),
+    "scale without a budget": (
+        ("- {name: mha,", "- {name: mha, scale: n_layers,"),
+        "study.yaml:6: variants.0.scale: the study has no budget to meet",
+    ),
+    "unreachable budget": (
+        ("seeds: [0, 1]", "seeds: [0, 1]\nbudget: {params: 10}"),
+        (
+            "study.yaml:6: variant 'mha': cannot reach 10 non-embedding parameters within 1.0% by scaling d_model "
+            "and ffn_dim: the closest reachable is"
+        ),
+    ),
+    "scale ffn_dim without an FFN": (
+        ("ffn: false}}\nseeds: [0, 1]", "ffn: false}, scale: ffn_dim}\nseeds: [0, 1]\nbudget: {params: 9000}"),
+        "study.yaml:7: variant 'aft': scale ffn_dim needs an FFN (ffn: true)",
+    ),
     "warmup too long": (
         ("warmup: 5", "warmup: 500"),
         "study.yaml:4: train.warmup: warmup (500) is longer than steps (30)",

@@ -54,6 +54,8 @@ def test_run_logs_one_finished_run_per_trial(finished):
     assert all(math.isfinite(v) for v in runs["metrics.val_loss"])
     assert set(runs["params.model.d_model"]) == {"32"} and set(runs["params.train.steps"]) == {"30"}
     assert runs["params.data.fingerprint"].nunique() == 1
+    assert (runs["params.flops_per_token"].astype(float) > 0).all()
+    assert set(runs.loc[runs["tags.ablate.variant"] == "aft", "params.state_size"]) == {"96"}  # 3 sums × 32 channels
 
     client = mlflow.MlflowClient()
     run_id = runs["run_id"].iloc[0]
@@ -125,7 +127,15 @@ def test_plan_json_gives_the_model_dicts_build_model_takes(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["study"] == "tiny" and len(plan["trials"]) == 4
     for trial in plan["trials"]:
-        assert set(trial) == {"variant", "seed", "model", "n_params", "n_params_non_embedding"}
+        assert set(trial) == {
+            "variant",
+            "seed",
+            "model",
+            "n_params",
+            "n_params_non_embedding",
+            "flops_per_token",
+            "state_size",
+        }
         model = ablate.build_model(trial["model"])
         assert trial["n_params"] == sum(p.numel() for p in model.parameters())
     assert not (tmp_path / "results").exists()

@@ -1,0 +1,148 @@
+"""Equal budgets: solve each variant's free dimension so that every trial has the same
+parameter count (or forward FLOPs per token), within a tolerance."""
+
+import json
+import math
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.flop_counter import FlopCounterMode
+
+from ablate.errors import AblateError
+from ablate.model import LanguageModel, build_model
+
+SCALES = ("d_model", "n_layers", "ffn_dim", "qkv_dim")
+FINE_STEP = 8  # the second, finer dimension moves in multiples of 8
+FINE_SPREAD = 4  # the finer dimension is tried at this many primary steps either side of the solution
+MAX_STEPS = 1 << 14  # a dimension is never searched beyond 2^14 steps
+
+
+class Budget(BaseModel):
+    """`budget:` of a study: params (counted as `count`) or flops_per_token, met within `tolerance`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: int | None = Field(None, gt=0)
+    flops_per_token: float | None = Field(None, gt=0)
+    count: Literal["total", "non_embedding"] = "non_embedding"
+    tolerance: float = Field(0.01, gt=0, lt=1, description="relative: 0.01 is within 1%")
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.params is None) == (self.flops_per_token is None):
+            raise ValueError("a budget sets exactly one of params and flops_per_token")
+        return self
+
+    @property
+    def target(self) -> float:
+        return self.params if self.params is not None else self.flops_per_token
+
+    def describe(self) -> str:
+        if self.params is not None:
+            return f"{self.params:,} {self.count.replace('_', '-')} parameters"
+        return f"{self.flops_per_token:,.0f} forward FLOPs per token"
+
+    def measure(self, model: dict[str, Any]) -> float | None:
+        """The budgeted quantity of a model dict; None when the dict does not build."""
+        return _measure(json.dumps(model, sort_keys=True), self.params is not None, self.count == "non_embedding")
+
+
+@lru_cache(maxsize=4096)
+def _measure(model_json: str, params: bool, non_embedding: bool) -> float | None:
+    try:
+        model = build_model(json.loads(model_json), device="meta")
+    except (AblateError, ValueError):
+        return None
+    return model.n_params(non_embedding) if params else flops_per_token(model)
+
+
+def flops_per_token(model: LanguageModel) -> float:
+    """Forward FLOPs per token: torch's counter over one forward pass of a full context (matrix
+    products, attention counted dense), plus each mixer's declared element-wise work."""
+    T = model.cfg.context
+    idx = torch.zeros(1, T, dtype=torch.long, device=model.embed.weight.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(idx)
+    return counter.get_total_flops() / T + sum(block.mixer.elementwise_flops(T) for block in model.blocks)
+
+
+def solve(model: dict[str, Any], budget: Budget, scale: str) -> dict[str, Any]:
+    """The model dict with `scale` (and, if needed, a finer width) set to meet the budget.
+
+    Every budgeted quantity grows with every dimension, so each is found by bisection. The
+    primary dimension moves in multiples of n_heads for d_model (of lcm(n_heads, 8) for qkv_dim,
+    8 for ffn_dim, 1 for n_layers);
+    when neither neighbour of the solution lands within the tolerance, ffn_dim (or qkv_dim,
+    when there is no FFN or ffn_dim is the primary) moves in multiples of 8, tried at the primary
+    values up to FINE_SPREAD steps either side, nearest first: the first within the tolerance wins.
+    """
+    if scale == "ffn_dim" and not model["ffn"]:
+        raise AblateError("scale ffn_dim needs an FFN (ffn: true)")
+    step = _step(model, scale)
+    lo_side, hi_side = _neighbours(model, budget, scale, step)
+    best = min((c for c in (lo_side, hi_side) if c is not None), key=lambda c: _error(budget, c), default=None)
+    if best is not None and _error(budget, best) <= budget.tolerance:
+        return best
+    fine = "ffn_dim" if model["ffn"] and scale != "ffn_dim" else "qkv_dim"
+    if fine != scale:
+        middle = (lo_side or hi_side)[scale] // step
+        nearest_first = sorted(
+            range(max(1, middle - FINE_SPREAD), middle + FINE_SPREAD + 2), key=lambda k: abs(k - middle)
+        )
+        for k in nearest_first:
+            for adjusted in _neighbours({**model, scale: k * step}, budget, fine, _step(model, fine)):
+                if adjusted is not None and _error(budget, adjusted) < _error(budget, best):
+                    best = adjusted
+            if _error(budget, best) <= budget.tolerance:
+                return best
+    if best is None:
+        raise AblateError(f"no {scale} builds a model for the budget of {budget.describe()}")
+    if _error(budget, best) > budget.tolerance:
+        reached = budget.measure(best)
+        raise AblateError(
+            f"cannot reach {budget.describe()} within {budget.tolerance:.1%} by scaling {scale}"
+            f"{'' if fine == scale else f' and {fine}'}: the closest reachable is {reached:,.0f} "
+            f"({_error(budget, best):+.1%}, {scale}={best[scale]}{'' if fine == scale else f', {fine}={best[fine]}'})"
+        )
+    return best
+
+
+def _step(model: dict[str, Any], dim: str) -> int:
+    if dim == "n_layers":
+        return 1
+    if dim == "ffn_dim":
+        return FINE_STEP
+    if dim == "qkv_dim":  # divisible by heads, and by 8 as a fine dimension
+        return math.lcm(model["n_heads"], FINE_STEP)
+    return model["n_heads"]
+
+
+def _error(budget: Budget, model: dict[str, Any] | None) -> float:
+    value = budget.measure(model) if model is not None else None
+    return float("inf") if value is None else abs(value - budget.target) / budget.target
+
+
+def _neighbours(model: dict[str, Any], budget: Budget, dim: str, step: int):
+    """The models with dim = the largest multiple of step at or below the target, and the next one up
+    (either None where no such model builds)."""
+
+    def at(k: int) -> dict[str, Any]:
+        return {**model, dim: k * step}
+
+    def below(k: int) -> bool:  # a model that does not build counts as below: larger ones may build
+        value = budget.measure(at(k))
+        return value is None or value <= budget.target
+
+    if not below(1):
+        return None, at(1)
+    lo, hi = 1, 2
+    while hi <= MAX_STEPS and below(hi):
+        lo, hi = hi, hi * 2
+    if hi > MAX_STEPS:
+        return (at(lo) if budget.measure(at(lo)) is not None else None), None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if below(mid) else (lo, mid)
+    return (at(lo) if budget.measure(at(lo)) is not None else None), at(hi)
