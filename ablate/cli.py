@@ -66,11 +66,22 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     plan.set_defaults(func=_plan)
 
-    compare = sub.add_parser("compare", help="a table of variants: mean, 95%% CI, difference to the baseline")
+    compare = sub.add_parser(
+        "compare", help="a table of variants: mean, 95%% CI, tests against the baseline (paired by seed, Holm)"
+    )
     compare.add_argument("--study", help="study name (default: the one that ran last)")
     compare.add_argument("--metric", default="val_loss")
     compare.add_argument("--baseline", help="variant to compare against (default: the study's)")
     compare.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table")
+    direction = compare.add_mutually_exclusive_group()
+    direction.add_argument("--lower-is-better", action="store_const", const=True, dest="lower_is_better")
+    direction.add_argument(
+        "--higher-is-better",
+        action="store_const",
+        const=False,
+        dest="lower_is_better",
+        help="the metric's direction (known for losses, accuracy and speed)",
+    )
     store_options(compare)
     compare.set_defaults(func=_compare)
 
@@ -172,28 +183,62 @@ def _plan(args) -> int:
 def _compare(args) -> int:
     from rich.table import Table
 
-    from ablate.compare import render, study_runs, summarize
+    from ablate.compare import latest_per_seed, lower_is_better, render, small_samples, study_runs, summarize
 
+    lower = lower_is_better(args.metric, args.lower_is_better)
     _, uri = _store(args)
     name, tags, runs = study_runs(uri, args.study)
+    runs, set_aside = latest_per_seed(runs)
     order = json.loads(tags.get("ablate.variants", "[]"))
     baseline = args.baseline or tags.get("ablate.baseline")
-    table = summarize(runs, args.metric, baseline, order)
+    table = summarize(runs, args.metric, baseline, order, lower)
+    baseline = baseline or table["variant"].iloc[0]
+    notes = []
+    if set_aside:
+        notes.append(f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)")
+    if small := small_samples(table):
+        notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
+    for note in notes:
+        print(f"ablate: warning: {note}", file=sys.stderr)
     if args.format != "table":
         print(render(table, args.format))
         return 0
-    out = Table(title=f"{name}: {args.metric} (baseline {baseline or table['variant'].iloc[0]})")
-    for col in table.columns:
+    better = "lower" if lower else "higher"
+    out = Table(title=f"{name}: {args.metric} ({better} is better), against {baseline}")
+    for col in ("variant", "n", "mean", "95% CI", "std", "median", "params", "Δ vs baseline [95% CI]"):
         out.add_column(col, justify="left" if col == "variant" else "right")
-    for row in table.itertuples(index=False):
-        out.add_row(*(_cell(v) for v in row))
+    for col in ("test", "p (Holm)", "effect", "verdict", "causal"):
+        out.add_column(col, justify="left" if col in ("test", "verdict") else "right")
+    for r in table.itertuples(index=False):
+        out.add_row(
+            r.variant,
+            str(r.n),
+            _cell(r.mean),
+            f"[{_cell(r.ci95_low)}, {_cell(r.ci95_high)}]",
+            _cell(r.std),
+            _cell(r.median),
+            f"{r.n_params:,}",
+            "-" if r.variant == baseline else f"{r.diff:+.4f} [{_cell(r.diff_ci_low)}, {_cell(r.diff_ci_high)}]",
+            r.test or "-",
+            _cell(r.p_holm),
+            "-" if math.isnan(r.effect) else f"{r.effect_kind} {r.effect:+.2f}",
+            r.verdict,
+            r.causal,
+        )
     _console().print(out)
+    print(
+        f"verdict at α=0.05 after Holm's correction over {int(table['p'].notna().sum())} comparisons; "
+        "paired by seed where both variants have the seed, else Welch's t-test; "
+        "effect: d_z (paired) or Hedges' g"
+    )
     return 0
 
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4f}"
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 

@@ -1,4 +1,10 @@
-"""MLflow runs of a study → one row of statistics per variant."""
+"""MLflow runs of a study → one row of statistics per variant, each tested against the baseline.
+
+Per variant: n, mean, std, 95% t-interval, median. Against the baseline: the difference with
+its 95% interval, Welch's t-test, and the paired t-test over the seeds both have (runs with
+one seed share data order and initialisation RNG). The verdict uses the paired test when there
+are pairs, else Welch's; its p-values are Holm-corrected over all comparisons of the table.
+"""
 
 import json
 
@@ -9,9 +15,25 @@ from scipy import stats
 from ablate import tracking
 from ablate.errors import AblateError
 
+ALPHA = 0.05
+WILCOXON_MIN_PAIRS = 6  # at 5 pairs or fewer its smallest two-sided p is 0.0625: it can never reject
+HIGHER_IS_BETTER = {"accuracy", "tokens_per_s", "mean_tokens_per_s"}
+LOWER_IS_BETTER = {"train_time_s"}
+
+
+def lower_is_better(metric: str, given: bool | None) -> bool:
+    """The direction of a metric: as given, else known for losses, accuracy and speed."""
+    if given is not None:
+        return given
+    if metric in HIGHER_IS_BETTER or metric.endswith("accuracy"):
+        return False
+    if metric in LOWER_IS_BETTER or "loss" in metric:
+        return True
+    raise AblateError(f"is a higher {metric!r} better or worse? say --higher-is-better or --lower-is-better")
+
 
 def study_runs(uri: str, study: str | None) -> tuple[str, dict[str, str], pd.DataFrame]:
-    """(study name, its experiment tags, its FINISHED runs as a frame) from any MLflow store."""
+    """(study name, its experiment tags, its FINISHED final-phase trial runs as a frame)."""
     import mlflow
 
     c = tracking.client(uri)
@@ -26,45 +48,148 @@ def study_runs(uri: str, study: str | None) -> tuple[str, dict[str, str], pd.Dat
         output_format="pandas",
         max_results=50_000,
     )
+    if not runs.empty:
+        runs = runs[tracking.final_trials(runs)]
     if runs.empty:
         raise AblateError(f"study {name!r} has no finished runs yet")
     return name, exp.tags, runs
 
 
-def summarize(runs: pd.DataFrame, metric: str, baseline: str | None, order: list[str] | None = None) -> pd.DataFrame:
-    """Per variant: n, mean, std, 95% t-interval, parameter count, difference to the baseline."""
+def latest_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One run per (variant, seed), the newest, and how many older ones were set aside
+    (a study edited between runs leaves runs of older settings in its experiment)."""
+    newest = runs.sort_values("start_time").drop_duplicates(["tags.ablate.variant", "tags.ablate.seed"], keep="last")
+    return newest, len(runs) - len(newest)
+
+
+def summarize(
+    runs: pd.DataFrame,
+    metric: str,
+    baseline: str | None,
+    order: list[str] | None = None,
+    lower: bool = True,
+) -> pd.DataFrame:
+    """The comparison table: one row per variant (see the module docstring)."""
     column = f"metrics.{metric}"
     if column not in runs:
         known = sorted(c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics."))
         raise AblateError(f"no metric {metric!r} in these runs; logged metrics: {', '.join(known)}")
     variants = runs["tags.ablate.variant"]
     order = [v for v in (order or []) if v in set(variants)] + sorted(set(variants) - set(order or []))
-    rows = []
-    for variant in order:
-        group = runs[variants == variant]
-        values = group[column].dropna().to_numpy(dtype=float)
-        n = len(values)
-        mean = values.mean() if n else np.nan
-        std = values.std(ddof=1) if n > 1 else np.nan
-        low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(values)) if n > 1 else (np.nan, np.nan)
-        rows.append(
-            {
-                "variant": variant,
-                "n": n,
-                "mean": mean,
-                "std": std,
-                "ci95_low": low,
-                "ci95_high": high,
-                "n_params": int(group["params.n_params"].astype(int).iloc[0]),
-                "causal": _causal(group),
-            }
-        )
-    table = pd.DataFrame(rows)
     baseline = baseline or order[0]
     if baseline not in set(order):
         raise AblateError(f"baseline {baseline!r} has no finished runs; variants: {', '.join(order)}")
-    table["diff_vs_baseline"] = table["mean"] - table.loc[table["variant"] == baseline, "mean"].iloc[0]
+
+    def values(variant: str) -> pd.Series:
+        group = runs[variants == variant]
+        return group.set_index(group["tags.ablate.seed"].astype(int))[column].dropna().astype(float)
+
+    base = values(baseline)
+    rows = []
+    for variant in order:
+        own = values(variant)
+        group = runs[variants == variant]
+        row = {"variant": variant, **describe(own.to_numpy())}
+        row["n_params"] = int(group["params.n_params"].astype(int).iloc[0])
+        row["causal"] = _causal(group)
+        row.update(against(own, base) if variant != baseline else {"diff": 0.0})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for name in COMPARISON_COLUMNS:
+        if name not in table:
+            table[name] = np.nan
+    table["test"] = table["test"].fillna("")
+    table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
+    table["verdict"] = [
+        verdict(r.diff, r.p_holm, lower) if r.variant != baseline else "baseline" for r in table.itertuples()
+    ]
     return table
+
+
+COMPARISON_COLUMNS = (
+    "diff_ci_low",
+    "diff_ci_high",
+    "test",
+    "p",
+    "p_welch",
+    "p_paired",
+    "p_wilcoxon",
+    "effect",
+    "effect_kind",
+)
+
+
+def describe(x: np.ndarray) -> dict[str, float]:
+    """n, mean, std, 95% t-interval of the mean, median."""
+    n = len(x)
+    mean = x.mean() if n else np.nan
+    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(x)) if n > 1 else (np.nan, np.nan)
+    return {
+        "n": n,
+        "mean": mean,
+        "std": x.std(ddof=1) if n > 1 else np.nan,
+        "ci95_low": low,
+        "ci95_high": high,
+        "median": np.median(x) if n else np.nan,
+    }
+
+
+def against(a: pd.Series, b: pd.Series) -> dict[str, float | str]:
+    """a against the baseline b (both indexed by seed): difference a − b with its 95% interval, the
+    tests, and the effect size. Paired over the common seeds when there are at least two."""
+    out: dict[str, float | str] = {"diff": a.mean() - b.mean()}
+    if len(a) > 1 and len(b) > 1:
+        welch = stats.ttest_ind(a, b, equal_var=False)
+        low, high = welch.confidence_interval(0.95)
+        out |= {"p_welch": welch.pvalue, "diff_ci_low": low, "diff_ci_high": high}
+        out |= {"test": "welch", "p": welch.pvalue, "effect": hedges_g(a.to_numpy(), b.to_numpy()), "effect_kind": "g"}
+    seeds = a.index.intersection(b.index)
+    if len(seeds) > 1:
+        d = (a[seeds] - b[seeds]).to_numpy()
+        paired = stats.ttest_rel(a[seeds], b[seeds])
+        low, high = paired.confidence_interval(0.95)
+        out |= {"diff": d.mean(), "diff_ci_low": low, "diff_ci_high": high, "p_paired": paired.pvalue}
+        out |= {"test": f"paired ({len(seeds)} seeds)", "p": paired.pvalue, "effect": d_z(d), "effect_kind": "d_z"}
+        if len(seeds) >= WILCOXON_MIN_PAIRS:
+            out["p_wilcoxon"] = stats.wilcoxon(a[seeds], b[seeds]).pvalue
+    return out
+
+
+def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
+    """(mean a − mean b) / pooled std, times the small-sample correction 1 − 3 / (4(n_a + n_b) − 9)."""
+    na, nb = len(a), len(b)
+    pooled = np.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
+    return (a.mean() - b.mean()) / pooled * (1 - 3 / (4 * (na + nb) - 9))
+
+
+def d_z(d: np.ndarray) -> float:
+    """Mean paired difference over its standard deviation."""
+    return d.mean() / d.std(ddof=1)
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment over the non-NaN p-values (NaN stays NaN): the i-th smallest of m
+    is multiplied by m − i (i from 0), made non-decreasing, capped at 1."""
+    out = np.full(len(p), np.nan)
+    present = np.flatnonzero(~np.isnan(p))
+    running = 0.0
+    for rank, i in enumerate(present[np.argsort(p[present], kind="stable")]):
+        running = max(running, min(1.0, (len(present) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def verdict(diff: float, p_holm: float, lower: bool) -> str:
+    if np.isnan(p_holm):
+        return "too few runs"
+    if p_holm >= ALPHA:
+        return "no significant difference"
+    return "better" if (diff < 0) == lower else "worse"
+
+
+def small_samples(table: pd.DataFrame) -> list[str]:
+    """Variants with fewer than 3 runs: their intervals and tests say little."""
+    return list(table.loc[table["n"] < 3, "variant"])
 
 
 def _causal(group: pd.DataFrame) -> str:
@@ -80,7 +205,7 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return table.to_csv(index=False).rstrip("\n")
     if fmt == "markdown":
-        return table.to_markdown(index=False, floatfmt=".4f")
+        return table.to_markdown(index=False, floatfmt=".4g")
     if fmt == "json":
         return json.dumps(json.loads(table.to_json(orient="records", double_precision=15)), indent=2)
     raise AblateError(f"unknown format {fmt!r}")

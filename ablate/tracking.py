@@ -107,6 +107,18 @@ class RunLog:
             self.client.set_terminated(self.run_id, status)
 
 
+def final_trials(runs):
+    """Mask over a frame of runs: the trial runs a comparison counts (no search trials, no parent runs)."""
+    if "tags.ablate.variant" not in runs:
+        return runs.index != runs.index
+    mask = runs["tags.ablate.variant"].notna()
+    if "tags.ablate.role" in runs:  # parent runs: the study's, and each variant's
+        mask &= runs["tags.ablate.role"].isna()
+    if "tags.ablate.phase" in runs:
+        mask &= runs["tags.ablate.phase"].isna() | (runs["tags.ablate.phase"] == "final")
+    return mask
+
+
 def latest_study(c) -> str:
     """The study whose runs started most recently."""
     exps = [e for e in c.search_experiments(max_results=50_000) if TAG + "study" in e.tags]

@@ -57,7 +57,8 @@ def test_run_refuses_a_leaking_variant_before_writing_anything(tmp_path, capsys)
 def test_an_allowed_leaking_variant_is_tagged_and_marked_in_compare(tmp_path, capsys):
     study = write_study(tmp_path, LEAKY_STUDY + "allow_leaky: true\n")
     results = tmp_path / "results"
-    assert main(["run", str(study), "--results", str(results)]) == 0
+    store = ["--results", str(results), "--tracking-uri", f"sqlite:///{results / 'mlflow.db'}"]
+    assert main(["run", str(study), *store]) == 0
     out = capsys.readouterr().out
     assert "leaking (allowed by allow_leaky): aft" in out and "prefix_val_loss" in out
     client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
@@ -66,6 +67,6 @@ def test_an_allowed_leaking_variant_is_tagged_and_marked_in_compare(tmp_path, ca
     assert causal == {"mha": "true", "aft": "false"}
     prefix = {r.data.tags["ablate.variant"]: r.data.metrics.get("prefix_val_loss") for r in runs}
     assert prefix["mha"] is None and prefix["aft"] > 0  # the honest loss, logged for the leaking run only
-    assert main(["compare", "--results", str(results), "--format", "json"]) == 0
+    assert main(["compare", *store, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["variant"]: r["causal"] for r in rows} == {"mha": "yes", "aft": "no"}

@@ -30,7 +30,9 @@ def test_every_ffn_necessity_trial_is_within_one_percent_of_its_budget():
 @pytest.mark.parametrize("scale", ["d_model", "n_layers", "ffn_dim", "qkv_dim"])
 @pytest.mark.parametrize("count", ["total", "non_embedding"])
 def test_each_scale_meets_a_parameter_budget(scale, count):
-    model = ModelConfig(mixer="mha", vocab_size=512, context=32, d_model=32, n_layers=2, n_heads=2, qkv_dim=32).resolved()
+    model = ModelConfig(
+        mixer="mha", vocab_size=512, context=32, d_model=32, n_layers=2, n_heads=2, qkv_dim=32
+    ).resolved()
     budget = Budget(params=120_000, count=count, tolerance=0.01)
     solved = solve(model, budget, scale)
     built = build_model(solved)

@@ -80,8 +80,8 @@ def test_compare_json_means_equal_the_runs(finished, capsys):
         assert row["mean"] == pytest.approx(values.mean(), abs=1e-12)
         assert row["std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
         assert row["ci95_low"] < row["mean"] < row["ci95_high"]
-    assert rows[0]["diff_vs_baseline"] == 0
-    assert rows[1]["diff_vs_baseline"] == pytest.approx(rows[1]["mean"] - rows[0]["mean"])
+    assert rows[0]["diff"] == 0 and rows[0]["verdict"] == "baseline"
+    assert rows[1]["diff"] == pytest.approx(rows[1]["mean"] - rows[0]["mean"])
 
     for fmt in ("table", "csv", "markdown"):
         assert main(["compare", "--results", str(results), "--study", "tiny", "--format", fmt]) == 0

@@ -37,14 +37,11 @@ def test_plan_counts_equal_the_built_models(name):
         assert trial.n_params_non_embedding == trial.n_params - model.embed.weight.numel()
 
 
-def test_ffn_necessity_compares_each_family_at_equal_parameter_counts():
-    trials = study.load(STUDIES / "ffn_necessity.yaml").trials
-    counts = {t.variant: t.n_params_non_embedding for t in trials}
-    families = {name.removesuffix("-no-ffn") for name in counts}
+def test_ffn_necessity_covers_every_family_with_and_without_ffn():
+    variants = {t.variant for t in study.load(STUDIES / "ffn_necessity.yaml").trials}
+    families = {name.removesuffix("-no-ffn") for name in variants}
     assert families == {"mha", "aft", "hybrid", "hybrid-heads", "retnet", "retention"}
-    for family in families:
-        assert counts[family] == counts[f"{family}-no-ffn"], family
-    assert counts["mha"] == 163_840 and counts["retnet"] == 204_800 and counts["retention"] == 294_912
+    assert variants == families | {f"{family}-no-ffn" for family in families}
 
 
 @pytest.mark.parametrize(("name", "count"), [("strawberry_seed", 1_032_192), ("hybrid_ratio", 655_360)])
