@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train every trial of a study and log it to MLflow")
     run.add_argument("study", type=Path)
     run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    run.add_argument("--storage", help="Optuna storage URL for searches (default: sqlite:///RESULTS/optuna.db)")
     store_options(run)
     run.set_defaults(func=_run)
 
@@ -127,7 +128,7 @@ def _run(args) -> int:
     study = study_mod.load(args.study, smoke_form=args.smoke)  # validates fully before anything is written
     results, uri = _store(args)
     _check_writable(results)
-    run_study(study, results, uri, _console(), store_args=_store_args(args))
+    run_study(study, results, uri, _console(), store_args=_store_args(args), storage=args.storage)
     return 0
 
 
@@ -145,7 +146,10 @@ def _plan(args) -> int:
     from ablate import study as study_mod
 
     study = study_mod.load(args.study, smoke_form=args.smoke)
-    trials = [{k: v for k, v in asdict(t).items() if k != "train"} for t in study.trials]
+    trials = [
+        {**{k: v for k, v in asdict(t).items() if k not in ("train", "search")}, "search": _searched(t)}
+        for t in study.trials
+    ]
     if args.json:
         print(json.dumps({"study": study.name, "trials": trials}, indent=2))
         return 0
@@ -176,8 +180,14 @@ def _plan(args) -> int:
     _console().print(table)
     print("FLOPs/token: forward pass, matrix products counted by torch plus each mixer's declared element-wise work")
     print("state: numbers per sequence a decoder carries between tokens ('-': grows with the sequence)")
+    for variant, search in study.searches.items():
+        print(f"search {variant}: {search.describe()}; its final seeds train with the best setting")
     print("model dicts (mixer options, ffn type) in full: ablate plan --json")
     return 0
+
+
+def _searched(trial) -> dict | None:
+    return None if trial.search is None else trial.search.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _compare(args) -> int:

@@ -98,7 +98,7 @@ def summarize(
     for name in COMPARISON_COLUMNS:
         if name not in table:
             table[name] = np.nan
-    table["test"] = table["test"].fillna("")
+    table["test"] = [t if isinstance(t, str) else "" for t in table["test"]]
     table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
     table["verdict"] = [
         verdict(r.diff, r.p_holm, lower) if r.variant != baseline else "baseline" for r in table.itertuples()

@@ -15,6 +15,7 @@ from ablate.budget import Budget, flops_per_token, solve
 from ablate.data import DataConfig, source_files
 from ablate.errors import AblateError
 from ablate.model import ModelConfig, build_model
+from ablate.search import KINDS, SearchConfig
 from ablate.trainer import TrainConfig
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -35,6 +36,9 @@ class VariantConfig(BaseModel):
     scale: Literal["d_model", "n_layers", "ffn_dim", "qkv_dim"] | None = Field(
         None, description="the dimension that absorbs the study's budget (default d_model)"
     )
+    search: dict[str, Any] | bool | None = Field(
+        None, description="this variant's search, merged over the study's; false: none (default: the study's)"
+    )
 
     _name = field_validator("name")(_safe_name)
 
@@ -50,6 +54,7 @@ class StudyConfig(BaseModel):
     variants: list[VariantConfig] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     budget: Budget | None = None
+    search: dict[str, Any] | None = Field(None, description="an Optuna search for every variant (see SearchConfig)")
     baseline: str | None = None
     allow_leaky: bool = Field(False, description="train variants that fail the causality audit")
 
@@ -79,6 +84,7 @@ class Trial:
     n_params_non_embedding: int
     flops_per_token: float
     state_size: int | None
+    search: SearchConfig | None = None  # train keys this trial takes from its variant's search
 
     def key(self, data: DataConfig) -> str:
         """Identifies the trial's whole configuration: a rerun skips trials already finished."""
@@ -102,20 +108,34 @@ class Study:
     def baseline(self) -> str:
         return self.config.baseline or self.config.variants[0].name
 
+    @property
+    def searches(self) -> dict[str, SearchConfig]:
+        """variant → its search, for the variants that search before their final seeds."""
+        return {t.variant: t.search for t in self.trials if t.search is not None}
+
 
 # `--smoke`: the same models and data, trained just long enough to see every part run on a CPU.
 SMOKE_TRAIN = {"steps": 20, "warmup": 2, "eval_every": 20, "eval_batches": 2, "log_every": 5}
+SMOKE_SEARCH = {"trials": 2, "search_steps": 10}
 
 
 def smoke(config: StudyConfig) -> StudyConfig:
-    """The study's smoke form: 20 steps, one seed, its own experiment (NAME-smoke), so it never mixes with real runs."""
-    variants = [v.model_copy(update={"train": {**v.train, **SMOKE_TRAIN}}) for v in config.variants]
+    """The study's smoke form: 20 steps, one seed, 2 search trials of 10 steps, its own experiment
+    (NAME-smoke), so it never mixes with real runs."""
+
+    def shrink(search):
+        return {**search, **SMOKE_SEARCH} if isinstance(search, dict) else search
+
+    variants = [
+        v.model_copy(update={"train": {**v.train, **SMOKE_TRAIN}, "search": shrink(v.search)}) for v in config.variants
+    ]
     return config.model_copy(
         update={
             "name": f"{config.name}-smoke",
             "train": {**config.train, **SMOKE_TRAIN},
             "variants": variants,
             "seeds": config.seeds[:1],
+            "search": shrink(config.search),
         }
     )
 
@@ -150,8 +170,26 @@ def _plan(config: StudyConfig, lines: "_Lines") -> list[Trial]:
     trials = []
     for index, variant in enumerate(config.variants):
         resolved = _resolve(config, variant, index, lines)
+        resolved["search"] = _search(config, variant, index, resolved["train"], lines)
         trials += [Trial(variant=variant.name, seed=seed, **resolved) for seed in config.seeds]
     return trials
+
+
+def _search(
+    config: StudyConfig, variant: VariantConfig, index: int, train: dict[str, Any], lines: "_Lines"
+) -> SearchConfig | None:
+    """The variant's search: its own `search` merged over the study's, none for `search: false`."""
+    if variant.search is False or (variant.search is None and config.search is None):
+        return None
+    own = isinstance(variant.search, dict)
+    merged = {**(config.search or {}), **(variant.search if own else {})}
+    where = ("variants", index, "search") if own else ("search",)
+    try:
+        search = SearchConfig(**merged)
+        search.check(train)
+    except ValidationError as e:
+        raise AblateError(f"{lines.explain(e, lambda loc: where + loc)} (variant {variant.name!r})") from None
+    return search
 
 
 def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_Lines") -> dict[str, Any]:
@@ -258,4 +296,13 @@ def _known_keys(parent: tuple) -> list[str]:
         return list(StudyConfig.model_fields)
     if isinstance(parent[-1], int):
         return list(VariantConfig.model_fields)
-    return list({"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[parent[-1]].model_fields)
+    if len(parent) > 1 and parent[-2] == "space":
+        return list(KINDS)
+    sections = {
+        "data": DataConfig,
+        "model": ModelConfig,
+        "train": TrainConfig,
+        "search": SearchConfig,
+        "budget": Budget,
+    }
+    return list(sections[parent[-1]].model_fields) if parent[-1] in sections else []

@@ -61,12 +61,32 @@ class Tracker:
         return exp_id
 
     def finished_trials(self, exp_id: str) -> dict[str, dict[str, float]]:
-        """trial key → final metrics of the trials that already have a FINISHED run."""
+        """trial key → final metrics of the (final-phase) trials that already have a FINISHED run."""
         runs = self.client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'", max_results=50_000)
-        return {r.data.tags.get(TAG + "trial_key"): r.data.metrics for r in runs}
+        return {
+            r.data.tags[TAG + "trial_key"]: r.data.metrics
+            for r in runs
+            if TAG + "trial_key" in r.data.tags and r.data.tags.get(TAG + "phase", "final") == "final"
+        }
 
-    def start(self, exp_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> "RunLog":
-        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
+    def parent(self, exp_id: str, role: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
+        """The run that groups others in the MLflow UI (role study, or variant), made once and
+        reused by every later run of the study."""
+        query = f"tags.`{TAG}role` = '{role}'" + "".join(f" and tags.`{k}` = '{v}'" for k, v in tags.items())
+        found = self.client.search_runs([exp_id], filter_string=query, max_results=1)
+        if found:
+            return found[0].info.run_id
+        nest = {"mlflow.parentRunId": parent_id} if parent_id else {}
+        return self.client.create_run(exp_id, run_name=name, tags={TAG + "role": role, **tags, **nest}).info.run_id
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self.client.update_run(run_id, status=status)
+
+    def start(
+        self, exp_id: str, run_name: str, tags: dict[str, str], params: dict[str, str], parent_id: str | None = None
+    ) -> "RunLog":
+        nest = {"mlflow.parentRunId": parent_id} if parent_id else {}
+        run = self.client.create_run(exp_id, run_name=run_name, tags={**tags, **nest})
         log = RunLog(self.client, run.info.run_id)
         log.params(params)
         return log
@@ -96,6 +116,9 @@ class RunLog:
         for i in range(0, len(self.pending), 1000):  # and at most 1000 metrics
             self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
         self.pending = []
+
+    def tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)

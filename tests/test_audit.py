@@ -62,7 +62,7 @@ def test_an_allowed_leaking_variant_is_tagged_and_marked_in_compare(tmp_path, ca
     out = capsys.readouterr().out
     assert "leaking (allowed by allow_leaky): aft" in out and "prefix_val_loss" in out
     client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`ablate.phase` = 'final'")
     causal = {r.data.tags["ablate.variant"]: r.data.tags["ablate.causal"] for r in runs}
     assert causal == {"mha": "true", "aft": "false"}
     prefix = {r.data.tags["ablate.variant"]: r.data.metrics.get("prefix_val_loss") for r in runs}

@@ -44,10 +44,17 @@ def finished(tmp_path_factory):
     return study, results, proc.stdout
 
 
+def trial_runs(experiment: str):
+    """The study's trial runs, without the parent runs that group them."""
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    return runs[runs["tags.ablate.role"].isna()]
+
+
 def test_run_logs_one_finished_run_per_trial(finished):
     study, results, stdout = finished
-    runs = mlflow.search_runs(experiment_names=["tiny"])
+    runs = trial_runs("tiny")
     assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    assert set(runs["tags.ablate.phase"]) == {"final"}
     pairs = sorted(zip(runs["tags.ablate.variant"], runs["tags.ablate.seed"]))
     assert pairs == [("aft", "0"), ("aft", "1"), ("mha", "0"), ("mha", "1")]
     assert set(runs["tags.ablate.study"]) == {"tiny"}
@@ -72,7 +79,7 @@ def test_compare_json_means_equal_the_runs(finished, capsys):
     _, results, _ = finished
     assert main(["compare", "--results", str(results), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    runs = mlflow.search_runs(experiment_names=["tiny"])
+    runs = trial_runs("tiny")
     assert [r["variant"] for r in rows] == ["mha", "aft"]  # the study's order; mha is the baseline
     for row in rows:
         values = runs.loc[runs["tags.ablate.variant"] == row["variant"], "metrics.val_loss"]
@@ -99,7 +106,7 @@ def test_rerun_skips_finished_trials(finished):
     )
     assert proc.returncode == 0, proc.stderr
     assert "4 of 4 trials already finished" in proc.stdout
-    assert len(mlflow.search_runs(experiment_names=["tiny"])) == 4
+    assert len(trial_runs("tiny")) == 4
 
 
 def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
@@ -118,8 +125,10 @@ def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
-    statuses = [r.info.status for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])]
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    statuses = [r.info.status for r in runs if "ablate.role" not in r.data.tags]
     assert statuses.count("FINISHED") == 1 and set(statuses) <= {"FINISHED", "KILLED"}
+    assert {r.info.status for r in runs if "ablate.role" in r.data.tags} == {"KILLED"}  # the parents too
 
 
 def test_plan_json_gives_the_model_dicts_build_model_takes(tmp_path, capsys):
@@ -135,6 +144,7 @@ def test_plan_json_gives_the_model_dicts_build_model_takes(tmp_path, capsys):
             "n_params_non_embedding",
             "flops_per_token",
             "state_size",
+            "search",
         }
         model = ablate.build_model(trial["model"])
         assert trial["n_params"] == sum(p.numel() for p in model.parameters())
@@ -149,7 +159,7 @@ def test_smoke_form_trains_one_seed_for_20_steps_into_its_own_experiment(tmp_pat
     assert main(["run", str(study), "--smoke", "--results", str(tmp_path / "results"), "--tracking-uri", uri]) == 0
     capsys.readouterr()
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["tiny-smoke"])
+    runs = trial_runs("tiny-smoke")
     assert sorted(runs["tags.ablate.variant"]) == ["aft", "mha"] and set(runs["tags.ablate.seed"]) == {"0"}
     assert set(runs["params.train.steps"]) == {"20"} and set(runs["status"]) == {"FINISHED"}
     assert mlflow.get_experiment_by_name("tiny") is None  # the real study's experiment stays untouched

@@ -1,0 +1,154 @@
+"""Per-variant hyperparameter search with Optuna, on a shorter budget, before the final seeds.
+
+Each variant gets one Optuna study (`STUDY/VARIANT`) in a real Optuna storage, resumed on
+every rerun: trials left RUNNING by an interrupted run are marked FAIL, and only the missing
+number of trials is run (optimize(n_trials=N) would otherwise add N more every time). The
+variant × seed product of the final phase is ablate's own work list, not Optuna's.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ablate.trainer import TrainConfig
+
+# train keys a search may not touch: they define the budget and the bookkeeping, not the recipe
+FIXED = ("steps", "eval_every", "eval_batches", "log_every", "device", "compile")
+KINDS = {"loguniform": "loguniform", "uniform": "uniform", "int": "integer", "choice": "choice"}  # YAML key → field
+
+
+class Distribution(BaseModel):
+    """One searched train key: exactly one of loguniform/uniform [low, high], int [low, high], choice [...]."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    integer: tuple[int, int] | None = Field(None, alias="int")
+    choice: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in KINDS.values() if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of loguniform, uniform, int, choice")
+        bounds = self.values
+        if self.kind != "choice" and not bounds[0] < bounds[1]:
+            raise ValueError(f"{self.kind} needs [low, high] with low < high, got {bounds}")
+        if self.kind == "loguniform" and bounds[0] <= 0:
+            raise ValueError("loguniform needs a positive low bound")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, attr in KINDS.items() if getattr(self, attr) is not None)
+
+    @property
+    def values(self) -> list[Any]:
+        """[low, high], or the choices: the edges of the space, each of which must be valid."""
+        return list(getattr(self, KINDS[self.kind]))
+
+    def suggest(self, trial, name: str):
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, self.choice)
+        if self.kind == "int":
+            return trial.suggest_int(name, *self.integer)
+        return trial.suggest_float(name, *self.values, log=self.kind == "loguniform")
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.values}"
+
+
+class SearchConfig(BaseModel):
+    """`search:` of a study (for every variant) or of one variant (merged over the study's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: dict[str, Distribution] = Field(min_length=1)
+    trials: int = Field(8, gt=0, description="Optuna trials per variant, in total over reruns")
+    search_steps: int = Field(gt=0, description="optimizer steps of each search trial")
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    seed: int = 0
+    tpe_startup: int = Field(4, ge=1, description="random trials before TPE models the space")
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup: int = Field(2, ge=0, description="trials that finish unpruned before pruning starts")
+
+    @field_validator("space")
+    @classmethod
+    def _train_keys(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        for key in space:
+            if key in FIXED or key not in TrainConfig.model_fields:
+                allowed = sorted(set(TrainConfig.model_fields) - set(FIXED))
+                raise ValueError(f"cannot search {key!r}: searchable train keys are {', '.join(allowed)}")
+        return space
+
+    @model_validator(mode="after")
+    def _grid_of_choices(self):
+        if self.sampler == "grid" and any(d.kind != "choice" for d in self.space.values()):
+            raise ValueError("the grid sampler needs every searched key as a choice: [...]")
+        return self
+
+    def train(self, base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """A search trial's train settings: the variant's, the sampled values, the shorter budget."""
+        return {**base, **params, "steps": self.search_steps, "eval_every": min(base["eval_every"], self.search_steps)}
+
+    def check(self, base: dict[str, Any]) -> None:
+        """Every edge of the space must give valid settings, for the search trials and for the final
+        ones (a ValidationError says which not)."""
+        for key, distribution in self.space.items():
+            for value in distribution.values:
+                TrainConfig(**self.train(base, {key: value}))
+                TrainConfig(**{**base, key: value})
+
+    def describe(self) -> str:
+        space = ", ".join(f"{k} {d.describe()}" for k, d in self.space.items())
+        return f"{space}; {self.trials} trials × {self.search_steps} steps, {self.sampler}, pruner {self.pruner}"
+
+
+def sampler(config: SearchConfig, n_existing: int):
+    """The configured sampler. A resumed TPE or random sampler is seeded with seed + trials so far:
+    the same seed again would replay its start-up points."""
+    import optuna
+
+    seed = config.seed + n_existing
+    if config.sampler == "grid":
+        return optuna.samplers.GridSampler({k: d.choice for k, d in config.space.items()}, seed=seed)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.tpe_startup)
+
+
+def pruner(config: SearchConfig):
+    import optuna
+
+    if config.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=config.pruner_startup)
+
+
+def open_study(name: str, storage: str, config: SearchConfig):
+    """The variant's Optuna study, created or resumed; stale RUNNING trials marked FAIL."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        n_existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        n_existing = 0
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="minimize",
+        sampler=sampler(config, n_existing),
+        pruner=pruner(config),
+        load_if_exists=True,
+    )
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)  # one worker per study: a RUNNING trial was cut off
+    return study
+
+
+def remaining(study, config: SearchConfig) -> int:
+    """Trials still to run so that the study holds config.trials finished ones."""
+    return max(0, config.trials - len(study.trials))

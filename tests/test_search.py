@@ -1,0 +1,94 @@
+"""Optuna search per variant: pruning, the best setting reused by the final phase, resuming."""
+
+import mlflow
+import optuna
+import pytest
+
+from ablate.cli import main
+from tests.conftest import TINY_STUDY, write_study
+
+SEARCH = """\
+search:
+  space: {lr: {loguniform: [1.0e-5, 3.0e-1]}}
+  trials: 5
+  search_steps: 20
+  sampler: random
+  pruner_startup: 1
+"""
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("search")
+    text = TINY_STUDY.replace("eval_every: 15", "eval_every: 5").replace("seeds: [0, 1]", "seeds: [0]") + SEARCH
+    text = text.replace(
+        "  - {name: aft, model: {mixer: aft-simple, ffn: false}}",
+        "  - {name: aft, model: {mixer: aft-simple, ffn: false}, search: false}",
+    )
+    study = write_study(directory, text)
+    results = directory / "results"
+    store = ["--results", str(results), "--tracking-uri", f"sqlite:///{results / 'mlflow.db'}"]
+    assert main(["run", str(study), *store]) == 0
+    return study, results, store
+
+
+def optuna_study(results):
+    return optuna.load_study(study_name="tiny/mha", storage=f"sqlite:///{results / 'optuna.db'}")
+
+
+def runs(results):
+    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["tiny"])
+
+
+def test_search_prunes_and_logs_every_trial_as_a_nested_run(searched):
+    _, results, _ = searched
+    trials = optuna_study(results).trials
+    states = {t.number: t.state.name for t in trials}
+    assert len(trials) == 5 and "PRUNED" in states.values() and "COMPLETE" in states.values()
+    frame = runs(results)
+    search = frame[frame["tags.ablate.phase"] == "search"]
+    assert dict(zip(search["tags.ablate.optuna_trial"].astype(int), search["tags.ablate.optuna_state"])) == states
+    assert set(search["tags.ablate.variant"]) == {"mha"}  # aft says search: false
+    parent = frame.loc[(frame["tags.ablate.role"] == "variant") & (frame["tags.ablate.variant"] == "mha"), "run_id"]
+    assert set(search["tags.mlflow.parentRunId"]) == set(parent)
+    study_run = frame.loc[frame["tags.ablate.role"] == "study", "run_id"]
+    assert set(frame.loc[frame["tags.ablate.role"] == "variant", "tags.mlflow.parentRunId"]) == set(study_run)
+    assert set(search["params.train.steps"]) == {"20"}
+
+
+def test_final_phase_trains_with_the_best_setting(searched):
+    _, results, _ = searched
+    best = optuna_study(results).best_params["lr"]
+    frame = runs(results)
+    final = frame[frame["tags.ablate.phase"] == "final"]
+    lrs = dict(zip(final["tags.ablate.variant"], final["params.train.lr"]))
+    assert lrs == {"mha": str(best), "aft": "0.002"}
+    assert set(final["params.train.steps"]) == {"30"}
+    parent = frame[(frame["tags.ablate.role"] == "variant") & (frame["tags.ablate.variant"] == "mha")]
+    assert parent["tags.ablate.best.lr"].iloc[0] == str(best)
+
+
+def test_compare_counts_only_the_final_runs(searched, capsys):
+    _, _, store = searched
+    capsys.readouterr()
+    assert main(["compare", *store, "--format", "json"]) == 0
+    assert '"n": 1' in capsys.readouterr().out
+
+
+def test_rerun_resumes_the_search_and_caps_its_trials(searched, capsys):
+    study, results, store = searched
+    before = len(runs(results))
+    capsys.readouterr()
+    assert main(["run", str(study), *store]) == 0
+    out = capsys.readouterr().out
+    assert "5 of 5 trials in tiny/mha; running 0" in out and "2 of 2 trials already finished" in out
+    assert len(runs(results)) == before and len(optuna_study(results).trials) == 5
+
+    # a trial left RUNNING by an interrupted run is marked FAIL and counts toward the total
+    optuna_study(results).ask()
+    study.write_text(study.read_text().replace("trials: 5", "trials: 7"))
+    assert main(["run", str(study), *store]) == 0
+    trials = optuna_study(results).trials
+    assert len(trials) == 7 and trials[5].state.name == "FAIL"
+    assert "6 of 7 trials in tiny/mha; running 1" in capsys.readouterr().out
