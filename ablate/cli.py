@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--metric", default="val_loss")
     compare.add_argument("--baseline", help="variant to compare against (default: the study's)")
     compare.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table")
+    compare.add_argument(
+        "--no-report", action="store_true", help="skip the plots and report.html (default: RESULTS/STUDY/)"
+    )
     direction = compare.add_mutually_exclusive_group()
     direction.add_argument("--lower-is-better", action="store_const", const=True, dest="lower_is_better")
     direction.add_argument(
@@ -210,6 +213,14 @@ def _compare(args) -> int:
         notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
     for note in notes:
         print(f"ablate: warning: {note}", file=sys.stderr)
+    if not args.no_report:
+        from ablate import report, tracking
+
+        written, logged = report.write(
+            tracking.client(uri), name, runs, table, args.metric, baseline, lower, notes, args.results / name
+        )
+        where = "; also in MLflow, under the study run's artifacts" if logged else ""
+        print(f"report: {written[-1]} (plots beside it{where})", file=sys.stderr)
     if args.format != "table":
         print(render(table, args.format))
         return 0

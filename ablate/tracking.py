@@ -142,6 +142,12 @@ def final_trials(runs):
     return mask
 
 
+def study_run(c, exp_id: str) -> str | None:
+    """The study's parent run (stores written before there were parent runs have none)."""
+    found = c.search_runs([exp_id], filter_string=f"tags.`{TAG}role` = 'study'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
 def latest_study(c) -> str:
     """The study whose runs started most recently."""
     exps = [e for e in c.search_experiments(max_results=50_000) if TAG + "study" in e.tags]

@@ -95,6 +95,23 @@ def test_compare_json_means_equal_the_runs(finished, capsys):
         assert "aft" in capsys.readouterr().out
 
 
+def test_compare_writes_plots_and_a_self_contained_report(finished, capsys):
+    _, results, _ = finished
+    assert main(["compare", "--results", str(results), "--study", "tiny"]) == 0
+    assert "report.html" in capsys.readouterr().err
+    folder = results / "tiny"
+    page = (folder / "report.html").read_text()
+    assert "<table" in page and page.count("data:image/png;base64,") == 2 and 'src="http' not in page
+    for png in ("val_loss_curves.png", "val_loss_intervals.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    study_run = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`ablate.role` = 'study'"
+    )
+    logged = {a.path for a in client.list_artifacts(study_run[0].info.run_id, "report")}
+    assert logged == {"report/report.html", "report/val_loss_curves.png", "report/val_loss_intervals.png"}
+
+
 def test_rerun_skips_finished_trials(finished):
     study, results, _ = finished
     proc = subprocess.run(

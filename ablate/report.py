@@ -1,0 +1,113 @@
+"""Plots of a comparison and one self-contained HTML page that holds them with the table.
+
+Written under RESULTS/<study>/ and logged as artifacts of the study's parent MLflow run.
+"""
+
+import base64
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ablate import tracking
+
+CURVE_METRIC = "val_loss"
+
+
+def curves(client, runs: pd.DataFrame) -> pd.DataFrame:
+    """The val-loss history of every run: columns variant, seed, step, value."""
+    rows = [
+        {"variant": run["tags.ablate.variant"], "seed": run["tags.ablate.seed"], "step": m.step, "value": m.value}
+        for _, run in runs.iterrows()
+        for m in client.get_metric_history(run["run_id"], CURVE_METRIC)
+    ]
+    return pd.DataFrame(rows, columns=["variant", "seed", "step", "value"])
+
+
+def plot_curves(history: pd.DataFrame, order: list[str], path: Path) -> Path:
+    """Per variant: the mean val loss over seeds at each eval, with a band of ± one std."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20" if len(order) > 10 else "tab10").colors)
+    for variant in order:
+        by_step = history[history["variant"] == variant].groupby("step")["value"]
+        mean, std = by_step.mean(), by_step.std().fillna(0.0)
+        (line,) = ax.plot(mean.index, mean.values, label=f"{variant} (n={by_step.count().max()})")
+        ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="step", ylabel=f"{CURVE_METRIC} (mean ± std over seeds)", title="validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_intervals(table: pd.DataFrame, metric: str, baseline: str, path: Path) -> Path:
+    """Dot and 95% t-interval of the metric per variant, the baseline's mean as a dashed line."""
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(table) + 1.5))
+    y = range(len(table))[::-1]
+    err = [table["mean"] - table["ci95_low"], table["ci95_high"] - table["mean"]]
+    ax.errorbar(table["mean"], list(y), xerr=err, fmt="o", capsize=4)
+    ax.axvline(table.loc[table["variant"] == baseline, "mean"].iloc[0], linestyle="--", color="grey", label=baseline)
+    ax.set_yticks(list(y), table["variant"])
+    ax.set(xlabel=f"{metric}: mean and 95% CI over seeds", title=f"{metric} by variant")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(
+    client, study: str, runs, table, metric: str, baseline: str, lower: bool, notes, folder: Path
+) -> tuple[list[Path], bool]:
+    """Both plots and report.html in folder, and whether they were logged to the study's parent run
+    (stores written before there were parent runs have none)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = list(table["variant"])
+    images = [plot_intervals(table, metric, baseline, folder / f"{metric}_intervals.png")]
+    history = curves(client, runs)
+    if not history.empty:
+        images.append(plot_curves(history, order, folder / f"{CURVE_METRIC}_curves.png"))
+    page = folder / "report.html"
+    page.write_text(_html(study, table, metric, baseline, lower, notes, images))
+    parent = tracking.study_run(client, runs["experiment_id"].iloc[0])
+    if parent is not None:
+        for path in (*images, page):
+            client.log_artifact(parent, str(path), artifact_path="report")
+    return [*images, page], parent is not None
+
+
+def _html(study, table, metric, baseline, lower, notes, images) -> str:
+    """One page, readable offline: the images are inlined as data URIs."""
+    figures = "".join(
+        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'
+        for p in images
+    )
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    direction = "lower" if lower else "higher"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(study)}: {html.escape(metric)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>{html.escape(study)}</h1>
+<p>{html.escape(metric)} ({direction} is better) against <b>{html.escape(baseline)}</b>. Verdicts at α = 0.05
+after Holm's correction over the table; paired t-test by seed where both variants have the seed,
+else Welch's; effect d_z (paired) or Hedges' g.</p>
+{f"<ul>{items}</ul>" if items else ""}
+{table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")}
+{figures}
+</body></html>
+"""
