@@ -95,3 +95,17 @@ def test_prefix_loss_equals_the_teacher_forced_loss_for_a_causal_model_only(corp
         ["val_loss"],
         ["prefix_val_loss", "val_loss", "val_loss_at_prefix_positions"],
     ]
+
+
+def test_one_seed_pairs_every_variant_on_the_same_batches(corpus):
+    """Runs with one seed are paired: whatever the model, the same sequences in the same order."""
+    seen = []
+    for mixer in ("mha", "aft-simple"):
+        seed_everything(3)
+        model = ablate.build_model({**MODEL, "mixer": mixer})
+        trainer = Trainer(model, corpus, TrainConfig(**TRAIN), seed=3)
+        seen.append([next(trainer.batches)[0] for _ in range(5)])
+    assert all(torch.equal(a, b) for a, b in zip(*seen))
+    seed_everything(4)
+    other = Trainer(ablate.build_model(MODEL), corpus, TrainConfig(**TRAIN), seed=4)
+    assert not torch.equal(next(other.batches)[0], seen[0][0])
