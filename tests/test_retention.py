@@ -112,19 +112,13 @@ def reference(mixer, x, scope, recurrence):
     return x + out
 
 
+SHAPE = {"mixer": "retention", "vocab_size": 10, "context": 16, "d_model": C, "qkv_dim": D, "n_heads": H, "ffn_dim": 16}
+
+
 def _mixer(scope, ffn, recurrence=2):
     torch.manual_seed(0)
-    cfg = {
-        "mixer": "retention",
-        "vocab_size": 10,
-        "context": 16,
-        "d_model": C,
-        "qkv_dim": D,
-        "n_heads": H,
-        "ffn_dim": 16,
-    }
     options = {"scope": scope, "chunk_size": CHUNK, "recurrence": recurrence}
-    model = ablate.build_model({**cfg, "ffn": ffn, "n_layers": 1, "mixer_options": options}).double()
+    model = ablate.build_model({**SHAPE, "ffn": ffn, "n_layers": 1, "mixer_options": options}).double()
     return model.blocks[0].mixer
 
 
@@ -153,16 +147,7 @@ def test_generated_weights_depend_on_the_input(scope):
 
 
 def test_chunk_size_must_be_below_the_context():
-    cfg = {
-        "mixer": "retention",
-        "vocab_size": 10,
-        "context": 16,
-        "d_model": C,
-        "qkv_dim": D,
-        "n_heads": H,
-        "ffn_dim": 16,
-    }
     with pytest.raises(AblateError, match="chunk_size 16 must be below the context 16"):
-        ablate.build_model({**cfg, "mixer_options": {"chunk_size": 16}})
+        ablate.build_model({**SHAPE, "mixer_options": {"chunk_size": 16}})
     with pytest.raises(AblateError, match="scope must be one of"):
-        ablate.build_model({**cfg, "mixer_options": {"scope": "global"}})
+        ablate.build_model({**SHAPE, "mixer_options": {"scope": "global"}})
