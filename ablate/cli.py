@@ -54,12 +54,30 @@ def _parser() -> argparse.ArgumentParser:
             "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else RESULTS/mlflow.db)"
         )
 
+    def work_options(cmd):
+        cmd.add_argument("study", type=Path)
+        cmd.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+        cmd.add_argument(
+            "--storage",
+            help="Optuna storage URL, which also holds the study's work list (default: sqlite:///RESULTS/optuna.db)",
+        )
+        cmd.add_argument(
+            "--checkpoints",
+            type=Path,
+            help="checkpoint directory, shared by all workers (default: RESULTS/checkpoints)",
+        )
+        store_options(cmd)
+
     run = sub.add_parser("run", help="train every trial of a study and log it to MLflow")
-    run.add_argument("study", type=Path)
-    run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-    run.add_argument("--storage", help="Optuna storage URL for searches (default: sqlite:///RESULTS/optuna.db)")
-    store_options(run)
+    work_options(run)
+    run.add_argument("--workers", type=_positive, default=1, help="worker processes on this machine (default 1)")
     run.set_defaults(func=_run)
+
+    worker = sub.add_parser("worker", help="join a study: train the units of work nobody else has claimed")
+    work_options(worker)
+    worker.add_argument("--threads", type=_positive, help="torch threads (default: torch's choice)")
+    worker.add_argument("--no-progress", action="store_true", help="plain lines instead of live progress bars")
+    worker.set_defaults(func=_worker)
 
     plan = sub.add_parser("plan", help="show the trials a study would run, with parameter counts")
     plan.add_argument("study", type=Path)
@@ -124,14 +142,54 @@ def _store_args(args) -> str:
     return out + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def _run(args) -> int:
     from ablate import study as study_mod
-    from ablate.runner import run_study
+    from ablate.runner import default_storage, run_study
 
     study = study_mod.load(args.study, smoke_form=args.smoke)  # validates fully before anything is written
     results, uri = _store(args)
     _check_writable(results)
-    run_study(study, results, uri, _console(), store_args=_store_args(args), storage=args.storage)
+    storage = args.storage or default_storage(results)
+    checkpoints = args.checkpoints or results / "checkpoints"
+    command = [sys.executable, "-m", "ablate.cli", "worker", str(args.study), "--storage", storage]
+    command += ["--results", str(results), "--tracking-uri", uri, "--checkpoints", str(checkpoints), "--no-progress"]
+    command += ["--smoke"] * args.smoke + ["--threads", str(max(1, (os.cpu_count() or 1) // args.workers))]
+    run_study(
+        study,
+        results,
+        uri,
+        _console(),
+        store_args=_store_args(args),
+        storage=storage,
+        checkpoints=checkpoints,
+        workers=args.workers,
+        worker_command=command,
+    )
+    return 0
+
+
+def _worker(args) -> int:
+    """One worker of a study: the stores are made by whoever comes first; units are claimed one by one."""
+    from ablate import study as study_mod
+    from ablate.runner import setup, work
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    study = study_mod.load(args.study, smoke_form=args.smoke)
+    results, uri = _store(args)
+    _check_writable(results)
+    console = _console()
+    s = setup(study, results, uri, args.storage, args.checkpoints, console)
+    outcomes = work(s, console, live=not args.no_progress)
+    console.print(f"worker {os.getpid()}: ran {len(outcomes)} units of {study.name}; no unit left to claim")
     return 0
 
 
@@ -200,15 +258,17 @@ def _compare(args) -> int:
 
     lower = lower_is_better(args.metric, args.lower_is_better)
     _, uri = _store(args)
-    name, tags, runs = study_runs(uri, args.study)
+    name, tags, runs, failed = study_runs(uri, args.study)
     runs, set_aside = latest_per_seed(runs)
     order = json.loads(tags.get("ablate.variants", "[]"))
     baseline = args.baseline or tags.get("ablate.baseline")
-    table = summarize(runs, args.metric, baseline, order, lower)
+    table = summarize(runs, args.metric, baseline, order, lower, failed)
     baseline = baseline or table["variant"].iloc[0]
     notes = []
     if set_aside:
         notes.append(f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)")
+    if failed:
+        notes.append("failed runs (diverged or out of memory): " + ", ".join(f"{v} {n}" for v, n in failed.items()))
     if small := small_samples(table):
         notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
     for note in notes:
@@ -226,7 +286,7 @@ def _compare(args) -> int:
         return 0
     better = "lower" if lower else "higher"
     out = Table(title=f"{name}: {args.metric} ({better} is better), against {baseline}")
-    for col in ("variant", "n", "mean", "95% CI", "std", "median", "params", "Δ vs baseline [95% CI]"):
+    for col in ("variant", "n", "failed", "mean", "95% CI", "std", "median", "params", "Δ vs baseline [95% CI]"):
         out.add_column(col, justify="left" if col == "variant" else "right")
     for col in ("test", "p (Holm)", "effect", "verdict", "causal"):
         out.add_column(col, justify="left" if col in ("test", "verdict") else "right")
@@ -234,12 +294,15 @@ def _compare(args) -> int:
         out.add_row(
             r.variant,
             str(r.n),
+            str(r.failed),
             _cell(r.mean),
             f"[{_cell(r.ci95_low)}, {_cell(r.ci95_high)}]",
             _cell(r.std),
             _cell(r.median),
-            f"{r.n_params:,}",
-            "-" if r.variant == baseline else f"{r.diff:+.4f} [{_cell(r.diff_ci_low)}, {_cell(r.diff_ci_high)}]",
+            f"{r.n_params:,}" if r.n_params >= 0 else "-",
+            "-"
+            if r.variant == baseline or r.n == 0
+            else f"{r.diff:+.4f} [{_cell(r.diff_ci_low)}, {_cell(r.diff_ci_high)}]",
             r.test or "-",
             _cell(r.p_holm),
             "-" if math.isnan(r.effect) else f"{r.effect_kind} {r.effect:+.2f}",

@@ -32,8 +32,9 @@ def lower_is_better(metric: str, given: bool | None) -> bool:
     raise AblateError(f"is a higher {metric!r} better or worse? say --higher-is-better or --lower-is-better")
 
 
-def study_runs(uri: str, study: str | None) -> tuple[str, dict[str, str], pd.DataFrame]:
-    """(study name, its experiment tags, its FINISHED final-phase trial runs as a frame)."""
+def study_runs(uri: str, study: str | None) -> tuple[str, dict[str, str], pd.DataFrame, dict[str, int]]:
+    """(study name, its experiment tags, its FINISHED final-phase trial runs as a frame, and per
+    variant the number of seeds whose final run FAILED: diverged or out of memory)."""
     import mlflow
 
     c = tracking.client(uri)
@@ -42,17 +43,23 @@ def study_runs(uri: str, study: str | None) -> tuple[str, dict[str, str], pd.Dat
     if exp is None:
         raise AblateError(f"no study named {name!r} in {uri}")
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(
-        experiment_ids=[exp.experiment_id],
-        filter_string="attributes.status = 'FINISHED'",
-        output_format="pandas",
-        max_results=50_000,
-    )
+    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="pandas", max_results=50_000)
     if not runs.empty:
         runs = runs[tracking.final_trials(runs)]
-    if runs.empty:
+    finished = runs[runs["status"] == "FINISHED"] if not runs.empty else runs
+    if finished.empty:
         raise AblateError(f"study {name!r} has no finished runs yet")
-    return name, exp.tags, runs
+    return name, exp.tags, finished, failures(runs)
+
+
+def failures(runs: pd.DataFrame) -> dict[str, int]:
+    """variant → seeds whose final run FAILED and that have no FINISHED run: a failure is a
+    result, not a silent gap in the table."""
+    key = ["tags.ablate.variant", "tags.ablate.seed"]
+    done = set(map(tuple, runs.loc[runs["status"] == "FINISHED", key].to_numpy()))
+    failed = runs[runs["status"] == "FAILED"].drop_duplicates(key)
+    failed = failed[np.array([tuple(k) not in done for k in failed[key].to_numpy()], dtype=bool)]
+    return failed["tags.ablate.variant"].value_counts().to_dict()
 
 
 def latest_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -68,16 +75,20 @@ def summarize(
     baseline: str | None,
     order: list[str] | None = None,
     lower: bool = True,
+    failed: dict[str, int] | None = None,
 ) -> pd.DataFrame:
-    """The comparison table: one row per variant (see the module docstring)."""
+    """The comparison table: one row per variant (see the module docstring); `failed` counts
+    each variant's failed seeds, and a variant whose every run failed gets a row of its own."""
+    failed = failed or {}
     column = f"metrics.{metric}"
     if column not in runs:
         known = sorted(c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics."))
         raise AblateError(f"no metric {metric!r} in these runs; logged metrics: {', '.join(known)}")
     variants = runs["tags.ablate.variant"]
-    order = [v for v in (order or []) if v in set(variants)] + sorted(set(variants) - set(order or []))
+    present = set(variants) | set(failed)
+    order = [v for v in (order or []) if v in present] + sorted(present - set(order or []))
     baseline = baseline or order[0]
-    if baseline not in set(order):
+    if baseline not in set(variants):
         raise AblateError(f"baseline {baseline!r} has no finished runs; variants: {', '.join(order)}")
 
     def values(variant: str) -> pd.Series:
@@ -89,10 +100,12 @@ def summarize(
     for variant in order:
         own = values(variant)
         group = runs[variants == variant]
-        row = {"variant": variant, **describe(own.to_numpy())}
-        row["n_params"] = int(group["params.n_params"].astype(int).iloc[0])
+        row = {"variant": variant, **describe(own.to_numpy()), "failed": failed.get(variant, 0)}
+        row["n_params"] = int(group["params.n_params"].astype(int).iloc[0]) if len(group) else -1
         row["causal"] = _causal(group)
-        row.update(against(own, base) if variant != baseline else {"diff": 0.0})
+        row.update(
+            against(own, base) if variant not in (baseline,) and len(own) else {"diff": 0.0 if len(own) else np.nan}
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
     for name in COMPARISON_COLUMNS:
@@ -101,7 +114,8 @@ def summarize(
     table["test"] = [t if isinstance(t, str) else "" for t in table["test"]]
     table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
     table["verdict"] = [
-        verdict(r.diff, r.p_holm, lower) if r.variant != baseline else "baseline" for r in table.itertuples()
+        "baseline" if r.variant == baseline else "every run failed" if r.n == 0 else verdict(r.diff, r.p_holm, lower)
+        for r in table.itertuples()
     ]
     return table
 

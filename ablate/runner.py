@@ -1,7 +1,10 @@
-"""Run a planned study: prepare the data once, then train each trial into its own MLflow run."""
+"""Run a planned study: prepare the data and the stores once, then let one or more workers
+draw units of work (search trials, then final trials) from the study's work list, each unit
+trained into its own MLflow run and resumable from its last checkpoint."""
 
-import math
+import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -9,32 +12,67 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ablate import audit, data, search, tracking
+from ablate import audit, claims, data, search, tracking
+from ablate.claims import Claim, WorkList
 from ablate.errors import AblateError
 from ablate.model import build_model
-from ablate.search import SearchConfig
 from ablate.study import Study, Trial
-from ablate.trainer import TrainConfig, Trainer, seed_everything
+from ablate.trainer import Diverged, TrainConfig, Trainer, seed_everything
+
+POLL_S = 0.5  # how often an idle worker looks for work another worker may free
 
 
 @dataclass
 class Outcome:
     trial: Trial
-    status: str  # FINISHED, SKIPPED (finished earlier), KILLED, FAILED
+    status: str  # FINISHED, SKIPPED (finished earlier), FAILED, KILLED, LOST (taken over), PENDING
     metrics: dict = field(default_factory=dict)
+    reason: str = ""
 
 
-def run_study(
-    study: Study,
-    results: Path,
-    uri: str,
-    console: Console | None = None,
-    store_args: str = "",
-    storage: str | None = None,
-) -> list[Outcome]:
-    """Search where a variant asks for it (Optuna storage: `storage`, default RESULTS/optuna.db),
-    then train every final trial not finished yet, each into its own MLflow run."""
-    console = console or Console()
+@dataclass
+class Unit:
+    """One claimable piece of work: a search trial slot of a variant, or one final trial."""
+
+    name: str
+    variant: str
+    trial: Trial | None = None  # final units: the trial as planned (before the search's best setting)
+    index: int = 0  # final units: position in the study's trials, for the "trial i/N" label
+    slot: int = 0  # search units: which of the variant's search trials
+
+
+def units(study: Study) -> list[Unit]:
+    """Search slots first (a variant's final trials wait for its search), then the final trials."""
+    out = [
+        Unit(f"search/{variant}/{slot}", variant, slot=slot)
+        for variant, cfg in study.searches.items()
+        for slot in range(cfg.trials)
+    ]
+    for i, trial in enumerate(study.trials, 1):
+        key = trial.key(study.config.data)
+        out.append(Unit(f"final/{trial.variant}/seed{trial.seed}/{key}", trial.variant, trial, i))
+    return out
+
+
+@dataclass
+class Setup:
+    """What every worker of a study shares: the audited study, its data and its stores."""
+
+    study: Study
+    leaks: dict[str, float]
+    corpus: data.Corpus
+    tracker: tracking.Tracker
+    exp_id: str
+    parents: dict[str, str]  # "study" and each variant → its parent run
+    storage: str
+    rdb: object  # the Optuna RDBStorage
+    work: WorkList
+    checkpoints: Path
+
+
+def setup(study: Study, results: Path, uri: str, storage: str | None, checkpoints: Path | None, console) -> Setup:
+    """Audit, prepare the data, and create the stores and parent runs once, whichever worker
+    comes first (several processes creating SQLite tables at once would crash)."""
     leaks = audit.audit_study(study)
     audit.refuse_leaks(study, leaks)
     leaky = audit.leaking(leaks)
@@ -43,8 +81,18 @@ def run_study(
         + (f"; leaking (allowed by allow_leaky): {', '.join(leaky)}" if leaky else "")
     )
     results.mkdir(parents=True, exist_ok=True)
+    storage = storage or default_storage(results)
+    work = WorkList(storage, study.name)
+    first = _first(work, "setup")
+    rdb = search.storage(storage)
     tracker = tracking.Tracker(uri, results)
-    storage = storage or f"sqlite:///{results.resolve() / 'optuna.db'}"
+    exp_id = tracker.experiment(study.name, study.baseline, [v.name for v in study.config.variants])
+    parents = {"study": tracker.parent(exp_id, "study", study.name, {tracking.TAG + "study": study.name})}
+    for v in study.config.variants:
+        tags = {tracking.TAG + "variant": v.name}
+        parents[v.name] = tracker.parent(exp_id, "variant", v.name, tags, parents["study"])
+    if first is not None:
+        work.end(first, claims.DONE)
 
     start = time.perf_counter()
     corpus = data.prepare(study.config.data, results / "cache", study.path.parent)
@@ -55,47 +103,113 @@ def run_study(
         f"vocab {meta['vocab_size']}, fingerprint {meta['fingerprint']}; tokenizer and splits {how} "
         f"in {time.perf_counter() - start:.1f}s (build took {meta['build_s']:.1f}s)"
     )
+    return Setup(
+        study, leaks, corpus, tracker, exp_id, parents, storage, rdb, work, checkpoints or results / "checkpoints"
+    )
 
-    exp_id = tracker.experiment(study.name, study.baseline, [v.name for v in study.config.variants])
-    study_run = tracker.parent(exp_id, "study", study.name, {tracking.TAG + "study": study.name})
-    parents = {
-        v.name: tracker.parent(exp_id, "variant", v.name, {tracking.TAG + "variant": v.name}, study_run)
-        for v in study.config.variants
-    }
-    runs = Runs(study, leaks, corpus, tracker, exp_id, parents)
+
+def default_storage(results: Path) -> str:
+    return f"sqlite:///{results.resolve() / 'optuna.db'}"
+
+
+def _first(work: WorkList, unit: str) -> Claim | None:
+    """Claim the unit if this worker is first to it; else wait until whoever has it is done."""
+    while (claim := work.claim(unit)) is None:
+        row = work.rows().get(unit)
+        if row is not None and row.state in claims.ENDED:
+            return None
+        time.sleep(POLL_S)
+    return claim
+
+
+def run_study(
+    study: Study,
+    results: Path,
+    uri: str,
+    console: Console | None = None,
+    store_args: str = "",
+    storage: str | None = None,
+    checkpoints: Path | None = None,
+    workers: int = 1,
+    worker_command: list[str] | None = None,
+) -> list[Outcome]:
+    """Set the study up, then work through it in this process (workers=1) or in `workers`
+    processes started with worker_command; print the summary of every final trial."""
+    console = console or Console()
+    start = time.perf_counter()
+    s = setup(study, results, uri, storage, checkpoints, console)
     status = "FAILED"
     try:
-        with Progress(*PROGRESS_COLUMNS, console=console) as progress:
-            runs.progress = progress
-            best = {variant: _search(runs, variant, config, storage) for variant, config in study.searches.items()}
-            trials = [replace(t, train={**t.train, **best[t.variant]}) if t.search else t for t in study.trials]
-
-            done = tracker.finished_trials(exp_id)
-            todo, outcomes = [], []
-            for trial in trials:
-                key = trial.key(study.config.data)
-                if key in done:
-                    outcomes.append(Outcome(trial, "SKIPPED", done[key]))
-                else:
-                    todo.append(trial)
-            if outcomes:
-                progress.console.print(
-                    f"{len(outcomes)} of {len(trials)} trials already finished in the store; running the other {len(todo)}"
-                )
-            runs.overall = progress.add_task("study", total=sum(t.train["steps"] for t in todo), loss="", speed="")
-            for i, trial in enumerate(todo, 1):
-                label = f"trial {i}/{len(todo)} {trial.variant} seed {trial.seed}"
-                outcomes.append(runs.train(trial, label, {tracking.TAG + "phase": "final"}))
-                progress.console.print(f"{label}: val_loss {outcomes[-1].metrics['val_loss']:.4f}")
-        status = "FINISHED"
+        if workers == 1:
+            work(s, console)
+        else:
+            _spawn(worker_command, workers, console)
+        outcomes = store_outcomes(s)
+        status = "FINISHED" if all(o.status not in ("PENDING", "KILLED") for o in outcomes) else "KILLED"
     except KeyboardInterrupt:
         status = "KILLED"
+        _summary(s, store_outcomes(s), results, uri, time.perf_counter() - start, console, store_args)
         raise
     finally:
-        for run_id in (study_run, *parents.values()):
-            tracker.set_status(run_id, status)
+        for run_id in s.parents.values():
+            s.tracker.set_status(run_id, status)
+    _summary(s, outcomes, results, uri, time.perf_counter() - start, console, store_args)
+    return outcomes
 
-    _summary(study, outcomes, meta, results, uri, time.perf_counter() - start, console, store_args)
+
+def _spawn(command: list[str], n: int, console) -> None:
+    """Start n `ablate worker` processes (each in its own session, so that Ctrl-C reaches them
+    once, forwarded from here) and wait for them all."""
+    procs = [subprocess.Popen(command, start_new_session=True) for _ in range(n)]
+    console.print(f"workers: started {n} (pids {', '.join(str(p.pid) for p in procs)})")
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(2)  # SIGINT: each marks its run KILLED and lets go of its claim
+        for p in procs:
+            p.wait()
+        raise
+    if bad := [c for c in codes if c != 0]:
+        raise AblateError(f"{len(bad)} of {n} workers exited with an error (codes {bad}); rerun to resume")
+
+
+def work(s: Setup, console, live: bool = True) -> list[Outcome]:
+    """Claim and run units until every unit of the study has ended (some may be done by other
+    workers meanwhile); a variant's final trials become claimable once its search has ended."""
+    todo = units(s.study)
+    finals = [u for u in todo if u.trial is not None]
+    rows = s.work.rows()
+    ended = sum(1 for u in finals if u.name in rows and rows[u.name].state in claims.ENDED)
+    with Progress(*PROGRESS_COLUMNS, console=console, disable=not live) as progress:
+        runs = Runs(s, progress)
+        for variant, cfg in s.study.searches.items():
+            slots = [u.name for u in todo if u.trial is None and u.variant == variant]
+            done = sum(1 for name in slots if name in rows and rows[name].state in claims.ENDED)
+            progress.console.print(f"search {variant}: {done} of {cfg.trials} trials done in {s.study.name}/{variant}")
+        if ended:
+            progress.console.print(
+                f"{ended} of {len(finals)} trials already finished in the store; running the other {len(finals) - ended}"
+            )
+        steps = sum(
+            u.trial.train["steps"] for u in finals if u.name not in rows or rows[u.name].state not in claims.ENDED
+        )
+        runs.overall = progress.add_task("study", total=steps, loss="", speed="")
+        outcomes = []
+        while todo:
+            rows = s.work.rows()
+            todo = [u for u in todo if u.name not in rows or rows[u.name].state not in claims.ENDED]
+            searching = {u.variant for u in todo if u.trial is None}
+            for unit in todo:
+                if unit.trial is not None and unit.variant in searching:
+                    continue
+                if (claim := s.work.claim(unit.name)) is not None:
+                    outcomes.append(runs.search(unit, claim) if unit.trial is None else runs.final(unit, claim))
+                    break
+            else:
+                if todo:
+                    time.sleep(POLL_S)  # the rest is held by other workers
     return outcomes
 
 
@@ -112,115 +226,79 @@ PROGRESS_COLUMNS = (
 
 
 STATE = tracking.TAG + "optuna_state"  # the Optuna state a search trial's run ended in
+RUN_ID = "ablate.run_id"  # Optuna user attr: the MLflow run of a search trial (kept by a retry)
 
 
 class Pruned(Exception):
     """Raised from an eval callback to stop a search trial that its pruner gave up on."""
 
 
+class Lost(Exception):
+    """Raised when another worker has taken this worker's claim over (it found us stale)."""
+
+
 @dataclass
 class Runs:
-    """What every trial run of a study shares: trains one trial into one MLflow run."""
+    """Trains one unit into one MLflow run, resuming the run and checkpoint an earlier holder left."""
 
-    study: Study
-    leaks: dict[str, float]
-    corpus: data.Corpus
-    tracker: tracking.Tracker
-    exp_id: str
-    parents: dict[str, str]
-    progress: Progress | None = None
+    s: Setup
+    progress: Progress
     overall: int | None = None
-    last_run: tracking.RunLog | None = None  # the run `train` made last, to tag after it ended
 
-    def train(self, trial: Trial, label: str, tags: dict[str, str], on_eval=None) -> Outcome:
-        """Train the trial; on_eval(step, val_loss) may raise Pruned to stop it early."""
-        study, leak = self.study, self.leaks[trial.variant]
-        self.last_run = None
-        seed_everything(trial.seed)
-        model = build_model(trial.model)
-        config = TrainConfig(**trial.train)
-        trainer = Trainer(model, self.corpus, config, trial.seed, prefix_eval=not audit.is_causal(leak))
-        tags = {
-            tracking.TAG + "study": study.name,
-            tracking.TAG + "variant": trial.variant,
-            tracking.TAG + "seed": str(trial.seed),
-            tracking.TAG + "trial_key": trial.key(study.config.data),
-            tracking.TAG + "data_fingerprint": self.corpus.meta["fingerprint"],
-            tracking.TAG + "python_version": self.corpus.meta["python_version"],
-            tracking.TAG + "causal": str(audit.is_causal(leak)).lower(),
-            tracking.TAG + "max_leak": f"{leak:.3e}",
-            **tags,
-        }
-        params = {
-            **tracking.flatten("model", trial.model),
-            **tracking.flatten("train", trial.train),
-            **tracking.flatten("data", study.config.data.model_dump()),
-            "data.fingerprint": self.corpus.meta["fingerprint"],
-            "data.unigram_entropy": f"{self.corpus.meta['unigram_entropy']:.6f}",
-            "variant": trial.variant,
-            "seed": str(trial.seed),
-            "n_params": str(trial.n_params),
-            "n_params_non_embedding": str(trial.n_params_non_embedding),
-            "flops_per_token": f"{trial.flops_per_token:.0f}",
-            "state_size": str(trial.state_size),
-            "device": str(trainer.device),
-        }
-        number = tags.get(tracking.TAG + "optuna_trial")
-        name = f"{trial.variant}-search{number}" if number is not None else f"{trial.variant}-seed{trial.seed}"
-        run = self.tracker.start(self.exp_id, name, tags, params, parent_id=self.parents[trial.variant])
-        run.text(study.text, "study.yaml")
-        self.last_run = run
-        task = self.progress.add_task(label, total=config.steps, loss="-", speed="-")
-        last_step = 0
+    def final(self, unit: Unit, claim: Claim) -> Outcome:
+        s, trial = self.s, unit.trial
+        if trial.search is not None:
+            best = self.best(trial.variant)
+            if best is None:
+                reason = "its search completed no trial, so there is no setting to train with"
+                s.work.end(claim, claims.FAILED, reason)
+                self.progress.console.print(f"{trial.variant} seed {trial.seed}: failed: {reason}")
+                return Outcome(trial, "FAILED", reason=reason)
+            trial = replace(trial, train={**trial.train, **best})
+        done = s.tracker.finished_trials(s.exp_id).get(trial.key(s.study.config.data))
+        if done is not None and claim.run_id is None:  # finished before this store had a work list
+            s.work.note(claim, run_id=done[0])
+            s.work.end(claim, claims.DONE)
+            return Outcome(trial, "SKIPPED", done[1])
+        label = f"trial {unit.index}/{len(s.study.trials)} {trial.variant} seed {trial.seed}"
+        outcome = self.train(trial, label, {tracking.TAG + "phase": "final"}, claim)
+        if outcome.status == "FINISHED":
+            self.progress.console.print(f"{label}: val_loss {outcome.metrics['val_loss']:.4f}")
+        return outcome
 
-        def on_metrics(step: int, metrics: dict[str, float], kind: str) -> None:
-            nonlocal last_step
-            run.metrics(step, metrics)
-            if kind == "eval":
-                run.flush()
-                if on_eval is not None:
-                    on_eval(step, metrics["val_loss"])
-                return
-            self.progress.update(
-                task, completed=step, loss=f"{metrics['train_loss']:.3f}", speed=f"{metrics['tokens_per_s']:,.0f}"
-            )
-            if self.overall is not None and on_eval is None:
-                self.progress.advance(self.overall, step - last_step)
-            last_step = step
+    def best(self, variant: str) -> dict | None:
+        import optuna
 
-        status = "FAILED"
-        try:
-            final = trainer.fit(on_metrics)
-            run.metrics(config.steps, {k: final[k] for k in ("train_time_s", "mean_tokens_per_s")})
-            status = "FINISHED"
-        except Pruned:
-            status = "FINISHED"  # stopped on purpose: its curve up to here is kept
-            raise
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            run.end(status)
-            self.progress.remove_task(task)
-        return Outcome(trial, status, final)
+        name = f"{self.s.study.name}/{variant}"
+        study = optuna.load_study(study_name=name, storage=self.s.rdb)
+        if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            return None
+        best = study.best_trial
+        for key, value in best.params.items():  # tags, not params: a resumed search may find a better value
+            self.s.tracker.client.set_tag(self.s.parents[variant], f"{tracking.TAG}best.{key}", str(value))
+        return best.params
 
+    def search(self, unit: Unit, claim: Claim) -> Outcome:
+        """One search trial: ask Optuna for a trial (a queued retry of a lost one first), train it
+        with the pruner watching each eval, tell Optuna how it ended."""
+        import optuna
 
-def _search(runs: Runs, variant: str, config: SearchConfig, storage: str) -> dict:
-    """Run the variant's Optuna search up to its trial count (resuming one begun earlier), each
-    trial a nested MLflow run tagged with its phase, Optuna number and state; return the best setting."""
-    import optuna
-
-    name = f"{runs.study.name}/{variant}"
-    optuna_study = search.open_study(name, storage, config)
-    base = next(t for t in runs.study.trials if t.variant == variant)
-    base = replace(base, seed=runs.study.config.seeds[0])  # every search trial sees the same data and init
-    console = runs.progress.console
-    todo = search.remaining(optuna_study, config)
-    console.print(f"search {variant}: {len(optuna_study.trials)} of {config.trials} trials in {name}; running {todo}")
-
-    def objective(trial: optuna.Trial) -> float:
+        s = self.s
+        config = s.study.searches[unit.variant]
+        name = f"{s.study.name}/{unit.variant}"
+        study = search.open_study(name, s.rdb, config, unit.slot)
+        if claim.optuna_trial is not None:
+            search.retry(study, s.rdb, claim.optuna_trial)  # its worker is gone: queue it again
+        with warnings.catch_warnings():  # ask/tell with our own heartbeat thread, not optimize()
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        s.work.note(claim, optuna_trial=trial.number)
         params = {key: d.suggest(trial, key) for key, d in config.space.items()}
-        trial_run = replace(base, train=config.train(base.train, params))
+        base = next(t for t in s.study.trials if t.variant == unit.variant)
+        base = replace(base, seed=s.study.config.seeds[0])  # every search trial sees the same data and init
+        run_trial = replace(base, train=config.train(base.train, params))
+        setting = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        label = f"search {unit.variant} #{trial.number}"
 
         def report(step: int, val_loss: float) -> None:
             trial.report(val_loss, step)
@@ -232,41 +310,192 @@ def _search(runs: Runs, variant: str, config: SearchConfig, storage: str) -> dic
             tracking.TAG + "optuna_study": name,
             tracking.TAG + "optuna_trial": str(trial.number),
         }
-        label = f"search {variant} #{trial.number}"
-        setting = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-        try:
-            outcome = runs.train(trial_run, label, tags, on_eval=report)
-        except Pruned:
-            runs.last_run.tag(STATE, "PRUNED")
-            console.print(f"{label}: {setting} → pruned")
-            raise optuna.TrialPruned from None
-        except Exception:
-            if runs.last_run is not None:
-                runs.last_run.tag(STATE, "FAIL")
-            raise
-        loss = outcome.metrics["val_loss"]
-        runs.last_run.tag(STATE, "COMPLETE" if math.isfinite(loss) else "FAIL")
-        console.print(f"{label}: {setting} → val_loss {loss:.4f}")
-        return loss
-
-    if todo:
-        optuna_study.optimize(
-            objective,
-            n_trials=todo,
-            catch=(RuntimeError, FloatingPointError),
-            callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=None)],
+        outcome = self.train(
+            run_trial,
+            label,
+            tags,
+            claim,
+            on_eval=report,
+            run_id=trial.user_attrs.get(RUN_ID),
+            on_run=lambda run_id: trial.set_user_attr(RUN_ID, run_id),
+            beat=lambda: s.rdb.record_heartbeat(trial._trial_id),
         )
-    complete = [t for t in optuna_study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        raise AblateError(f"search {name}: no trial completed, so there is no best setting to train with")
-    best = optuna_study.best_trial
-    console.print(f"search {variant}: best val_loss {best.value:.4f} with {best.params} (trial {best.number})")
-    for key, value in best.params.items():  # tags, not params: a resumed search may find a better value
-        runs.tracker.client.set_tag(runs.parents[variant], f"{tracking.TAG}best.{key}", str(value))
-    return best.params
+        run = outcome.metrics.get("run_id")
+        if outcome.status == "PRUNED":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            state, said = "PRUNED", "pruned"
+        elif outcome.status == "FINISHED":
+            study.tell(trial, outcome.metrics["val_loss"])
+            state, said = "COMPLETE", f"val_loss {outcome.metrics['val_loss']:.4f}"
+        elif outcome.status == "FAILED":
+            trial.set_user_attr("ablate.failure", outcome.reason)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            state, said = "FAIL", f"failed: {outcome.reason}"
+        else:
+            return outcome  # lost to another worker, which goes on with the same Optuna trial
+        s.tracker.client.set_tag(run, STATE, state)
+        self.progress.console.print(f"{label}: {setting} → {said}")
+        return outcome
+
+    def train(
+        self,
+        trial: Trial,
+        label: str,
+        tags: dict[str, str],
+        claim: Claim,
+        on_eval=None,
+        run_id: str | None = None,
+        on_run=None,
+        beat=None,
+    ) -> Outcome:
+        """Train the trial into its run: a new one, or the one an earlier holder of the claim (or
+        of the Optuna trial) began, continued from its checkpoint. on_eval(step, val_loss) may
+        raise Pruned. Diverging (or out of GPU memory) fails the trial, not the study."""
+        s, leak = self.s, self.s.leaks[trial.variant]
+        seed_everything(trial.seed)
+        model = build_model(trial.model)
+        config = TrainConfig(**trial.train)
+        trainer = Trainer(model, s.corpus, config, trial.seed, prefix_eval=not audit.is_causal(leak))
+        run_id = run_id or claim.run_id
+        run = s.tracker.resume(run_id) if run_id else None
+        if run is not None and (s.checkpoints / f"{run_id}.pt").exists():
+            trainer.load(s.checkpoints / f"{run_id}.pt")
+            run.tag(tracking.TAG + "resumed_from_step", str(trainer.step))
+            self.progress.console.print(f"{label}: resuming run {run_id} from step {trainer.step}")
+        elif run is not None:  # cut off before its first checkpoint: nothing to keep
+            s.tracker.client.delete_run(run_id)
+            run = None
+        if run is None:
+            run = self._start(trial, tags, trainer)
+        s.work.note(claim, run_id=run.run_id)
+        if on_run is not None:
+            on_run(run.run_id)
+        checkpoint = s.checkpoints / f"{run.run_id}.pt"
+        task = self.progress.add_task(label, total=config.steps, loss="-", speed="-", completed=trainer.step)
+        last_step = trainer.step
+
+        with claims.Heartbeat(s.work, claim, beat) as heartbeat:
+
+            def on_metrics(step: int, metrics: dict[str, float], kind: str) -> None:
+                nonlocal last_step
+                if heartbeat.lost:
+                    raise Lost
+                run.metrics(step, metrics)
+                if kind == "eval":
+                    run.flush()  # before the checkpoint, so a resumed run's curve has no gap
+                    if on_eval is not None:
+                        on_eval(step, metrics["val_loss"])
+                    return
+                self.progress.update(
+                    task, completed=step, loss=f"{metrics['train_loss']:.3f}", speed=f"{metrics['tokens_per_s']:,.0f}"
+                )
+                if self.overall is not None and on_eval is None:
+                    self.progress.advance(self.overall, step - last_step)
+                last_step = step
+
+            final, reason = {"run_id": run.run_id}, ""
+            try:
+                final |= trainer.fit(on_metrics, checkpoint)
+                run.metrics(config.steps, {k: final[k] for k in ("train_time_s", "mean_tokens_per_s")})
+                status = "FINISHED"
+            except Pruned:
+                status = "PRUNED"  # stopped on purpose: its curve up to here is kept
+            except (Diverged, _oom()) as e:
+                status, reason = "FAILED", getattr(e, "reason", None) or f"CUDA out of memory: {e}".splitlines()[0]
+                run.tag(tracking.TAG + "failure", reason)
+                run.tag(tracking.TAG + "failed_step", str(getattr(e, "step", trainer.step)))
+                self.progress.console.print(f"{label}: failed: {reason} (step {getattr(e, 'step', trainer.step)})")
+                _free_gpu()
+            except Lost:
+                self.progress.remove_task(task)
+                self.progress.console.print(f"{label}: another worker took this trial over; leaving it to it")
+                return Outcome(trial, "LOST", final)
+            except KeyboardInterrupt:
+                run.end("KILLED", flush=False)  # what is past the last checkpoint is logged again on resume
+                s.work.end(claim, claims.OPEN)
+                self.progress.remove_task(task)
+                raise
+            except BaseException:
+                run.end("FAILED", flush=False)
+                s.work.end(claim, claims.OPEN)  # a bug, not the trial's fault: a fixed rerun resumes it
+                raise
+        run.end("FINISHED" if status in ("FINISHED", "PRUNED") else "FAILED")
+        s.work.end(claim, claims.FAILED if status == "FAILED" else claims.DONE, reason or None)
+        checkpoint.unlink(missing_ok=True)
+        self.progress.remove_task(task)
+        return Outcome(trial, status, final, reason)
+
+    def _start(self, trial: Trial, tags: dict[str, str], trainer: Trainer) -> tracking.RunLog:
+        s, leak = self.s, self.s.leaks[trial.variant]
+        meta = s.corpus.meta
+        tags = {
+            tracking.TAG + "study": s.study.name,
+            tracking.TAG + "variant": trial.variant,
+            tracking.TAG + "seed": str(trial.seed),
+            tracking.TAG + "trial_key": trial.key(s.study.config.data),
+            tracking.TAG + "data_fingerprint": meta["fingerprint"],
+            tracking.TAG + "python_version": meta["python_version"],
+            tracking.TAG + "causal": str(audit.is_causal(leak)).lower(),
+            tracking.TAG + "max_leak": f"{leak:.3e}",
+            **tags,
+        }
+        params = {
+            **tracking.flatten("model", trial.model),
+            **tracking.flatten("train", trial.train),
+            **tracking.flatten("data", s.study.config.data.model_dump()),
+            "data.fingerprint": meta["fingerprint"],
+            "data.unigram_entropy": f"{meta['unigram_entropy']:.6f}",
+            "variant": trial.variant,
+            "seed": str(trial.seed),
+            "n_params": str(trial.n_params),
+            "n_params_non_embedding": str(trial.n_params_non_embedding),
+            "flops_per_token": f"{trial.flops_per_token:.0f}",
+            "state_size": str(trial.state_size),
+            "device": str(trainer.device),
+        }
+        number = tags.get(tracking.TAG + "optuna_trial")
+        name = f"{trial.variant}-search{number}" if number is not None else f"{trial.variant}-seed{trial.seed}"
+        run = s.tracker.start(s.exp_id, name, tags, params, parent_id=s.parents[trial.variant])
+        run.text(s.study.text, "study.yaml")
+        return run
 
 
-def _summary(study, outcomes, meta, results, uri, elapsed, console, store_args) -> None:
+def _oom():
+    import torch
+
+    return torch.cuda.OutOfMemoryError
+
+
+def _free_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def store_outcomes(s: Setup) -> list[Outcome]:
+    """Every final trial of the study as the store has it, whichever worker ran it."""
+    rows = s.work.rows()
+    out = []
+    for unit in units(s.study):
+        if unit.trial is None:
+            continue
+        row = rows.get(unit.name)
+        if row is None or row.run_id is None:
+            state = "FAILED" if row is not None and row.state == claims.FAILED else "PENDING"
+            out.append(Outcome(unit.trial, state, reason=(row.detail or "") if row is not None else ""))
+            continue
+        run = s.tracker.client.get_run(row.run_id)
+        status = run.info.status if row.state != claims.OPEN else "KILLED"
+        if row.state == claims.RUNNING:
+            status = "RUNNING"
+        metrics = run.data.metrics if status == "FINISHED" else {}
+        out.append(Outcome(unit.trial, status, metrics, run.data.tags.get(tracking.TAG + "failure", "")))
+    return out
+
+
+def _summary(s: Setup, outcomes, results, uri, elapsed, console, store_args) -> None:
+    study, meta = s.study, s.corpus.meta
     table = Table(title=f"study {study.name}")
     leaky = any("prefix_val_loss" in o.metrics for o in outcomes)
     columns = ["variant", "seed", "params (non-emb)", "val_loss"] + ["prefix_val_loss"] * leaky + ["tokens/s", "status"]
@@ -282,7 +511,7 @@ def _summary(study, outcomes, meta, results, uri, elapsed, console, store_args) 
             f"{m['val_loss']:.4f}" if m else "-",
             *prefix,
             f"{m['mean_tokens_per_s']:,.0f}" if m else "-",
-            o.status.lower(),
+            o.status.lower() + (f": {o.reason}" if o.reason else ""),
         )
     console.print(table)
     if leaky:

@@ -1,11 +1,15 @@
 """Per-variant hyperparameter search with Optuna, on a shorter budget, before the final seeds.
 
 Each variant gets one Optuna study (`STUDY/VARIANT`) in a real Optuna storage, resumed on
-every rerun: trials left RUNNING by an interrupted run are marked FAIL, and only the missing
-number of trials is run (optimize(n_trials=N) would otherwise add N more every time). The
-variant × seed product of the final phase is ablate's own work list, not Optuna's.
+every rerun. How many trials run, and by which worker, is decided by ablate's work list (one
+claim per trial slot, see `claims`), not by counting Optuna's trials: Optuna's GridSampler and
+its trial count are not safe under parallel workers. A trial cut off with its worker is queued
+again by Optuna's heartbeat retry and resumed from its checkpoint.
 """
 
+import functools
+import itertools
+import warnings
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -13,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ablate.trainer import TrainConfig
 
 # train keys a search may not touch: they define the budget and the bookkeeping, not the recipe
-FIXED = ("steps", "eval_every", "eval_batches", "log_every", "device", "compile")
+FIXED = ("steps", "eval_every", "eval_batches", "log_every", "device", "compile", "max_loss", "checkpoint_evals")
 KINDS = {"loguniform": "loguniform", "uniform": "uniform", "int": "integer", "choice": "choice"}  # YAML key → field
 
 
@@ -105,17 +109,27 @@ class SearchConfig(BaseModel):
         return f"{space}; {self.trials} trials × {self.search_steps} steps, {self.sampler}, pruner {self.pruner}"
 
 
-def sampler(config: SearchConfig, n_existing: int):
+def sampler(config: SearchConfig, n_existing: int, slot: int = 0):
     """The configured sampler. A resumed TPE or random sampler is seeded with seed + trials so far:
-    the same seed again would replay its start-up points."""
+    the same seed again would replay its start-up points. The grid is ablate's own: slot i of the
+    work list takes grid point i (mod the grid's size), so parallel workers never run a point twice
+    (Optuna's GridSampler picks its next point per worker, and two workers can pick the same)."""
     import optuna
 
     seed = config.seed + n_existing
     if config.sampler == "grid":
-        return optuna.samplers.GridSampler({k: d.choice for k, d in config.space.items()}, seed=seed)
+        return optuna.samplers.PartialFixedSampler(
+            grid(config)[slot % len(grid(config))], optuna.samplers.RandomSampler()
+        )
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.tpe_startup)
+
+
+def grid(config: SearchConfig) -> list[dict[str, Any]]:
+    """Every combination of the choices, in the order the space lists them."""
+    keys = list(config.space)
+    return [dict(zip(keys, point)) for point in itertools.product(*(config.space[k].choice for k in keys))]
 
 
 def pruner(config: SearchConfig):
@@ -126,29 +140,62 @@ def pruner(config: SearchConfig):
     return optuna.pruners.MedianPruner(n_startup_trials=config.pruner_startup)
 
 
-def open_study(name: str, storage: str, config: SearchConfig):
-    """The variant's Optuna study, created or resumed; stale RUNNING trials marked FAIL."""
+def storage(url: str):
+    """The Optuna storage, with Optuna's heartbeat: a trial whose worker stops beating for
+    claims.STALE_AFTER_S is failed and queued again (same params, same user attrs, so the same
+    MLflow run and checkpoint) by RetryHeartbeatStaleTrialCallback."""
     import optuna
-    from optuna.trial import TrialState
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: wanted
+
+    from ablate.claims import HEARTBEAT_S, STALE_AFTER_S, retry_races
+
+    return retry_races(
+        lambda: optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            heartbeat_interval=int(HEARTBEAT_S),
+            grace_period=int(STALE_AFTER_S),
+            heartbeat_stale_trial_callback=retry_callback(),
+        )
+    )
+
+
+@functools.cache
+def retry_callback():
+    import optuna
+
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+
+
+def open_study(name: str, rdb, config: SearchConfig, slot: int = 0):
+    """The variant's Optuna study, created or resumed; trials of workers that stopped beating
+    are failed and queued again."""
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        n_existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+        n_existing = len(optuna.load_study(study_name=name, storage=rdb).trials)
     except KeyError:
         n_existing = 0
     study = optuna.create_study(
-        storage=storage,
+        storage=rdb,
         study_name=name,
         direction="minimize",
-        sampler=sampler(config, n_existing),
+        sampler=sampler(config, n_existing, slot),
         pruner=pruner(config),
         load_if_exists=True,
     )
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)  # one worker per study: a RUNNING trial was cut off
+    optuna.storages.fail_stale_trials(study)
     return study
 
 
-def remaining(study, config: SearchConfig) -> int:
-    """Trials still to run so that the study holds config.trials finished ones."""
-    return max(0, config.trials - len(study.trials))
+def retry(study, rdb, number: int) -> None:
+    """Queue a trial again whose worker is known to be gone (a dead process of this host, or a
+    stale claim) without waiting for Optuna's grace period: fail it and hand it to the same retry
+    callback. A trial that has already ended (Optuna got there first) is left alone."""
+    from optuna.trial import TrialState
+
+    frozen = study.get_trials(deepcopy=False)[number]
+    if frozen.state == TrialState.RUNNING and rdb.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL):
+        retry_callback()(study, study.get_trials(deepcopy=False)[number])

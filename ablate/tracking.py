@@ -60,11 +60,11 @@ class Tracker:
         self.client.set_experiment_tag(exp_id, TAG + "variants", json.dumps(variants))
         return exp_id
 
-    def finished_trials(self, exp_id: str) -> dict[str, dict[str, float]]:
-        """trial key → final metrics of the (final-phase) trials that already have a FINISHED run."""
+    def finished_trials(self, exp_id: str) -> dict[str, tuple[str, dict[str, float]]]:
+        """trial key → (run id, final metrics) of the final-phase trials that have a FINISHED run."""
         runs = self.client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'", max_results=50_000)
         return {
-            r.data.tags[TAG + "trial_key"]: r.data.metrics
+            r.data.tags[TAG + "trial_key"]: (r.info.run_id, r.data.metrics)
             for r in runs
             if TAG + "trial_key" in r.data.tags and r.data.tags.get(TAG + "phase", "final") == "final"
         }
@@ -90,6 +90,20 @@ class Tracker:
         log = RunLog(self.client, run.info.run_id)
         log.params(params)
         return log
+
+    def resume(self, run_id: str) -> "RunLog | None":
+        """The run an interrupted worker left (RUNNING, KILLED or FAILED), running again; None
+        when the store no longer has it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.lifecycle_stage != "active":
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return RunLog(self.client, run_id)
 
 
 class RunLog:
@@ -123,10 +137,14 @@ class RunLog:
     def text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 
-    def end(self, status: str) -> None:
+    def end(self, status: str, flush: bool = True) -> None:
+        """flush=False drops the metrics since the last flush: those past the last checkpoint,
+        which the resumed run logs again."""
         try:
-            self.flush()
+            if flush:
+                self.flush()
         finally:
+            self.pending = []
             self.client.set_terminated(self.run_id, status)
 
 

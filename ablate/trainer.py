@@ -2,10 +2,12 @@
 it reports metrics through a callback."""
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +38,10 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, gt=0, description="steps between host reads of the train loss")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     compile: bool = False
+    max_loss: float | None = Field(
+        None, gt=0, description="stop a trial whose train loss goes above this (NaN and inf always stop it)"
+    )
+    checkpoint_evals: int = Field(1, ge=0, description="write a checkpoint every this many evals (0: never)")
 
     @field_validator("warmup")
     @classmethod
@@ -66,6 +72,14 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class Diverged(Exception):
+    """The loss became NaN or inf, or rose above train.max_loss: the trial failed, the study goes on."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"{reason} at step {step}")
+        self.step, self.reason = step, reason
+
+
 PREFIX_POSITIONS = 16  # per window of the first val batch: the positions prefix_val_loss predicts
 
 
@@ -91,6 +105,10 @@ class Trainer:
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         cuda = self.device.type == "cuda"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        # where training stands: saved in checkpoints, so that a resumed trial takes the same steps
+        self.step, self.n_since, self.metrics, self.train_time_s = 0, 0, {}, 0.0
+        self.loss_sum = torch.zeros((), device=self.device)
+        self._started = time.perf_counter()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -130,15 +148,69 @@ class Trainer:
             "val_loss_at_prefix_positions": F.cross_entropy(teacher.flatten(0, 1), target).item(),
         }
 
-    def fit(self, callback: Callback | None = None) -> dict[str, float]:
-        """Train for cfg.steps; return the final train and val loss and the throughput."""
+    def state_dict(self) -> dict:
+        """Everything a resumed trial needs to take the same steps an uninterrupted one would."""
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "batches": self.batches.rng.bit_generator.state,
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "loss_sum": self.loss_sum.item(),
+            "n_since": self.n_since,
+            "metrics": dict(self.metrics),
+            "train_time_s": self.train_time_s + time.perf_counter() - self._started,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.batches.rng.bit_generator.state = rng["batches"]
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.step, self.n_since, self.metrics = state["step"], state["n_since"], dict(state["metrics"])
+        self.loss_sum.fill_(state["loss_sum"])
+        self.train_time_s = state["train_time_s"]
+
+    def save(self, path: Path) -> None:
+        """Write the state atomically: a crash mid-write leaves the previous checkpoint intact."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+    def _check(self, step: int, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise Diverged(step, f"train loss is {loss}")
+        if self.cfg.max_loss is not None and loss > self.cfg.max_loss:
+            raise Diverged(step, f"train loss {loss:.4g} is above train.max_loss {self.cfg.max_loss:g}")
+
+    def fit(self, callback: Callback | None = None, checkpoint: Path | None = None) -> dict[str, float]:
+        """Train up to cfg.steps from the current step (0, or a loaded checkpoint's); return the
+        final train and val loss and the throughput. With `checkpoint`, the state is saved there
+        every cfg.checkpoint_evals evals, after the callback has seen (and flushed) that eval."""
         cfg, emit = self.cfg, callback or (lambda *_: None)
         tokens_per_step = cfg.batch_size * self.context
-        loss_sum, n_since = torch.zeros((), device=self.device), 0
-        start = last = time.perf_counter()
-        metrics: dict[str, float] = {}
+        first = self.step + 1
+        self._started = last = time.perf_counter()
         self.model.train()
-        for step in range(1, cfg.steps + 1):
+        for step in range(first, cfg.steps + 1):
             loss = self.loss(*next(self.batches))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -146,27 +218,34 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            loss_sum += loss.detach()
-            n_since += 1
+            self.loss_sum += loss.detach()
+            self.n_since += 1
+            self.step = step
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
-                metrics["train_loss"] = loss_sum.item() / n_since
-                metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-                metrics["tokens_per_s"] = n_since * tokens_per_step / (now - last)
-                emit(step, {k: metrics[k] for k in ("train_loss", "lr", "tokens_per_s")}, "log")
-                loss_sum.zero_()
-                n_since, last = 0, now
+                self.metrics["train_loss"] = self.loss_sum.item() / self.n_since
+                self._check(step, self.metrics["train_loss"])
+                self.metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+                self.metrics["tokens_per_s"] = self.n_since * tokens_per_step / (now - last)
+                emit(step, {k: self.metrics[k] for k in ("train_loss", "lr", "tokens_per_s")}, "log")
+                self.loss_sum.zero_()
+                self.n_since, last = 0, now
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 eval_start = time.perf_counter()
                 evaluated = {"val_loss": self.evaluate()}
+                if not math.isfinite(evaluated["val_loss"]):
+                    raise Diverged(step, f"val loss is {evaluated['val_loss']}")
                 if self.prefix_eval and step == cfg.steps:
                     evaluated |= self.evaluate_prefixes()
-                metrics |= evaluated
+                self.metrics |= evaluated
                 emit(step, evaluated, "eval")
-                last += time.perf_counter() - eval_start  # keep eval time out of tokens/s
-        elapsed = time.perf_counter() - start
+                evals = step // cfg.eval_every
+                if checkpoint is not None and cfg.checkpoint_evals and evals % cfg.checkpoint_evals == 0:
+                    self.save(checkpoint)
+                last += time.perf_counter() - eval_start  # keep eval (and checkpoint) time out of tokens/s
+        elapsed = self.train_time_s + time.perf_counter() - self._started
         return {
-            **{k: v for k, v in metrics.items() if k not in ("lr", "tokens_per_s")},
+            **{k: v for k, v in self.metrics.items() if k not in ("lr", "tokens_per_s")},
             "train_time_s": elapsed,
-            "mean_tokens_per_s": cfg.steps * tokens_per_step / elapsed,
+            "mean_tokens_per_s": (cfg.steps - first + 1) * tokens_per_step / (time.perf_counter() - self._started),
         }

@@ -4,6 +4,7 @@ import mlflow
 import optuna
 import pytest
 
+from ablate import search
 from ablate.cli import main
 from tests.conftest import TINY_STUDY, write_study
 
@@ -82,13 +83,27 @@ def test_rerun_resumes_the_search_and_caps_its_trials(searched, capsys):
     capsys.readouterr()
     assert main(["run", str(study), *store]) == 0
     out = capsys.readouterr().out
-    assert "5 of 5 trials in tiny/mha; running 0" in out and "2 of 2 trials already finished" in out
+    assert "search mha: 5 of 5 trials done in tiny/mha" in out and "2 of 2 trials already finished" in out
     assert len(runs(results)) == before and len(optuna_study(results).trials) == 5
 
-    # a trial left RUNNING by an interrupted run is marked FAIL and counts toward the total
-    optuna_study(results).ask()
     study.write_text(study.read_text().replace("trials: 5", "trials: 7"))
     assert main(["run", str(study), *store]) == 0
-    trials = optuna_study(results).trials
-    assert len(trials) == 7 and trials[5].state.name == "FAIL"
-    assert "6 of 7 trials in tiny/mha; running 1" in capsys.readouterr().out
+    assert len(optuna_study(results).trials) == 7
+    assert "search mha: 5 of 7 trials done" in capsys.readouterr().out
+
+
+def test_a_lost_trial_is_queued_again_with_its_params_and_run(tmp_path):
+    """A trial whose worker is gone is failed and queued again by Optuna's heartbeat retry; the
+    next ask() takes the copy, with the same params and the MLflow run to resume."""
+    rdb = search.storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    config = search.SearchConfig(space={"lr": {"loguniform": [1e-4, 1e-2]}}, search_steps=10)
+    study = search.open_study("s/v", rdb, config)
+    lost = study.ask()
+    lr = lost.suggest_float("lr", 1e-4, 1e-2, log=True)
+    lost.set_user_attr("ablate.run_id", "abc")
+    search.retry(study, rdb, lost.number)
+    search.retry(study, rdb, lost.number)  # a second look finds it ended: no second copy
+    again = study.ask()
+    assert study.trials[lost.number].state.name == "FAIL" and again.number == lost.number + 1
+    assert again.params == {"lr": lr} and again.user_attrs["ablate.run_id"] == "abc"
+    assert len(study.trials) == 2

@@ -1,0 +1,181 @@
+"""The study's work list: one claim row per unit of work, so that any number of workers on any
+number of machines train every unit exactly once.
+
+The rows live in a table of their own (`ablate_claims`) in the Optuna storage's database, SQLite
+or PostgreSQL. A claim is taken by an INSERT (the primary key lets exactly one worker win) or, for
+a unit whose worker let go of it or vanished, by an UPDATE conditioned on the row still being in
+that state; either way the database decides, not a read-then-write in Python. A worker beats its
+heartbeat while it holds a claim; a claim whose heartbeat is older than `stale_after` (or whose
+worker was a process of this host that is gone) may be taken over, and the new holder resumes the
+unit from its MLflow run and checkpoint.
+"""
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+RUNNING, OPEN, DONE, FAILED = "running", "open", "done", "failed"
+ENDED = (DONE, FAILED)
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 60.0
+
+META = sa.MetaData()
+TABLE = sa.Table(
+    "ablate_claims",
+    META,
+    sa.Column("study", sa.String(200), primary_key=True),
+    sa.Column("unit", sa.String(200), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("heartbeat", sa.Float),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("optuna_trial", sa.Integer),
+    sa.Column("detail", sa.Text),  # a failure's reason, or what a finished setup unit made
+)
+
+
+def worker_id() -> str:
+    """host:pid, so a claim of a process of this host that is gone can be taken over at once."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(worker: str | None) -> bool:
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class Claim:
+    study: str
+    unit: str
+    worker: str
+    run_id: str | None = None  # set when an earlier holder began the unit: resume it
+    optuna_trial: int | None = None
+    attempts: int = 1
+
+
+class WorkList:
+    def __init__(self, url: str, study: str, stale_after: float = STALE_AFTER_S):
+        args = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        self.engine = sa.create_engine(url, **args)
+        self.study, self.stale_after, self.worker = study, stale_after, worker_id()
+        retry_races(lambda: META.create_all(self.engine))  # several workers may create it at once
+
+    def rows(self) -> dict[str, sa.Row]:
+        with self.engine.connect() as c:
+            return {r.unit: r for r in c.execute(sa.select(TABLE).where(TABLE.c.study == self.study))}
+
+    def claim(self, unit: str) -> Claim | None:
+        """Take the unit if nobody holds it; None if another live worker does or it has ended."""
+        now = time.time()
+        try:
+            with self.engine.begin() as c:
+                c.execute(
+                    TABLE.insert().values(
+                        study=self.study, unit=unit, state=RUNNING, worker=self.worker, heartbeat=now, attempts=1
+                    )
+                )
+            return Claim(self.study, unit, self.worker)
+        except sa.exc.IntegrityError:
+            pass
+        row = self.rows().get(unit)
+        if row is None or row.state in ENDED:
+            return None
+        takeable = row.state == OPEN or row.heartbeat < now - self.stale_after or _gone(row.worker)
+        if not takeable:
+            return None
+        with self.engine.begin() as c:  # only if nobody changed the row since it was read
+            taken = c.execute(
+                TABLE.update()
+                .where(self._row(unit), TABLE.c.state == row.state, TABLE.c.worker.is_not_distinct_from(row.worker))
+                .where(TABLE.c.heartbeat == row.heartbeat)
+                .values(state=RUNNING, worker=self.worker, heartbeat=now, attempts=row.attempts + 1)
+            ).rowcount
+        if taken != 1:
+            return None
+        return Claim(self.study, unit, self.worker, row.run_id, row.optuna_trial, row.attempts + 1)
+
+    def _row(self, unit: str):
+        return sa.and_(TABLE.c.study == self.study, TABLE.c.unit == unit)
+
+    def _mine(self, claim: Claim, **values) -> bool:
+        with self.engine.begin() as c:
+            return (
+                c.execute(
+                    TABLE.update()
+                    .where(self._row(claim.unit), TABLE.c.worker == claim.worker, TABLE.c.state == RUNNING)
+                    .values(**values)
+                ).rowcount
+                == 1
+            )
+
+    def beat(self, claim: Claim) -> bool:
+        """Renew the heartbeat; False when the claim was taken over (this worker must stop)."""
+        return self._mine(claim, heartbeat=time.time())
+
+    def note(self, claim: Claim, **values) -> None:
+        """Record run_id / optuna_trial on the claim, for whoever resumes the unit."""
+        self._mine(claim, **values)
+
+    def end(self, claim: Claim, state: str, detail: str | None = None) -> None:
+        """done, failed (with the reason), or open: let go of it (Ctrl-C), to be resumed by anyone."""
+        worker = None if state == OPEN else claim.worker
+        self._mine(claim, state=state, detail=detail, worker=worker)
+
+    def wait_done(self, unit: str, poll_s: float = 0.2) -> sa.Row:
+        """Block until the unit has ended (another worker is doing it) and return its row."""
+        while (row := self.rows().get(unit)) is None or row.state not in ENDED:
+            time.sleep(poll_s)
+        return row
+
+
+class Heartbeat:
+    """Beats the claim (and the Optuna trial's heartbeat, when one is given) from a thread, every
+    HEARTBEAT_S seconds; `lost` turns true when another worker has taken the claim over."""
+
+    def __init__(self, work: WorkList, claim: Claim, also=None, interval: float = HEARTBEAT_S):
+        self.work, self.claim, self.also, self.interval = work, claim, also, interval
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.lost = not self.work.beat(self.claim)
+                if self.also is not None:
+                    self.also()
+            except sa.exc.OperationalError:
+                continue  # the database was busy or unreachable for a moment: try again next beat
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def retry_races(fn, tries: int = 8, wait_s: float = 0.25):
+    """Run fn, retrying the races of several processes creating the same tables at once."""
+    for attempt in range(tries):
+        try:
+            return fn()
+        except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(wait_s * (attempt + 1))

@@ -1,0 +1,213 @@
+"""Nothing lost: a killed study resumes inside its trial and ends as if never stopped; a diverging
+trial fails alone; several workers share one study and train every trial exactly once."""
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import mlflow
+import pytest
+import torch
+
+from ablate.cli import main
+from ablate.model import build_model
+from ablate.trainer import TrainConfig, Trainer, seed_everything
+from tests.conftest import TINY_STUDY, write_study
+from tests.test_end_to_end import clean_env
+
+TRAIN = {"steps": 40, "batch_size": 4, "warmup": 4, "eval_every": 10, "eval_batches": 2, "log_every": 3}
+MODEL = {"mixer": "mha", "vocab_size": 512, "context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "qkv_dim": 32}
+
+
+def trainer(corpus) -> Trainer:
+    seed_everything(3)
+    return Trainer(build_model(MODEL), corpus, TrainConfig(**TRAIN), seed=3)
+
+
+def test_a_trainer_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_does(corpus, tmp_path):
+    whole = trainer(corpus).fit()
+
+    first = trainer(corpus)
+    first.cfg = first.cfg.model_copy(update={"steps": 20})  # stop after the second eval, as a crash would
+    first.fit(checkpoint=tmp_path / "run.pt")
+    random.random(), torch.rand(3)  # whatever ran in between must not matter
+    resumed = trainer(corpus)
+    resumed.load(tmp_path / "run.pt")
+    assert resumed.step == 20
+    end = resumed.fit()
+    assert abs(end["val_loss"] - whole["val_loss"]) < 1e-6 and abs(end["train_loss"] - whole["train_loss"]) < 1e-6
+
+
+def test_a_checkpoint_is_replaced_atomically(corpus, tmp_path):
+    t = trainer(corpus)
+    t.save(tmp_path / "run.pt")
+    t.save(tmp_path / "run.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temp file left behind
+
+
+KILL_STUDY = (
+    TINY_STUDY.replace("steps: 30", "steps: 300")
+    .replace("eval_every: 15", "eval_every: 20")
+    .replace("  - {name: aft, model: {mixer: aft-simple, ffn: false}}\n", "")
+)
+
+
+def store(results):
+    client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], run_view_type=mlflow.entities.ViewType.ACTIVE_ONLY)
+    return client, [r for r in runs if "ablate.role" not in r.data.tags]
+
+
+def checkpoint_step(folder) -> int:
+    for path in folder.glob("*.pt") if folder.exists() else ():
+        try:
+            return torch.load(path, weights_only=False)["step"]
+        except (OSError, RuntimeError, EOFError):
+            continue  # being replaced right now
+    return 0
+
+
+def test_kill_9_mid_trial_then_rerun_resumes_the_same_run_to_the_same_loss(tmp_path):
+    study = write_study(tmp_path, KILL_STUDY)
+    results = tmp_path / "results"
+    kill_after = 20 * random.randint(1, 5)  # a random eval step after the first
+    proc = subprocess.Popen(
+        ["ablate", "run", str(study), "--results", str(results)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while checkpoint_step(results / "checkpoints") < kill_after and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, runs = store(results)
+    assert [r.info.status for r in runs] == ["RUNNING"]  # what kill -9 leaves
+
+    rerun = subprocess.run(
+        ["ablate", "run", str(study), "--results", str(results)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming run" in rerun.stdout
+    client, runs = store(results)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    resumed = [r for r in runs if "ablate.resumed_from_step" in r.data.tags]
+    assert len(resumed) == 1 and int(resumed[0].data.tags["ablate.resumed_from_step"]) >= kill_after
+    steps = [m.step for m in client.get_metric_history(resumed[0].info.run_id, "val_loss")]
+    assert steps == list(range(20, 301, 20))  # one unbroken curve: every eval once
+    assert not list((results / "checkpoints").glob("*.pt"))  # removed once their runs finished
+
+    clean = tmp_path / "uninterrupted"
+    assert (
+        subprocess.run(["ablate", "run", str(study), "--results", str(clean)], check=False, env=clean_env()).returncode
+        == 0
+    )
+    _, reference = store(clean)
+    loss = {r.data.tags["ablate.seed"]: r.data.metrics["val_loss"] for r in reference}
+    for r in runs:
+        assert abs(r.data.metrics["val_loss"] - loss[r.data.tags["ablate.seed"]]) < 1e-6
+
+
+DIVERGING = TINY_STUDY.replace(
+    "  - {name: aft, model: {mixer: aft-simple, ffn: false}}",
+    """\
+  - {name: hot, model: {mixer: mha}, train: {lr: 1.0e+6}}
+  - name: searched
+    model: {mixer: mha}
+    search: {space: {lr: {choice: [2.0e-3, 1.0e+6]}}, trials: 2, search_steps: 15, sampler: grid, pruner: none}""",
+).replace("seeds: [0, 1]", "seeds: [0]")
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, capsys):
+    import optuna
+
+    study = write_study(tmp_path, DIVERGING)
+    results = tmp_path / "results"
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    assert main(["run", str(study), "--results", str(results), "--tracking-uri", uri]) == 0
+    _, runs = store(results)
+    by_name = {r.info.run_name: r for r in runs}
+    hot = by_name["hot-seed0"]
+    assert hot.info.status == "FAILED" and "train loss" in hot.data.tags["ablate.failure"]
+    assert int(hot.data.tags["ablate.failed_step"]) > 0
+    assert by_name["mha-seed0"].info.status == "FINISHED" and by_name["searched-seed0"].info.status == "FINISHED"
+
+    trials = optuna.load_study(study_name="tiny/searched", storage=f"sqlite:///{results / 'optuna.db'}").trials
+    states = {t.params["lr"]: t.state.name for t in trials}
+    assert states == {2e-3: "COMPLETE", 1e6: "FAIL"}
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    assert "train loss" in failed.user_attrs["ablate.failure"]
+    assert float(by_name["searched-seed0"].data.params["train.lr"]) == 2e-3
+
+    capsys.readouterr()
+    assert main(["compare", "--results", str(results), "--tracking-uri", uri, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    rows = {r["variant"]: r for r in __import__("json").loads(captured.out)}
+    assert rows["hot"]["failed"] == 1 and rows["hot"]["n"] == 0 and rows["hot"]["verdict"] == "every run failed"
+    assert rows["mha"]["failed"] == 0 and "failed runs (diverged or out of memory): hot 1" in captured.err
+
+
+WORKERS_STUDY = (
+    TINY_STUDY.replace("steps: 30", "steps: 20")
+    .replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
+    .replace(
+        "  - {name: aft, model: {mixer: aft-simple, ffn: false}}",
+        """\
+  - {name: aft, model: {mixer: aft-simple, ffn: false}}
+  - name: searched
+    model: {mixer: mha}
+    search: {space: {lr: {choice: [1.0e-3, 2.0e-3, 4.0e-3]}}, trials: 3, search_steps: 10, sampler: grid}""",
+    )
+)
+
+
+def two_workers(tmp_path, storage: str | None, tracking_uri: str | None):
+    """Run the study with --workers 2; return its trial runs and Optuna trials."""
+    import optuna
+
+    study = write_study(tmp_path, WORKERS_STUDY)
+    results = tmp_path / "results"
+    args = ["ablate", "run", str(study), "--results", str(results), "--workers", "2"]
+    args += ["--storage", storage] * bool(storage) + ["--tracking-uri", tracking_uri] * bool(tracking_uri)
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=clean_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("workers: started 2") == 1
+    client = mlflow.MlflowClient(tracking_uri or f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if "ablate.role" not in r.data.tags]
+    optuna_trials = optuna.load_study(
+        study_name="tiny/searched", storage=storage or f"sqlite:///{results / 'optuna.db'}"
+    ).trials
+    return proc, runs, optuna_trials
+
+
+def assert_each_trial_once(proc, runs, optuna_trials):
+    final = [r for r in runs if r.data.tags["ablate.phase"] == "final"]
+    pairs = sorted((r.data.tags["ablate.variant"], r.data.tags["ablate.seed"]) for r in final)
+    assert pairs == sorted((v, s) for v in ("mha", "aft", "searched") for s in "012")  # each once, none lost
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    # the grid's 3 points, each once, though 2 workers asked at once
+    assert sorted(t.params["lr"] for t in optuna_trials) == [1e-3, 2e-3, 4e-3]
+    assert len([r for r in runs if r.data.tags["ablate.phase"] == "search"]) == 3
+    pids = {line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("worker ")}
+    assert len(pids) == 2
+
+
+def test_two_workers_on_sqlite_train_each_trial_once(tmp_path):
+    assert_each_trial_once(*two_workers(tmp_path, None, None))
+
+
+def test_workers_flag_rejects_zero(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(write_study(tmp_path, TINY_STUDY)), "--workers", "0"])
+    assert e.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
