@@ -36,6 +36,7 @@ class DataConfig(BaseModel):
 
     source: str = Field(
         "stdlib",
+        min_length=1,
         description="'stdlib' (the Python standard library's source), a text file, a directory, "
         "a glob, or a token array (.npy, or .bin of uint16)",
     )
@@ -65,7 +66,14 @@ def source_files(cfg: DataConfig, base_dir: Path) -> list[Path]:
     if cfg.source == "stdlib":
         return stdlib_files()
     path = Path(cfg.source).expanduser()
-    path = path if path.is_absolute() else base_dir / path
+    if not path.is_absolute():
+        path = base_dir / path
+        inside = base_dir.resolve()
+        if not Path(os.path.realpath(path.parent if glob.has_magic(str(path)) else path)).is_relative_to(inside):
+            raise AblateError(
+                f"data.source: {cfg.source} leads outside the study's directory ({inside}); "
+                "give an absolute path to read data from elsewhere"
+            )
     if glob.has_magic(str(path)):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     elif path.is_dir():

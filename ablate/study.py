@@ -15,6 +15,7 @@ from ablate.budget import Budget, flops_per_token, solve
 from ablate.data import DataConfig, source_files
 from ablate.errors import AblateError
 from ablate.model import ModelConfig, build_model
+from ablate.resources import check_fits
 from ablate.search import KINDS, SearchConfig
 from ablate.trainer import TrainConfig
 
@@ -215,6 +216,10 @@ def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_L
         train_cfg = TrainConfig(**{**config.train, **variant.train})
     except ValidationError as e:
         raise AblateError(lines.explain(e, train_loc)) from None
+    try:
+        check_fits(model_cfg, train_cfg.batch_size, train_cfg.device)
+    except AblateError as e:
+        raise AblateError(f"{lines.at(model_loc(('d_model',)))}: variant {variant.name!r}: {e}") from None
     try:
         model = model_cfg.resolved()
         built = build_model(model, device="meta")

@@ -1,5 +1,7 @@
 """A malformed study stops before any training: exit 2, one line naming the key and line, nothing written."""
 
+from pathlib import Path
+
 import pytest
 
 from ablate.cli import main
@@ -126,3 +128,28 @@ def test_unusable_tracking_store(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("ablate: error: ") and err.count("\n") == 1
     assert main(["run", str(path), "--results", str(tmp_path / "r"), "--tracking-uri", "nosuchscheme://x"]) == 2
+
+
+HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", HOSTILE, ids=[p.stem for p in HOSTILE])
+def test_hostile_study_stops_with_one_line_naming_where(path, tmp_path, capsys):
+    """Each file of tests/hostile/ says on its first line what the error must say."""
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    study = tmp_path / path.name  # a copy, so that relative data paths start from tmp_path
+    study.write_text(path.read_text())
+    results = tmp_path / "results"
+    assert main(["run", str(study), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert expected in err
+    assert f"{study}:" in err  # the file, and the line (and column, for syntax)
+    assert not results.exists()
+
+
+def test_no_yaml_tag_executes_code(tmp_path):
+    marker = tmp_path / "pwned"
+    study = write_study(tmp_path, f"name: !!python/object/apply:os.system ['touch {marker}']\nvariants: []\n")
+    assert main(["plan", str(study)]) == 2
+    assert not marker.exists()
