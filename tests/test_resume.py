@@ -211,3 +211,23 @@ def test_workers_flag_rejects_zero(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", str(write_study(tmp_path, TINY_STUDY)), "--workers", "0"])
     assert e.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_claim_whose_heartbeat_went_stale_is_taken_over_once(tmp_path):
+    from ablate import claims
+
+    url = f"sqlite:///{tmp_path / 'work.db'}"
+    gone = claims.WorkList(url, "s")
+    gone.worker = "other-machine:1"  # not this host: only its heartbeat can tell that it is gone
+    held = gone.claim("u")
+    gone.note(held, run_id="r1")
+    patient = claims.WorkList(url, "s", stale_after=3600)
+    assert patient.claim("u") is None  # it beat a moment ago
+    with gone.engine.begin() as c:  # its last beat, two minutes ago
+        c.execute(claims.TABLE.update().values(heartbeat=time.time() - 120))
+    eager = claims.WorkList(url, "s", stale_after=60)
+    taken = eager.claim("u")
+    assert taken is not None and taken.run_id == "r1" and taken.attempts == 2  # resumes the same run
+    assert eager.claim("u") is None and not gone.beat(held)  # the old holder learns it lost the claim
+    eager.end(taken, claims.DONE)
+    assert patient.claim("u") is None and patient.rows()["u"].state == claims.DONE
