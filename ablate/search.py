@@ -118,9 +118,8 @@ def sampler(config: SearchConfig, n_existing: int, slot: int = 0):
 
     seed = config.seed + n_existing
     if config.sampler == "grid":
-        return optuna.samplers.PartialFixedSampler(
-            grid(config)[slot % len(grid(config))], optuna.samplers.RandomSampler()
-        )
+        points = grid(config)
+        return optuna.samplers.PartialFixedSampler(points[slot % len(points)], optuna.samplers.RandomSampler())
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.tpe_startup)
