@@ -232,21 +232,37 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
 
 
 class Batches:
-    """Random windows of `context + 1` tokens; the seed fixes the order for every variant alike."""
+    """Random windows of `context + 1` tokens; the seed fixes the order for every variant alike.
 
-    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int):
+    With `device` (a GPU), the token array lives on the device and each batch is gathered there:
+    only the batch's start offsets cross from the host, pinned and without a wait. The offsets
+    come from the same generator either way, so a seed gives the same batches on any device.
+    """
+
+    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int, device=None):
         if tokens.size <= context + 1:
             raise AblateError(f"the corpus split has {tokens.size} tokens, too few for context {context}")
         self.tokens, self.batch_size = tokens, batch_size
         self.window = np.arange(context + 1)
         self.rng = np.random.default_rng(seed)
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None:
+            self.resident = torch.from_numpy(tokens.astype(np.int32)).to(self.device)
+            self.device_window = torch.arange(context + 1, device=self.device)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = self.rng.integers(0, self.tokens.size - len(self.window) + 1, size=self.batch_size)
-        chunk = torch.from_numpy(self.tokens[starts[:, None] + self.window].astype(np.int64))
+        if self.device is None:
+            chunk = torch.from_numpy(self.tokens[starts[:, None] + self.window].astype(np.int64))
+        else:
+            offsets = torch.from_numpy(starts)
+            if self.device.type == "cuda":
+                offsets = offsets.pin_memory()
+            offsets = offsets.to(self.device, non_blocking=True)
+            chunk = self.resident[offsets[:, None] + self.device_window].long()
         return chunk[:, :-1], chunk[:, 1:]
 
 

@@ -64,9 +64,10 @@ def attention_softmax_flops(n_heads: int, T: int, window: int | None = None) -> 
 
 
 def causal_softmax_mean_flops(channels: int) -> float:
-    """`causal_softmax_mean`: three logcumsumexp (max, subtract, exp, add, log: 5 each), two
-    clamped logs of v (3 each), two exps and three subtractions of the combination."""
-    return (3 * 5 + 2 * 3 + 2 + 3) * channels
+    """`causal_softmax_mean` per token and channel: the chunk maximum, the shifted exp, the
+    product with v, two running sums, the carries from earlier chunks (a scale and two
+    multiply-adds) and the division."""
+    return 10 * channels
 
 
 class SwiGLU(nn.Module):
@@ -96,15 +97,99 @@ class GeluMLP(nn.Module):
 
 FFNS = {"swiglu": SwiGLU, "gelu": GeluMLP}
 
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of h Wᵀ, a block of rows at a time, its gradient formed on the way.
+
+    The (N, V) logits never exist whole, and the softmax of each block is turned into the
+    gradient while it is still in cache: one pass where log_softmax, nll_loss and their
+    backward would make four over the full logits.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, target, rows):
+        N = h.size(0)
+        grad_h, grad_w = torch.empty_like(h), torch.zeros_like(weight)
+        total = torch.zeros((), dtype=_at_least_float32(h.dtype), device=h.device)
+        for start in range(0, N, rows):
+            hb, tb = h[start : start + rows], target[start : start + rows]
+            logits = hb @ weight.t()
+            logits = logits.to(_at_least_float32(logits.dtype))
+            lse = torch.logsumexp(logits, dim=-1)
+            total = total + (lse - logits.gather(1, tb[:, None]).squeeze(1)).sum()
+            g = torch.exp(logits.sub_(lse[:, None]))  # the softmax, in place of the logits
+            g[torch.arange(len(tb), device=g.device), tb] -= 1.0
+            g = g.div_(N).to(h.dtype)
+            grad_h[start : start + rows] = g @ weight
+            grad_w += g.t() @ hb
+        ctx.save_for_backward(grad_h, grad_w)
+        return total / N
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None, None
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """bf16/fp16 logits (under autocast) are summed in float32; float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """F.cross_entropy(h @ weight.T, target) for h (N, C), weight (V, C): fused when training,
+    plain when no gradient is needed (where forming one would be wasted work)."""
+    if not torch.is_grad_enabled() or not (h.requires_grad or weight.requires_grad):
+        logits = F.linear(h, weight)
+        return F.cross_entropy(logits.to(_at_least_float32(logits.dtype)), target)
+    rows = max(1, (1 << 20) // weight.size(0))  # a block of logits of about 4 MB
+    return _LinearCrossEntropy.apply(h, weight, target, rows)
+
+
 _EPS = 1e-20
 
 
-def causal_softmax_mean(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+SAFE_RISE = (
+    60.0  # exp(-60) ≈ 1e-26: far above float32's smallest normal at exp(-87), so no term that matters underflows
+)
+
+
+def causal_softmax_mean(k: torch.Tensor, v: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """y_t = Σ_{t'≤t} exp(k_t') v_t' / Σ_{t'≤t} exp(k_t'), per channel, along dim 1 (time).
 
-    Computed in log space with logcumsumexp, so neither large nor very different keys
-    overflow or underflow. A log needs positive arguments, so v is split by sign into
-    v⁺ + ε and v⁻ + ε; the ε (which keeps the logs finite) cancels in the difference.
+    Chunked running sums. The keys of chunk c are shifted by r_c, the largest key up to the
+    end of that chunk, so no exponent is positive; the sums of earlier chunks are carried in by
+    factors exp(r_j - r_c) ≤ 1. The result does not depend on the shifts, so they carry no
+    gradient. It is exact while r_c exceeds every position's running maximum by less than
+    SAFE_RISE (a chunk's keys rise by less than that above what came before); for keys that do
+    (nothing a trained layer produces), the log-space form takes over.
+    """
+    B, T, C = k.shape
+    L = min(chunk, T)
+    K = -(-T // L)
+    pad = K * L - T
+    kb = F.pad(k, (0, 0, 0, pad), value=float("-inf")).view(B, K, L, C)  # padding weighs nothing
+    vb = F.pad(v, (0, 0, 0, pad)).view(B, K, L, C)
+    shift = torch.cummax(kb.detach().amax(dim=2), dim=1).values  # (B, K, C)
+    before = torch.cat([k.detach()[:, :1], shift[:, :-1]], dim=1)  # the least running maximum in each chunk
+    if not k.is_meta and bool((shift - before > SAFE_RISE).any()):  # meta tensors (counting FLOPs) hold no values
+        return causal_softmax_mean_log_space(k, v)
+    e = torch.exp(kb - shift[:, :, None])
+    den = e.cumsum(dim=2)
+    num = (e * vb).cumsum(dim=2)
+    if K > 1:  # add what the earlier chunks summed, rescaled from their shift to this chunk's
+        earlier = torch.ones(K, K, dtype=torch.bool, device=k.device).tril(-1)
+        scale = torch.exp(shift[:, None] - shift[:, :, None]).masked_fill(~earlier[None, :, :, None], 0.0)
+        den = den + torch.einsum("bcjn,bjn->bcn", scale, den[:, :, -1])[:, :, None]
+        num = num + torch.einsum("bcjn,bjn->bcn", scale, num[:, :, -1])[:, :, None]
+    return (num / den).view(B, K * L, C)[:, :T]
+
+
+def causal_softmax_mean_log_space(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """causal_softmax_mean with logcumsumexp: exact for any keys, several times slower.
+
+    A log needs positive arguments, so v is split by sign into v⁺ + ε and v⁻ + ε; the ε
+    (which keeps the logs finite) cancels in the difference.
     """
     log_den = torch.logcumsumexp(k, dim=1)
     pos = torch.logcumsumexp(k + torch.log(v.clamp_min(0) + _EPS), dim=1)

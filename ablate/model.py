@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from torch import nn
 
 from ablate import registry
-from ablate.layers import FFNS, rms_norm
+from ablate.layers import FFNS, linear_cross_entropy, rms_norm
 
 
 class ModelConfig(BaseModel):
@@ -76,11 +76,19 @@ class LanguageModel(nn.Module):
             std = residual_std if name.endswith(("out.weight", "w_out.weight")) else 0.02
             nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The normed last hidden states, which the tied head maps to logits."""
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x)
-        return F.linear(rms_norm(x), self.embed.weight)
+        return rms_norm(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.hidden(idx), self.embed.weight)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy; in training the logits are never formed whole."""
+        return linear_cross_entropy(self.hidden(idx).flatten(0, 1), self.embed.weight, targets.flatten())
 
     @property
     def causal(self) -> bool:

@@ -91,20 +91,24 @@ class Trainer:
         self.cfg, self.device, self.prefix_eval = cfg, cfg.resolved_device(), prefix_eval
         self.model = model.to(self.device)
         self.context = model.cfg.context
-        self.batches = Batches(corpus.train, self.context, cfg.batch_size, seed)
-        self.val = val_batches(corpus.val, self.context, cfg.batch_size, cfg.eval_batches)
+        on_gpu = self.device.type == "cuda"  # the token array fits any GPU: gather batches there
+        self.batches = Batches(corpus.train, self.context, cfg.batch_size, seed, self.device if on_gpu else None)
+        self.val = [
+            (x.to(self.device), y.to(self.device))
+            for x, y in val_batches(corpus.val, self.context, cfg.batch_size, cfg.eval_batches)
+        ]
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr,
             betas=cfg.betas,
-            fused=self.device.type == "cuda",
+            fused=on_gpu,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        cuda = self.device.type == "cuda"
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        self.model_loss = torch.compile(self.model.loss) if cfg.compile else self.model.loss
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
         # where training stands: saved in checkpoints, so that a resumed trial takes the same steps
         self.step, self.n_since, self.metrics, self.train_time_s = 0, 0, {}, 0.0
         self.loss_sum = torch.zeros((), device=self.device)
@@ -114,8 +118,7 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         with self.autocast:
-            logits = self.forward(x)
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            return self.model_loss(x, y)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -201,6 +204,20 @@ class Trainer:
         if self.cfg.max_loss is not None and loss > self.cfg.max_loss:
             raise Diverged(step, f"train loss {loss:.4g} is above train.max_loss {self.cfg.max_loss:g}")
 
+    def train_step(self) -> None:
+        """One optimizer step on the next batch. The loss is added up on the device, not read
+        back: fit reads it every log_every steps, so steps do not wait on the host."""
+        loss = self.loss(*next(self.batches))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.loss_sum += loss.detach()
+        self.n_since += 1
+        self.step += 1
+
     def fit(self, callback: Callback | None = None, checkpoint: Path | None = None) -> dict[str, float]:
         """Train up to cfg.steps from the current step (0, or a loaded checkpoint's); return the
         final train and val loss and the throughput. With `checkpoint`, the state is saved there
@@ -211,16 +228,7 @@ class Trainer:
         self._started = last = time.perf_counter()
         self.model.train()
         for step in range(first, cfg.steps + 1):
-            loss = self.loss(*next(self.batches))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.loss_sum += loss.detach()
-            self.n_since += 1
-            self.step = step
+            self.train_step()
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 self.metrics["train_loss"] = self.loss_sum.item() / self.n_since

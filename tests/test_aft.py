@@ -1,9 +1,10 @@
 """The AFT family's numerics in float64: the stable sums against the definitions, and its identities."""
 
+import pytest
 import torch
 
 import ablate
-from ablate.layers import causal_biased_softmax_mean, causal_softmax_mean
+from ablate.layers import causal_biased_softmax_mean, causal_softmax_mean, causal_softmax_mean_log_space
 
 
 def _reference_mean(k, v, w=None):
@@ -27,6 +28,37 @@ def test_aft_sums_match_the_definition():
     torch.manual_seed(0)
     k, v = torch.randn(2, 40, 6), torch.randn(2, 40, 6)
     torch.testing.assert_close(causal_softmax_mean(k, v).double(), _reference_mean(k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("T, chunk", [(300, 64), (64, 64), (7, 4), (129, 16)])
+def test_chunked_sums_match_the_definition_across_chunks(T, chunk):
+    """Several chunks, a ragged last chunk, and the gradient, against the float64 definition."""
+    torch.manual_seed(0)
+    k = (torch.randn(2, T, 5, dtype=torch.float64) * 3).requires_grad_()
+    v = torch.randn(2, T, 5, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda k, v: causal_softmax_mean(k, v, chunk=chunk), (k[:, :40], v[:, :40]))
+    torch.testing.assert_close(causal_softmax_mean(k, v, chunk=chunk), _reference_mean(k, v), atol=1e-10, rtol=1e-10)
+
+
+def test_chunked_sums_stay_exact_when_keys_climb_steadily():
+    """Keys rise by 0.5 a position: every chunk has a new maximum; in float32 the chunked path
+    (a rise of 32 per 64-position chunk) still matches the definition."""
+    torch.manual_seed(0)
+    T = 1024
+    k = torch.arange(T, dtype=torch.float32)[None, :, None] * 0.5 + torch.randn(1, T, 4)
+    v = torch.randn(1, T, 4)
+    torch.testing.assert_close(causal_softmax_mean(k, v).double(), _reference_mean(k, v), atol=2e-5, rtol=1e-4)
+
+
+def test_keys_that_jump_within_a_chunk_take_the_log_space_path():
+    """A rise of 100 inside one chunk would overflow the shifted exp; the result is still exact."""
+    k = torch.zeros(1, 64, 2)
+    k[0, 40:] = 100.0
+    v = torch.randn(1, 64, 2)
+    y = causal_softmax_mean(k, v)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), _reference_mean(k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, causal_softmax_mean_log_space(k, v))
 
 
 def test_aft_is_stable_for_long_sequences_with_large_keys():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from ablate.data import Batches, DataConfig, prepare, split, val_batches
 from ablate.errors import AblateError
@@ -72,3 +73,14 @@ def test_batches_follow_the_seed(corpus):
     x, y = next(Batches(corpus.train, 16, 4, seed=0))
     assert x.shape == y.shape == (4, 16) and x[:, 1:].equal(y[:, :-1])
     assert all(p[0].equal(q[0]) for p, q in zip(val_batches(corpus.val, 16, 4, 3), val_batches(corpus.val, 16, 4, 3)))
+
+
+def test_batches_gathered_on_a_device_are_the_host_batches(corpus):
+    """The GPU path (tokens resident on the device, offsets sent over) draws the same windows;
+    on a CPU-only machine it runs with the CPU as its device."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    host, resident = Batches(corpus.train, 16, 4, seed=5), Batches(corpus.train, 16, 4, seed=5, device=device)
+    for _ in range(3):
+        (hx, hy), (dx, dy) = next(host), next(resident)
+        assert dx.device.type == device and dx.dtype == hx.dtype
+        assert hx.equal(dx.cpu()) and hy.equal(dy.cpu())

@@ -127,7 +127,7 @@ def test_rerun_skips_finished_trials(finished):
 
 
 def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
-    study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 400"))
+    study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 1500"))  # seconds a trial
     proc = subprocess.Popen(
         ["ablate", "run", str(study), "--results", str(tmp_path / "results")],
         stdout=subprocess.PIPE,

@@ -140,3 +140,35 @@ def test_gradients_reach_every_parameter(config):
     model(torch.randint(0, config["vocab_size"], (2, config["context"]))).logsumexp(-1).mean().backward()
     dead = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not dead
+
+
+@pytest.mark.parametrize("n, rows_of", [(37, 8192), (64, 64)])
+def test_fused_loss_equals_cross_entropy_and_its_gradient(n, rows_of):
+    """The fused head + loss against logits formed whole, in float64: the value and both gradients,
+    with blocks that do not divide the rows (n=37 with a vocabulary whose block is 128 rows)."""
+    from ablate.layers import linear_cross_entropy
+
+    torch.manual_seed(0)
+    vocab = rows_of if rows_of > 1000 else 300
+    h = torch.randn(n, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(vocab, 16, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, vocab, (n,))
+    fused = linear_cross_entropy(h, w, target)
+    (fused * 3).backward()  # a scaled upstream gradient reaches both inputs
+    grads = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    plain = torch.nn.functional.cross_entropy(h @ w.T, target)
+    (plain * 3).backward()
+    torch.testing.assert_close(fused, plain)
+    torch.testing.assert_close(grads, (h.grad, w.grad))
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(h, w, target), plain.detach())
+
+
+def test_model_loss_is_the_cross_entropy_of_its_logits():
+    model = ablate.build_model(
+        {"mixer": "mha", "vocab_size": 64, "context": 16, "d_model": 16, "n_heads": 2, "qkv_dim": 16, "ffn_dim": 32}
+    )
+    idx, targets = torch.randint(0, 64, (3, 16)), torch.randint(0, 64, (3, 16))
+    plain = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(model.loss(idx, targets), plain)
