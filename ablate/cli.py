@@ -117,6 +117,33 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--variant", action="append", default=[], help="audit a registered mixer at a small shape")
     audit.set_defaults(func=_audit)
 
+    bench = sub.add_parser(
+        "bench", help="time training steps per variant: tokens/s, memory, FLOPs/token, share of the matmul peak"
+    )
+    bench.add_argument("--study", type=Path, help="bench this study's variants at their planned shapes")
+    bench.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="a registered mixer (or, with --study, a variant of it); repeat for more (default: mha, aft-simple, retention)",
+    )
+    bench.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model setting for every variant (YAML value)",
+    )
+    bench.add_argument("--batch-size", type=_positive, help="sequences per step (default: the study's, else 16)")
+    bench.add_argument("--steps", type=_positive, default=20, help="timed steps (default 20)")
+    bench.add_argument("--warmup", type=_positive, default=5, help="untimed steps first (default 5)")
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
+    bench.add_argument("--parallel", type=_positive, default=1, metavar="K", help="K copies at once, in K processes")
+    bench.add_argument("--threads", type=_positive, help="torch threads (default: torch's choice)")
+    bench.add_argument("--json", action="store_true", help="a JSON list of result objects")
+    bench.set_defaults(func=_bench)
+
     variants = sub.add_parser("variants", help="list the registered mixers")
     variants.add_argument("--json", action="store_true")
     variants.set_defaults(func=_variants)
@@ -417,6 +444,120 @@ def _audit(args) -> int:
         table.add_row(name, "yes" if audit.is_causal(leak) else "NO", f"{leak:.2e}")
     _console().print(table)
     return 1 if audit.leaking(leaks) and not allowed else 0
+
+
+BENCH_VARIANTS = ("mha", "aft-simple", "retention")
+
+
+def _bench(args) -> int:
+    """Bench each variant; print a table (or JSON) with the measured matmul peak beside it."""
+    import torch
+    from rich.table import Table
+
+    from ablate import bench, registry
+    from ablate.trainer import TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise AblateError("--device cuda: no CUDA device is available here")
+    overrides = dict(_setting(text) for text in args.model)
+    train = {"device": args.device, "compile": args.compile}
+    if args.batch_size:
+        train["batch_size"] = args.batch_size
+    targets = _bench_targets(args, overrides, train)
+    device = TrainConfig(device=args.device).resolved_device()
+    peak = bench.matmul_peak(device)
+    rows = []
+    for name, model, train_cfg in targets:
+        registry.mixer_class(model["mixer"])
+        if args.parallel > 1:
+            row = bench.measure_parallel(name, model, train_cfg, args.steps, args.warmup, args.parallel)
+            row["single_tokens_per_s"] = bench.measure(name, model, train_cfg, args.steps, args.warmup)["tokens_per_s"]
+            row["speedup_over_single"] = row["tokens_per_s"] / row["single_tokens_per_s"]
+        else:
+            row = bench.measure(name, model, train_cfg, args.steps, args.warmup)
+        row["peak_flops_per_s"] = peak
+        row["fraction_of_peak"] = row["achieved_flops_per_s"] / peak
+        rows.append(row)
+        if not args.json:
+            print(f"{name}: {row['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    table = Table(title=f"bench on {device} ({rows[0]['threads']} threads), batch {rows[0]['batch_size']}")
+    columns = ["variant", "non-emb params", "tokens/s", "ms/step", "peak mem", "FLOPs/token", "GFLOP/s", "of peak"]
+    columns += ["×K copies", "vs one"] if args.parallel > 1 else []
+    for col in columns:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        cells = [
+            r["variant"],
+            f"{r['n_params_non_embedding']:,}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['ms_per_step']:.1f}",
+            f"{r['peak_mem_bytes'] / 2**20:,.0f} MiB",
+            f"{r['flops_per_token'] / 1e6:,.2f} M",
+            f"{r['achieved_flops_per_s'] / 1e9:,.1f}",
+            f"{r['fraction_of_peak']:.1%}",
+        ]
+        if args.parallel > 1:
+            cells += [str(r["parallel"]), f"{r['speedup_over_single']:.2f}×"]
+        table.add_row(*cells)
+    _console().print(table)
+    print(
+        f"peak: a {bench.PEAK_SIZE}³ {precision} matmul here runs at {peak / 1e9:,.1f} GFLOP/s; FLOPs/token: one "
+        "training step's matrix products (torch's counter, attention dense) plus 3× the declared element-wise work"
+    )
+    if device.type == "cpu":
+        print("peak mem on a CPU: the process's peak resident size, interpreter and libraries included")
+    return 0
+
+
+def _setting(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise AblateError(f"--model {text!r}: expected KEY=VALUE, e.g. --model n_layers=2")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise AblateError(f"--model {text!r}: the value is not valid YAML") from None
+
+
+def _bench_targets(args, overrides: dict, train: dict) -> list[tuple[str, dict, dict]]:
+    """(name, model dict, train dict) per variant: a study's planned trials, or registered mixers
+    at the default shape (the Strawberry seed's), with --model on top and checked like a study's."""
+    from pydantic import ValidationError
+
+    from ablate import study as study_mod
+    from ablate.model import ModelConfig
+    from ablate.resources import check_fits
+
+    if args.study:
+        study = study_mod.load(args.study)
+        first = {t.variant: t for t in reversed(study.trials)}
+        names = args.variant or list(dict.fromkeys(t.variant for t in study.trials))
+        unknown = [n for n in names if n not in first]
+        if unknown:
+            raise AblateError(f"--variant {unknown[0]!r} is not a variant of {study.name}: {', '.join(first)}")
+        targets = [(n, {**first[n].model, **overrides}, {**first[n].train, **train}) for n in names]
+    else:
+        targets = [(n, {"mixer": n, **overrides}, dict(train)) for n in args.variant or BENCH_VARIANTS]
+    for name, model, train_cfg in targets:
+        try:
+            cfg = ModelConfig(**model)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = "".join(f".{p}" for p in err["loc"])
+            raise AblateError(f"{name}: model{where}: {err['msg'].removeprefix('Value error, ')}") from None
+        try:
+            check_fits(cfg, train_cfg.get("batch_size", 16), args.device)
+        except AblateError as e:
+            raise AblateError(f"{name}: {e}") from None
+    return targets
 
 
 def _variants(args) -> int:

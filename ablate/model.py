@@ -23,7 +23,7 @@ class ModelConfig(BaseModel):
     d_model: int = Field(96, gt=0)
     n_layers: int = Field(4, gt=0)
     n_heads: int = Field(6, gt=0)
-    qkv_dim: int = Field(384, gt=0)
+    qkv_dim: int = Field(384, gt=0, validate_default=True)  # so that n_heads alone is checked against it
     ffn: bool = True
     ffn_dim: int = Field(384, gt=0)
     ffn_type: Literal["swiglu", "gelu"] = "swiglu"

@@ -380,9 +380,8 @@ class Runs:
                 nonlocal last_step
                 if heartbeat.lost:
                     raise Lost
-                run.metrics(step, metrics)
+                run.record(step, metrics, kind)
                 if kind == "eval":
-                    run.flush()  # before the checkpoint, so a resumed run's curve has no gap
                     if on_eval is not None:
                         on_eval(step, metrics["val_loss"])
                     return

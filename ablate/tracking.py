@@ -126,6 +126,13 @@ class RunLog:
         now = int(time.time() * 1000)
         self.pending.extend(Metric(k, float(v), now, step) for k, v in values.items())
 
+    def record(self, step: int, values: dict[str, float], kind: str) -> None:
+        """The Trainer's callback: buffer every metric, write them in one batch at each eval
+        (before its checkpoint, so that a resumed run's curve has no gap)."""
+        self.metrics(step, values)
+        if kind == "eval":
+            self.flush()
+
     def flush(self) -> None:
         for i in range(0, len(self.pending), 1000):  # and at most 1000 metrics
             self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])

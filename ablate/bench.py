@@ -1,0 +1,188 @@
+"""`ablate bench`: how fast each variant trains on this machine.
+
+Per variant: tokens/s and ms/step over timed steps of the real Trainer (after warm-up steps),
+peak memory, training FLOPs per token from torch's FLOP counter, and the FLOP/s that makes,
+set against this machine's matmul peak measured by the same command. Speed does not depend
+on the text, so the batches are random tokens.
+"""
+
+import multiprocessing
+import queue
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ablate.errors import AblateError
+from ablate.model import build_model
+from ablate.trainer import TrainConfig, Trainer, seed_everything
+
+PEAK_SIZE = 2048  # the matmul whose speed is the peak: 2048³, fp32 on a CPU, bf16 on a GPU
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, repeats: int = 10) -> float:
+    """FLOP/s of a square PEAK_SIZE matmul here, the best of `repeats` (fp32 on CPU, bf16 on CUDA)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device, dtype=dtype)
+    b = torch.randn(PEAK_SIZE, PEAK_SIZE, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * PEAK_SIZE**3 / best
+
+
+def training_flops_per_token(model: dict[str, Any]) -> float:
+    """FLOPs per token of one training step: the forward and backward matrix products as torch's
+    counter sees them (on the meta device, where attention is plain matmuls, counted dense), plus
+    three times each mixer's declared forward element-wise work (backward costs about twice it)."""
+    built = build_model(model, device="meta")
+    T = built.cfg.context
+    idx = torch.zeros(1, T, dtype=torch.long, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        built.loss(idx, idx).backward()
+    return counter.get_total_flops() / T + 3 * sum(block.mixer.elementwise_flops(T) for block in built.blocks)
+
+
+@contextmanager
+def peak_memory(device: torch.device):
+    """Yields a function that returns the peak memory since entry: allocated tensors on CUDA;
+    on a CPU the process's peak resident size (Linux: reset at entry; elsewhere since start)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield lambda: torch.cuda.max_memory_allocated(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak resident set
+        yield _vm_hwm
+    except OSError:
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+        yield lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _vm_hwm() -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+class _RandomTokens:
+    """A corpus of uniformly random token ids: all the Trainer needs of one."""
+
+    def __init__(self, vocab_size: int, context: int, batch_size: int, eval_batches: int):
+        rng = np.random.default_rng(0)
+        self.train = rng.integers(0, vocab_size, size=max(1 << 20, 4 * batch_size * (context + 1)), dtype=np.int32)
+        self.val = rng.integers(0, vocab_size, size=(eval_batches + 1) * batch_size * (context + 1), dtype=np.int32)
+
+
+def measure(
+    name: str,
+    model: dict[str, Any],
+    train: dict[str, Any],
+    steps: int,
+    warmup: int,
+    barrier=None,
+) -> dict[str, Any]:
+    """Train `warmup` steps, then time `steps` more; one result row. With `barrier`, wait on it
+    between the two, so that parallel copies time the same stretch of wall clock."""
+    cfg = TrainConfig(**{**train, "steps": warmup + steps, "warmup": 0})
+    seed_everything(0)
+    built = build_model(model)
+    corpus = _RandomTokens(built.cfg.vocab_size, built.cfg.context, cfg.batch_size, cfg.eval_batches)
+    trainer = Trainer(built, corpus, cfg, seed=0)
+    with peak_memory(trainer.device) as peak:
+        for _ in range(warmup):
+            trainer.train_step()
+        synchronize(trainer.device)
+        if barrier is not None:
+            barrier.wait()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        loss = trainer.loss_sum.item() / trainer.n_since  # waits for the last step
+        elapsed = time.perf_counter() - start
+        peak_bytes = peak()
+    tokens = steps * cfg.batch_size * built.cfg.context
+    flops = training_flops_per_token(model)
+    return {
+        "variant": name,
+        "mixer": built.cfg.mixer,
+        "device": str(trainer.device),
+        "compile": cfg.compile,
+        "threads": torch.get_num_threads(),
+        "batch_size": cfg.batch_size,
+        "context": built.cfg.context,
+        "steps": steps,
+        "n_params": built.n_params(),
+        "n_params_non_embedding": built.n_params(non_embedding=True),
+        "tokens_per_s": tokens / elapsed,
+        "ms_per_step": 1000 * elapsed / steps,
+        "peak_mem_bytes": peak_bytes,
+        "flops_per_token": flops,
+        "achieved_flops_per_s": flops * tokens / elapsed,
+        "train_loss": loss,
+    }
+
+
+def measure_parallel(
+    name: str, model: dict[str, Any], train: dict[str, Any], steps: int, warmup: int, copies: int
+) -> dict[str, Any]:
+    """`copies` trainings of the same variant at once, each in its own process (on a GPU they
+    share it; on a CPU they share its cores, split evenly): their total tokens/s."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(copies), context.Queue()
+    threads = max(1, torch.get_num_threads() // copies)
+    processes = [
+        context.Process(target=_copy, args=(name, model, train, steps, warmup, barrier, results, threads))
+        for _ in range(copies)
+    ]
+    for p in processes:
+        p.start()
+    rows = []
+    while len(rows) < copies:
+        try:
+            rows.append(results.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead:  # killed without a word (out of memory, a signal): the others wait in vain
+                for p in processes:
+                    p.kill()
+                raise AblateError(f"a parallel copy died with exit code {dead[0].exitcode}") from None
+    for p in processes:
+        p.join()
+    failed = [r for r in rows if isinstance(r, str)]
+    if failed:
+        raise AblateError(f"a parallel copy failed: {failed[0]}")
+    total = sum(r["tokens_per_s"] for r in rows)
+    return {
+        **rows[0],
+        "parallel": copies,
+        "threads": threads,
+        "tokens_per_s": total,
+        "ms_per_step": max(r["ms_per_step"] for r in rows),
+        "peak_mem_bytes": max(r["peak_mem_bytes"] for r in rows),
+        "achieved_flops_per_s": sum(r["achieved_flops_per_s"] for r in rows),
+    }
+
+
+def _copy(name, model, train, steps, warmup, barrier, results, threads) -> None:
+    torch.set_num_threads(threads)
+    try:
+        results.put(measure(name, model, train, steps, warmup, barrier))
+    except Exception as e:  # noqa: BLE001 (any failure of a copy is reported by the parent, which raises it)
+        barrier.abort()
+        results.put(f"{type(e).__name__}: {e}")
