@@ -68,8 +68,12 @@ def peak_memory(device: torch.device):
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM, the peak resident set
-        yield _vm_hwm
+        reset = True
     except OSError:
+        reset = False
+    if reset:
+        yield _vm_hwm
+    else:
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
         yield lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 

@@ -126,14 +126,21 @@ def test_rerun_skips_finished_trials(finished):
     assert len(trial_runs("tiny")) == 4
 
 
+def _default_sigint() -> None:
+    """A test suite started in the background inherits SIGINT ignored, and a Python started with
+    it ignored never installs its Ctrl-C handler: give the child the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
-    study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 1500"))  # seconds a trial
+    study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 400"))
     proc = subprocess.Popen(
         ["ablate", "run", str(study), "--results", str(tmp_path / "results")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
+        preexec_fn=_default_sigint,
     )
     for line in proc.stdout:
         if line.startswith("trial 1/4"):
