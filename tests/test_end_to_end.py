@@ -126,21 +126,26 @@ def test_rerun_skips_finished_trials(finished):
     assert len(trial_runs("tiny")) == 4
 
 
-def _default_sigint() -> None:
-    """A test suite started in the background inherits SIGINT ignored, and a Python started with
-    it ignored never installs its Ctrl-C handler: give the child the default disposition."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# `ablate` with Python's Ctrl-C handler installed first: a suite started in the background inherits
+# SIGINT ignored, and a Python started with it ignored never installs the handler itself.
+ABLATE_WITH_CTRL_C = [
+    sys.executable,
+    "-c",
+    (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from ablate.cli import main; sys.exit(main(sys.argv[1:]))"
+    ),
+]
 
 
 def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
     study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 400"))
     proc = subprocess.Popen(
-        ["ablate", "run", str(study), "--results", str(tmp_path / "results")],
+        [*ABLATE_WITH_CTRL_C, "run", str(study), "--results", str(tmp_path / "results")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
-        preexec_fn=_default_sigint,
     )
     for line in proc.stdout:
         if line.startswith("trial 1/4"):
