@@ -1,4 +1,4 @@
-"""`ablate` command line: run, plan, compare, ui, audit, variants."""
+"""`ablate` command line: run, worker, plan, compare, ui, audit, bench, sample, variants."""
 
 import argparse
 import json
@@ -143,6 +143,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_positive, help="torch threads (default: torch's choice)")
     bench.add_argument("--json", action="store_true", help="a JSON list of result objects")
     bench.set_defaults(func=_bench)
+
+    sample = sub.add_parser("sample", help="generate text from a finished trial's model (from its MLflow run)")
+    sample.add_argument("run_id", help="the MLflow run id of a finished final trial")
+    sample.add_argument("--prompt", default="", help="text to continue (token ids for token-array data; default: none)")
+    sample.add_argument("--tokens", type=_positive, default=100, help="tokens to generate (default 100)")
+    sample.add_argument("--temperature", type=float, default=1.0, help="0 takes the most likely token (default 1)")
+    sample.add_argument("--top-k", type=_positive, help="draw from the k most likely tokens only")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--json", action="store_true", help="prompt and generated token ids and text as JSON")
+    store_options(sample)
+    sample.set_defaults(func=_sample)
 
     variants = sub.add_parser("variants", help="list the registered mixers")
     variants.add_argument("--json", action="store_true")
@@ -558,6 +569,28 @@ def _bench_targets(args, overrides: dict, train: dict) -> list[tuple[str, dict, 
         except AblateError as e:
             raise AblateError(f"{name}: {e}") from None
     return targets
+
+
+def _sample(args) -> int:
+    import tempfile
+
+    from ablate import sample, tracking
+
+    if args.temperature < 0:
+        raise AblateError(f"--temperature must be 0 or more, got {args.temperature}")
+    _, uri = _store(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer = sample.load(tracking.client(uri), args.run_id, Path(tmp))
+    prompt = sample.prompt_ids(tokenizer, args.prompt)
+    if max(prompt) >= model.cfg.vocab_size or min(prompt) < 0:
+        raise AblateError(f"--prompt: token ids must lie in 0..{model.cfg.vocab_size - 1}")
+    ids = sample.generate(model, prompt, args.tokens, args.temperature, args.top_k, args.seed)
+    text = tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
+    if args.json:
+        print(json.dumps({"prompt_ids": prompt, "generated_ids": ids, "text": text}))
+    else:
+        print(args.prompt + (text if tokenizer is not None else " " + text))
+    return 0
 
 
 def _variants(args) -> int:

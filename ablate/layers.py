@@ -50,6 +50,15 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < window))
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """The (B, H, T, T) weights softmax_attention applies, written out (for diagnostics)."""
+    T = q.size(-2)
+    lag = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
+    allowed = (lag >= 0) & (lag < (window or T))
+    scores = (q @ k.transpose(-1, -2)) / q.size(-1) ** 0.5
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
 def mean_keys(T: int, window: int | None = None) -> float:
     """How many keys a causal position sees on average over a context of T (at most `window`)."""
     reach = window or T

@@ -6,6 +6,7 @@ import inspect
 import pkgutil
 from typing import Any
 
+import torch
 from torch import nn
 
 from ablate.errors import AblateError
@@ -40,6 +41,11 @@ class Mixer(nn.Module):
 
     def state_size(self) -> int | None:
         """Numbers per sequence a decoder carries from token to token; None when it grows with the sequence."""
+        return None
+
+    def attention_probs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The (B, H, T, T) attention map for input x (as forward gets it), for diagnostics;
+        None for a mixer that has no softmax attention map."""
         return None
 
 

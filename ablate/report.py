@@ -57,6 +57,31 @@ def plot_intervals(table: pd.DataFrame, metric: str, baseline: str, path: Path) 
     return _save(fig, path)
 
 
+RANK = "metrics.rank/block"
+
+
+def plot_rank(runs: pd.DataFrame, order: list[str], path: Path) -> Path | None:
+    """Per variant: the effective rank of the token representations after each block at the
+    last eval, mean over seeds, by depth (None when no run logged it)."""
+    columns = sorted((c for c in runs.columns if c.startswith(RANK)), key=lambda c: int(c.removeprefix(RANK)))
+    if not columns:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20" if len(order) > 10 else "tab10").colors)
+    for variant in order:
+        means = runs.loc[runs["tags.ablate.variant"] == variant, columns].mean().dropna()
+        if not means.empty:
+            depth = [int(c.removeprefix(RANK)) + 1 for c in means.index]
+            ax.plot(depth, means.values, marker="o", label=variant)
+    ax.set(
+        xlabel="after block", ylabel="effective rank (mean over seeds)", title="token representations' rank by depth"
+    )
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -75,6 +100,9 @@ def write(
     history = curves(client, runs)
     if not history.empty:
         images.append(plot_curves(history, order, folder / f"{CURVE_METRIC}_curves.png"))
+    rank = plot_rank(runs, order, folder / "rank_by_depth.png")
+    if rank is not None:
+        images.append(rank)
     page = folder / "report.html"
     page.write_text(_html(study, table, metric, baseline, lower, notes, images))
     parent = tracking.study_run(client, runs["experiment_id"].iloc[0])

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ablate import audit, claims, data, search, tracking
+from ablate import audit, claims, data, sample, search, tracking
 from ablate.claims import Claim, WorkList
 from ablate.errors import AblateError
 from ablate.model import build_model
@@ -261,7 +261,7 @@ class Runs:
             s.work.end(claim, claims.DONE)
             return Outcome(trial, "SKIPPED", done[1])
         label = f"trial {unit.index}/{len(s.study.trials)} {trial.variant} seed {trial.seed}"
-        outcome = self.train(trial, label, {tracking.TAG + "phase": "final"}, claim)
+        outcome = self.train(trial, label, {tracking.TAG + "phase": "final"}, claim, keep_model=True)
         if outcome.status == "FINISHED":
             self.progress.console.print(f"{label}: val_loss {outcome.metrics['val_loss']:.4f}")
         return outcome
@@ -347,10 +347,12 @@ class Runs:
         run_id: str | None = None,
         on_run=None,
         beat=None,
+        keep_model: bool = False,
     ) -> Outcome:
         """Train the trial into its run: a new one, or the one an earlier holder of the claim (or
         of the Optuna trial) began, continued from its checkpoint. on_eval(step, val_loss) may
-        raise Pruned. Diverging (or out of GPU memory) fails the trial, not the study."""
+        raise Pruned. Diverging (or out of GPU memory) fails the trial, not the study. With
+        keep_model, a finished run logs its model and tokenizer (for `ablate sample`)."""
         s, leak = self.s, self.s.leaks[trial.variant]
         seed_everything(trial.seed)
         model = build_model(trial.model)
@@ -396,6 +398,8 @@ class Runs:
             try:
                 final |= trainer.fit(on_metrics, checkpoint)
                 run.metrics(config.steps, {k: final[k] for k in ("train_time_s", "mean_tokens_per_s")})
+                if keep_model:
+                    sample.save(run, model, trial.model, s.corpus.directory / "tokenizer.json")
                 status = "FINISHED"
             except Pruned:
                 status = "PRUNED"  # stopped on purpose: its curve up to here is kept

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ablate import diagnostics
 from ablate.data import Batches, Corpus, val_batches
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval.
@@ -112,6 +113,9 @@ class Trainer:
         # where training stands: saved in checkpoints, so that a resumed trial takes the same steps
         self.step, self.n_since, self.metrics, self.train_time_s = 0, 0, {}, 0.0
         self.loss_sum = torch.zeros((), device=self.device)
+        self.clipped = torch.zeros((), device=self.device)  # steps whose gradient norm was clipped, since the last read
+        self.grad_norm = torch.zeros((), device=self.device)
+        self.block_grad_norms = torch.zeros(len(model.blocks), device=self.device)
         self._started = time.perf_counter()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -168,6 +172,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng,
             "loss_sum": self.loss_sum.item(),
+            "clipped": self.clipped.item(),
             "n_since": self.n_since,
             "metrics": dict(self.metrics),
             "train_time_s": self.train_time_s + time.perf_counter() - self._started,
@@ -186,6 +191,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.step, self.n_since, self.metrics = state["step"], state["n_since"], dict(state["metrics"])
         self.loss_sum.fill_(state["loss_sum"])
+        self.clipped.fill_(state.get("clipped", 0.0))
         self.train_time_s = state["train_time_s"]
 
     def save(self, path: Path) -> None:
@@ -204,19 +210,38 @@ class Trainer:
         if self.cfg.max_loss is not None and loss > self.cfg.max_loss:
             raise Diverged(step, f"train loss {loss:.4g} is above train.max_loss {self.cfg.max_loss:g}")
 
-    def train_step(self) -> None:
-        """One optimizer step on the next batch. The loss is added up on the device, not read
-        back: fit reads it every log_every steps, so steps do not wait on the host."""
+    def train_step(self, measure: bool = False) -> None:
+        """One optimizer step on the next batch. The loss and the count of clipped steps are
+        added up on the device, not read back: fit reads them every log_every steps, so steps
+        do not wait on the host. With `measure`, the gradient norms (before clipping) are kept
+        for fit to read."""
         loss = self.loss(*next(self.batches))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if measure:
+            self.block_grad_norms = diagnostics.grad_norms(self.model)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
         if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.clipped += norm > self.cfg.grad_clip
+        if measure:
+            self.grad_norm = norm
         self.optimizer.step()
         self.scheduler.step()
         self.loss_sum += loss.detach()
         self.n_since += 1
         self.step += 1
+
+    def read_train_metrics(self) -> dict[str, float]:
+        """The train loss and clipped fraction since the last read, and the last measured
+        gradient norms (one host sync for all of them)."""
+        values = torch.cat([torch.stack([self.loss_sum, self.clipped, self.grad_norm]), self.block_grad_norms]).tolist()
+        loss_sum, clipped, grad_norm, *blocks = values
+        out = {
+            "train_loss": loss_sum / self.n_since,
+            "clipped_fraction": clipped / self.n_since,
+            "grad_norm": grad_norm,
+        }
+        return out | {f"grad_norm/block{i}": v for i, v in enumerate(blocks)}
 
     def fit(self, callback: Callback | None = None, checkpoint: Path | None = None) -> dict[str, float]:
         """Train up to cfg.steps from the current step (0, or a loaded checkpoint's); return the
@@ -228,21 +253,25 @@ class Trainer:
         self._started = last = time.perf_counter()
         self.model.train()
         for step in range(first, cfg.steps + 1):
-            self.train_step()
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            log = step % cfg.log_every == 0 or step == cfg.steps
+            self.train_step(measure=log)
+            if log:
                 now = time.perf_counter()
-                self.metrics["train_loss"] = self.loss_sum.item() / self.n_since
-                self._check(step, self.metrics["train_loss"])
-                self.metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-                self.metrics["tokens_per_s"] = self.n_since * tokens_per_step / (now - last)
-                emit(step, {k: self.metrics[k] for k in ("train_loss", "lr", "tokens_per_s")}, "log")
+                logged = self.read_train_metrics()
+                self._check(step, logged["train_loss"])
+                logged["lr"] = self.optimizer.param_groups[0]["lr"]
+                logged["tokens_per_s"] = self.n_since * tokens_per_step / (now - last)
+                self.metrics |= logged
+                emit(step, logged, "log")
                 self.loss_sum.zero_()
+                self.clipped.zero_()
                 self.n_since, last = 0, now
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 eval_start = time.perf_counter()
                 evaluated = {"val_loss": self.evaluate()}
                 if not math.isfinite(evaluated["val_loss"]):
                     raise Diverged(step, f"val loss is {evaluated['val_loss']}")
+                evaluated |= diagnostics.per_block(self.model, self.val[0][0])
                 if self.prefix_eval and step == cfg.steps:
                     evaluated |= self.evaluate_prefixes()
                 self.metrics |= evaluated

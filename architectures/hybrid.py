@@ -57,6 +57,9 @@ class Hybrid(Mixer):
     def elementwise_flops(self, T):
         return self.mixer.elementwise_flops(T)
 
+    def attention_probs(self, x):
+        return self.mixer.attention_probs(x)
+
     def state_size(self):
         return self.mixer.state_size()
 

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ablate.layers import Rotary, attention_softmax_flops, rms_norm, softmax_attention
+from ablate.layers import Rotary, attention_probs, attention_softmax_flops, rms_norm, softmax_attention
 from ablate.registry import Mixer, check_int, register
 
 
@@ -19,15 +19,24 @@ class MultiHeadAttention(Mixer):
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
         self.rotary = Rotary(cfg.head_dim, cfg.context) if rope else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, H, T, d), rotated and normed."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         if self.qk_norm:
             q, k = rms_norm(q), rms_norm(k)
-        y = softmax_attention(q, k, v, self.window)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        y = softmax_attention(*self.heads(x), self.window)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+    def attention_probs(self, x):
+        q, k, _ = self.heads(x)
+        return attention_probs(q, k, self.window)
 
     def elementwise_flops(self, T):
         return attention_softmax_flops(self.n_heads, T, self.window)

@@ -101,15 +101,18 @@ def test_compare_writes_plots_and_a_self_contained_report(finished, capsys):
     assert "report.html" in capsys.readouterr().err
     folder = results / "tiny"
     page = (folder / "report.html").read_text()
-    assert "<table" in page and page.count("data:image/png;base64,") == 2 and 'src="http' not in page
-    for png in ("val_loss_curves.png", "val_loss_intervals.png"):
+    assert "<table" in page and page.count("data:image/png;base64,") == 3 and 'src="http' not in page
+    for png in ("val_loss_curves.png", "val_loss_intervals.png", "rank_by_depth.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     study_run = client.search_runs(
         [client.get_experiment_by_name("tiny").experiment_id], "tags.`ablate.role` = 'study'"
     )
     logged = {a.path for a in client.list_artifacts(study_run[0].info.run_id, "report")}
-    assert logged == {"report/report.html", "report/val_loss_curves.png", "report/val_loss_intervals.png"}
+    assert logged == {
+        f"report/{name}"
+        for name in ("report.html", "val_loss_curves.png", "val_loss_intervals.png", "rank_by_depth.png")
+    }
 
 
 def test_rerun_skips_finished_trials(finished):
@@ -243,3 +246,28 @@ def _processes_mentioning(text: str) -> list[str]:
         if text in line and status != "Z":
             found.append(line)
     return found
+
+
+def test_sample_generates_the_requested_tokens_from_a_finished_run(finished, capsys):
+    _, results, _ = finished
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    store = ["--results", str(results), "--tracking-uri", uri]
+    client = mlflow.MlflowClient(uri)  # this store, whatever another test set as the current one
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    run_id = next(r.info.run_id for r in runs if "ablate.role" not in r.data.tags)
+    parent = next(r.info.run_id for r in runs if "ablate.role" in r.data.tags)
+
+    def sample(*args):
+        assert main(["sample", run_id, "--prompt", "def ", "--json", *store, *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    out = sample("--tokens", "12")
+    assert len(out["generated_ids"]) == 12 and out["prompt_ids"] and isinstance(out["text"], str)
+    assert sample("--tokens", "12") == out  # the seed fixes the draw
+    greedy = sample("--tokens", "5", "--temperature", "0")
+    assert greedy == sample("--tokens", "5", "--temperature", "0", "--seed", "7")
+    assert all(0 <= i < 512 for i in out["generated_ids"] + greedy["generated_ids"])
+    assert main(["sample", "no-such-run", *store]) == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err
+    assert main(["sample", parent, *store]) == 2
+    assert "has no saved model" in capsys.readouterr().err

@@ -1,0 +1,60 @@
+"""Why a variant fails, per block: the effective rank of its token representations, the entropy
+of its attention, and the size of its gradients.
+
+Effective rank is the mechanism behind "attention-only stacks degrade": without FFNs (and
+residuals that keep them apart) token representations collapse towards a low-dimensional
+subspace with depth.
+"""
+
+import math
+
+import torch
+
+from ablate.layers import rms_norm
+
+
+def effective_rank(h: torch.Tensor) -> float:
+    """Roy & Vetterli (2007): exp of the Shannon entropy of the normalized singular values of
+    the centered (N, d) matrix h. d for N ≥ d rows spread evenly over d orthogonal directions,
+    1 for rows that all lie on one line."""
+    h = h.detach().double()
+    s = torch.linalg.svdvals(h - h.mean(dim=0))
+    if s.sum() == 0:
+        return 0.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def attention_entropy(probs: torch.Tensor) -> float:
+    """Mean entropy (nats) of the attention rows of a (B, H, T, T) map: log(keys seen) when
+    a head attends evenly, 0 when each query looks at one key."""
+    p = probs.detach().double()
+    return -(p * p.clamp_min(1e-300).log()).sum(dim=-1).mean().item()
+
+
+@torch.no_grad()
+def per_block(model, idx: torch.Tensor) -> dict[str, float]:
+    """On one batch: `rank/blockI`, the effective rank of the (B·T, d_model) representations
+    after block I, and `attn_entropy/blockI` for blocks whose mixer has an attention map."""
+    out = {}
+    x = model.embed(idx)
+    for i, block in enumerate(model.blocks):
+        mixer = block.mixer
+        probs = None if mixer.adds_residual else mixer.attention_probs(rms_norm(x))
+        if probs is not None:
+            out[f"attn_entropy/block{i}"] = attention_entropy(probs)
+        x = block(x)
+        out[f"rank/block{i}"] = effective_rank(x.flatten(0, 1).float())
+    return out
+
+
+def grad_norms(model) -> torch.Tensor:
+    """The gradient's norm per block, a tensor on the device (no host sync): read it only where
+    the loss is read anyway."""
+    return torch.stack(
+        [
+            torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in b.parameters()])))
+            for b in model.blocks
+        ]
+    )
