@@ -12,12 +12,14 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ablate.data import Corpus
 from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.trainer import TrainConfig, Trainer, seed_everything
@@ -84,13 +86,12 @@ def _vm_hwm() -> int:
     return int(line.split()[1]) * 1024
 
 
-class _RandomTokens:
-    """A corpus of uniformly random token ids: all the Trainer needs of one."""
-
-    def __init__(self, vocab_size: int, context: int, batch_size: int, eval_batches: int):
-        rng = np.random.default_rng(0)
-        self.train = rng.integers(0, vocab_size, size=max(1 << 20, 4 * batch_size * (context + 1)), dtype=np.int32)
-        self.val = rng.integers(0, vocab_size, size=(eval_batches + 1) * batch_size * (context + 1), dtype=np.int32)
+def _random_tokens(vocab_size: int, context: int, batch_size: int, eval_batches: int) -> Corpus:
+    """A corpus of uniformly random token ids: speed does not depend on the text."""
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, vocab_size, size=max(1 << 20, 4 * batch_size * (context + 1)), dtype=np.int32)
+    val = rng.integers(0, vocab_size, size=(eval_batches + 1) * batch_size * (context + 1), dtype=np.int32)
+    return Corpus(train, val, vocab_size, meta={}, directory=Path("."), built=False)
 
 
 def measure(
@@ -106,7 +107,7 @@ def measure(
     cfg = TrainConfig(**{**train, "steps": warmup + steps, "warmup": 0})
     seed_everything(0)
     built = build_model(model)
-    corpus = _RandomTokens(built.cfg.vocab_size, built.cfg.context, cfg.batch_size, cfg.eval_batches)
+    corpus = _random_tokens(built.cfg.vocab_size, built.cfg.context, cfg.batch_size, cfg.eval_batches)
     trainer = Trainer(built, corpus, cfg, seed=0)
     with peak_memory(trainer.device) as peak:
         for _ in range(warmup):

@@ -54,6 +54,25 @@ class Corpus:
     directory: Path
     built: bool  # False when it came from the cache
 
+    @property
+    def tokenizer_path(self) -> Path | None:
+        path = self.directory / "tokenizer.json"
+        return path if path.exists() else None
+
+    def describe(self) -> str:
+        m = self.meta
+        return (
+            f"data: {m['source']} — {m['n_train_tokens']:,} train / {m['n_val_tokens']:,} val tokens, "
+            f"vocab {m['vocab_size']}, fingerprint {m['fingerprint']}; tokenizer and splits "
+            f"{'built' if self.built else 'loaded from cache'} (build took {m['build_s']:.1f}s)"
+        )
+
+    def batches(self, context: int, batch_size: int, seed: int, device=None) -> "Batches":
+        return Batches(self.train, context, batch_size, seed, device)
+
+    def val_batches(self, context: int, batch_size: int, n_batches: int) -> list:
+        return val_batches(self.val, context, batch_size, n_batches)
+
 
 def stdlib_files() -> list[Path]:
     """The running interpreter's standard library source: tens of MB of real text, offline."""

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ablate import audit, claims, data, sample, search, tracking
+from ablate import audit, claims, data, sample, search, tasks, tracking
 from ablate.claims import Claim, WorkList
 from ablate.errors import AblateError
 from ablate.model import build_model
@@ -60,7 +60,7 @@ class Setup:
 
     study: Study
     leaks: dict[str, float]
-    corpus: data.Corpus
+    corpus: data.Corpus | tasks.TaskData
     tracker: tracking.Tracker
     exp_id: str
     parents: dict[str, str]  # "study" and each variant → its parent run
@@ -94,15 +94,11 @@ def setup(study: Study, results: Path, uri: str, storage: str | None, checkpoint
     if first is not None:
         work.end(first, claims.DONE)
 
-    start = time.perf_counter()
-    corpus = data.prepare(study.config.data, results / "cache", study.path.parent)
-    meta = corpus.meta
-    how = "built" if corpus.built else "loaded from cache"
-    console.print(
-        f"data: {meta['source']} — {meta['n_train_tokens']:,} train / {meta['n_val_tokens']:,} val tokens, "
-        f"vocab {meta['vocab_size']}, fingerprint {meta['fingerprint']}; tokenizer and splits {how} "
-        f"in {time.perf_counter() - start:.1f}s (build took {meta['build_s']:.1f}s)"
-    )
+    if isinstance(study.config.data, tasks.TaskConfig):
+        corpus = tasks.TaskData(study.config.data)
+    else:
+        corpus = data.prepare(study.config.data, results / "cache", study.path.parent)
+    console.print(corpus.describe())
     return Setup(
         study, leaks, corpus, tracker, exp_id, parents, storage, rdb, work, checkpoints or results / "checkpoints"
     )
@@ -399,7 +395,7 @@ class Runs:
                 final |= trainer.fit(on_metrics, checkpoint)
                 run.metrics(config.steps, {k: final[k] for k in ("train_time_s", "mean_tokens_per_s")})
                 if keep_model:
-                    sample.save(run, model, trial.model, s.corpus.directory / "tokenizer.json")
+                    sample.save(run, model, trial.model, s.corpus.tokenizer_path)
                 status = "FINISHED"
             except Pruned:
                 status = "PRUNED"  # stopped on purpose: its curve up to here is kept

@@ -25,7 +25,7 @@ def save(run, model: LanguageModel, model_dict: dict, tokenizer: Path | None) ->
         folder = Path(tmp)
         (folder / "config.json").write_text(json.dumps(model_dict, indent=2))
         torch.save(model.state_dict(), folder / "weights.pt")
-        if tokenizer is not None and tokenizer.exists():
+        if tokenizer is not None:
             (folder / "tokenizer.json").write_bytes(tokenizer.read_bytes())
         run.client.log_artifacts(run.run_id, str(folder), artifact_path=ARTIFACTS)
 

@@ -5,10 +5,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from ablate import registry
 from ablate.budget import Budget, flops_per_token, solve
@@ -17,6 +17,7 @@ from ablate.errors import AblateError
 from ablate.model import ModelConfig, build_model
 from ablate.resources import check_fits
 from ablate.search import KINDS, SearchConfig
+from ablate.tasks import TaskConfig
 from ablate.trainer import TrainConfig
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -44,12 +45,19 @@ class VariantConfig(BaseModel):
     _name = field_validator("name")(_safe_name)
 
 
+def _data_kind(value) -> str:
+    has_task = isinstance(value, TaskConfig) or (isinstance(value, dict) and "task" in value)
+    return "task" if has_task else "corpus"
+
+
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
     description: str = ""
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: Annotated[
+        Annotated[DataConfig, Tag("corpus")] | Annotated[TaskConfig, Tag("task")], Discriminator(_data_kind)
+    ] = Field(default_factory=DataConfig, description="a corpus (source: ...) or a synthetic task (task: ...)")
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     variants: list[VariantConfig] = Field(min_length=1)
@@ -157,7 +165,8 @@ def load(path: str | Path, smoke_form: bool = False) -> Study:
     except ValidationError as e:
         raise AblateError(lines.explain(e)) from None
     try:
-        source_files(config.data, path.parent)
+        if isinstance(config.data, DataConfig):
+            source_files(config.data, path.parent)
     except AblateError as e:
         raise AblateError(f"{lines.at(('data', 'source'))}: {e}") from None
     if smoke_form:
@@ -197,12 +206,22 @@ def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_L
     """A variant's full model and train settings (defaults merged with its overrides) and sizes."""
     merged = {**config.model, **variant.model, "vocab_size": config.data.vocab_size}
     own = ("variants", index)
+    if isinstance(config.data, TaskConfig):  # a task fixes the sequence length too
+        if merged.get("context", config.data.seq_len) != config.data.seq_len:
+            where = own if "context" in variant.model else ()
+            raise AblateError(
+                f"{lines.at(where + ('model', 'context'))}: model.context: a task sets it (data.seq_len "
+                f"{config.data.seq_len}); leave it out"
+            )
+        merged["context"] = config.data.seq_len
 
     def model_loc(loc: tuple) -> tuple:
         if not loc:
             return own + ("model",)
         if loc[0] == "vocab_size":
-            return ("data", "vocab_size")
+            return ("data", "vocab" if isinstance(config.data, TaskConfig) else "vocab_size")
+        if loc[0] == "context" and isinstance(config.data, TaskConfig):
+            return ("data", "seq_len")
         return (own if loc[0] in variant.model or loc[0] not in config.model else ()) + ("model",) + loc
 
     def train_loc(loc: tuple) -> tuple:
@@ -283,10 +302,13 @@ class _Lines:
     def explain(self, error: ValidationError, locate=lambda loc: loc) -> str:
         """The first validation error as one line: file:line: dotted.key: problem."""
         err = error.errors()[0]
-        loc = locate(tuple(err["loc"]))
+        loc = tuple(err["loc"])
+        if loc[:1] == ("data",) and loc[1:2] in (("corpus",), ("task",)):
+            loc = loc[:1] + loc[2:]  # the tag of data's kind is not a key of the document
+        loc = locate(loc)
         key = ".".join(str(p) for p in loc) or "(study)"
         if err["type"] == "extra_forbidden":
-            known = _known_keys(loc[:-1])
+            known = _known_keys(loc[:-1], self.mapping)
             msg = f"unknown key{registry.did_you_mean(str(loc[-1]), known)}"
         elif err["type"] == "missing":
             msg = "required key is missing"
@@ -295,7 +317,7 @@ class _Lines:
         return f"{self.at(loc)}: {key}: {msg}"
 
 
-def _known_keys(parent: tuple) -> list[str]:
+def _known_keys(parent: tuple, document: dict) -> list[str]:
     """The keys allowed where an unknown one was found (parent: the path to its mapping)."""
     if not parent:
         return list(StudyConfig.model_fields)
@@ -303,8 +325,9 @@ def _known_keys(parent: tuple) -> list[str]:
         return list(VariantConfig.model_fields)
     if len(parent) > 1 and parent[-2] == "space":
         return list(KINDS)
+    data = document.get("data")
     sections = {
-        "data": DataConfig,
+        "data": TaskConfig if isinstance(data, dict) and "task" in data else DataConfig,
         "model": ModelConfig,
         "train": TrainConfig,
         "search": SearchConfig,

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ablate import diagnostics
-from ablate.data import Batches, Corpus, val_batches
+from ablate.data import Corpus
+from ablate.layers import IGNORE_INDEX as IGNORE
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval.
 Callback = Callable[[int, dict[str, float], str], None]
@@ -93,10 +94,10 @@ class Trainer:
         self.model = model.to(self.device)
         self.context = model.cfg.context
         on_gpu = self.device.type == "cuda"  # the token array fits any GPU: gather batches there
-        self.batches = Batches(corpus.train, self.context, cfg.batch_size, seed, self.device if on_gpu else None)
+        self.batches = corpus.batches(self.context, cfg.batch_size, seed, self.device if on_gpu else None)
         self.val = [
             (x.to(self.device), y.to(self.device))
-            for x, y in val_batches(corpus.val, self.context, cfg.batch_size, cfg.eval_batches)
+            for x, y in corpus.val_batches(self.context, cfg.batch_size, cfg.eval_batches)
         ]
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -125,11 +126,20 @@ class Trainer:
             return self.model_loss(x, y)
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict[str, float]:
+        """val_loss and val_accuracy (the share of scored positions whose most likely token is
+        the target) over the val batches; positions with target IGNORE are not scored."""
         self.model.eval()
-        total = sum(self.loss(x, y) for x, y in self.val)
+        loss = correct = count = 0.0
+        for x, y in self.val:
+            with self.autocast:
+                logits = self.forward(x).float()
+            scored = y != IGNORE
+            loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+            correct += ((logits.argmax(-1) == y) & scored).sum()
+            count += scored.sum()
         self.model.train()
-        return float(total) / len(self.val)
+        return {"val_loss": float(loss / count), "val_accuracy": float(correct / count)}
 
     @torch.no_grad()
     def evaluate_prefixes(self) -> dict[str, float]:
@@ -268,7 +278,7 @@ class Trainer:
                 self.n_since, last = 0, now
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 eval_start = time.perf_counter()
-                evaluated = {"val_loss": self.evaluate()}
+                evaluated = self.evaluate()
                 if not math.isfinite(evaluated["val_loss"]):
                     raise Diverged(step, f"val loss is {evaluated['val_loss']}")
                 evaluated |= diagnostics.per_block(self.model, self.val[0][0])

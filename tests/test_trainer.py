@@ -92,8 +92,8 @@ def test_prefix_loss_equals_the_teacher_forced_loss_for_a_causal_model_only(corp
     )
     assert leaky["val_loss_at_prefix_positions"] < leaky["prefix_val_loss"] - 0.3  # it learns to read the answer
     assert [sorted(key for key in m if "/" not in key) for s, k, m in events if k == "eval"] == [  # not per block
-        ["val_loss"],
-        ["prefix_val_loss", "val_loss", "val_loss_at_prefix_positions"],
+        ["val_accuracy", "val_loss"],
+        ["prefix_val_loss", "val_accuracy", "val_loss", "val_loss_at_prefix_positions"],
     ]
 
 
