@@ -465,7 +465,7 @@ def _bench(args) -> int:
     import torch
     from rich.table import Table
 
-    from ablate import bench, registry
+    from ablate import bench
     from ablate.trainer import TrainConfig
 
     if args.threads:
@@ -481,7 +481,6 @@ def _bench(args) -> int:
     peak = bench.matmul_peak(device)
     rows = []
     for name, model, train_cfg in targets:
-        registry.mixer_class(model["mixer"])
         if args.parallel > 1:
             row = bench.measure_parallel(name, model, train_cfg, args.steps, args.warmup, args.parallel)
             row["single_tokens_per_s"] = bench.measure(name, model, train_cfg, args.steps, args.warmup)["tokens_per_s"]
@@ -543,6 +542,7 @@ def _bench_targets(args, overrides: dict, train: dict) -> list[tuple[str, dict, 
     at the default shape (the Strawberry seed's), with --model on top and checked like a study's."""
     from pydantic import ValidationError
 
+    from ablate import registry
     from ablate import study as study_mod
     from ablate.model import ModelConfig
     from ablate.resources import check_fits
@@ -558,6 +558,7 @@ def _bench_targets(args, overrides: dict, train: dict) -> list[tuple[str, dict, 
     else:
         targets = [(n, {"mixer": n, **overrides}, dict(train)) for n in args.variant or BENCH_VARIANTS]
     for name, model, train_cfg in targets:
+        registry.mixer_class(model.get("mixer", ""))  # an unknown name is an error with a suggestion
         try:
             cfg = ModelConfig(**model)
         except ValidationError as e:

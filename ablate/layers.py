@@ -45,18 +45,19 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     """Causal softmax attention over (B, H, T, d); with `window`, position t sees t-window+1..t only."""
     if window is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    T = q.size(-2)
-    lag = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < window))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q.size(-2), window, q.device))
+
+
+def causal_mask(T: int, window: int | None, device) -> torch.Tensor:
+    """(T, T), True where query t may see key t': t - window < t' ≤ t (every t' ≤ t without a window)."""
+    lag = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
+    return (lag >= 0) & (lag < (window or T))
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, window: int | None = None) -> torch.Tensor:
     """The (B, H, T, T) weights softmax_attention applies, written out (for diagnostics)."""
-    T = q.size(-2)
-    lag = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
-    allowed = (lag >= 0) & (lag < (window or T))
     scores = (q @ k.transpose(-1, -2)) / q.size(-1) ** 0.5
-    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return torch.softmax(scores.masked_fill(~causal_mask(q.size(-2), window, q.device), float("-inf")), dim=-1)
 
 
 def mean_keys(T: int, window: int | None = None) -> float:
@@ -151,9 +152,9 @@ def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """F.cross_entropy(h @ weight.T, target) for h (N, C), weight (V, C), targets IGNORE_INDEX not
-    scored: fused when training,
-    plain when no gradient is needed (where forming one would be wasted work)."""
+    """F.cross_entropy(h @ weight.T, target) for h (N, C), weight (V, C), with targets equal to
+    IGNORE_INDEX not scored: fused when training, plain when no gradient is needed (where
+    forming one would be wasted work)."""
     if not torch.is_grad_enabled() or not (h.requires_grad or weight.requires_grad):
         logits = F.linear(h, weight)
         return F.cross_entropy(logits.to(_at_least_float32(logits.dtype)), target, ignore_index=IGNORE_INDEX)
@@ -164,9 +165,8 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Te
 _EPS = 1e-20
 
 
-SAFE_RISE = (
-    60.0  # exp(-60) ≈ 1e-26: far above float32's smallest normal at exp(-87), so no term that matters underflows
-)
+# exp(-60) ≈ 1e-26: far above float32's smallest normal at exp(-87), so no term that matters underflows
+SAFE_RISE = 60.0
 
 
 def causal_softmax_mean(k: torch.Tensor, v: torch.Tensor, chunk: int = 64) -> torch.Tensor:

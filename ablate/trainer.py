@@ -230,9 +230,11 @@ class Trainer:
         loss.backward()
         if measure:
             self.block_grad_norms = diagnostics.grad_norms(self.model)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
         if self.cfg.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.clipped += norm > self.cfg.grad_clip
+        elif measure:  # without clipping the total norm is needed only where it is logged
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         if measure:
             self.grad_norm = norm
         self.optimizer.step()

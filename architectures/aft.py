@@ -10,6 +10,7 @@ from torch import nn
 
 from ablate.layers import (
     causal_biased_softmax_mean,
+    causal_mask,
     causal_softmax_mean,
     causal_softmax_mean_flops,
     head_rms_norm,
@@ -66,8 +67,7 @@ class _BiasedAFT(_AFT):
     def __init__(self, cfg, *, qk_norm: bool, window: int | None):
         super().__init__(cfg, qk_norm=qk_norm)
         T, reach = cfg.context, window or cfg.context
-        lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]
-        self.register_buffer("used", (lag >= 0) & (lag < reach), persistent=False)
+        self.register_buffer("used", causal_mask(T, window, None), persistent=False)
         self.bias = nn.Parameter(torch.zeros(sum(min(t + 1, reach) for t in range(T))))
         self.window = window
 

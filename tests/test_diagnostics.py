@@ -80,3 +80,12 @@ def test_trainer_logs_gradient_norms_per_block_and_the_clipped_fraction(corpus):
     events.clear()
     Trainer(ablate.build_model(MODEL), corpus, cfg, 0).fit(lambda step, metrics, kind: events.append((kind, metrics)))
     assert all(m["clipped_fraction"] == 0.0 for kind, m in events if kind == "log")
+
+
+def test_without_clipping_the_gradient_norm_is_still_logged(corpus):
+    seed_everything(0)
+    events = []
+    cfg = TrainConfig(**{**TRAIN, "steps": 10, "eval_every": 10, "log_every": 5, "grad_clip": None})
+    Trainer(ablate.build_model(MODEL), corpus, cfg, 0).fit(lambda step, metrics, kind: events.append((kind, metrics)))
+    for m in (m for kind, m in events if kind == "log"):
+        assert m["clipped_fraction"] == 0.0 and 0 < m["grad_norm/block0"] <= m["grad_norm"] + 1e-6
