@@ -70,11 +70,15 @@ class LanguageModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02), residual output maps scaled by 1/√(2·layers)."""
+        """GPT-2 initialisation: N(0, 0.02), residual output maps scaled by 1/√(2·layers); then each
+        mixer's own `reset_parameters` for what that draw does not suit."""
         residual_std = 0.02 / (2 * self.cfg.n_layers) ** 0.5
         for name, p in self.named_parameters():
             std = residual_std if name.endswith(("out.weight", "w_out.weight")) else 0.02
             nn.init.normal_(p, mean=0.0, std=std)
+        for module in self.modules():
+            if isinstance(module, registry.Mixer):
+                module.reset_parameters()
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """The normed last hidden states, which the tied head maps to logits."""

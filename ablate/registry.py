@@ -43,6 +43,10 @@ class Mixer(nn.Module):
         """Numbers per sequence a decoder carries from token to token; None when it grows with the sequence."""
         return None
 
+    def reset_parameters(self) -> None:
+        """Initialise parameters that the backbone's default draw does not suit (gains, biases).
+        The backbone calls it after that draw; the default keeps the draw."""
+
     def attention_probs(self, x: torch.Tensor) -> torch.Tensor | None:
         """The (B, H, T, T) attention map for input x (as forward gets it), for diagnostics;
         None for a mixer that has no softmax attention map."""

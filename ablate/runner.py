@@ -444,6 +444,7 @@ class Runs:
             **tracking.flatten("data", s.study.config.data.model_dump()),
             "data.fingerprint": meta["fingerprint"],
             "data.unigram_entropy": f"{meta['unigram_entropy']:.6f}",
+            **({"data.chance_accuracy": f"{meta['chance_accuracy']:.6f}"} if "chance_accuracy" in meta else {}),
             "variant": trial.variant,
             "seed": str(trial.seed),
             "n_params": str(trial.n_params),
@@ -522,6 +523,11 @@ def _summary(s: Setup, outcomes, results, uri, elapsed, console, store_args) -> 
         f"unigram entropy of the train tokens: {meta['unigram_entropy']:.4f} nats/token "
         "(the loss of a model that ignores context; val losses should sit far below it)"
     )
+    if "chance_accuracy" in meta:
+        console.print(
+            f"chance level of val_accuracy: {meta['chance_accuracy']:.4f} "
+            "(the best guess without the capability the task tests)"
+        )
     console.print(f"study wall time: {elapsed:.0f}s")
     console.print(
         f"results: {uri}" + ("" if not uri.startswith("sqlite") else f" (artifacts under {results / 'artifacts'})")

@@ -8,19 +8,31 @@ task scores, so loss and `val_accuracy` measure the capability alone. Token 0 is
 filler. The model's vocabulary and context are the task's `vocab` and `seq_len`.
 
 Tasks (after Zoology, Arora et al. 2023, and MAD, Poli et al. 2024):
-- mqar: multi-query associative recall. `num_kv_pairs` key-value pairs (keys from the
-  lower half of the vocabulary, values from the upper), then a region of filler in which
-  every key appears once more; the token after each such key is to be its value.
+- mqar: multi-query associative recall as Zoology generates it. `num_kv_pairs` key-value
+  pairs (distinct keys from the lower half of the vocabulary, distinct values from the
+  upper), then a query region in which each key appears once, at gaps drawn from Zoology's
+  power law (`power_a`); the value after each query key is the target and never an input,
+  and every other query-region position holds a random token (`random_non_queries`) or 0.
+  One change from Zoology: keys are assigned to the drawn gaps in random order. Zoology
+  draws gaps small-first and places the keys in context order, so the order of the queries
+  would give their answers away without any recall.
 - in_context_recall: a stream of key-value pairs with a per-sequence random mapping from
-  `num_keys` keys to values; keys recur, and each value whose key appeared before is scored.
+  `num_keys` keys to distinct values; keys recur, and each value whose key appeared before
+  is scored.
 - noisy_recall: in_context_recall with noise tokens (their own range of `noise_vocab`)
   inserted between pairs, a fraction `frac_noise` of the sequence.
 - fuzzy_recall: in_context_recall whose keys and values are motifs of `k_motif_size` and
   `v_motif_size` tokens; every value token of a recurring key is scored.
-- selective_copy: `num_tokens_to_copy` tokens scattered among filler, then a copy signal;
-  the model is to write the scattered tokens in order.
+- selective_copy: `num_tokens_to_copy` distinct tokens scattered among filler, then a copy
+  signal; the model is to write the scattered tokens in order.
 - memorization: key-value pairs from one fixed table (drawn from `seed`) shared by every
   sequence, train and val alike: the answers can only come from the weights.
+
+Each task has a chance level (`chance_accuracy`): the expected val_accuracy of the best
+guess that lacks the capability under test, computed exactly on the val set. Recall:
+a value of some key seen so far, uniformly (1/keys seen; values are distinct, so no
+value is a better guess than another); selective copy: a scattered token not yet
+copied (1/tokens left); memorization: the most frequent answer.
 """
 
 import hashlib
@@ -47,6 +59,8 @@ class TaskConfig(BaseModel):
     vocab: int = Field(64, ge=16, le=65536)
     seq_len: int = Field(64, ge=8)
     num_kv_pairs: int = Field(4, gt=0, description="mqar: pairs to recall")
+    power_a: float = Field(0.01, gt=0, le=1, description="mqar: power law of the query gaps (1: uniform)")
+    random_non_queries: bool = Field(True, description="mqar: random tokens, not 0, between the queries")
     num_keys: int = Field(8, gt=1, description="the recall tasks and memorization: distinct keys")
     noise_vocab: int = Field(8, gt=0, description="noisy_recall: noise tokens")
     frac_noise: float = Field(0.2, ge=0, lt=1, description="noisy_recall: share of the sequence that is noise")
@@ -63,54 +77,67 @@ class TaskConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fits(self):
-        T, V = self.seq_len, self.vocab
+        T, V, K = self.seq_len, self.vocab, self.num_keys
         if self.task == "mqar":
             if 4 * self.num_kv_pairs > T:
                 raise ValueError(f"mqar needs seq_len ≥ 4·num_kv_pairs = {4 * self.num_kv_pairs}, got {T}")
             if self.num_kv_pairs >= V // 2:
                 raise ValueError(f"mqar needs vocab > 2·num_kv_pairs + 1 = {2 * self.num_kv_pairs + 1}, got {V}")
-        if self.task in ("in_context_recall", "noisy_recall", "memorization") and self.num_keys + 2 > V:
-            raise ValueError(f"{self.task} needs vocab ≥ num_keys + 2, got vocab {V}, num_keys {self.num_keys}")
-        if self.task == "noisy_recall" and self.num_keys + self.noise_vocab + 2 > V:
-            raise ValueError(f"noisy_recall needs vocab ≥ num_keys + noise_vocab + 2, got {V}")
+        if self.task in ("in_context_recall", "noisy_recall") and 2 * K + 1 > V:
+            raise ValueError(f"{self.task} needs vocab ≥ 2·num_keys + 1 (distinct values), got vocab {V}, num_keys {K}")
+        if self.task == "memorization" and K + 2 > V:
+            raise ValueError(f"memorization needs vocab ≥ num_keys + 2, got vocab {V}, num_keys {K}")
+        if self.task == "noisy_recall" and 2 * K + self.noise_vocab + 1 > V:
+            raise ValueError(f"noisy_recall needs vocab ≥ 2·num_keys + noise_vocab + 1, got {V}")
         if self.task == "selective_copy" and 2 * self.num_tokens_to_copy + 1 > T:
             raise ValueError(f"selective_copy needs seq_len ≥ 2·num_tokens_to_copy + 1, got {T}")
-        if self.task == "fuzzy_recall" and self.k_motif_size + self.v_motif_size > T:
-            raise ValueError("fuzzy_recall needs seq_len ≥ k_motif_size + v_motif_size")
+        if self.task == "selective_copy" and self.num_tokens_to_copy > V - 2:
+            raise ValueError(f"selective_copy needs vocab ≥ num_tokens_to_copy + 2 (distinct tokens), got {V}")
+        if self.task == "fuzzy_recall":
+            if self.k_motif_size + self.v_motif_size > T:
+                raise ValueError("fuzzy_recall needs seq_len ≥ k_motif_size + v_motif_size")
+            if K >= V // 2:
+                raise ValueError(
+                    f"fuzzy_recall needs vocab > 2·num_keys (distinct motifs), got vocab {V}, num_keys {K}"
+                )
         return self
 
 
-# Each generator returns a sequence of seq_len + 1 tokens and the mask of the positions whose
-# token is to be predicted (so inputs are tokens[:-1], targets tokens[1:] where the mask says).
+# Each generator returns the sequence of seq_len + 1 tokens and the answers: the token to be
+# predicted at each position, IGNORE where none is scored (inputs are tokens[:-1], targets
+# answers[1:]). An answer is the next token of the sequence, except in mqar, where it is
+# never written into the input.
 Generator = Callable[[TaskConfig, np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 
 
 def _mqar(cfg: TaskConfig, rng: np.random.Generator, n: int):
     T, P, V = cfg.seq_len + 1, cfg.num_kv_pairs, cfg.vocab
-    tokens = np.zeros((n, T), dtype=np.int64)
-    scored = np.zeros((n, T), dtype=bool)
+    space = (T - 1 - 2 * P) // 2  # query slots of two positions each
+    gap_p = cfg.power_a * np.arange(1, space + 1) ** (cfg.power_a - 1)
+    gap_p /= gap_p.sum()
+    tokens = rng.integers(0, V, size=(n, T)) if cfg.random_non_queries else np.zeros((n, T), dtype=np.int64)
+    answers = np.full((n, T), IGNORE, dtype=np.int64)
     for i in range(n):
         keys = rng.choice(np.arange(1, V // 2), size=P, replace=False)
-        values = rng.integers(V // 2, V, size=P)
-        tokens[i, 0 : 2 * P : 2], tokens[i, 1 : 2 * P : 2] = keys, values
-        slots = rng.choice((T - 2 * P) // 2, size=P, replace=False)  # query slots of two positions each
+        values = rng.choice(np.arange(V // 2, V), size=P, replace=False)
+        tokens[i, : 2 * P : 2], tokens[i, 1 : 2 * P : 2] = keys, values
+        where = 2 * P + 2 * rng.choice(space, size=P, replace=False, p=gap_p)
         order = rng.permutation(P)
-        where = 2 * P + 2 * slots
-        tokens[i, where], tokens[i, where + 1] = keys[order], values[order]
-        scored[i, where + 1] = True
-    return tokens, scored
+        tokens[i, where] = keys[order]
+        answers[i, where + 1] = values[order]
+    return tokens, answers
 
 
 def _pairs(cfg: TaskConfig, rng: np.random.Generator, n: int, table: np.ndarray | None = None, noise: bool = False):
     """Key-value pair streams (in_context_recall, noisy_recall, memorization): keys 1..num_keys,
-    values above them (and above the noise range), each value scored once its key was seen
-    (always, with a fixed table)."""
+    values above them (and above the noise range), distinct within a sequence, each value
+    scored once its key was seen (always, with a fixed table)."""
     T, K, V = cfg.seq_len + 1, cfg.num_keys, cfg.vocab
     low = K + 1 + (cfg.noise_vocab if noise else 0)
     tokens = np.zeros((n, T), dtype=np.int64)
     scored = np.zeros((n, T), dtype=bool)
     for i in range(n):
-        mapping = table if table is not None else rng.integers(low, V, size=K + 1)
+        mapping = table if table is not None else np.concatenate([[0], rng.choice(np.arange(low, V), K, replace=False)])
         seen, t = set(), 0
         while t < T:
             if noise and rng.random() < cfg.frac_noise:
@@ -132,9 +159,9 @@ def _fuzzy(cfg: TaskConfig, rng: np.random.Generator, n: int):
     half = V // 2
     tokens = np.zeros((n, T), dtype=np.int64)
     scored = np.zeros((n, T), dtype=bool)
-    for i in range(n):
-        keys = rng.integers(1, half, size=(K, km))
-        values = rng.integers(half, V, size=(K, vm))
+    for i in range(n):  # motif tokens are distinct across keys at each place, so no motif shares a token
+        keys = np.stack([rng.choice(np.arange(1, half), K, replace=False) for _ in range(km)], axis=1)
+        values = np.stack([rng.choice(np.arange(half, V), K, replace=False) for _ in range(vm)], axis=1)
         seen, t = set(), 0
         while t < T:
             k = int(rng.integers(K))
@@ -154,7 +181,7 @@ def _selective_copy(cfg: TaskConfig, rng: np.random.Generator, n: int):
     tokens = np.zeros((n, T), dtype=np.int64)
     scored = np.zeros((n, T), dtype=bool)
     for i in range(n):
-        content = rng.integers(1, V - 1, size=C)
+        content = rng.choice(np.arange(1, V - 1), size=C, replace=False)
         where = np.sort(rng.choice(region - 1, size=C, replace=False))
         tokens[i, where] = content
         tokens[i, region - 1] = signal
@@ -168,20 +195,50 @@ def memorization_table(cfg: TaskConfig) -> np.ndarray:
     return np.random.default_rng([cfg.seed, 1]).integers(cfg.num_keys + 1, cfg.vocab, size=cfg.num_keys + 1)
 
 
+GENERATORS: dict[str, Generator] = {
+    "mqar": _mqar,
+    "in_context_recall": _pairs,
+    "noisy_recall": lambda cfg, rng, n: _pairs(cfg, rng, n, noise=True),
+    "fuzzy_recall": _fuzzy,
+    "selective_copy": _selective_copy,
+    "memorization": lambda cfg, rng, n: _pairs(cfg, rng, n, table=memorization_table(cfg)),
+}
+
+
 def generate(cfg: TaskConfig, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n examples: inputs (n, seq_len) and targets (n, seq_len), IGNORE where not scored."""
+    tokens, answers = GENERATORS[cfg.task](cfg, rng, n)
+    if answers.dtype == bool:  # a mask over the sequence's own next tokens
+        answers = np.where(answers, tokens, IGNORE)
+    return torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(answers[:, 1:].copy())
+
+
+def chance_accuracy(cfg: TaskConfig, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The expected accuracy on (x, y) of the best guess without the tested capability (see the
+    module docstring): recall guesses uniformly among the values of the keys seen so far, copy
+    among the scattered tokens not yet copied, memorization the most frequent answer."""
+    scored = y != IGNORE
+    if cfg.task == "memorization":
+        return float(np.bincount(y[scored].numpy()).max() / scored.sum().item())
     if cfg.task == "mqar":
-        tokens, scored = _mqar(cfg, rng, n)
-    elif cfg.task == "fuzzy_recall":
-        tokens, scored = _fuzzy(cfg, rng, n)
-    elif cfg.task == "selective_copy":
-        tokens, scored = _selective_copy(cfg, rng, n)
-    elif cfg.task == "memorization":
-        tokens, scored = _pairs(cfg, rng, n, table=memorization_table(cfg))
-    else:
-        tokens, scored = _pairs(cfg, rng, n, noise=cfg.task == "noisy_recall")
-    targets = np.where(scored, tokens, IGNORE)
-    return torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(targets[:, 1:].copy())
+        return 1.0 / cfg.num_kv_pairs
+    if cfg.task == "selective_copy":
+        left = cfg.num_tokens_to_copy - (scored.cumsum(dim=1) - 1)
+        return float((1.0 / left[scored]).mean())
+    key_width = cfg.k_motif_size if cfg.task == "fuzzy_recall" else 1
+    guesses = []
+    for row, mask in zip(x.tolist(), scored.tolist()):
+        keys = _key_starts(cfg, row, key_width)
+        guesses += [1.0 / len({k for t, k in keys if t < p}) for p in range(len(row)) if mask[p]]
+    return float(np.mean(guesses))
+
+
+def _key_starts(cfg: TaskConfig, row: list[int], width: int) -> list[tuple[int, tuple]]:
+    """(position, key) for every key occurrence in a recall stream (motifs for fuzzy recall)."""
+    if cfg.task == "fuzzy_recall":
+        size = cfg.k_motif_size + cfg.v_motif_size
+        return [(t, tuple(row[t : t + width])) for t in range(0, len(row), size)]
+    return [(t, (tok,)) for t, tok in enumerate(row) if 1 <= tok <= cfg.num_keys]
 
 
 class TaskBatches:
@@ -216,7 +273,7 @@ class TaskData:
     tokenizer_path = None  # token ids are the task's own: there is no text to tokenize
 
     def __post_init__(self):
-        _, y = self.val_examples()
+        x, y = self.val_examples()
         answers = y[y != IGNORE].numpy()
         counts = np.bincount(answers, minlength=self.cfg.vocab)
         p = counts[counts > 0] / counts.sum()
@@ -224,6 +281,7 @@ class TaskData:
             "source": f"task {self.cfg.task}",
             "fingerprint": hashlib.sha256(self.cfg.model_dump_json().encode()).hexdigest()[:16],
             "unigram_entropy": float(-(p * np.log(p)).sum()),
+            "chance_accuracy": chance_accuracy(self.cfg, x, y),
             "python_version": platform.python_version(),
             "vocab_size": self.cfg.vocab,
         }

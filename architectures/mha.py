@@ -1,4 +1,9 @@
-"""mha: multi-head softmax attention with rotary positions, QK-norm and an optional window."""
+"""mha: multi-head softmax attention with rotary positions, QK-norm and an optional window.
+
+QK-norm bounds every score q·k/√d by √d (5.7 at d = 32): too flat for attention to pick one
+key among many, and such a model fails associative recall. So, as in QK-Norm (Henry et al.
+2020), each head learns a gain on its normed scores, starting at 1.
+"""
 
 import torch
 from torch import nn
@@ -18,15 +23,20 @@ class MultiHeadAttention(Mixer):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
         self.rotary = Rotary(cfg.head_dim, cfg.context) if rope else None
+        self.qk_gain = nn.Parameter(torch.ones(cfg.n_heads)) if qk_norm else None
+
+    def reset_parameters(self) -> None:
+        if self.qk_gain is not None:
+            nn.init.ones_(self.qk_gain)
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v as (B, H, T, d), rotated and normed."""
+        """q, k, v as (B, H, T, d), rotated and normed (q scaled by its head's gain)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         if self.qk_norm:
-            q, k = rms_norm(q), rms_norm(k)
+            q, k = rms_norm(q) * self.qk_gain[:, None, None], rms_norm(k)
         return q, k, v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

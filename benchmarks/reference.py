@@ -36,6 +36,7 @@ class Attention(nn.Module):
         self.n_heads = s.n_heads
         self.qkv = nn.Linear(s.d_model, 3 * s.qkv_dim, bias=False)
         self.out = nn.Linear(s.qkv_dim, s.d_model, bias=False)
+        self.qk_gain = nn.Parameter(torch.ones(s.n_heads))  # a learned gain per head on the normed scores
         d = s.qkv_dim // s.n_heads
         angles = torch.outer(torch.arange(s.context).double(), 10000.0 ** (-torch.arange(0, d, 2).double() / d))
         self.register_buffer("cos", angles.cos().float(), persistent=False)
@@ -50,7 +51,7 @@ class Attention(nn.Module):
     def forward(self, x):
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = norm(self.rotate(q)), norm(self.rotate(k))
+        q, k = norm(self.rotate(q)) * self.qk_gain[:, None, None], norm(self.rotate(k))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -82,8 +83,11 @@ class GPT(nn.Module):
         self.embed = nn.Embedding(s.vocab_size, s.d_model)
         self.blocks = nn.ModuleList(Block(s) for _ in range(s.n_layers))
         for name, p in self.named_parameters():
-            std = 0.02 / (2 * s.n_layers) ** 0.5 if name.endswith(("out.weight", "w_out.weight")) else 0.02
-            nn.init.normal_(p, mean=0.0, std=std)
+            if name.endswith("qk_gain"):
+                nn.init.ones_(p)
+            else:
+                std = 0.02 / (2 * s.n_layers) ** 0.5 if name.endswith(("out.weight", "w_out.weight")) else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
 
     def forward(self, idx):
         x = self.embed(idx)

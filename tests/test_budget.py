@@ -21,8 +21,9 @@ def test_every_ffn_necessity_trial_is_within_one_percent_of_its_budget():
         counted = build_model(trial.model).n_params(non_embedding=True)  # a real model, not the planner's number
         assert counted == trial.n_params_non_embedding
         assert abs(counted - budget.params) <= 0.01 * budget.params, trial.variant
-    # the families whose layers are all 4·qkv·d + 3·ffn·d land exactly, at the width written in the study
-    exact = {t.variant: t.model["d_model"] for t in study.trials if t.n_params_non_embedding == budget.params}
+    # the families whose layers are all 4·qkv·d + 3·ffn·d land exactly (but for mha's gain per head and
+    # layer) at the width written in the study
+    exact = {t.variant: t.model["d_model"] for t in study.trials if 0 <= t.n_params_non_embedding - budget.params < 32}
     assert {"mha", "mha-no-ffn", "aft", "aft-no-ffn", "hybrid", "hybrid-heads"} <= set(exact)
     assert exact["mha"] == 64
 
