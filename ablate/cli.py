@@ -93,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--baseline", help="variant to compare against (default: the study's)")
     compare.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table")
     compare.add_argument(
+        "--part",
+        choices=("variants", "contrasts", "expectations"),
+        default="variants",
+        help="which table csv, markdown and json print (default: variants; the table format shows all)",
+    )
+    compare.add_argument(
+        "--check", action="store_true", help="exit 1 when one of the study's expectations (expect:) does not hold"
+    )
+    compare.add_argument(
         "--no-report", action="store_true", help="skip the plots and report.html (default: RESULTS/STUDY/)"
     )
     direction = compare.add_mutually_exclusive_group()
@@ -290,45 +299,95 @@ def _searched(trial) -> dict | None:
 
 
 def _compare(args) -> int:
-    from rich.table import Table
+    from ablate import compare, report, tracking
 
-    from ablate.compare import latest_per_seed, lower_is_better, render, small_samples, study_runs, summarize
-
-    lower = lower_is_better(args.metric, args.lower_is_better)
+    lower = compare.lower_is_better(args.metric, args.lower_is_better)
     _, uri = _store(args)
-    name, tags, runs, failed = study_runs(uri, args.study)
-    runs, set_aside = latest_per_seed(runs)
+    name, tags, runs, failed = compare.study_runs(uri, args.study)
+    runs, set_aside = compare.latest_per_seed(runs)
     order = json.loads(tags.get("ablate.variants", "[]"))
     baseline = args.baseline or tags.get("ablate.baseline")
-    table = summarize(runs, args.metric, baseline, order, lower, failed)
+    table = compare.summarize(runs, args.metric, baseline, order, lower, failed)
     baseline = baseline or table["variant"].iloc[0]
+    contrasts = compare.pairs_table(runs, args.metric, json.loads(tags.get("ablate.contrasts", "[]")), lower)
+    expected = json.loads(tags.get("ablate.expect", "[]"))
+    if args.check and not expected:
+        raise AblateError(f"--check: study {name!r} declares no expectations (expect: in its YAML)")
+    checks = compare.expectations(runs, expected, baseline, lambda m: compare.lower_is_better(m, None))
+    history = report.curves(tracking.client(uri), runs)
+    converged = compare.convergence(history, *_loss_scale(runs))
+    table = table.merge(converged, on="variant", how="left")
     notes = []
     if set_aside:
         notes.append(f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)")
     if failed:
         notes.append("failed runs (diverged or out of memory): " + ", ".join(f"{v} {n}" for v, n in failed.items()))
-    if small := small_samples(table):
+    if small := compare.small_samples(table):
         notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
     for note in notes:
         print(f"ablate: warning: {note}", file=sys.stderr)
+    facts = _facts(runs, table, args.metric)
     if not args.no_report:
-        from ablate import report, tracking
-
         written, logged = report.write(
-            tracking.client(uri), name, runs, table, args.metric, baseline, lower, notes, args.results / name
+            tracking.client(uri),
+            report.Comparison(name, runs, table, contrasts, checks, args.metric, baseline, lower, notes + facts),
+            history,
+            args.results / name,
         )
         where = "; also in MLflow, under the study run's artifacts" if logged else ""
         print(f"report: {written[-1]} (plots beside it{where})", file=sys.stderr)
     if args.format != "table":
-        print(render(table, args.format))
-        return 0
+        part = {"variants": table, "contrasts": contrasts, "expectations": checks}[args.part]
+        print(compare.render(part, args.format))
+    else:
+        _print_comparison(name, table, contrasts, checks, args.metric, baseline, lower, facts)
+    return 1 if args.check and not checks["held"].all() else 0
+
+
+def _loss_scale(runs) -> tuple[float, float | None]:
+    """ln(vocab), the loss at step 0, and the unigram entropy, from the runs' params."""
+    vocab = float(runs["params.model.vocab_size"].astype(int).iloc[0])
+    unigram = runs.get("params.data.unigram_entropy")
+    return math.log(vocab), float(unigram.dropna().astype(float).iloc[0]) if unigram is not None else None
+
+
+def _facts(runs, table, metric: str) -> list[str]:
+    """Lines a reader needs beside the table: the chance level, and which variants did not converge."""
+    facts = []
+    chance = runs.get("params.data.chance_accuracy")
+    if chance is not None and chance.notna().any():
+        level = float(chance.dropna().astype(float).iloc[0])
+        facts.append(f"chance level of val_accuracy: {level:.4f} (the best guess without the capability tested)")
+    for r in table.itertuples():
+        if r.converged is False:
+            facts.append(
+                f"{r.variant} has not converged: {r.why}; its verdict is about learning speed at this budget, "
+                "not capacity"
+            )
+    return facts
+
+
+def _print_comparison(name, table, contrasts, checks, metric, baseline, lower, facts) -> None:
+    from rich.table import Table
+
+    from ablate.compare import POWER
+
     better = "lower" if lower else "higher"
-    out = Table(title=f"{name}: {args.metric} ({better} is better), against {baseline}")
+    console = _console()
+    if len(contrasts):
+        out = Table(title=f"{name}: contrasts, {metric} ({better} is better)")
+        for col in ("contrast", "n", "Δ [95% CI]", "MDE", "test", "p (Holm)", "effect", "verdict"):
+            out.add_column(col, justify="left" if col in ("contrast", "test", "verdict") else "right")
+        for r in contrasts.itertuples(index=False):
+            out.add_row(f"{r.variant} vs {r.against}", str(r.n), *_comparison_cells(r), _marked(r.verdict, table, r))
+        console.print(out)
+    out = Table(title=f"{name}: {metric} ({better} is better), against {baseline}")
     for col in ("variant", "n", "failed", "mean", "95% CI", "std", "median", "params", "Δ vs baseline [95% CI]"):
         out.add_column(col, justify="left" if col == "variant" else "right")
-    for col in ("test", "p (Holm)", "effect", "verdict", "causal"):
+    for col in ("MDE", "test", "p (Holm)", "effect", "verdict", "causal"):
         out.add_column(col, justify="left" if col in ("test", "verdict") else "right")
     for r in table.itertuples(index=False):
+        cells = ["-"] * 5 if r.variant == baseline or r.n == 0 else _comparison_cells(r)
         out.add_row(
             r.variant,
             str(r.n),
@@ -338,22 +397,44 @@ def _compare(args) -> int:
             _cell(r.std),
             _cell(r.median),
             f"{r.n_params:,}" if r.n_params >= 0 else "-",
-            "-"
-            if r.variant == baseline or r.n == 0
-            else f"{r.diff:+.4f} [{_cell(r.diff_ci_low)}, {_cell(r.diff_ci_high)}]",
-            r.test or "-",
-            _cell(r.p_holm),
-            "-" if math.isnan(r.effect) else f"{r.effect_kind} {r.effect:+.2f}",
-            r.verdict,
+            *cells,
+            _marked(r.verdict, table, r),
             r.causal,
         )
-    _console().print(out)
+    console.print(out)
+    if len(checks):
+        out = Table(title=f"{name}: expectations")
+        for col in ("expectation", "metric", "expected", "verdict", "p (Holm)", "held"):
+            out.add_column(col, justify="right" if col == "p (Holm)" else "left")
+        for r in checks.itertuples(index=False):
+            held = "[green]yes[/green]" if r.held else "[red]NO[/red]"
+            out.add_row(f"{r.variant} vs {r.against}", r.metric, r.expected, r.verdict, _cell(r.p_holm), held)
+        console.print(out)
+    for fact in facts:
+        print(fact)
     print(
-        f"verdict at α=0.05 after Holm's correction over {int(table['p'].notna().sum())} comparisons; "
-        "paired by seed where both variants have the seed, else Welch's t-test; "
-        "effect: d_z (paired) or Hedges' g"
+        f"verdicts at α=0.05 after Holm's correction within each table; paired by seed where both variants have "
+        "the seed, else Welch's t-test; effect: d_z (paired) or Hedges' g; MDE: the difference the test would "
+        f"detect with {POWER:.0%} power at Holm's strictest level"
     )
-    return 0
+
+
+def _comparison_cells(r) -> list[str]:
+    """Δ with its interval, MDE, test, Holm p and effect of one comparison row."""
+    return [
+        f"{r.diff:+.4f} [{_cell(r.diff_ci_low)}, {_cell(r.diff_ci_high)}]" if not math.isnan(r.diff) else "-",
+        _cell(r.mde),
+        r.test or "-",
+        _cell(r.p_holm),
+        "-" if math.isnan(r.effect) else f"{r.effect_kind} {r.effect:+.2f}",
+    ]
+
+
+def _marked(verdict: str, table, r) -> str:
+    """The verdict, marked when a variant it concerns has not converged."""
+    names = {r.variant, getattr(r, "against", None)}
+    unconverged = [v for v in table.loc[table["converged"].eq(False), "variant"] if v in names]
+    return verdict + (f" (not converged: {', '.join(unconverged)})" if unconverged else "")
 
 
 def _cell(value) -> str:

@@ -4,18 +4,30 @@ Per variant: n, mean, std, 95% t-interval, median. Against the baseline: the dif
 its 95% interval, Welch's t-test, and the paired t-test over the seeds both have (runs with
 one seed share data order and initialisation RNG). The verdict uses the paired test when there
 are pairs, else Welch's; its p-values are Holm-corrected over all comparisons of the table.
+Each comparison also gets its minimum detectable effect: the difference its test would find
+with 80% power, so that "no significant difference" says how small a difference it rules out.
+
+A study's declared contrasts (pairs of variants) are a second family, Holm-corrected among
+themselves, and its expectations a third: each names the verdict a comparison should reach,
+which makes a study a regression test of the science (`ablate compare --check`).
 """
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 from ablate import tracking
 from ablate.errors import AblateError
 
+# scipy warns of precision loss on groups whose values are all equal (a solved task's accuracy of 1);
+# `against` handles them, so the warning says nothing to a reader of the table.
+warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+
 ALPHA = 0.05
+POWER = 0.8  # for the minimum detectable effect
 WILCOXON_MIN_PAIRS = 6  # at 5 pairs or fewer its smallest two-sided p is 0.0625: it can never reject
 HIGHER_IS_BETTER = {"accuracy", "tokens_per_s", "mean_tokens_per_s"}
 LOWER_IS_BETTER = {"train_time_s"}
@@ -91,14 +103,10 @@ def summarize(
     if baseline not in set(variants):
         raise AblateError(f"baseline {baseline!r} has no finished runs; variants: {', '.join(order)}")
 
-    def values(variant: str) -> pd.Series:
-        group = runs[variants == variant]
-        return group.set_index(group["tags.ablate.seed"].astype(int))[column].dropna().astype(float)
-
-    base = values(baseline)
+    base = values(runs, baseline, metric)
     rows = []
     for variant in order:
-        own = values(variant)
+        own = values(runs, variant, metric)
         group = runs[variants == variant]
         row = {"variant": variant, **describe(own.to_numpy()), "failed": failed.get(variant, 0)}
         row["n_params"] = int(group["params.n_params"].astype(int).iloc[0]) if len(group) else -1
@@ -108,19 +116,31 @@ def summarize(
         )
         rows.append(row)
     table = pd.DataFrame(rows)
-    for name in COMPARISON_COLUMNS:
-        if name not in table:
-            table[name] = np.nan
-    table["test"] = [t if isinstance(t, str) else "" for t in table["test"]]
-    table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
+    table = family(table, lower)
     table["verdict"] = [
-        "baseline" if r.variant == baseline else "every run failed" if r.n == 0 else verdict(r.diff, r.p_holm, lower)
+        "baseline" if r.variant == baseline else "every run failed" if r.n == 0 else r.verdict
         for r in table.itertuples()
     ]
     return table
 
 
+def family(table: pd.DataFrame, lower: bool) -> pd.DataFrame:
+    """Holm over the family's tests, the verdict of each, and its minimum detectable effect at
+    the level Holm's first step asks of it (α over the number of tests)."""
+    for name in COMPARISON_COLUMNS:
+        if name not in table:
+            table[name] = np.nan
+    table["test"] = [t if isinstance(t, str) else "" for t in table["test"]]
+    table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
+    m = max(int(table["p"].notna().sum()), 1)
+    table["mde"] = [detectable(r.se, r.df, ALPHA / m) if r.df > 0 else np.nan for r in table.itertuples()]
+    table["verdict"] = [verdict(r.diff, r.p_holm, lower) for r in table.itertuples()]
+    return table
+
+
 COMPARISON_COLUMNS = (
+    "se",
+    "df",
     "diff_ci_low",
     "diff_ci_high",
     "test",
@@ -137,7 +157,13 @@ def describe(x: np.ndarray) -> dict[str, float]:
     """n, mean, std, 95% t-interval of the mean, median."""
     n = len(x)
     mean = x.mean() if n else np.nan
-    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(x)) if n > 1 else (np.nan, np.nan)
+    low, high = (
+        (np.nan, np.nan)
+        if n < 2
+        else (mean, mean)
+        if np.ptp(x) == 0
+        else stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(x))
+    )
     return {
         "n": n,
         "mean": mean,
@@ -157,28 +183,54 @@ def against(a: pd.Series, b: pd.Series) -> dict[str, float | str]:
         low, high = welch.confidence_interval(0.95)
         out |= {"p_welch": welch.pvalue, "diff_ci_low": low, "diff_ci_high": high}
         out |= {"test": "welch", "p": welch.pvalue, "effect": hedges_g(a.to_numpy(), b.to_numpy()), "effect_kind": "g"}
+        pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+        out |= {"se": pooled * np.sqrt(1 / len(a) + 1 / len(b)), "df": len(a) + len(b) - 2}
     seeds = a.index.intersection(b.index)
     if len(seeds) > 1:
         d = (a[seeds] - b[seeds]).to_numpy()
-        paired = stats.ttest_rel(a[seeds], b[seeds])
-        low, high = paired.confidence_interval(0.95)
-        out |= {"diff": d.mean(), "diff_ci_low": low, "diff_ci_high": high, "p_paired": paired.pvalue}
-        out |= {"test": f"paired ({len(seeds)} seeds)", "p": paired.pvalue, "effect": d_z(d), "effect_kind": "d_z"}
+        if d.std(ddof=1) > 0:
+            paired = stats.ttest_rel(a[seeds], b[seeds])
+            (low, high), p = paired.confidence_interval(0.95), paired.pvalue
+        else:  # every seed differs alike (an A/A control trains the same runs twice): no doubt either way
+            (low, high), p = (d.mean(), d.mean()), 1.0 if d.mean() == 0 else 0.0
+        out |= {"diff": d.mean(), "diff_ci_low": low, "diff_ci_high": high, "p_paired": p}
+        out |= {"test": f"paired ({len(seeds)} seeds)", "p": p, "effect": d_z(d), "effect_kind": "d_z"}
+        out |= {"se": d.std(ddof=1) / np.sqrt(len(d)), "df": len(d) - 1}
         if len(seeds) >= WILCOXON_MIN_PAIRS:
             out["p_wilcoxon"] = stats.wilcoxon(a[seeds], b[seeds]).pvalue
     return out
+
+
+def detectable(se: float, df: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The minimum detectable effect of a two-sided t-test with standard error `se` and `df`
+    degrees of freedom: the true difference δ it rejects with probability `power` at level
+    `alpha`, from the noncentral t distribution (noncentrality δ / se)."""
+    if not se > 0:
+        return 0.0 if se == 0 else np.nan
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(nc: float) -> float:
+        upper = stats.nct.sf(crit, df, nc)
+        upper = 1.0 - stats.nct.cdf(crit, df, nc) if np.isnan(upper) else upper  # sf fails far in the tail
+        return upper + np.nan_to_num(stats.nct.cdf(-crit, df, nc)) - power
+
+    high = crit + 3.0
+    while shortfall(high) < 0:  # power grows with the noncentrality: widen until it is reached
+        high *= 2
+    return optimize.brentq(shortfall, 0.0, high) * se
 
 
 def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
     """(mean a − mean b) / pooled std, times the small-sample correction 1 − 3 / (4(n_a + n_b) − 9)."""
     na, nb = len(a), len(b)
     pooled = np.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
-    return (a.mean() - b.mean()) / pooled * (1 - 3 / (4 * (na + nb) - 9))
+    return (a.mean() - b.mean()) / pooled * (1 - 3 / (4 * (na + nb) - 9)) if pooled > 0 else np.nan
 
 
 def d_z(d: np.ndarray) -> float:
-    """Mean paired difference over its standard deviation."""
-    return d.mean() / d.std(ddof=1)
+    """Mean paired difference over its standard deviation (NaN when every pair differs alike)."""
+    sd = d.std(ddof=1)
+    return d.mean() / sd if sd > 0 else np.nan
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -223,3 +275,74 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(json.loads(table.to_json(orient="records", double_precision=15)), indent=2)
     raise AblateError(f"unknown format {fmt!r}")
+
+
+def values(runs: pd.DataFrame, variant: str, metric: str) -> pd.Series:
+    """The variant's final values of the metric, indexed by seed."""
+    group = runs[runs["tags.ablate.variant"] == variant]
+    return group.set_index(group["tags.ablate.seed"].astype(int))[f"metrics.{metric}"].dropna().astype(float)
+
+
+def pairs_table(runs: pd.DataFrame, metric: str, pairs: list[tuple[str, str]], lower: bool = True) -> pd.DataFrame:
+    """Each (a, b) tested as a against b, paired by seed, as one Holm family: a study's contrasts."""
+    rows = []
+    for a, b in pairs:
+        own, other = values(runs, a, metric), values(runs, b, metric)
+        row = {"variant": a, "against": b, "n": len(own.index.intersection(other.index))}
+        row.update(against(own, other) if len(own) and len(other) else {"diff": np.nan})
+        rows.append(row)
+    table = family(pd.DataFrame(rows).reindex(columns=["variant", "against", "n", "diff", *COMPARISON_COLUMNS]), lower)
+    table.loc[table["diff"].isna(), "verdict"] = "no runs"
+    return table
+
+
+def expectations(runs: pd.DataFrame, expected: list[dict], baseline: str, lower_of) -> pd.DataFrame:
+    """Each expectation {variant, against (default the baseline), metric, verdict} tested, Holm over
+    the expectations of each metric, and whether the verdict reached is the one expected
+    ('same' is held by "no significant difference")."""
+    frames = []
+    for metric in dict.fromkeys(e["metric"] for e in expected):
+        mine = [e for e in expected if e["metric"] == metric]
+        if f"metrics.{metric}" not in runs:
+            raise AblateError(f"an expectation names metric {metric!r}, which these runs did not log")
+        pairs = [(e["variant"], e.get("against") or baseline) for e in mine]
+        table = pairs_table(runs, metric, pairs, lower_of(metric))
+        table.insert(0, "metric", metric)
+        table["expected"] = [e["verdict"] for e in mine]
+        frames.append(table)
+    table = pd.concat(frames, ignore_index=True)
+    reached = table["verdict"].replace({"no significant difference": "same"})
+    table["held"] = reached == table["expected"]
+    return table
+
+
+# A variant has not converged when its val loss still falls at more than this share of its average
+# rate from the start (ln vocab) to the end, over the last two evals ...
+STILL_FALLING = 0.5
+# ... or when it ends within this share of the unigram entropy (it has barely left that plateau).
+NEAR_UNIGRAM = 0.05
+
+
+def convergence(history: pd.DataFrame, start_loss: float, unigram: float | None) -> pd.DataFrame:
+    """Per variant, from its val-loss curves (mean over seeds at each eval): `slope`, the change of
+    val loss per 100 steps over the last two evals; `pace`, that rate over its average rate since
+    step 0 (where the loss is ln vocab); and `converged` false, with `why`, when the pace exceeds
+    STILL_FALLING or the final loss lies within NEAR_UNIGRAM of the unigram entropy."""
+    rows = []
+    for variant, group in history.groupby("variant", sort=False):
+        mean = group.groupby("step")["value"].mean().sort_index()
+        row = {"variant": variant, "slope": np.nan, "pace": np.nan, "converged": True, "why": ""}
+        if len(mean) >= 2:
+            (s0, l0), (s1, l1) = list(mean.items())[-2:]
+            rate = (l0 - l1) / (s1 - s0)
+            row["slope"] = -100 * rate
+            average = (start_loss - l1) / s1
+            row["pace"] = rate / average if average > 0 else np.nan
+            if row["pace"] > STILL_FALLING:
+                row |= {"converged": False, "why": f"val loss still falling ({row['slope']:+.3f} per 100 steps)"}
+        final = mean.iloc[-1] if len(mean) else np.nan
+        if unigram and final > (1 - NEAR_UNIGRAM) * unigram:
+            near = f"val loss {final:.3f} within {NEAR_UNIGRAM:.0%} of the unigram entropy {unigram:.3f}"
+            row |= {"converged": False, "why": "; ".join(filter(None, [row["why"], near]))}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["variant", "slope", "pace", "converged", "why"])

@@ -5,6 +5,7 @@ Written under RESULTS/<study>/ and logged as artifacts of the study's parent MLf
 
 import base64
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -89,40 +90,63 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write(
-    client, study: str, runs, table, metric: str, baseline: str, lower: bool, notes, folder: Path
-) -> tuple[list[Path], bool]:
-    """Both plots and report.html in folder, and whether they were logged to the study's parent run
+@dataclass
+class Comparison:
+    """What `ablate compare` found: the variants' table, the contrasts, the expectations checked,
+    and the lines a reader needs beside them (warnings, chance level, convergence)."""
+
+    study: str
+    runs: pd.DataFrame
+    table: pd.DataFrame
+    contrasts: pd.DataFrame
+    checks: pd.DataFrame
+    metric: str
+    baseline: str
+    lower: bool
+    notes: list[str]
+
+
+def write(client, c: Comparison, history: pd.DataFrame, folder: Path) -> tuple[list[Path], bool]:
+    """The plots and report.html in folder, and whether they were logged to the study's parent run
     (stores written before there were parent runs have none)."""
     folder.mkdir(parents=True, exist_ok=True)
-    order = list(table["variant"])
-    images = [plot_intervals(table, metric, baseline, folder / f"{metric}_intervals.png")]
-    history = curves(client, runs)
+    order = list(c.table["variant"])
+    images = [plot_intervals(c.table, c.metric, c.baseline, folder / f"{c.metric}_intervals.png")]
     if not history.empty:
         images.append(plot_curves(history, order, folder / f"{CURVE_METRIC}_curves.png"))
-    rank = plot_rank(runs, order, folder / "rank_by_depth.png")
+    rank = plot_rank(c.runs, order, folder / "rank_by_depth.png")
     if rank is not None:
         images.append(rank)
     page = folder / "report.html"
-    page.write_text(_html(study, table, metric, baseline, lower, notes, images))
-    parent = tracking.study_run(client, runs["experiment_id"].iloc[0])
+    page.write_text(_html(c, images))
+    parent = tracking.study_run(client, c.runs["experiment_id"].iloc[0])
     if parent is not None:
         for path in (*images, page):
             client.log_artifact(parent, str(path), artifact_path="report")
     return [*images, page], parent is not None
 
 
-def _html(study, table, metric, baseline, lower, notes, images) -> str:
+def _html(c: Comparison, images) -> str:
     """One page, readable offline: the images are inlined as data URIs."""
     figures = "".join(
         f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'
         for p in images
     )
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    direction = "lower" if lower else "higher"
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in c.notes)
+    direction = "lower" if c.lower else "higher"
+    sections = [
+        ("Contrasts", c.contrasts, "each pair tested paired by seed, Holm over the contrasts"),
+        ("Against the baseline", c.table, "Holm over the table"),
+        ("Expectations", c.checks, "each control's verdict, Holm over the expectations of each metric"),
+    ]
+    tables = "".join(
+        f"<h2>{title}</h2><p>{about}</p>" + frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+        for title, frame, about in sections
+        if len(frame)
+    )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(study)}: {html.escape(metric)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(c.study)}: {html.escape(c.metric)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.85em; }}
@@ -130,12 +154,13 @@ th, td {{ border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 img {{ max-width: 100%; }}
 </style></head><body>
-<h1>{html.escape(study)}</h1>
-<p>{html.escape(metric)} ({direction} is better) against <b>{html.escape(baseline)}</b>. Verdicts at α = 0.05
-after Holm's correction over the table; paired t-test by seed where both variants have the seed,
-else Welch's; effect d_z (paired) or Hedges' g.</p>
+<h1>{html.escape(c.study)}</h1>
+<p>{html.escape(c.metric)} ({direction} is better) against <b>{html.escape(c.baseline)}</b>. Verdicts at α = 0.05
+after Holm's correction within each table; paired t-test by seed where both variants have the seed,
+else Welch's; effect d_z (paired) or Hedges' g; mde: the difference the test would detect with 80%
+power at Holm's strictest level.</p>
 {f"<ul>{items}</ul>" if items else ""}
-{table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")}
+{tables}
 {figures}
 </body></html>
 """

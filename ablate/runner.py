@@ -86,7 +86,9 @@ def setup(study: Study, results: Path, uri: str, storage: str | None, checkpoint
     first = _first(work, "setup")
     rdb = search.storage(storage)
     tracker = tracking.Tracker(uri, results)
-    exp_id = tracker.experiment(study.name, study.baseline, [v.name for v in study.config.variants])
+    config = study.config
+    expect = [e.model_dump() for e in config.expect]
+    exp_id = tracker.experiment(study.name, study.baseline, [v.name for v in config.variants], config.contrasts, expect)
     parents = {"study": tracker.parent(exp_id, "study", study.name, {tracking.TAG + "study": study.name})}
     for v in study.config.variants:
         tags = {tracking.TAG + "variant": v.name}
@@ -533,4 +535,6 @@ def _summary(s: Setup, outcomes, results, uri, elapsed, console, store_args) -> 
         f"results: {uri}" + ("" if not uri.startswith("sqlite") else f" (artifacts under {results / 'artifacts'})")
     )
     console.print(f"compare: ablate compare{store_args} --study {study.name} --metric val_loss")
+    if study.config.expect:
+        console.print(f"check:   ablate compare{store_args} --study {study.name} --check  (the study's expectations)")
     console.print(f"browse:  ablate ui{store_args}")

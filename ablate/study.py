@@ -45,6 +45,28 @@ class VariantConfig(BaseModel):
     _name = field_validator("name")(_safe_name)
 
 
+class Expectation(BaseModel):
+    """A verdict the study should reach: a control. `ablate compare --check` fails when it does not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: str
+    against: str | None = Field(None, description="the variant it is compared with (default: the baseline)")
+    metric: str = "val_loss"
+    verdict: Literal["better", "worse", "same"]
+
+    @field_validator("metric")
+    @classmethod
+    def _known_direction(cls, metric: str) -> str:
+        from ablate.compare import lower_is_better
+
+        try:
+            lower_is_better(metric, None)
+        except AblateError as e:
+            raise ValueError(f"an expectation needs a metric whose direction is known (a loss or an accuracy): {e}")
+        return metric
+
+
 def _data_kind(value) -> str:
     has_task = isinstance(value, TaskConfig) or (isinstance(value, dict) and "task" in value)
     return "task" if has_task else "corpus"
@@ -66,6 +88,10 @@ class StudyConfig(BaseModel):
     search: dict[str, Any] | None = Field(None, description="an Optuna search for every variant (see SearchConfig)")
     baseline: str | None = None
     allow_leaky: bool = Field(False, description="train variants that fail the causality audit")
+    contrasts: list[tuple[str, str]] = Field(
+        default_factory=list, description="pairs [a, b]: a tested against b, paired by seed, Holm over the pairs"
+    )
+    expect: list[Expectation] = Field(default_factory=list, description="verdicts the study should reach")
 
     _name = field_validator("name")(_safe_name)
 
@@ -74,6 +100,14 @@ class StudyConfig(BaseModel):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
+        named = [name for pair in self.contrasts for name in pair]
+        named += [n for e in self.expect for n in (e.variant, e.against) if n is not None]
+        for name in named:
+            if name not in names:
+                raise ValueError(f"{name!r} is not a variant{registry.did_you_mean(name, names)}")
+        for a, b in self.contrasts + [(e.variant, e.against or self.baseline or names[0]) for e in self.expect]:
+            if a == b:
+                raise ValueError(f"{a!r} is compared with itself")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be unique, got {self.seeds}")
         if self.baseline is not None and self.baseline not in names:
@@ -322,7 +356,7 @@ def _known_keys(parent: tuple, document: dict) -> list[str]:
     if not parent:
         return list(StudyConfig.model_fields)
     if isinstance(parent[-1], int):
-        return list(VariantConfig.model_fields)
+        return list((Expectation if parent[:1] == ("expect",) else VariantConfig).model_fields)
     if len(parent) > 1 and parent[-2] == "space":
         return list(KINDS)
     data = document.get("data")

@@ -45,8 +45,11 @@ class Tracker:
         self.uri, self.results = uri, results
         self.client = client(uri)
 
-    def experiment(self, name: str, baseline: str, variants: list[str]) -> str:
-        """The study's experiment, created on first use with its artifacts under results/."""
+    def experiment(
+        self, name: str, baseline: str, variants: list[str], contrasts: list | None = None, expect: list | None = None
+    ) -> str:
+        """The study's experiment, created on first use with its artifacts under results/; its tags
+        carry what `compare` needs of the study: baseline, variant order, contrasts, expectations."""
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             location = None
@@ -58,6 +61,8 @@ class Tracker:
         self.client.set_experiment_tag(exp_id, TAG + "study", name)
         self.client.set_experiment_tag(exp_id, TAG + "baseline", baseline)
         self.client.set_experiment_tag(exp_id, TAG + "variants", json.dumps(variants))
+        self.client.set_experiment_tag(exp_id, TAG + "contrasts", json.dumps(contrasts or []))
+        self.client.set_experiment_tag(exp_id, TAG + "expect", json.dumps(expect or []))
         return exp_id
 
     def finished_trials(self, exp_id: str) -> dict[str, tuple[str, dict[str, float]]]:

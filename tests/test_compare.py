@@ -8,7 +8,19 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ablate.compare import d_z, hedges_g, holm, latest_per_seed, lower_is_better, small_samples, summarize
+from ablate.compare import (
+    convergence,
+    d_z,
+    detectable,
+    expectations,
+    hedges_g,
+    holm,
+    latest_per_seed,
+    lower_is_better,
+    pairs_table,
+    small_samples,
+    summarize,
+)
 from ablate.errors import AblateError
 
 BASE = [4.71, 4.68, 4.75, 4.70, 4.73]  # seeds 0-4
@@ -125,3 +137,80 @@ def test_the_newest_run_of_each_variant_and_seed_counts():
     runs = frame({"b": ([0, 0, 1], [9.0, 4.0, 4.1])})  # seed 0 ran twice: 9.0 first, then 4.0
     newest, set_aside = latest_per_seed(runs)
     assert set_aside == 1 and sorted(newest["metrics.val_loss"]) == [4.0, 4.1]
+
+
+def test_minimum_detectable_effect_has_the_power_it_claims():
+    """Independently of the noncentral t: simulated paired differences of the returned size are
+    detected by scipy's t-test in 80% of draws; for many pairs it tends to (z_.975 + z_.8)·se."""
+    n, sd = 5, 0.03
+    mde = detectable(sd / math.sqrt(n), n - 1)
+    rng = np.random.default_rng(0)
+    draws = rng.normal(mde, sd, size=(40_000, n))
+    power = (stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05).mean()
+    assert power == pytest.approx(0.8, abs=0.01)
+    assert detectable(1.0, 10_000) == pytest.approx(stats.norm.ppf(0.975) + stats.norm.ppf(0.8), rel=1e-3)
+    assert detectable(1.0, 4, alpha=0.01) > detectable(1.0, 4)  # a stricter level needs a larger difference
+
+
+def test_the_table_reports_the_mde_at_holms_strictest_level(table):
+    d = np.subtract(PAIRED, BASE)
+    m = 2  # two comparisons in the table
+    expected = detectable(d.std(ddof=1) / math.sqrt(5), 4, alpha=0.05 / m)
+    assert table.loc["paired", "mde"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_contrasts_pair_by_seed_not_by_row_order_and_form_their_own_holm_family():
+    seeds = [0, 1, 2, 3]
+    a = [5.0, 5.2, 4.9, 5.1]
+    b = [5.3, 5.6, 5.1, 5.5]  # b − a per seed: 0.3, 0.4, 0.2, 0.4
+    c = [5.0, 5.2, 4.9, 5.1]
+    runs = frame({"a": (seeds, a), "b": (seeds[::-1], b[::-1]), "c": (seeds, c)})  # b's rows in reverse order
+    table = pairs_table(runs, "val_loss", [("b", "a"), ("c", "a")])
+    first = table.iloc[0]
+    assert first["diff"] == pytest.approx(np.mean(np.subtract(b, a)))
+    assert first["p"] == pytest.approx(stats.ttest_rel(b, a).pvalue, abs=1e-12)
+    assert first["p_holm"] == pytest.approx(holm(table["p"].to_numpy())[0])
+    assert first["verdict"] == "worse" and table.iloc[1]["verdict"] in ("too few runs", "no significant difference")
+
+
+def test_a_higher_is_better_metric_turns_the_verdict():
+    seeds = [0, 1, 2, 3]
+    runs = frame({"a": (seeds, [0.5, 0.52, 0.49, 0.51]), "b": (seeds, [0.9, 0.95, 0.93, 0.97])})
+    assert pairs_table(runs, "val_loss", [("b", "a")], lower=False).iloc[0]["verdict"] == "better"
+    assert pairs_table(runs, "val_loss", [("b", "a")], lower=True).iloc[0]["verdict"] == "worse"
+
+
+def test_expectations_hold_or_fail():
+    seeds = [0, 1, 2, 3, 4]
+    runs = frame({"base": (seeds, BASE), "paired": (seeds, PAIRED), "twin": (seeds, [v + 1e-4 for v in BASE])})
+    runs.loc[runs["tags.ablate.variant"] == "twin", "metrics.val_loss"] += [0.002, -0.001, 0.001, -0.002, 0.0]
+    expected = [
+        {"variant": "paired", "against": None, "metric": "val_loss", "verdict": "better"},
+        {"variant": "twin", "against": "base", "metric": "val_loss", "verdict": "same"},
+        {"variant": "paired", "against": "twin", "metric": "val_loss", "verdict": "worse"},
+    ]
+    checks = expectations(runs, expected, "base", lambda metric: True)
+    assert list(checks["held"]) == [True, True, False]
+    assert list(checks["verdict"]) == ["better", "no significant difference", "better"]
+
+
+def test_convergence_marks_a_curve_still_falling_and_one_near_the_unigram_entropy():
+    history = pd.DataFrame(
+        [("done", 0, s, v) for s, v in [(100, 5.0), (200, 4.6), (300, 4.58)]]
+        + [("falling", 0, s, v) for s, v in [(100, 6.3), (200, 6.25), (300, 5.6)]]
+        + [("plateau", 0, s, v) for s, v in [(100, 6.2), (200, 6.1), (300, 6.09)]],
+        columns=["variant", "seed", "step", "value"],
+    )
+    table = convergence(history, start_loss=math.log(2048), unigram=6.26).set_index("variant")
+    assert table.loc["done", "converged"] and table.loc["done", "slope"] == pytest.approx(-0.02)
+    assert table.loc["done", "pace"] == pytest.approx(0.0002 / ((math.log(2048) - 4.58) / 300))
+    assert not table.loc["falling", "converged"] and "still falling" in table.loc["falling", "why"]
+    assert not table.loc["plateau", "converged"] and "unigram entropy" in table.loc["plateau", "why"]
+
+
+def test_identical_runs_are_the_same_and_a_constant_shift_is_a_difference():
+    seeds = [0, 1, 2]
+    runs = frame({"a": (seeds, BASE[:3]), "twin": (seeds, BASE[:3]), "shifted": (seeds, [v + 0.1 for v in BASE[:3]])})
+    table = pairs_table(runs, "val_loss", [("twin", "a"), ("shifted", "a")]).set_index("variant")
+    assert table.loc["twin", "p"] == 1.0 and table.loc["twin", "verdict"] == "no significant difference"
+    assert table.loc["shifted", "p"] == 0.0 and table.loc["shifted", "verdict"] == "worse"

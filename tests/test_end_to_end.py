@@ -271,3 +271,42 @@ def test_sample_generates_the_requested_tokens_from_a_finished_run(finished, cap
     assert "no run 'no-such-run'" in capsys.readouterr().err
     assert main(["sample", parent, *store]) == 2
     assert "has no saved model" in capsys.readouterr().err
+
+
+CONTROL_STUDY = """\
+name: tiny-controls
+data: {source: stdlib, vocab_size: 512, max_bytes: 300000}
+model: {context: 32, d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, ffn_dim: 64}
+train: {steps: 30, batch_size: 8, warmup: 5, eval_every: 15, eval_batches: 2, log_every: 5}
+variants:
+  - {name: mha, model: {mixer: mha}}
+  - {name: mha-twin, model: {mixer: mha}}
+seeds: [0, 1]
+contrasts: [[mha-twin, mha]]
+expect:
+  - {variant: mha-twin, metric: val_loss, verdict: VERDICT}
+"""
+
+
+def test_compare_check_passes_a_held_expectation_and_fails_a_false_one(tmp_path, capsys):
+    """An A/A twin trains to the same losses: `same` holds (exit 0), `worse` does not (exit 1).
+    The second run only rewrites the expectation: its trials are already finished."""
+    store = ["--results", str(tmp_path / "results")]
+    check = ["compare", "--study", "tiny-controls", "--check", "--no-report", *store]
+    for verdict, code in (("same", 0), ("worse", 1)):
+        study = write_study(tmp_path, CONTROL_STUDY.replace("VERDICT", verdict))
+        assert main(["run", str(study), *store]) == 0
+        capsys.readouterr()
+        assert main(check) == code
+        out = capsys.readouterr().out
+        assert "expectations" in out and "contrasts" in out and ("NO" in out) == (code == 1)
+    assert main(["compare", "--study", "tiny-controls", "--part", "expectations", "--format", "json", *store]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["variant"], row["against"], row["expected"], row["held"]) == ("mha-twin", "mha", "worse", False)
+    assert row["verdict"] == "no significant difference" and row["p"] == 1.0
+
+
+def test_check_without_expectations_is_an_error(finished, capsys):
+    _, results, _ = finished
+    assert main(["compare", "--study", "tiny", "--check", "--no-report", "--results", str(results)]) == 2
+    assert "declares no expectations" in capsys.readouterr().err
