@@ -54,9 +54,15 @@ def _parser() -> argparse.ArgumentParser:
             "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else RESULTS/mlflow.db)"
         )
 
+    def data_option(cmd):
+        cmd.add_argument(
+            "--data", metavar="PATH", help="train on this text or token array instead of the study's data.source"
+        )
+
     def work_options(cmd):
         cmd.add_argument("study", type=Path)
         cmd.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+        data_option(cmd)
         cmd.add_argument(
             "--storage",
             help="Optuna storage URL, which also holds the study's work list (default: sqlite:///RESULTS/optuna.db)",
@@ -83,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("study", type=Path)
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    data_option(plan)
     plan.set_defaults(func=_plan)
 
     compare = sub.add_parser(
@@ -124,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="check that models are causal: perturb future tokens and other sequences")
     audit.add_argument("study", type=Path, nargs="?", help="audit every variant of this study")
     audit.add_argument("--variant", action="append", default=[], help="audit a registered mixer at a small shape")
+    data_option(audit)
     audit.set_defaults(func=_audit)
 
     bench = sub.add_parser(
@@ -199,7 +207,9 @@ def _run(args) -> int:
     from ablate import study as study_mod
     from ablate.runner import default_storage, run_study
 
-    study = study_mod.load(args.study, smoke_form=args.smoke)  # validates fully before anything is written
+    study = study_mod.load(
+        args.study, smoke_form=args.smoke, data_source=args.data
+    )  # validates fully before anything is written
     results, uri = _store(args)
     _check_writable(results)
     storage = args.storage or default_storage(results)
@@ -207,6 +217,7 @@ def _run(args) -> int:
     command = [sys.executable, "-m", "ablate.cli", "worker", str(args.study), "--storage", storage]
     command += ["--results", str(results), "--tracking-uri", uri, "--checkpoints", str(checkpoints), "--no-progress"]
     command += ["--smoke"] * args.smoke + ["--threads", str(max(1, (os.cpu_count() or 1) // args.workers))]
+    command += ["--data", str(Path(args.data).resolve())] if args.data else []
     run_study(
         study,
         results,
@@ -230,7 +241,7 @@ def _worker(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    study = study_mod.load(args.study, smoke_form=args.smoke)
+    study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)
     results, uri = _store(args)
     _check_writable(results)
     console = _console()
@@ -253,7 +264,7 @@ def _plan(args) -> int:
 
     from ablate import study as study_mod
 
-    study = study_mod.load(args.study, smoke_form=args.smoke)
+    study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)
     trials = [
         {**{k: v for k, v in asdict(t).items() if k not in ("train", "search")}, "search": _searched(t)}
         for t in study.trials
@@ -345,10 +356,11 @@ def _compare(args) -> int:
 
 
 def _loss_scale(runs) -> tuple[float, float | None]:
-    """ln(vocab), the loss at step 0, and the unigram entropy, from the runs' params."""
-    vocab = float(runs["params.model.vocab_size"].astype(int).iloc[0])
-    unigram = runs.get("params.data.unigram_entropy")
-    return math.log(vocab), float(unigram.dropna().astype(float).iloc[0]) if unigram is not None else None
+    """ln(vocab), the loss at step 0, and the unigram entropy, from the runs' params (NaN and None
+    for runs that did not log them)."""
+    vocab, unigram = (runs.get(f"params.{key}") for key in ("model.vocab_size", "data.unigram_entropy"))
+    start = math.log(float(vocab.dropna().iloc[0])) if vocab is not None and vocab.notna().any() else math.nan
+    return start, float(unigram.dropna().iloc[0]) if unigram is not None and unigram.notna().any() else None
 
 
 def _facts(runs, table, metric: str) -> list[str]:
@@ -524,7 +536,7 @@ def _audit(args) -> int:
         raise AblateError("audit what? give a study file or --variant NAME")
     leaks, allowed = {}, False
     if args.study:
-        study = study_mod.load(args.study)
+        study = study_mod.load(args.study, data_source=args.data)
         leaks, allowed = audit.audit_study(study), study.config.allow_leaky
     for name in args.variant:
         registry.mixer_class(name)  # an unknown name is an error with a suggestion

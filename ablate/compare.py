@@ -310,6 +310,8 @@ def expectations(runs: pd.DataFrame, expected: list[dict], baseline: str, lower_
         table.insert(0, "metric", metric)
         table["expected"] = [e["verdict"] for e in mine]
         frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=["metric", "variant", "against", "verdict", "expected", "held"])
     table = pd.concat(frames, ignore_index=True)
     reached = table["verdict"].replace({"no significant difference": "same"})
     table["held"] = reached == table["expected"]

@@ -1,9 +1,12 @@
 """Corpus → tokenizer → cached token arrays → batches.
 
-Text sources are tokenized with a byte-level BPE trained by HF `tokenizers`; token
-arrays are used as they are. Either way the token stream is split into train and
-val by whole pieces chosen with a fixed seed, written once to a cache directory,
-and memory-mapped from there on.
+Text sources are tokenized by HF `tokenizers`: a byte-level BPE trained to the vocabulary
+size (the default), one token per character (`char`, the sorted characters of the text,
+as nanoGPT's shakespeare_char encodes them) or per byte (`byte`). Token arrays are used
+as they are. The token stream is split into train and val by whole pieces chosen with a
+fixed seed (`split: pieces`) or at its tail (`split: tail`, nanoGPT's split); a pair of
+arrays (`train:` and `val:`, nanoGPT's train.bin and val.bin) is used as split. The
+arrays are written once to a cache directory and memory-mapped from there on.
 """
 
 import glob
@@ -17,14 +20,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ablate.errors import AblateError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 EOT = "<|endoftext|>"
 TEXT_BATCH = 256  # documents tokenized per call, to bound memory
 
@@ -40,9 +44,33 @@ class DataConfig(BaseModel):
         description="'stdlib' (the Python standard library's source), a text file, a directory, "
         "a glob, or a token array (.npy, or .bin of uint16)",
     )
-    vocab_size: int = Field(8192, gt=256, le=2**32)
+    train: str | None = Field(None, min_length=1, description="a train token array, with `val` (nanoGPT's train.bin)")
+    val: str | None = Field(None, min_length=1, description="the val token array that goes with `train`")
+    tokenizer: Literal["bpe", "char", "byte"] = Field("bpe", description="how text becomes tokens")
+    split: Literal["pieces", "tail"] = Field("pieces", description="val: random whole pieces, or the stream's tail")
+    vocab_size: int | None = Field(
+        None, ge=2, le=2**32, description="default: 8192 (bpe, token arrays), 256 (byte), the text's characters (char)"
+    )
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     max_bytes: int | None = Field(None, gt=0, description="use only the first documents up to this size")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if (self.train is None) != (self.val is None):
+            raise ValueError("give both train and val (token arrays, as nanoGPT's train.bin and val.bin)")
+        if self.train is not None and "source" in self.model_fields_set:
+            raise ValueError("give either source or train and val, not both")
+        if self.tokenizer == "bpe" and self.vocab_size is not None and self.vocab_size <= 256 and self.is_text:
+            raise ValueError(f"a BPE needs vocab_size > 256 (its 256 bytes and <|endoftext|>), got {self.vocab_size}")
+        if self.tokenizer == "byte" and self.vocab_size is not None and self.vocab_size < 256:
+            raise ValueError(f"the byte tokenizer needs vocab_size ≥ 256, got {self.vocab_size}")
+        if self.tokenizer != "bpe" and not self.is_text:
+            raise ValueError(f"tokenizer {self.tokenizer!r} applies to text; token arrays are used as they are")
+        return self
+
+    @property
+    def is_text(self) -> bool:
+        return self.train is None and Path(self.source).suffix not in (".npy", ".bin")
 
 
 @dataclass
@@ -81,18 +109,16 @@ def stdlib_files() -> list[Path]:
 
 
 def source_files(cfg: DataConfig, base_dir: Path) -> list[Path]:
-    """The files a source names; relative paths are taken from the study file's directory."""
+    """The files a source names (the train and val arrays, for that pair); relative paths are
+    taken from the study file's directory."""
+    if cfg.train is not None:
+        return [
+            _one_file(_inside(cfg.train, base_dir, "train"), "train"),
+            _one_file(_inside(cfg.val, base_dir, "val"), "val"),
+        ]
     if cfg.source == "stdlib":
         return stdlib_files()
-    path = Path(cfg.source).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
-        inside = base_dir.resolve()
-        if not Path(os.path.realpath(path.parent if glob.has_magic(str(path)) else path)).is_relative_to(inside):
-            raise AblateError(
-                f"data.source: {cfg.source} leads outside the study's directory ({inside}); "
-                "give an absolute path to read data from elsewhere"
-            )
+    path = _inside(cfg.source, base_dir, "source")
     if glob.has_magic(str(path)):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     elif path.is_dir():
@@ -104,6 +130,37 @@ def source_files(cfg: DataConfig, base_dir: Path) -> list[Path]:
     if not files:
         raise AblateError(f"data.source: {path} matches no files")
     return files
+
+
+def _inside(value: str, base_dir: Path, key: str) -> Path:
+    """A data path: absolute as given, or relative to the study's directory and inside it."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    path = base_dir / path
+    inside = base_dir.resolve()
+    if not Path(os.path.realpath(path.parent if glob.has_magic(str(path)) else path)).is_relative_to(inside):
+        raise AblateError(
+            f"data.{key}: {value} leads outside the study's directory ({inside}); "
+            "give an absolute path to read data from elsewhere"
+        )
+    return path
+
+
+def _one_file(path: Path, key: str) -> Path:
+    if not path.is_file():
+        raise AblateError(f"data.{key}: {path} does not exist")
+    return path
+
+
+def vocab_size(cfg: DataConfig, files: list[Path]) -> int:
+    """The model's vocabulary: as given, else 8192 (BPE, token arrays), 256 (bytes) or the number
+    of distinct characters of the text (char)."""
+    if cfg.vocab_size is not None:
+        return cfg.vocab_size
+    if cfg.tokenizer == "char":
+        return len(_characters(_read_documents(files, cfg.max_bytes)))
+    return 256 if cfg.tokenizer == "byte" else 8192
 
 
 def is_token_array(files: list[Path]) -> bool:
@@ -122,7 +179,7 @@ def prepare(cfg: DataConfig, cache_root: Path, base_dir: Path = Path(".")) -> Co
     return Corpus(
         train=np.load(directory / "train.npy", mmap_mode="r"),
         val=np.load(directory / "val.npy", mmap_mode="r"),
-        vocab_size=cfg.vocab_size,
+        vocab_size=meta["vocab_size"],
         meta=meta,
         directory=directory,
         built=built,
@@ -139,11 +196,15 @@ def _cache_key(cfg: DataConfig, files: list[Path]) -> str:
 
 def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
     start = time.perf_counter()
-    if is_token_array(files):
-        tokens, tokenizer = _load_token_array(files[0], cfg.vocab_size), None
+    vocab, tokenizer = vocab_size(cfg, files), None
+    if cfg.train is not None:
+        train, val = (_load_token_array(f, vocab, key) for f, key in zip(files, ("train", "val")))
     else:
-        tokens, tokenizer = _tokenize_text(_read_documents(files, cfg.max_bytes), cfg.vocab_size)
-    train, val = split(tokens, cfg.val_fraction)
+        if is_token_array(files):
+            tokens = _load_token_array(files[0], vocab)
+        else:
+            tokens, tokenizer = TOKENIZERS[cfg.tokenizer](_read_documents(files, cfg.max_bytes), vocab)
+        train, val = split(tokens, cfg.val_fraction) if cfg.split == "pieces" else split_tail(tokens, cfg.val_fraction)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".building-"))
     try:
@@ -154,11 +215,11 @@ def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
         meta = {
             "source": cfg.source,
             "files": len(files),
-            "vocab_size": cfg.vocab_size,
+            "vocab_size": vocab,
             "n_train_tokens": int(train.size),
             "n_val_tokens": int(val.size),
             "fingerprint": fingerprint(train, val),
-            "unigram_entropy": unigram_entropy(train, cfg.vocab_size),
+            "unigram_entropy": unigram_entropy(train, vocab),
             "python_version": platform.python_version(),
             "build_s": round(time.perf_counter() - start, 3),
         }
@@ -187,7 +248,8 @@ def _read_documents(files: list[Path], max_bytes: int | None) -> list[str]:
     return docs
 
 
-def _tokenize_text(docs: list[str], vocab_size: int):
+def _bpe(docs: list[str], vocab_size: int):
+    """A byte-level BPE trained on the documents, which are joined by <|endoftext|>."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -200,22 +262,65 @@ def _tokenize_text(docs: list[str], vocab_size: int):
         show_progress=False,
     )
     tokenizer.train_from_iterator(docs, trainer)
-    eot = tokenizer.token_to_id(EOT)
+    return _encode(tokenizer, docs, vocab_size, separator=tokenizer.token_to_id(EOT)), tokenizer
+
+
+def _characters(docs: list[str]) -> list[str]:
+    return sorted(set().union(*map(set, docs)))
+
+
+def _char(docs: list[str], vocab_size: int):
+    """One token per character: id i is the i-th of the text's sorted distinct characters (as
+    nanoGPT's shakespeare_char encodes); documents follow each other without a separator."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars = _characters(docs)
+    if len(chars) > vocab_size:
+        raise AblateError(f"data.vocab_size: the text has {len(chars)} distinct characters, more than {vocab_size}")
+    tokenizer = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return _encode(tokenizer, docs, vocab_size), tokenizer
+
+
+def _byte(docs: list[str], vocab_size: int):
+    """One token per UTF-8 byte, its value the token id; documents follow each other."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.BPE({char: b for b, char in enumerate(_byte_alphabet())}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return _encode(tokenizer, docs, vocab_size), tokenizer
+
+
+def _byte_alphabet() -> list[str]:
+    """The character the byte-level pre-tokenizer writes for each byte 0..255: printable bytes
+    stand for themselves, the others for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
+
+
+def _encode(tokenizer, docs: list[str], vocab_size: int, separator: int | None = None) -> np.ndarray:
     dtype = token_dtype(vocab_size)
     parts = []
     for i in range(0, len(docs), TEXT_BATCH):
         for enc in tokenizer.encode_batch(docs[i : i + TEXT_BATCH]):
             parts.append(np.asarray(enc.ids, dtype=dtype))
-            parts.append(np.asarray([eot], dtype=dtype))
-    return np.concatenate(parts), tokenizer
+            if separator is not None:
+                parts.append(np.asarray([separator], dtype=dtype))
+    return np.concatenate(parts)
 
 
-def _load_token_array(path: Path, vocab_size: int) -> np.ndarray:
+TOKENIZERS = {"bpe": _bpe, "char": _char, "byte": _byte}
+
+
+def _load_token_array(path: Path, vocab_size: int, key: str = "source") -> np.ndarray:
     tokens = np.load(path, mmap_mode="r") if path.suffix == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise AblateError(f"data.source: {path} must hold a 1-D integer token array")
+        raise AblateError(f"data.{key}: {path} must hold a 1-D integer token array")
     if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
-        raise AblateError(f"data.source: {path} holds token ids outside [0, data.vocab_size={vocab_size})")
+        raise AblateError(f"data.{key}: {path} holds token ids outside [0, data.vocab_size={vocab_size})")
     return np.asarray(tokens, dtype=token_dtype(vocab_size))
 
 
@@ -234,6 +339,14 @@ def split(tokens: np.ndarray, val_fraction: float, max_piece: int = 16384, min_p
     is_val[np.random.default_rng(0).choice(n_pieces, size=n_val, replace=False)] = True
     pieces = tokens[: n_pieces * piece].reshape(n_pieces, piece)
     return pieces[~is_val].reshape(-1), pieces[is_val].reshape(-1)
+
+
+def split_tail(tokens: np.ndarray, val_fraction: float):
+    """The last val_fraction of the stream is val (nanoGPT's split: data[:int(n·0.9)], data[int(n·0.9):])."""
+    cut = int(tokens.size * (1 - val_fraction))
+    if cut < 2 or tokens.size - cut < 2:
+        raise AblateError(f"data.source: the corpus has only {tokens.size} tokens, too few to split")
+    return tokens[:cut], tokens[cut:]
 
 
 def fingerprint(train: np.ndarray, val: np.ndarray) -> str:

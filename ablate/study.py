@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from ablate import registry
 from ablate.budget import Budget, flops_per_token, solve
 from ablate.data import DataConfig, source_files
+from ablate.data import vocab_size as data_vocab_size
 from ablate.errors import AblateError
 from ablate.model import ModelConfig, build_model
 from ablate.resources import check_fits
@@ -183,10 +184,11 @@ def smoke(config: StudyConfig) -> StudyConfig:
     )
 
 
-def load(path: str | Path, smoke_form: bool = False) -> Study:
+def load(path: str | Path, smoke_form: bool = False, data_source: str | None = None) -> Study:
     """Read, validate and plan a study; every problem is an AblateError naming file, line and key.
 
     With smoke_form, plan its smoke form (see `smoke`) once the study itself has validated.
+    data_source replaces the study's `data.source` (a path from the working directory).
     """
     path = Path(path)
     try:
@@ -194,26 +196,33 @@ def load(path: str | Path, smoke_form: bool = False) -> Study:
     except OSError as e:
         raise AblateError(f"{path}: cannot read study ({e.strerror})") from None
     lines = _Lines(path, text)
+    document = lines.mapping
+    if data_source is not None:
+        if isinstance(document.get("data"), dict) and "task" in document["data"]:
+            raise AblateError(f"--data: study {path} trains on a synthetic task, not a corpus")
+        document = {**document, "data": {**(document.get("data") or {}), "source": str(Path(data_source).resolve())}}
     try:
-        config = StudyConfig(**lines.mapping)
+        config = StudyConfig(**document)
     except ValidationError as e:
         raise AblateError(lines.explain(e)) from None
-    try:
-        if isinstance(config.data, DataConfig):
-            source_files(config.data, path.parent)
-    except AblateError as e:
-        raise AblateError(f"{lines.at(('data', 'source'))}: {e}") from None
+    vocab = config.data.vocab_size
+    if isinstance(config.data, DataConfig):
+        try:
+            vocab = data_vocab_size(config.data, source_files(config.data, path.parent))
+        except AblateError as e:
+            key = str(e).split(":")[0].removeprefix("data.")  # errors name their key: data.source, data.val, ...
+            raise AblateError(f"{lines.at(('data', key))}: {e}") from None
     if smoke_form:
-        _plan(config, lines)  # the study as written must be valid, not only its smoke form
+        _plan(config, lines, vocab)  # the study as written must be valid, not only its smoke form
         config = smoke(config)
-    trials = _plan(config, lines)
+    trials = _plan(config, lines, vocab)
     return Study(config, path, text, trials)
 
 
-def _plan(config: StudyConfig, lines: "_Lines") -> list[Trial]:
+def _plan(config: StudyConfig, lines: "_Lines", vocab: int) -> list[Trial]:
     trials = []
     for index, variant in enumerate(config.variants):
-        resolved = _resolve(config, variant, index, lines)
+        resolved = _resolve(config, variant, index, lines, vocab)
         resolved["search"] = _search(config, variant, index, resolved["train"], lines)
         trials += [Trial(variant=variant.name, seed=seed, **resolved) for seed in config.seeds]
     return trials
@@ -236,9 +245,9 @@ def _search(
     return search
 
 
-def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_Lines") -> dict[str, Any]:
+def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_Lines", vocab: int) -> dict[str, Any]:
     """A variant's full model and train settings (defaults merged with its overrides) and sizes."""
-    merged = {**config.model, **variant.model, "vocab_size": config.data.vocab_size}
+    merged = {**config.model, **variant.model, "vocab_size": vocab}
     own = ("variants", index)
     if isinstance(config.data, TaskConfig):  # a task fixes the sequence length too
         if merged.get("context", config.data.seq_len) != config.data.seq_len:

@@ -84,3 +84,68 @@ def test_batches_gathered_on_a_device_are_the_host_batches(corpus):
         (hx, hy), (dx, dy) = next(host), next(resident)
         assert dx.device.type == device and dx.dtype == hx.dtype
         assert hx.equal(dx.cpu()) and hy.equal(dy.cpu())
+
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. Ça va? ½\n" * 400
+
+
+def _decode(corpus, ids) -> str:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(corpus.tokenizer_path)).decode([int(i) for i in ids])
+
+
+def test_char_tokens_are_the_texts_sorted_characters_and_the_tail_is_val(tmp_path):
+    """As nanoGPT's shakespeare_char: id i is the i-th sorted distinct character, the vocabulary is
+    exactly those characters, and val is the stream's last 10% (data[int(n·0.9):])."""
+    (tmp_path / "t.txt").write_text(TEXT)
+    cfg = DataConfig(source=str(tmp_path / "t.txt"), tokenizer="char", split="tail", val_fraction=0.1)
+    corpus = prepare(cfg, tmp_path / "cache")
+    chars = sorted(set(TEXT))
+    expected = np.array([chars.index(c) for c in TEXT])
+    n = len(TEXT)
+    assert corpus.vocab_size == corpus.meta["vocab_size"] == len(chars)
+    assert np.array_equal(corpus.train, expected[: int(n * 0.9)]) and np.array_equal(
+        corpus.val, expected[int(n * 0.9) :]
+    )
+    assert _decode(corpus, corpus.val[:200]) == TEXT[int(n * 0.9) :][:200]
+
+
+def test_byte_tokens_are_the_utf8_bytes(tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT)
+    corpus = prepare(DataConfig(source=str(tmp_path / "t.txt"), tokenizer="byte", split="tail"), tmp_path / "cache")
+    raw = np.frombuffer(TEXT.encode(), dtype=np.uint8)
+    assert corpus.vocab_size == 256
+    assert np.array_equal(np.concatenate([corpus.train, corpus.val]), raw)
+    assert _decode(corpus, corpus.train[:300]) == TEXT.encode()[:300].decode()
+
+
+def test_a_train_and_val_pair_is_used_as_split(tmp_path):
+    """nanoGPT's layout: train.bin and val.bin of uint16, each used whole."""
+    rng = np.random.default_rng(0)
+    train, val = rng.integers(0, 65, 30_000).astype(np.uint16), rng.integers(0, 65, 3_000).astype(np.uint16)
+    train.tofile(tmp_path / "train.bin")
+    val.tofile(tmp_path / "val.bin")
+    corpus = prepare(DataConfig(train="train.bin", val="val.bin", vocab_size=65), tmp_path / "cache", tmp_path)
+    assert np.array_equal(corpus.train, train) and np.array_equal(corpus.val, val) and corpus.vocab_size == 65
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"train": "a.bin"}, "give both train and val"),
+        ({"source": "x.txt", "train": "a.bin", "val": "b.bin"}, "either source or train and val"),
+        ({"tokenizer": "bpe", "vocab_size": 100}, "a BPE needs vocab_size > 256"),
+        ({"tokenizer": "byte", "vocab_size": 100}, "byte tokenizer needs vocab_size ≥ 256"),
+        ({"source": "t.npy", "tokenizer": "char"}, "applies to text"),
+    ],
+)
+def test_inconsistent_data_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**settings)
+
+
+def test_a_char_vocabulary_smaller_than_the_text_is_refused(tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT)
+    with pytest.raises(AblateError, match="distinct characters, more than 10"):
+        prepare(DataConfig(source=str(tmp_path / "t.txt"), tokenizer="char", vocab_size=10), tmp_path / "cache")

@@ -90,6 +90,17 @@ def test_compare_json_means_equal_the_runs(finished, capsys):
     assert rows[0]["diff"] == 0 and rows[0]["verdict"] == "baseline"
     assert rows[1]["diff"] == pytest.approx(rows[1]["mean"] - rows[0]["mean"])
 
+
+def test_compare_marks_a_study_stopped_while_its_loss_still_falls(finished, capsys):
+    """30 steps leave every variant learning fast: each is marked, in the table and below it."""
+    _, results, _ = finished
+    assert main(["compare", "--results", str(results), "--study", "tiny", "--format", "json", "--no-report"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(not r["converged"] and "still falling" in r["why"] and r["pace"] > 0.5 for r in rows)
+    assert main(["compare", "--results", str(results), "--study", "tiny", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "aft has not converged: val loss still falling" in out and "mha has not converged" in out
+
     for fmt in ("table", "csv", "markdown"):
         assert main(["compare", "--results", str(results), "--study", "tiny", "--format", fmt]) == 0
         assert "aft" in capsys.readouterr().out
@@ -310,3 +321,21 @@ def test_check_without_expectations_is_an_error(finished, capsys):
     _, results, _ = finished
     assert main(["compare", "--study", "tiny", "--check", "--no-report", "--results", str(results)]) == 2
     assert "declares no expectations" in capsys.readouterr().err
+
+
+def test_shakespeare_char_runs_on_a_text_given_by_path(tmp_path, capsys):
+    """The shipped study, in its smoke form, on a small text of the test's own: characters as
+    tokens, the tail as val, and `sample` decodes characters."""
+    text = tmp_path / "play.txt"
+    text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nAy me!\n" * 300)
+    store = ["--results", str(tmp_path / "results")]
+    study = Path(__file__).resolve().parents[1] / "studies" / "shakespeare_char.yaml"
+    assert main(["run", str(study), "--smoke", "--data", str(text), *store]) == 0
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    (run,) = [r for _, r in trial_runs("shakespeare_char-smoke").iterrows()]
+    assert run["params.data.tokenizer"] == "char" and run["params.data.split"] == "tail"
+    assert int(run["params.model.vocab_size"]) == len(set(text.read_text()))
+    capsys.readouterr()
+    assert main(["sample", run["run_id"], "--prompt", "ROMEO:", "--tokens", "12", "--json", *store]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["generated_ids"]) == 12 and set(out["text"]) <= set(text.read_text())
