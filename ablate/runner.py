@@ -180,7 +180,8 @@ def work(s: Setup, console, live: bool = True) -> list[Outcome]:
     finals = [u for u in todo if u.trial is not None]
     rows = s.work.rows()
     ended = sum(1 for u in finals if u.name in rows and rows[u.name].state in claims.ENDED)
-    with Progress(*PROGRESS_COLUMNS, console=console, disable=not live) as progress:
+    # one redraw a second is enough for trials of minutes, and leaves the CPU to training
+    with Progress(*PROGRESS_COLUMNS, console=console, disable=not live, refresh_per_second=1) as progress:
         runs = Runs(s, progress)
         for variant, cfg in s.study.searches.items():
             slots = [u.name for u in todo if u.trial is None and u.variant == variant]

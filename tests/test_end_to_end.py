@@ -94,10 +94,11 @@ def test_compare_json_means_equal_the_runs(finished, capsys):
 def test_compare_marks_a_study_stopped_while_its_loss_still_falls(finished, capsys):
     """30 steps leave every variant learning fast: each is marked, in the table and below it."""
     _, results, _ = finished
-    assert main(["compare", "--results", str(results), "--study", "tiny", "--format", "json", "--no-report"]) == 0
+    store = ["--results", str(results), "--tracking-uri", f"sqlite:///{results / 'mlflow.db'}"]
+    assert main(["compare", *store, "--study", "tiny", "--format", "json", "--no-report"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(not r["converged"] and "still falling" in r["why"] and r["pace"] > 0.5 for r in rows)
-    assert main(["compare", "--results", str(results), "--study", "tiny", "--no-report"]) == 0
+    assert main(["compare", *store, "--study", "tiny", "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "aft has not converged: val loss still falling" in out and "mha has not converged" in out
 
@@ -302,7 +303,12 @@ expect:
 def test_compare_check_passes_a_held_expectation_and_fails_a_false_one(tmp_path, capsys):
     """An A/A twin trains to the same losses: `same` holds (exit 0), `worse` does not (exit 1).
     The second run only rewrites the expectation: its trials are already finished."""
-    store = ["--results", str(tmp_path / "results")]
+    store = [
+        "--results",
+        str(tmp_path / "results"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}",
+    ]
     check = ["compare", "--study", "tiny-controls", "--check", "--no-report", *store]
     for verdict, code in (("same", 0), ("worse", 1)):
         study = write_study(tmp_path, CONTROL_STUDY.replace("VERDICT", verdict))
@@ -319,7 +325,8 @@ def test_compare_check_passes_a_held_expectation_and_fails_a_false_one(tmp_path,
 
 def test_check_without_expectations_is_an_error(finished, capsys):
     _, results, _ = finished
-    assert main(["compare", "--study", "tiny", "--check", "--no-report", "--results", str(results)]) == 2
+    store = ["--results", str(results), "--tracking-uri", f"sqlite:///{results / 'mlflow.db'}"]
+    assert main(["compare", "--study", "tiny", "--check", "--no-report", *store]) == 2
     assert "declares no expectations" in capsys.readouterr().err
 
 
@@ -328,7 +335,12 @@ def test_shakespeare_char_runs_on_a_text_given_by_path(tmp_path, capsys):
     tokens, the tail as val, and `sample` decodes characters."""
     text = tmp_path / "play.txt"
     text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nAy me!\n" * 300)
-    store = ["--results", str(tmp_path / "results")]
+    store = [
+        "--results",
+        str(tmp_path / "results"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}",
+    ]
     study = Path(__file__).resolve().parents[1] / "studies" / "shakespeare_char.yaml"
     assert main(["run", str(study), "--smoke", "--data", str(text), *store]) == 0
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")

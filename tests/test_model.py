@@ -211,3 +211,24 @@ def test_model_loss_is_the_cross_entropy_of_its_logits():
     idx, targets = torch.randint(0, 64, (3, 16)), torch.randint(0, 64, (3, 16))
     plain = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
     torch.testing.assert_close(model.loss(idx, targets), plain)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotary_turns_each_pair_to_the_last_bit(dtype):
+    """The same numbers as the pairwise formula (x1·cos − x2·sin, x1·sin + x2·cos), bit for bit,
+    with angles t·10000^(-2j/d), and the same gradient."""
+    from ablate.layers import Rotary
+
+    d, T = 8, 11
+    x = torch.randn(2, 3, T, d, dtype=dtype, requires_grad=True)
+    steps = torch.arange(0, d, 2, dtype=torch.float64)
+    angles = torch.outer(torch.arange(T, dtype=torch.float64), 10000.0 ** (-steps / d))
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    expected = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    got = Rotary(d, 16)(x)
+    assert torch.equal(got, expected)
+    g = torch.randn_like(got)
+    (grad_got,) = torch.autograd.grad(got, x, g)
+    (grad_expected,) = torch.autograd.grad(expected, x, g)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-14)
