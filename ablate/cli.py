@@ -207,9 +207,8 @@ def _run(args) -> int:
     from ablate import study as study_mod
     from ablate.runner import default_storage, run_study
 
-    study = study_mod.load(
-        args.study, smoke_form=args.smoke, data_source=args.data
-    )  # validates fully before anything is written
+    # validates fully before anything is written
+    study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)
     results, uri = _store(args)
     _check_writable(results)
     storage = args.storage or default_storage(results)
@@ -337,7 +336,7 @@ def _compare(args) -> int:
         notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
     for note in notes:
         print(f"ablate: warning: {note}", file=sys.stderr)
-    facts = _facts(runs, table, args.metric)
+    facts = _facts(runs, table)
     if not args.no_report:
         written, logged = report.write(
             tracking.client(uri),
@@ -363,7 +362,7 @@ def _loss_scale(runs) -> tuple[float, float | None]:
     return start, float(unigram.dropna().iloc[0]) if unigram is not None and unigram.notna().any() else None
 
 
-def _facts(runs, table, metric: str) -> list[str]:
+def _facts(runs, table) -> list[str]:
     """Lines a reader needs beside the table: the chance level, and which variants did not converge."""
     facts = []
     chance = runs.get("params.data.chance_accuracy")
