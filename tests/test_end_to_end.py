@@ -318,6 +318,8 @@ def test_compare_check_passes_a_held_expectation_and_fails_a_false_one(tmp_path,
         out = capsys.readouterr().out
         assert "expectations" in out and "contrasts" in out and ("NO" in out) == (code == 1)
     assert main(["compare", "--study", "tiny-controls", "--part", "expectations", "--format", "json", *store]) == 0
+    page = (tmp_path / "results" / "tiny-controls" / "report.html").read_text()
+    assert page.index("<h2>Contrasts</h2>") < page.index("<h2>Against the baseline</h2>") < page.index("Expectations")
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["variant"], row["against"], row["expected"], row["held"]) == ("mha-twin", "mha", "worse", False)
     assert row["verdict"] == "no significant difference" and row["p"] == 1.0
