@@ -153,13 +153,13 @@ def _one_file(path: Path, key: str) -> Path:
     return path
 
 
-def vocab_size(cfg: DataConfig, files: list[Path]) -> int:
+def vocab_size(cfg: DataConfig, files: list[Path], docs: list[str] | None = None) -> int:
     """The model's vocabulary: as given, else 8192 (BPE, token arrays), 256 (bytes) or the number
-    of distinct characters of the text (char)."""
+    of distinct characters of the text (char; from `docs` when they are read already)."""
     if cfg.vocab_size is not None:
         return cfg.vocab_size
     if cfg.tokenizer == "char":
-        return len(_characters(_read_documents(files, cfg.max_bytes)))
+        return len(_characters(docs if docs is not None else _read_documents(files, cfg.max_bytes)))
     return 256 if cfg.tokenizer == "byte" else 8192
 
 
@@ -196,14 +196,16 @@ def _cache_key(cfg: DataConfig, files: list[Path]) -> str:
 
 def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
     start = time.perf_counter()
-    vocab, tokenizer = vocab_size(cfg, files), None
+    text = cfg.train is None and not is_token_array(files)
+    docs = _read_documents(files, cfg.max_bytes) if text else None  # read once, also for the vocabulary
+    vocab, tokenizer = vocab_size(cfg, files, docs), None
     if cfg.train is not None:
         train, val = (_load_token_array(f, vocab, key) for f, key in zip(files, ("train", "val")))
     else:
-        if is_token_array(files):
+        if docs is None:
             tokens = _load_token_array(files[0], vocab)
         else:
-            tokens, tokenizer = TOKENIZERS[cfg.tokenizer](_read_documents(files, cfg.max_bytes), vocab)
+            tokens, tokenizer = TOKENIZERS[cfg.tokenizer](docs, vocab)
         train, val = split(tokens, cfg.val_fraction) if cfg.split == "pieces" else split_tail(tokens, cfg.val_fraction)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".building-"))

@@ -151,7 +151,7 @@ def _pairs(cfg: TaskConfig, rng: np.random.Generator, n: int, table: np.ndarray 
                 scored[i, t + 1] = table is not None or key in seen
             seen.add(key)
             t += 2
-    return tokens, scored
+    return tokens, np.where(scored, tokens, IGNORE)
 
 
 def _fuzzy(cfg: TaskConfig, rng: np.random.Generator, n: int):
@@ -171,7 +171,7 @@ def _fuzzy(cfg: TaskConfig, rng: np.random.Generator, n: int):
                 scored[i, t + km : t + len(pair)] = True
             seen.add(k)
             t += len(pair)
-    return tokens, scored
+    return tokens, np.where(scored, tokens, IGNORE)
 
 
 def _selective_copy(cfg: TaskConfig, rng: np.random.Generator, n: int):
@@ -187,7 +187,7 @@ def _selective_copy(cfg: TaskConfig, rng: np.random.Generator, n: int):
         tokens[i, region - 1] = signal
         tokens[i, region:] = content
         scored[i, region:] = True
-    return tokens, scored
+    return tokens, np.where(scored, tokens, IGNORE)
 
 
 def memorization_table(cfg: TaskConfig) -> np.ndarray:
@@ -208,8 +208,6 @@ GENERATORS: dict[str, Generator] = {
 def generate(cfg: TaskConfig, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n examples: inputs (n, seq_len) and targets (n, seq_len), IGNORE where not scored."""
     tokens, answers = GENERATORS[cfg.task](cfg, rng, n)
-    if answers.dtype == bool:  # a mask over the sequence's own next tokens
-        answers = np.where(answers, tokens, IGNORE)
     return torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(answers[:, 1:].copy())
 
 
