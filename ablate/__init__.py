@@ -2,5 +2,6 @@
 
 from ablate.model import build_model
 from ablate.registry import variants
+from ablate.strawberry import load_strawberry
 
-__all__ = ["build_model", "variants"]
+__all__ = ["build_model", "load_strawberry", "variants"]

@@ -328,11 +328,14 @@ NEAR_UNIGRAM = 0.05
 def convergence(history: pd.DataFrame, start_loss: float, unigram: float | None) -> pd.DataFrame:
     """Per variant, from its val-loss curves (mean over seeds at each eval): `slope`, the change of
     val loss per 100 steps over the last two evals; `pace`, that rate over its average rate since
-    step 0 (where the loss is ln vocab); and `converged` false, with `why`, when the pace exceeds
-    STILL_FALLING or the final loss lies within NEAR_UNIGRAM of the unigram entropy."""
+    step 0 (the curve's own value there, else `start_loss`); and `converged` false, with `why`,
+    when the pace exceeds STILL_FALLING or the final loss lies within NEAR_UNIGRAM of the
+    unigram entropy."""
     rows = []
     for variant, group in history.groupby("variant", sort=False):
         mean = group.groupby("step")["value"].mean().sort_index()
+        start_loss = mean.get(0, start_loss)
+        mean = mean[mean.index > 0]
         row = {"variant": variant, "slope": np.nan, "pace": np.nan, "converged": True, "why": ""}
         if len(mean) >= 2:
             (s0, l0), (s1, l1) = list(mean.items())[-2:]
@@ -344,7 +347,7 @@ def convergence(history: pd.DataFrame, start_loss: float, unigram: float | None)
                 row |= {"converged": False, "why": f"val loss still falling ({row['slope']:+.3f} per 100 steps)"}
         final = mean.iloc[-1] if len(mean) else np.nan
         if unigram and final > (1 - NEAR_UNIGRAM) * unigram:
-            near = f"val loss {final:.3f} within {NEAR_UNIGRAM:.0%} of the unigram entropy {unigram:.3f}"
+            near = f"val loss {final:.3f} not {NEAR_UNIGRAM:.0%} below the unigram entropy {unigram:.3f}"
             row |= {"converged": False, "why": "; ".join(filter(None, [row["why"], near]))}
         rows.append(row)
     return pd.DataFrame(rows, columns=["variant", "slope", "pace", "converged", "why"])

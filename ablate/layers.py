@@ -9,14 +9,23 @@ from torch import nn
 from ablate.errors import AblateError
 
 
-def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMS norm over the last axis without a learned weight (the seed model has none)."""
-    return F.rms_norm(x, (x.size(-1),), eps=eps)
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """RMS norm over the last axis without a learned weight and with torch's default eps, as the
+    seed model has it."""
+    return F.rms_norm(x, (x.size(-1),))
 
 
 def head_rms_norm(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """RMS norm of each head's slice of the last axis: QK-norm for (..., H·d) tensors."""
     return rms_norm(x.unflatten(-1, (n_heads, -1))).flatten(-2)
+
+
+def rotary_angles(head_dim: int, context: int, base: float = 10000.0) -> torch.Tensor:
+    """(context, head_dim/2) angles t·base^(−2i/d), in float64 so that a float64 model rotates exactly."""
+    if head_dim % 2:
+        raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {head_dim}")
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    return torch.outer(torch.arange(context, dtype=torch.float64), inv_freq)
 
 
 class Rotary(nn.Module):
@@ -29,12 +38,9 @@ class Rotary(nn.Module):
     a float64 model rotates exactly.
     """
 
-    def __init__(self, head_dim: int, context: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, context: int):
         super().__init__()
-        if head_dim % 2:
-            raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {head_dim}")
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        angles = torch.outer(torch.arange(context, dtype=torch.float64), inv_freq)
+        angles = rotary_angles(head_dim, context)
         cos, sin = angles.cos(), angles.sin()
         self.register_buffer("cos", torch.stack((cos, cos), dim=-1).flatten(-2), persistent=False)
         self.register_buffer("sin", torch.stack((-sin, sin), dim=-1).flatten(-2), persistent=False)
@@ -43,6 +49,24 @@ class Rotary(nn.Module):
         T = x.size(-2)
         swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
         return x * self.cos[:T].to(x.dtype) + swapped * self.sin[:T].to(x.dtype)
+
+
+class HalfSplitRotary(nn.Module):
+    """The seed's rotary form for (B, H, T, d) tensors: the two halves x1, x2 of each head's d
+    turned by −θ, y1 = x1·cos + x2·sin, y2 = −x1·sin + x2·cos, angles t·base^(−2i/d). Not a
+    relabelling of `Rotary` where the projection weights are generated from the input."""
+
+    def __init__(self, head_dim: int, context: int):
+        super().__init__()
+        angles = rotary_angles(head_dim, context)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.size(-2)
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
 
 
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None) -> torch.Tensor:

@@ -27,6 +27,8 @@ class ModelConfig(BaseModel):
     ffn: bool = True
     ffn_dim: int = Field(384, gt=0)
     ffn_type: Literal["swiglu", "gelu"] = "swiglu"
+    init: Literal["seed", "gpt2"] = "seed"
+    embed_norm: bool = True  # RMS-norm the embedding output before the first block, as the seed does
 
     @field_validator("qkv_dim")
     @classmethod
@@ -70,19 +72,35 @@ class LanguageModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02), residual output maps scaled by 1/√(2·layers); then each
-        mixer's own `reset_parameters` for what that draw does not suit."""
-        residual_std = 0.02 / (2 * self.cfg.n_layers) ** 0.5
-        for name, p in self.named_parameters():
-            std = residual_std if name.endswith(("out.weight", "w_out.weight")) else 0.02
-            nn.init.normal_(p, mean=0.0, std=std)
+        """The draw `cfg.init` names, then each mixer's own `reset_parameters` for what that draw
+        does not suit (gains).
+
+        `seed` (the seed's): every matrix of a linear map and the embedding uniform in ±√3/√fan_in
+        (standard deviation 1/√fan_in, fan_in its input width), no residual scaling; any other
+        parameter (a position bias) zero. `gpt2`: N(0, 0.02) for everything, residual output
+        maps scaled by 1/√(2·layers)."""
+        if self.cfg.init == "seed":
+            for p in self.parameters():
+                nn.init.zeros_(p)
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    bound = 3**0.5 * module.weight.size(1) ** -0.5
+                    nn.init.uniform_(module.weight, -bound, bound)
+        else:
+            residual_std = 0.02 / (2 * self.cfg.n_layers) ** 0.5
+            for name, p in self.named_parameters():
+                std = residual_std if name.endswith(("out.weight", "w_out.weight")) else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
         for module in self.modules():
             if isinstance(module, registry.Mixer):
                 module.reset_parameters()
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """The normed last hidden states, which the tied head maps to logits."""
+        """The normed last hidden states, which the tied head maps to logits. With embed_norm (the
+        seed's recipe) the embedding is normed before the first block."""
         x = self.embed(idx)
+        if self.cfg.embed_norm:
+            x = rms_norm(x)
         for block in self.blocks:
             x = block(x)
         return rms_norm(x)

@@ -382,8 +382,8 @@ class Runs:
                 if heartbeat.lost:
                     raise Lost
                 run.record(step, metrics, kind)
-                if kind == "eval":
-                    if on_eval is not None:
+                if kind != "log":  # an eval, or the one before training ("start"), which nothing prunes on
+                    if kind == "eval" and on_eval is not None:
                         on_eval(step, metrics["val_loss"])
                     return
                 self.progress.update(

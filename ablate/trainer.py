@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from ablate import diagnostics
 from ablate.data import Corpus
 from ablate.layers import IGNORE_INDEX as IGNORE
 
-# callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval.
+# callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
+# "start" for the val metrics of the untrained model (step 0, before a fresh run's first step).
 Callback = Callable[[int, dict[str, float], str], None]
 
 
@@ -31,9 +33,18 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(16, gt=0)
     lr: float = Field(2e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon")
     weight_decay: float = Field(1e-3, ge=0)
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="muon: torch's Muon for the blocks' matrices, AdamW for the embedding and the rest"
+    )
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
     warmup: int = Field(500, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr·min_lr_ratio")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="after warm-up: cosine decay, or constant then a cosine cooldown (warmup-stable-decay)"
+    )
+    cooldown_frac: float = Field(0.4, gt=0, le=1, description="wsd: the share of all steps spent cooling down")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the schedule decays to lr·min_lr_ratio")
     grad_clip: float | None = Field(1.0, gt=0)
     eval_every: int = Field(250, gt=0)
     eval_batches: int = Field(20, gt=0)
@@ -67,11 +78,32 @@ def seed_everything(seed: int) -> None:
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to min_lr_ratio at the last step."""
+    """Linear warm-up to 1; then cosine decay to min_lr_ratio at the last step, or (wsd) 1 until
+    the last cooldown_frac of the steps and that cosine decay over them."""
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    start = cfg.warmup if cfg.schedule == "cosine" else max(cfg.warmup, int((1 - cfg.cooldown_frac) * cfg.steps))
+    progress = max(0, step - start) / max(1, cfg.steps - start)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def optimizers(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> list[torch.optim.Optimizer]:
+    """AdamW over every parameter (matrices decayed, vectors not); with `muon`, the blocks'
+    matrices go to torch's Muon instead (its update scaled by √max(1, rows/cols), as Keller
+    Jordan's Muon and the seed's have it) and AdamW keeps the embedding and the vectors."""
+    named = list(model.named_parameters())
+    to_muon = [p for n, p in named if cfg.optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
+    chosen = {id(p) for p in to_muon}
+    decay = [p for _, p in named if p.dim() >= 2 and id(p) not in chosen]
+    no_decay = [p for _, p in named if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+    if not to_muon:
+        return [adamw]
+    muon = torch.optim.Muon(
+        to_muon, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, adjust_lr_fn="original"
+    )
+    return [adamw, muon]
 
 
 class Diverged(Exception):
@@ -99,15 +131,8 @@ class Trainer:
             (x.to(self.device), y.to(self.device))
             for x, y in corpus.val_batches(self.context, cfg.batch_size, cfg.eval_batches)
         ]
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=cfg.betas,
-            fused=on_gpu,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.optimizers = optimizers(model, cfg, fused=on_gpu)
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in self.optimizers]
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.model_loss = torch.compile(self.model.loss) if cfg.compile else self.model.loss
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
@@ -178,8 +203,8 @@ class Trainer:
         return {
             "step": self.step,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
             "rng": rng,
             "loss_sum": self.loss_sum.item(),
             "clipped": self.clipped.item(),
@@ -190,8 +215,10 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
@@ -226,7 +253,8 @@ class Trainer:
         do not wait on the host. With `measure`, the gradient norms (before clipping) are kept
         for fit to read."""
         loss = self.loss(*next(self.batches))
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if measure:
             self.block_grad_norms = diagnostics.grad_norms(self.model)
@@ -237,8 +265,9 @@ class Trainer:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         if measure:
             self.grad_norm = norm
-        self.optimizer.step()
-        self.scheduler.step()
+        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
+            optimizer.step()
+            scheduler.step()
         self.loss_sum += loss.detach()
         self.n_since += 1
         self.step += 1
@@ -262,6 +291,8 @@ class Trainer:
         cfg, emit = self.cfg, callback or (lambda *_: None)
         tokens_per_step = cfg.batch_size * self.context
         first = self.step + 1
+        if first == 1:  # where the curves start: the untrained model's val loss (ln vocab or above)
+            emit(0, self.evaluate(), "start")
         self._started = last = time.perf_counter()
         self.model.train()
         for step in range(first, cfg.steps + 1):
@@ -271,7 +302,7 @@ class Trainer:
                 now = time.perf_counter()
                 logged = self.read_train_metrics()
                 self._check(step, logged["train_loss"])
-                logged["lr"] = self.optimizer.param_groups[0]["lr"]
+                logged["lr"] = self.optimizers[0].param_groups[0]["lr"]
                 logged["tokens_per_s"] = self.n_since * tokens_per_step / (now - last)
                 self.metrics |= logged
                 emit(step, logged, "log")

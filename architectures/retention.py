@@ -9,6 +9,11 @@ then one causal softmax attention with the final weights. The block's FFN follow
 for chunk k come from chunks < k only), `sequence` (the whole sequence: sees the future)
 or `batch` (every sequence of the batch: what the published code does; leaks across
 sequences). Weights are tensors of shape (B or 1, chunks or 1, out, in).
+
+Every detail the seed's code fixes is kept (the spec's "Seed fidelity"), so that the seed's
+weights give the seed's logits: the rescale's std + 1e-8, the AFT steps' QK-norm over the
+full width and unshifted exp(k) with a denominator + 1e-6, the final attention's q, k, v
+interleaved per head and its half-split rotary turned by −θ.
 """
 
 import math
@@ -18,24 +23,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.errors import AblateError
-from ablate.layers import (
-    Rotary,
-    attention_softmax_flops,
-    causal_softmax_mean,
-    causal_softmax_mean_flops,
-    head_rms_norm,
-    rms_norm,
-    softmax_attention,
-)
+from ablate.layers import HalfSplitRotary, attention_softmax_flops, rms_norm, softmax_attention
 from ablate.registry import Mixer, check_choice, check_int, register
 
 SCOPES = ("chunk", "sequence", "batch")
 
 
 def rescale(w: torch.Tensor) -> torch.Tensor:
-    """Scale each (out, in) matrix to standard deviation 1/√in; an all-zero matrix stays zero."""
-    var = w.var(dim=(-2, -1), keepdim=True).clamp_min(1e-24)  # var, not std: finite gradient at zero
-    return w * torch.rsqrt(var * w.size(-1))
+    """Scale each (out, in) matrix to standard deviation 1/√in: w · (in^-½ / (std(w) + 1e-8)), the
+    std unbiased over the matrix. An all-zero matrix stays zero (its std is taken from a
+    clamped variance, so that its gradient is finite)."""
+    std = w.var(dim=(-2, -1), keepdim=True).clamp_min(1e-30).sqrt()
+    return w * (w.size(-1) ** -0.5 / (std + 1e-8))
 
 
 def apply(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -73,15 +72,16 @@ class Retention(Mixer):
         self.sw = nn.Linear(D, 2 * C, bias=False) if cfg.ffn else None
         self.out = nn.Linear(C if cfg.ffn else D, C, bias=False)
         # W_t: one generated row of width C per C entries of each static weight.
-        self.transform = nn.Parameter(torch.empty(C, sum(w.numel() for w in self.static()) // C))
-        self.rotary = Rotary(cfg.head_dim, cfg.context + chunk_size)  # covers the padded tail
+        self.transform = nn.Linear(C, sum(w.numel() for w in self.static()) // C, bias=False)
+        self.rotary = HalfSplitRotary(cfg.head_dim, cfg.context + chunk_size)  # covers the padded tail
 
     def elementwise_flops(self, T):
-        """Per AFT step: head norms, σ(q) and the softmax mean; the output maps' swish; each update
+        """Per AFT step: q and k norms, σ(q) and the gate, the running means (exp, product, two
+        cumulative sums, + eps, division); the output maps' swish; each update
         of the weights (swish, product, sum, rescale: ~10 per entry) and the generated weights'
         rescale (3 per entry), shared by the tokens of a chunk; the final attention's softmax."""
         C, D = self.out.out_features, self.qkv.out_features // 3
-        per_step = 4 * 2 * D + 6 * D + causal_softmax_mean_flops(D) + (6 * C if self.sw is not None else 0)
+        per_step = 4 * 2 * D + 6 * D + 6 * D + (6 * C if self.sw is not None else 0)
         weights = sum(w.numel() for w in self.static())
         size = self.chunk_size if self.scope == "chunk" else T
         per_chunk = (10 * self.recurrence + 3) * weights / size
@@ -118,8 +118,8 @@ class Retention(Mixer):
             before = F.pad(per_chunk.cumsum(dim=1)[:, :-1], (0, 0, 0, 0, 1, 0))  # sums over the chunks before each
             counts = torch.arange(K, device=h.device, dtype=h.dtype) * size
             summed = before / counts.clamp_min(1)[:, None, None]
-        mixing = torch.softmax(summed / math.sqrt(C), dim=-1)
-        generated = (mixing @ self.transform).transpose(-1, -2)  # (B|1, K|1, rows, C)
+        mixing = torch.softmax(summed * (1 / math.sqrt(C)), dim=-1)
+        generated = self.transform(mixing).transpose(-1, -2)  # (B|1, K|1, rows, C)
         if self.scope == "chunk":  # chunk 0 has no prefix: its generated weights are zero
             generated = generated * (torch.arange(generated.size(1), device=h.device) > 0)[:, None, None]
         rows = [w.numel() // C for w in self.static()]
@@ -133,13 +133,18 @@ class Retention(Mixer):
         return apply(u * F.silu(g), weights[2])
 
     def aft(self, h: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """aft-simple as the seed computes it: q and k normed over the full width (no heads), and
+        exp(k) unshifted, which the norm bounds by exp(√D)."""
         q, k, v = apply(h, weights[0]).chunk(3, dim=-1)
-        q, k = head_rms_norm(q, self.n_heads), head_rms_norm(k, self.n_heads)
-        return self.output_map(torch.sigmoid(q) * causal_softmax_mean(k, v), weights)
+        q, k = rms_norm(q), rms_norm(k)
+        e = torch.exp(k)
+        y = torch.cumsum(e * v, dim=1) / (torch.cumsum(e, dim=1) + 1e-6)
+        return self.output_map(torch.sigmoid(q) * y, weights)
 
     def attention(self, h: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """Causal softmax attention; each head's 3d outputs are [q_h | k_h | v_h], as the seed lays them."""
         B, T, _ = h.shape
-        q, k, v = apply(h, weights[0]).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = apply(h, weights[0]).view(B, T, self.n_heads, -1).transpose(1, 2).chunk(3, dim=-1)
         q, k = rms_norm(self.rotary(q)), rms_norm(self.rotary(k))
         y = softmax_attention(q, k, v).transpose(1, 2).reshape(B, T, -1)
         return self.output_map(y, weights)

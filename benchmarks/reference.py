@@ -1,7 +1,7 @@
 """A bare nanoGPT-style model and training loop, with no framework: the yardstick for ablate's
 overhead. It imports nothing from ablate. The model computes what ablate's `mha` model does
-(RMS norm without weights, rotary positions, QK-norm, causal SDPA, SwiGLU, tied head, GPT-2
-initialisation), so at one shape both have the same parameters and FLOPs per token; the loop is
+(RMS norm without weights, the embedding normed, rotary positions, QK-norm, causal SDPA, SwiGLU,
+tied head, the seed's uniform initialisation), so at one shape both have the same parameters and FLOPs per token; the loop is
 the seed recipe (AdamW, warm-up then cosine, gradient clipping) with nanoGPT's logging and eval.
 """
 
@@ -27,7 +27,7 @@ class Shape:
 
 
 def norm(x):
-    return F.rms_norm(x, (x.size(-1),), eps=1e-6)
+    return F.rms_norm(x, (x.size(-1),))
 
 
 class Attention(nn.Module):
@@ -85,12 +85,12 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("qk_gain"):
                 nn.init.ones_(p)
-            else:
-                std = 0.02 / (2 * s.n_layers) ** 0.5 if name.endswith(("out.weight", "w_out.weight")) else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
+            else:  # every matrix uniform with standard deviation 1/√fan_in
+                bound = 3**0.5 * p.size(1) ** -0.5
+                nn.init.uniform_(p, -bound, bound)
 
     def forward(self, idx):
-        x = self.embed(idx)
+        x = norm(self.embed(idx))
         for block in self.blocks:
             x = block(x)
         return F.linear(norm(x), self.embed.weight)

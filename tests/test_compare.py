@@ -208,6 +208,20 @@ def test_convergence_marks_a_curve_still_falling_and_one_near_the_unigram_entrop
     assert not table.loc["plateau", "converged"] and "unigram entropy" in table.loc["plateau", "why"]
 
 
+def test_convergence_measures_the_pace_from_the_curves_own_step_0():
+    """Runs log the untrained model's val loss at step 0 (above ln vocab on the seed's
+    initialisation): the average rate is taken from there, and step 0 is not one of the last
+    two evals."""
+    history = pd.DataFrame(
+        [("a", 0, s, v) for s, v in [(0, 8.2), (100, 5.0), (200, 4.6), (300, 4.58)]],
+        columns=["variant", "seed", "step", "value"],
+    )
+    row = convergence(history, start_loss=math.log(2048), unigram=6.26).iloc[0]
+    assert row["pace"] == pytest.approx(0.0002 / ((8.2 - 4.58) / 300)) and row["converged"]
+    one_eval = convergence(history[history["step"].isin([0, 300])], math.log(2048), 6.26).iloc[0]
+    assert np.isnan(one_eval["pace"]) and one_eval["converged"]  # one eval after step 0: no rate to judge
+
+
 def test_identical_runs_are_the_same_and_a_constant_shift_is_a_difference():
     seeds = [0, 1, 2]
     runs = frame({"a": (seeds, BASE[:3]), "twin": (seeds, BASE[:3]), "shifted": (seeds, [v + 0.1 for v in BASE[:3]])})

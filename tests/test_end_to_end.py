@@ -66,7 +66,7 @@ def test_run_logs_one_finished_run_per_trial(finished):
 
     client = mlflow.MlflowClient()
     run_id = runs["run_id"].iloc[0]
-    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [15, 30]
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [0, 15, 30]  # 0: the untrained model
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(5, 31, 5))
     artifact = client.download_artifacts(run_id, "study.yaml", str(results / "dl"))
     assert Path(artifact).read_text() == study.read_text()

@@ -21,23 +21,34 @@ TRAIN = {"steps": 40, "batch_size": 4, "warmup": 4, "eval_every": 10, "eval_batc
 MODEL = {"mixer": "mha", "vocab_size": 512, "context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "qkv_dim": 32}
 
 
-def trainer(corpus) -> Trainer:
+def trainer(corpus, **train) -> Trainer:
     seed_everything(3)
-    return Trainer(build_model(MODEL), corpus, TrainConfig(**TRAIN), seed=3)
+    return Trainer(build_model(MODEL), corpus, TrainConfig(**TRAIN, **train), seed=3)
 
 
-def test_a_trainer_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_does(corpus, tmp_path):
-    whole = trainer(corpus).fit()
+@pytest.mark.parametrize(
+    "train",
+    [{}, {"optimizer": "muon", "schedule": "wsd", "cooldown_frac": 0.5}],
+    ids=["adamw-cosine", "muon-wsd"],
+)
+def test_a_trainer_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_does(corpus, tmp_path, train):
+    """The checkpoint holds every optimizer's state (Muon's momentum, AdamW's moments) and the
+    schedule's place: stopped mid-cooldown or not, the resumed run ends with the same weights."""
+    uninterrupted = trainer(corpus, **train)
+    whole = uninterrupted.fit()
 
-    first = trainer(corpus)
+    first = trainer(corpus, **train)
     first.cfg = first.cfg.model_copy(update={"steps": 20})  # stop after the second eval, as a crash would
     first.fit(checkpoint=tmp_path / "run.pt")
     random.random(), torch.rand(3)  # whatever ran in between must not matter
-    resumed = trainer(corpus)
+    resumed = trainer(corpus, **train)
     resumed.load(tmp_path / "run.pt")
     assert resumed.step == 20
+    assert [len(o.state) for o in resumed.optimizers] == [len(o.state) for o in first.optimizers]
     end = resumed.fit()
     assert abs(end["val_loss"] - whole["val_loss"]) < 1e-6 and abs(end["train_loss"] - whole["train_loss"]) < 1e-6
+    for a, b in zip(resumed.model.parameters(), uninterrupted.model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
 def test_a_checkpoint_is_replaced_atomically(corpus, tmp_path):
@@ -104,7 +115,7 @@ def test_kill_9_mid_trial_then_rerun_resumes_the_same_run_to_the_same_loss(tmp_p
     resumed = [r for r in runs if "ablate.resumed_from_step" in r.data.tags]
     assert len(resumed) == 1 and int(resumed[0].data.tags["ablate.resumed_from_step"]) >= kill_after
     steps = [m.step for m in client.get_metric_history(resumed[0].info.run_id, "val_loss")]
-    assert steps == list(range(20, 301, 20))  # one unbroken curve: every eval once
+    assert steps == list(range(0, 301, 20))  # one unbroken curve from the untrained model: every eval once
     assert not list((results / "checkpoints").glob("*.pt"))  # removed once their runs finished
 
     clean = tmp_path / "uninterrupted"

@@ -13,7 +13,8 @@ C, D, H, T, CHUNK = 8, 12, 2, 13, 4  # T is not a multiple of CHUNK
 
 
 def _rms(v):
-    return v / torch.sqrt((v * v).mean(-1, keepdim=True) + 1e-6)
+    """RMS norm with torch's default eps (the float's machine epsilon)."""
+    return v / torch.sqrt((v * v).mean(-1, keepdim=True) + torch.finfo(v.dtype).eps)
 
 
 def _silu(z):
@@ -21,38 +22,36 @@ def _silu(z):
 
 
 def _rescale(w):
-    return w if not w.any() else w / (w.std() * math.sqrt(w.shape[1]))
-
-
-def _heads_rms(v):
-    return torch.cat([_rms(part) for part in v.split(D // H)])
+    """Standard deviation 1/√fan_in: w · (n^-½ / (std + 1e-8)), std unbiased over the matrix."""
+    return w * (w.shape[1] ** -0.5 / (w.std() + 1e-8))
 
 
 def _rotate(v, t):
-    """Rotary on one head vector at position t: pairs (2j, 2j+1) turned by t·10000^(-2j/d)."""
+    """The seed's rotary on one head vector at position t: halves (i, i + d/2) turned by −t·10000^(-2i/d)."""
     d, out = v.numel(), v.clone()
-    for j in range(d // 2):
-        angle = t * 10000.0 ** (-2 * j / d)
+    for i in range(d // 2):
+        angle = t * 10000.0 ** (-2 * i / d)
         c, s = math.cos(angle), math.sin(angle)
-        out[2 * j], out[2 * j + 1] = v[2 * j] * c - v[2 * j + 1] * s, v[2 * j] * s + v[2 * j + 1] * c
+        out[i], out[i + d // 2] = v[i] * c + v[i + d // 2] * s, -v[i] * s + v[i + d // 2] * c
     return out
 
 
 def _output_map(y, w):
-    if len(w) == 2:  # without FFN: a plain linear output projection
-        return w[1] @ y
+    if w[1] is None:  # without FFN: a plain linear output projection
+        return w[2] @ y
     z = w[1] @ y
-    return w[2] @ (z[:C] * _silu(z[C:]))
+    return w[2] @ (z[: z.numel() // 2] * _silu(z[z.numel() // 2 :]))
 
 
-def reference(mixer, x, scope, recurrence):
-    """The spec's retention block, one position at a time; x is the raw residual stream."""
-    B = x.shape[0]
-    ffn = mixer.sw is not None
-    static = [mixer.qkv.weight, mixer.sw.weight, mixer.out.weight] if ffn else [mixer.qkv.weight, mixer.out.weight]
-    W_oa, W_t = mixer.produce.weight.T, mixer.transform
-    o = [[_rms(_rms(x[b, t]) @ W_oa[:, :C]) for t in range(T)] for b in range(B)]
-    a = [[_rms(_rms(x[b, t]) @ W_oa[:, C:]) for t in range(T)] for b in range(B)]
+def reference_block(w, x, scope, recurrence, n_heads, chunk=CHUNK):
+    """The spec's retention block with the seed's details, one position at a time. x is the raw
+    residual stream (B, T, C); w holds the weights under the seed's names: oa, t, qkv, sw (None
+    without FFN), out, each as an (out, in) matrix."""
+    B, T, C = x.shape
+    D = w["qkv"].shape[0] // 3
+    static = [w["qkv"], w["sw"], w["out"]]
+    o = [[_rms(w["oa"][:C] @ _rms(x[b, t])) for t in range(T)] for b in range(B)]
+    a = [[_rms(w["oa"][C:] @ _rms(x[b, t])) for t in range(T)] for b in range(B)]
 
     def generated(b, t):
         if scope == "batch":
@@ -60,56 +59,74 @@ def reference(mixer, x, scope, recurrence):
         elif scope == "sequence":
             positions = [(b, s) for s in range(T)]
         else:
-            positions = [(b, s) for s in range(t // CHUNK * CHUNK)]
-        if scope == "chunk" and not positions:
-            G = torch.zeros(W_t.shape[1], C, dtype=x.dtype)
+            positions = [(b, s) for s in range(t // chunk * chunk)]
+        if not positions:  # chunk 0 of scope chunk
+            G = torch.zeros(w["t"].shape[0], C, dtype=x.dtype)
         else:
             summed = sum(torch.outer(o[i][s], a[i][s]) for i, s in positions)
             if scope == "chunk":
                 summed = summed / len(positions)
-            G = (torch.softmax(summed / math.sqrt(C), dim=-1) @ W_t).T
-        if ffn:
-            parts = [G[: 3 * D], G[3 * D : 5 * D].reshape(2 * C, D), G[5 * D :]]
-        else:
-            parts = [G[: 3 * D], G[3 * D :].reshape(C, D)]
-        return [_rescale(p) for p in parts]
+            G = (torch.softmax(summed / math.sqrt(C), dim=-1) @ w["t"].T).T
+        if static[1] is not None:
+            return [_rescale(G[: 3 * D]), _rescale(G[3 * D : 5 * D].reshape(2 * C, D)), _rescale(G[5 * D :])]
+        return [_rescale(G[: 3 * D]), None, _rescale(G[3 * D :].reshape(C, D))]
+
+    def update(wt, wc):
+        return None if wc is None else _rescale(wt * _silu(wc) + wc)
 
     transform = [[generated(b, t) for t in range(T)] for b in range(B)]
     current = [[list(static) for _ in range(T)] for _ in range(B)]
     x = x.clone()
-    for _ in range(recurrence):
-        h = [[_rms(x[b, t]) for t in range(T)] for b in range(B)]
+    for _ in range(recurrence):  # AFT: QK-norm over the full width, exp(k) unshifted, + 1e-6
         out = torch.zeros_like(x)
         for b in range(B):
-            qkv = [current[b][t][0] @ h[b][t] for t in range(T)]
+            qkv = [current[b][t][0] @ _rms(x[b, t]) for t in range(T)]
             for t in range(T):
-                q = _heads_rms(qkv[t][:D])
-                keys = torch.stack([_heads_rms(qkv[s][D : 2 * D]) for s in range(t + 1)])
-                values = torch.stack([qkv[s][2 * D :] for s in range(t + 1)])
-                weights = torch.softmax(keys, dim=0)  # per channel, over t' ≤ t
-                y = torch.sigmoid(q) * (weights * values).sum(0)
-                out[b, t] = _output_map(y, current[b][t])
+                e = [torch.exp(_rms(qkv[s][D : 2 * D])) for s in range(t + 1)]
+                mean = sum(e[s] * qkv[s][2 * D :] for s in range(t + 1)) / (sum(e) + 1e-6)
+                out[b, t] = _output_map(torch.sigmoid(_rms(qkv[t][:D])) * mean, current[b][t])
         x = x + out
         for b in range(B):
             for t in range(T):
-                new = [_rescale(wt * _silu(wc) + wc) for wt, wc in zip(transform[b][t], current[b][t])]
+                new = [update(wt, wc) for wt, wc in zip(transform[b][t], current[b][t])]
                 transform[b][t], current[b][t] = current[b][t], new
-    d = D // H
+    d = D // n_heads
     out = torch.zeros_like(x)
     for b in range(B):
         qkv = [current[b][t][0] @ _rms(x[b, t]) for t in range(T)]
         for t in range(T):
             y = []
-            for head in range(H):
-                part = slice(head * d, (head + 1) * d)
-
-                rotated = [_rms(_rotate(qkv[s][D : 2 * D][part], s)) for s in range(t + 1)]
-                q = _rms(_rotate(qkv[t][:D][part], t))
-                scores = torch.stack([q @ key / math.sqrt(d) for key in rotated])
-                values = torch.stack([qkv[s][2 * D :][part] for s in range(t + 1)])
+            for head in range(n_heads):  # each head's 3d outputs are [q | k | v]
+                part = [v[head * 3 * d : (head + 1) * 3 * d] for v in qkv]
+                q = _rms(_rotate(part[t][:d], t))
+                scores = torch.stack([q @ _rms(_rotate(part[s][d : 2 * d], s)) / math.sqrt(d) for s in range(t + 1)])
+                values = torch.stack([part[s][2 * d :] for s in range(t + 1)])
                 y.append(torch.softmax(scores, dim=0) @ values)
             out[b, t] = _output_map(torch.cat(y), current[b][t])
     return x + out
+
+
+def reference_logits(state, hyperparams, idx, scope="batch", chunk=32):
+    """The seed model from its state dict: norm(embed), blocks of retention and SwiGLU, norm, the
+    tied unembedding; float64, one position at a time."""
+    E = state["embed.weight"]
+    x = torch.stack([torch.stack([_rms(E[i]) for i in row]) for row in idx])
+    for n in range(hyperparams["n_layer"]):
+        p = f"blocks.{n}."
+        w = {
+            "oa": state[p + "retain.oa.weight"],
+            "t": state[p + "retain.t.weight"],
+            "qkv": state[p + "retain.w_attn_qkv"],
+            "sw": state[p + "retain.w_attn_swiglu"],
+            "out": state[p + "retain.w_attn_out"],
+        }
+        x = reference_block(w, x, scope, hyperparams["r_layer"], hyperparams["n_head"], chunk)
+        for b in range(x.shape[0]):
+            for t in range(x.shape[1]):
+                z = state[p + "swiglu.swiglu.weight"] @ _rms(x[b, t])
+                u, g = z.chunk(2)
+                x[b, t] = x[b, t] + state[p + "swiglu.out.weight"] @ (u * _silu(g))
+    return torch.stack([torch.stack([E @ _rms(h) for h in row]) for row in x])
 
 
 SHAPE = {"mixer": "retention", "vocab_size": 10, "context": 16, "d_model": C, "qkv_dim": D, "n_heads": H, "ffn_dim": 16}
@@ -125,12 +142,14 @@ def _mixer(scope, ffn, recurrence=2):
 @pytest.mark.parametrize("ffn", [True, False], ids=["ffn", "no-ffn"])
 @pytest.mark.parametrize("scope", ["chunk", "sequence", "batch"])
 def test_retention_matches_the_spec_position_by_position(scope, ffn):
-    mixer = _mixer(scope, ffn, recurrence=3 if ffn else 2)
+    mixer = _mixer(scope, ffn, recurrence=3)
     with torch.no_grad():
-        for p in mixer.parameters():  # well away from the tiny init, so that every term matters
+        for p in mixer.parameters():  # well away from the init, so that every term matters
             p.normal_(0, 0.5)
         x = torch.randn(2, T, C, dtype=torch.float64)
-        torch.testing.assert_close(mixer(x), reference(mixer, x, scope, mixer.recurrence), atol=1e-10, rtol=0)
+        w = {"oa": mixer.produce.weight, "t": mixer.transform.weight, "qkv": mixer.qkv.weight, "out": mixer.out.weight}
+        w["sw"] = mixer.sw.weight if ffn else None
+        torch.testing.assert_close(mixer(x), reference_block(w, x, scope, 3, H), atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("scope", ["chunk", "sequence", "batch"])

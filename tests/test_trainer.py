@@ -55,12 +55,81 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor():
 
 
 def test_training_learns_and_reports_through_the_callback(corpus):
+    """The untrained model's val loss comes first (step 0): about ln V + ½, since the seed's
+    initialisation gives logits of standard deviation about 1."""
     final, events = _fit(corpus, 0, steps=120, eval_every=60)
-    first_log = next(m for s, k, m in events if k == "log")
-    assert first_log["train_loss"] < math.log(512) + 0.1
-    assert final["val_loss"] < first_log["train_loss"] - 0.5
+    assert [(s, k) for s, k, _ in events if k == "start"] == [(0, "start")]
+    start = events[0][2]
+    assert math.log(512) < start["val_loss"] < math.log(512) + 0.8
+    assert final["val_loss"] < start["val_loss"] - 1.0
     assert [s for s, k, _ in events if k == "eval"] == [60, 120]
     assert [s for s, k, _ in events if k == "log"] == list(range(5, 121, 5))
+
+
+def test_the_wsd_schedule_holds_the_rate_then_cools_down_over_its_share():
+    cfg = TrainConfig(steps=100, warmup=10, schedule="wsd", cooldown_frac=0.4, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == lr_factor(60, cfg) == 1.0
+    assert lr_factor(80, cfg) == pytest.approx(0.55)  # halfway through the cosine cooldown over steps 60..100
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def _first_step(corpus, **train):
+    """The weights before and after the trainer's first step, and the gradient of that step's loss."""
+    cfg = TrainConfig(**{**TRAIN, "warmup": 0, "grad_clip": None, "lr": 0.01, "weight_decay": 0.1, **train})
+    seed_everything(0)
+    model = ablate.build_model(MODEL)
+    trainer = Trainer(model, corpus, cfg, seed=0)
+    x, y = next(corpus.batches(MODEL["context"], cfg.batch_size, 0))  # the batch the trainer draws first
+    names = [n for n, _ in model.named_parameters()]
+    grads = dict(zip(names, torch.autograd.grad(model.loss(x, y), list(model.parameters()))))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train_step()
+    return before, grads, dict(model.named_parameters()), cfg
+
+
+def _adamw_first_step(p, g, lr, decay, eps):
+    """AdamW's first step: the bias-corrected moments are g and g², so the step is g / (|g| + eps)."""
+    return p * (1 - lr * decay) - lr * g / (g.abs() + eps)
+
+
+def _newton_schulz(g, steps=5):
+    """Muon's orthogonalisation, in float64: Frobenius-normed, then the quintic iteration on the wide form."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.double().T if g.size(0) > g.size(1) else g.double()
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if g.size(0) > g.size(1) else x
+
+
+def test_one_adamw_step_is_the_hand_computed_one(corpus):
+    before, grads, after, cfg = _first_step(corpus)
+    for name, p in after.items():
+        decay = cfg.weight_decay if p.dim() >= 2 else 0.0
+        expected = _adamw_first_step(before[name], grads[name], cfg.lr, decay, cfg.eps)
+        torch.testing.assert_close(p.detach(), expected, atol=1e-6, rtol=0)
+
+
+def test_one_muon_step_is_the_hand_computed_one(corpus):
+    """The blocks' matrices take Muon's step: momentum g, Nesterov (1 + μ)·g, orthogonalised,
+    scaled by √max(1, rows/cols), with decoupled weight decay (torch runs the iteration in
+    bfloat16, hence the tolerance); the embedding and the gains keep AdamW's."""
+    before, grads, after, cfg = _first_step(corpus, optimizer="muon")
+    muon = [n for n in after if n.startswith("blocks.") and after[n].dim() == 2]
+    assert muon and "embed.weight" not in muon
+    for name, p in after.items():
+        if name in muon:
+            rows, cols = p.shape
+            update = _newton_schulz((1 + cfg.muon_momentum) * grads[name]).float()
+            expected = before[name] * (1 - cfg.lr * cfg.weight_decay) - cfg.lr * max(1, rows / cols) ** 0.5 * update
+            torch.testing.assert_close(p.detach(), expected, atol=cfg.lr * 0.02, rtol=0)
+            assert (p.detach() - expected).abs().max() < 0.1 * (p.detach() - before[name]).abs().max()
+        else:
+            decay = cfg.weight_decay if p.dim() >= 2 else 0.0
+            expected = _adamw_first_step(before[name], grads[name], cfg.lr, decay, cfg.eps)
+            torch.testing.assert_close(p.detach(), expected, atol=1e-6, rtol=0)
 
 
 def test_one_seed_gives_the_same_loss_twice(corpus):
