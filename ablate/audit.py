@@ -10,26 +10,35 @@ from typing import Any
 import torch
 
 from ablate.errors import AblateError
-from ablate.model import build_model
+from ablate.model import LanguageModel, build_model
 
 TOLERANCE = 1e-5  # float32, as the spec fixes it
 
 
-@torch.no_grad()
 def max_leak(model_dict: dict[str, Any], batch: int = 3, seed: int = 0) -> float:
-    """Largest logit change at positions that must not see the perturbed tokens."""
+    """Largest logit change at positions that must not see the perturbed tokens, for a model
+    freshly built (from `seed`) from its dict."""
     torch.manual_seed(seed)
-    model = build_model(model_dict).eval()
-    vocab, T = model_dict["vocab_size"], model_dict["context"]
-    idx = torch.randint(0, vocab, (batch, T))
+    return model_leak(build_model(model_dict), batch, seed)
+
+
+@torch.no_grad()
+def model_leak(model: LanguageModel, batch: int = 3, seed: int = 0) -> float:
+    """Largest logit change at positions that must not see the perturbed tokens, for this model
+    (a trained or imported one as it is)."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    vocab, T = model.cfg.vocab_size, model.cfg.context
+    device = model.embed.weight.device
+    idx = torch.randint(0, vocab, (batch, T), generator=g).to(device)
     logits = model(idx)
     leak = 0.0
     for t in sorted({0, T // 2, max(T - 2, 0)}):  # everything after t changes in sequence 0
         changed = idx.clone()
-        changed[0, t + 1 :] = torch.randint(0, vocab, (T - t - 1,))
+        changed[0, t + 1 :] = torch.randint(0, vocab, (T - t - 1,), generator=g).to(device)
         leak = max(leak, (model(changed)[0, : t + 1] - logits[0, : t + 1]).abs().max().item())
     others = idx.clone()  # every other sequence of the batch changes
-    others[1:] = torch.randint(0, vocab, (batch - 1, T))
+    others[1:] = torch.randint(0, vocab, (batch - 1, T), generator=g).to(device)
     return max(leak, (model(others)[0] - logits[0]).abs().max().item())
 
 

@@ -1,4 +1,4 @@
-"""`ablate` command line: run, worker, plan, compare, ui, audit, bench, sample, variants."""
+"""`ablate` command line: run, worker, plan, compare, ui, audit, bench, sample, import, eval, variants."""
 
 import argparse
 import json
@@ -171,6 +171,30 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--json", action="store_true", help="prompt and generated token ids and text as JSON")
     store_options(sample)
     sample.set_defaults(func=_sample)
+
+    imp = sub.add_parser("import", help="record a model trained elsewhere as a finished run (with its model)")
+    imp.add_argument("kind", choices=("strawberry",), help="the checkpoint's format: strawberry (the seed's train.py)")
+    imp.add_argument("checkpoint", type=Path, help="the checkpoint file")
+    imp.add_argument("--study", default="strawberry-imports", help="MLflow experiment to record it in")
+    store_options(imp)
+    imp.set_defaults(func=_import)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="val loss and accuracy of a run's model, its causality audit and, if it leaks, its honest prefix loss",
+    )
+    evaluate.add_argument("run_id", help="a finished final trial's or an imported checkpoint's MLflow run id")
+    evaluate.add_argument(
+        "--data",
+        metavar="STUDY_YAML_OR_TOKENS",
+        help="a study YAML (its data: corpus or task) or a token array (.npy, .bin); default: the run's own study's data",
+    )
+    evaluate.add_argument("--batch-size", type=_positive, default=16, help="sequences per val batch (default 16)")
+    evaluate.add_argument("--batches", type=_positive, default=20, help="val batches (default 20)")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluate.add_argument("--json", action="store_true", help="the metrics and the evaluation run id as JSON")
+    store_options(evaluate)
+    evaluate.set_defaults(func=_eval)
 
     variants = sub.add_parser("variants", help="list the registered mixers")
     variants.add_argument("--json", action="store_true")
@@ -683,6 +707,55 @@ def _sample(args) -> int:
         print(json.dumps({"prompt_ids": prompt, "generated_ids": ids, "text": text}))
     else:
         print(args.prompt + (text if tokenizer is not None else " " + text))
+    return 0
+
+
+def _import(args) -> int:
+    from ablate import evaluate, tracking
+
+    results, uri = _store(args)
+    _check_writable(results)
+    run_id = evaluate.import_strawberry(tracking.Tracker(uri, results), args.checkpoint, args.study)
+    print(f"imported {args.checkpoint} as run {run_id} in experiment {args.study}")
+    print(f"next: ablate eval {run_id} --data STUDY.yaml|TOKENS.bin{_store_args(args)}")
+    return 0
+
+
+def _eval(args) -> int:
+    import tempfile
+
+    from ablate import evaluate, tracking
+
+    results, uri = _store(args)
+    tracker = tracking.Tracker(uri, results)
+    model = evaluate.load_model(tracker.client, args.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = evaluate.eval_data(tracker.client, args.run_id, args.data, model.cfg.vocab_size, results, Path(tmp))
+    metrics = evaluate.evaluate(model, corpus, args.batch_size, args.batches, args.device)
+    params = {
+        "data.source": corpus.meta["source"],
+        "data.fingerprint": corpus.meta["fingerprint"],
+        "batch_size": str(args.batch_size),
+        "batches": str(args.batches),
+    }
+    eval_id = evaluate.log_evaluation(tracker, args.run_id, metrics, params)
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, "evaluation_run_id": eval_id, **metrics}))
+        return 0
+    print(corpus.describe())
+    print(f"val_loss {metrics['val_loss']:.4f}   val_accuracy {metrics['val_accuracy']:.4f}")
+    if "prefix_val_loss" in metrics:
+        print(
+            f"audit: LEAKS (a logit moved by {metrics['max_leak']:.2e} when only tokens it must not see changed): "
+            "its teacher-forced losses are not next-token losses"
+        )
+        print(
+            f"prefix_val_loss {metrics['prefix_val_loss']:.4f} (honest: each position from its own prefix alone)   "
+            f"val_loss_at_prefix_positions {metrics['val_loss_at_prefix_positions']:.4f} (teacher-forced, same positions)"
+        )
+    else:
+        print(f"audit: causal (largest logit change {metrics['max_leak']:.1e} where none may move)")
+    print(f"logged as evaluation run {eval_id}, nested under run {args.run_id}")
     return 0
 
 

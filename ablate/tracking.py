@@ -22,6 +22,8 @@ def tracking_uri(results: Path, explicit: str | None = None) -> str:
 
 
 def client(uri: str):
+    """An MLflow client on the store; artifact downloads (sample, eval) draw no progress bars."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient  # importing mlflow resets its loggers, so quieten them after
 
     for name in ("mlflow", "alembic"):
@@ -50,20 +52,24 @@ class Tracker:
     ) -> str:
         """The study's experiment, created on first use with its artifacts under results/; its tags
         carry what `compare` needs of the study: baseline, variant order, contrasts, expectations."""
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            location = None
-            if self.uri.startswith("sqlite:///"):
-                location = (self.results.resolve() / "artifacts" / name).as_uri()
-            exp_id = self.client.create_experiment(name, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
+        exp_id = self.experiment_id(name)
         self.client.set_experiment_tag(exp_id, TAG + "study", name)
         self.client.set_experiment_tag(exp_id, TAG + "baseline", baseline)
         self.client.set_experiment_tag(exp_id, TAG + "variants", json.dumps(variants))
         self.client.set_experiment_tag(exp_id, TAG + "contrasts", json.dumps(contrasts or []))
         self.client.set_experiment_tag(exp_id, TAG + "expect", json.dumps(expect or []))
         return exp_id
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, created on first use with its artifacts under results/ (for a
+        local store)."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            location = (self.results.resolve() / "artifacts" / name).as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
 
     def finished_trials(self, exp_id: str) -> dict[str, tuple[str, dict[str, float]]]:
         """trial key → (run id, final metrics) of the final-phase trials that have a FINISHED run."""

@@ -353,3 +353,24 @@ def test_shakespeare_char_runs_on_a_text_given_by_path(tmp_path, capsys):
     assert main(["sample", run["run_id"], "--prompt", "ROMEO:", "--tokens", "12", "--json", *store]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["generated_ids"]) == 12 and set(out["text"]) <= set(text.read_text())
+
+
+def test_eval_of_a_finished_trial_reproduces_its_val_loss_and_audits_it(finished, capsys):
+    """Without --data, eval takes the run's own study's data: at the study's eval batches, the
+    run's final val_loss again, and a causal verdict (no prefix loss)."""
+    _, results, _ = finished
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    store = ["--results", str(results), "--tracking-uri", uri]
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    trial = next(r for r in runs if "ablate.role" not in r.data.tags and r.data.tags["ablate.variant"] == "mha")
+    assert main(["eval", trial.info.run_id, "--batch-size", "8", "--batches", "2", "--json", *store]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["val_loss"] == pytest.approx(trial.data.metrics["val_loss"], abs=1e-5)
+    assert out["max_leak"] < 1e-5 and "prefix_val_loss" not in out
+    evaluation = client.get_run(out["evaluation_run_id"])
+    assert evaluation.data.tags["mlflow.parentRunId"] == trial.info.run_id
+    assert evaluation.data.tags["ablate.role"] == "evaluation" and evaluation.data.tags["ablate.causal"] == "true"
+    assert evaluation.data.metrics["val_loss"] == out["val_loss"]
+    assert main(["eval", "no-such-run", *store]) == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err

@@ -1,0 +1,127 @@
+"""`ablate import` and `ablate eval`: what a model is worth, measured the same way for every model.
+
+`import strawberry` records a seed checkpoint as a finished run with its model artifacts.
+`eval` takes any run with a saved model (a finished final trial or an import) and measures,
+on data it names: val_loss and val_accuracy, the causality audit and, for a model that
+leaks, the honest prefix_val_loss beside the teacher-forced loss at the same positions. The
+result is an evaluation run, nested under the run it evaluates.
+"""
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from ablate import audit, sample, strawberry, tracking
+from ablate.errors import AblateError
+from ablate.trainer import TrainConfig, Trainer
+
+ROLE_IMPORT, ROLE_EVAL = "import", "evaluation"
+
+
+def import_strawberry(tracker: tracking.Tracker, path: Path, experiment: str) -> str:
+    """Record a Strawberry checkpoint as a finished run (scope batch, as published); its run id."""
+    checkpoint = strawberry.read_checkpoint(path)
+    model = strawberry.load_strawberry(checkpoint).float()
+    model_dict = model.cfg.model_dump()
+    stats = checkpoint.get("stats") if isinstance(checkpoint.get("stats"), dict) else {}
+    tags = {
+        tracking.TAG + "role": ROLE_IMPORT,
+        tracking.TAG + "source_checkpoint": str(path.resolve()),
+        tracking.TAG + "causal": str(model.causal).lower(),
+    }
+    params = {
+        **tracking.flatten("model", model_dict),
+        **tracking.flatten("hyperparams", checkpoint["hyperparams"]),
+        "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "n_params": str(model.n_params()),
+        "n_params_non_embedding": str(model.n_params(non_embedding=True)),
+        **({"checkpoint_step": str(stats["step"])} if "step" in stats else {}),
+    }
+    run = tracker.start(tracker.experiment_id(experiment), f"strawberry-{path.stem}", tags, params)
+    reported = {  # the seed's own estimates, from its leaking forward pass
+        f"reported_{split}_loss": float(losses[-1])
+        for split, losses in (stats.get("loss") or {}).items()
+        if split in ("train", "val") and len(losses)
+    }
+    if reported:
+        run.metrics(int(stats.get("step", 0)), reported)
+    sample.save(run, model, model_dict, tokenizer=None)
+    run.end("FINISHED")
+    return run.run_id
+
+
+def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: Path, folder: Path):
+    """The data to evaluate on: `data` (a study YAML, whose data section is taken, or a token
+    array of the model's vocabulary), else the data of the study the run trained in."""
+    from ablate import data as data_mod
+    from ablate import study as study_mod
+    from ablate import tasks
+
+    if data is None:
+        if "study.yaml" not in {a.path for a in client.list_artifacts(run_id)}:
+            raise AblateError(
+                f"run {run_id} records no data it trained on: give --data (a study YAML or a token array)"
+            )
+        study_file = Path(client.download_artifacts(run_id, "study.yaml", str(folder)))
+        try:
+            config = study_mod.load(study_file).config.data
+        except AblateError as e:
+            raise AblateError(f"run {run_id}'s study names data this machine cannot read ({e}); give --data") from None
+        base = Path(".")
+    elif Path(data).suffix in (".yaml", ".yml"):
+        config, base = study_mod.load(data).config.data, Path(data).parent
+    elif Path(data).suffix in (".npy", ".bin"):
+        config = data_mod.DataConfig(source=str(Path(data).resolve()), vocab_size=vocab_size)
+        base = Path(".")
+    else:
+        raise AblateError(
+            f"--data {data}: give a study YAML (its data section is used) or a token array (.npy, .bin of uint16) "
+            "tokenized as the model was trained; a text file would need the model's own tokenizer"
+        )
+    corpus = (
+        tasks.TaskData(config)
+        if isinstance(config, tasks.TaskConfig)
+        else data_mod.prepare(config, results / "cache", base)
+    )
+    trained_on = client.get_run(run_id).data.tags.get(tracking.TAG + "data_fingerprint")
+    if data is None and trained_on != corpus.meta["fingerprint"]:
+        raise AblateError(f"run {run_id} trained on other data than its study names (run with --data?): give --data")
+    return corpus
+
+
+def evaluate(model, corpus, batch_size: int, batches: int, device: str) -> dict[str, float]:
+    """val_loss and val_accuracy; max_leak from the audit; for a leaking model, prefix_val_loss
+    (each position predicted from its own prefix alone) and the teacher-forced loss beside it."""
+    if corpus.meta["vocab_size"] > model.cfg.vocab_size:
+        raise AblateError(
+            f"the data's vocabulary ({corpus.meta['vocab_size']}) is larger than the model's ({model.cfg.vocab_size})"
+        )
+    leak = audit.model_leak(model)
+    config = TrainConfig(steps=1, warmup=0, batch_size=batch_size, eval_batches=batches, device=device)
+    trainer = Trainer(model, corpus, config, seed=0)
+    metrics = trainer.evaluate() | {"max_leak": leak}
+    if not audit.is_causal(leak):
+        metrics |= trainer.evaluate_prefixes()
+    return metrics
+
+
+def log_evaluation(tracker: tracking.Tracker, run_id: str, metrics: dict[str, float], params: dict[str, str]) -> str:
+    """An evaluation run in the evaluated run's experiment, nested under it; its run id."""
+    source = tracker.client.get_run(run_id)
+    tags = {
+        tracking.TAG + "role": ROLE_EVAL,
+        tracking.TAG + "evaluates": run_id,
+        tracking.TAG + "causal": str(audit.is_causal(metrics["max_leak"])).lower(),
+        tracking.TAG + "max_leak": f"{metrics['max_leak']:.3e}",
+    }
+    run = tracker.start(source.info.experiment_id, f"eval-{source.info.run_name}", tags, params, parent_id=run_id)
+    run.metrics(0, metrics)
+    run.end("FINISHED")
+    return run.run_id
+
+
+def load_model(client, run_id: str):
+    """The run's saved model (eval mode, on the CPU)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = sample.load(client, run_id, Path(tmp))
+    return model

@@ -1,0 +1,67 @@
+"""`ablate import strawberry` and `ablate eval`: a published leaking checkpoint, recorded and
+measured honestly."""
+
+import json
+
+import pytest
+import torch
+from seed_checkpoints import PUBLISHED, seed_checkpoint
+
+SMALL = {**PUBLISHED, "vocab_size": 20, "n_embd": 8, "n_qkv": 12, "n_ffn": 16, "n_head": 2}
+
+
+def test_import_then_eval_gives_the_honest_and_the_teacher_forced_loss_of_the_leaking_seed(tmp_path, capsys):
+    """A seed checkpoint (scope batch) imported and evaluated on a token array: the audit finds the
+    leak, and the prefix loss (each position from its own prefix) is reported beside the
+    teacher-forced loss; both are logged as an evaluation run nested under the import."""
+    import mlflow
+    import numpy as np
+
+    from ablate.cli import main
+
+    hyper = {**SMALL, "block_size": 32}
+    checkpoint = seed_checkpoint(hyper, dtype=torch.float32)
+    checkpoint["stats"] = {"step": 1000, "loss": {"train": [torch.tensor(3.5)], "val": [torch.tensor(3.8)]}}
+    torch.save(checkpoint, tmp_path / "seed.strawberry")
+    tokens = np.random.default_rng(0).integers(0, 20, 200_000).astype(np.uint16)
+    np.save(tmp_path / "tokens.npy", tokens)
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"  # explicit: another test may have set MLFLOW_TRACKING_URI
+    store = ["--results", str(tmp_path / "results"), "--tracking-uri", uri]
+
+    assert main(["import", "strawberry", str(tmp_path / "seed.strawberry"), *store]) == 0
+    run_id = capsys.readouterr().out.split(" as run ")[1].split()[0]
+    assert main(["eval", run_id, *store]) == 2
+    assert "give --data" in capsys.readouterr().err
+    assert main(["eval", run_id, "--data", str(tmp_path / "seed.strawberry"), *store]) == 2
+    assert "give a study YAML" in capsys.readouterr().err
+
+    eval_args = ["eval", run_id, "--data", str(tmp_path / "tokens.npy"), "--batch-size", "4", "--batches", "2"]
+    assert main([*eval_args, *store]) == 0
+    printed = capsys.readouterr()
+    text = printed.out
+    assert "Downloading artifacts" not in printed.err  # no MLflow progress bars around the answer
+    assert "audit: LEAKS" in text and "prefix_val_loss" in text
+    assert main([*eval_args, "--json", *store]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["max_leak"] > 1e-3
+    assert out["prefix_val_loss"] != pytest.approx(out["val_loss_at_prefix_positions"], abs=1e-3)
+
+    client = mlflow.MlflowClient(uri)
+    imported = client.get_run(run_id)
+    assert imported.data.tags["ablate.role"] == "import" and imported.data.tags["ablate.causal"] == "false"
+    assert imported.data.metrics == pytest.approx({"reported_train_loss": 3.5, "reported_val_loss": 3.8})
+    assert imported.data.params["model.mixer_options.scope"] == "batch"
+    evaluation = client.get_run(out["evaluation_run_id"])
+    assert evaluation.data.tags["mlflow.parentRunId"] == run_id and evaluation.data.tags["ablate.causal"] == "false"
+    assert evaluation.data.metrics["prefix_val_loss"] == out["prefix_val_loss"]
+
+
+def test_import_of_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    from ablate.cli import main
+
+    checkpoint = seed_checkpoint(SMALL)
+    checkpoint["model"].pop("blocks.0.retain.oa.weight")
+    torch.save(checkpoint, tmp_path / "damaged.pt")
+    assert main(["import", "strawberry", str(tmp_path / "damaged.pt"), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "lacks 'blocks.0.retain.oa.weight'" in err and len(err.strip().splitlines()) == 1
