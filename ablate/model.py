@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 from torch import nn
 
 from ablate import registry
@@ -18,14 +18,14 @@ class ModelConfig(BaseModel):
 
     mixer: str
     mixer_options: dict[str, Any] = Field(default_factory=dict)
-    vocab_size: int = Field(8192, gt=1)
-    context: int = Field(256, gt=0)
-    d_model: int = Field(96, gt=0)
-    n_layers: int = Field(4, gt=0)
-    n_heads: int = Field(6, gt=0)
-    qkv_dim: int = Field(384, gt=0, validate_default=True)  # so that n_heads alone is checked against it
+    vocab_size: StrictInt = Field(8192, gt=1)
+    context: StrictInt = Field(256, gt=0)
+    d_model: StrictInt = Field(96, gt=0)
+    n_layers: StrictInt = Field(4, gt=0)
+    n_heads: StrictInt = Field(6, gt=0)
+    qkv_dim: StrictInt = Field(384, gt=0, validate_default=True)  # so that n_heads alone is checked against it
     ffn: bool = True
-    ffn_dim: int = Field(384, gt=0)
+    ffn_dim: StrictInt = Field(384, gt=0)
     ffn_type: Literal["swiglu", "gelu"] = "swiglu"
     init: Literal["seed", "gpt2"] = "seed"
     embed_norm: bool = True  # RMS-norm the embedding output before the first block, as the seed does

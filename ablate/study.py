@@ -8,7 +8,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ablate import registry
 from ablate.budget import Budget, flops_per_token, solve
@@ -21,11 +31,11 @@ from ablate.search import KINDS, SearchConfig
 from ablate.tasks import TaskConfig
 from ablate.trainer import TrainConfig
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def _safe_name(value: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):  # fullmatch: `$` would let a final newline through
         raise ValueError("must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return value
 
@@ -84,7 +94,7 @@ class StudyConfig(BaseModel):
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     variants: list[VariantConfig] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
     budget: Budget | None = None
     search: dict[str, Any] | None = Field(None, description="an Optuna search for every variant (see SearchConfig)")
     baseline: str | None = None
@@ -267,8 +277,8 @@ def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_L
             return ("data", "seq_len")
         return (own if loc[0] in variant.model or loc[0] not in config.model else ()) + ("model",) + loc
 
-    def train_loc(loc: tuple) -> tuple:
-        return (own if not loc or loc[0] in variant.train or loc[0] not in config.train else ()) + ("train",) + loc
+    def train_loc(loc: tuple) -> tuple:  # a key neither sets (a default) is the study's train section's
+        return (own if not loc or loc[0] in variant.train else ()) + ("train",) + loc
 
     try:
         model_cfg = ModelConfig(**merged)
@@ -329,6 +339,12 @@ class _Lines:
         self.line[loc] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
+                if loc + (key.value,) in self.line:  # YAML's loaders keep the last value silently
+                    dotted = ".".join(str(p) for p in loc + (key.value,))
+                    first = self.line[loc + (key.value,)]
+                    raise AblateError(
+                        f"{self.path}:{key.start_mark.line + 1}: {dotted}: duplicate key (first at line {first})"
+                    )
                 self._index(value, loc + (key.value,))
                 self.line[loc + (key.value,)] = key.start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode):

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
 from ablate import diagnostics
 from ablate.data import Corpus
@@ -27,10 +27,10 @@ Callback = Callable[[int, dict[str, float], str], None]
 class TrainConfig(BaseModel):
     """The `train:` section of a study (defaults: the Strawberry seed recipe)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    steps: int = Field(10_000, gt=0)
-    batch_size: int = Field(16, gt=0)
+    steps: StrictInt = Field(10_000, gt=0)
+    batch_size: StrictInt = Field(16, gt=0)
     lr: float = Field(2e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = Field(1e-8, gt=0, description="AdamW's epsilon")
@@ -39,22 +39,22 @@ class TrainConfig(BaseModel):
         "adamw", description="muon: torch's Muon for the blocks' matrices, AdamW for the embedding and the rest"
     )
     muon_momentum: float = Field(0.95, ge=0, lt=1)
-    warmup: int = Field(500, ge=0)
+    warmup: StrictInt = Field(500, ge=0, validate_default=True)  # the default too must fit in `steps`
     schedule: Literal["cosine", "wsd"] = Field(
         "cosine", description="after warm-up: cosine decay, or constant then a cosine cooldown (warmup-stable-decay)"
     )
     cooldown_frac: float = Field(0.4, gt=0, le=1, description="wsd: the share of all steps spent cooling down")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the schedule decays to lr·min_lr_ratio")
     grad_clip: float | None = Field(1.0, gt=0)
-    eval_every: int = Field(250, gt=0)
-    eval_batches: int = Field(20, gt=0)
-    log_every: int = Field(10, gt=0, description="steps between host reads of the train loss")
+    eval_every: StrictInt = Field(250, gt=0)
+    eval_batches: StrictInt = Field(20, gt=0)
+    log_every: StrictInt = Field(10, gt=0, description="steps between host reads of the train loss")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     compile: bool = False
     max_loss: float | None = Field(
         None, gt=0, description="stop a trial whose train loss goes above this (NaN and inf always stop it)"
     )
-    checkpoint_evals: int = Field(1, ge=0, description="write a checkpoint every this many evals (0: never)")
+    checkpoint_evals: StrictInt = Field(1, ge=0, description="write a checkpoint every this many evals (0: never)")
 
     @field_validator("warmup")
     @classmethod

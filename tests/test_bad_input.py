@@ -92,6 +92,47 @@ CASES = {
         ("warmup: 5", "warmup: 500"),
         "study.yaml:4: train.warmup: warmup (500) is longer than steps (30)",
     ),
+    "warmup's default longer than steps": (
+        ("warmup: 5, ", ""),
+        "study.yaml:4: train.warmup: warmup (500) is longer than steps (30)",
+    ),
+    "warmup's default longer than a variant's steps": (
+        ("mixer: mha}", "mixer: mha}, train: {warmup: 3}}\n  - {name: short, model: {mixer: mha}, train: {steps: 4}"),
+        "study.yaml:4: train.warmup: warmup (5) is longer than steps (4)",
+    ),
+    "negative seed": (
+        ("seeds: [0, 1]", "seeds: [-1]"),
+        "study.yaml:8: seeds.0: Input should be greater than or equal to 0",
+    ),
+    "seed beyond 2**32 - 1": (
+        ("seeds: [0, 1]", "seeds: [4294967296]"),
+        "study.yaml:8: seeds.0: Input should be less than or equal to 4294967295",
+    ),
+    "a boolean for a count": (
+        ("steps: 30", "steps: true"),
+        "study.yaml:4: train.steps: Input should be a valid integer",
+    ),
+    "a boolean for a width": (
+        ("d_model: 32", "d_model: true"),
+        "study.yaml:3: model.d_model: Input should be a valid integer",
+    ),
+    "an infinite rate": (
+        ("steps: 30", "steps: 30, lr: .inf"),
+        "study.yaml:4: train.lr: Input should be a finite number",
+    ),
+    "a name ending in a newline": (("name: tiny", 'name: "tiny\\n"'), "study.yaml:1: name: must be"),
+    "a duplicate top-level key": (
+        ("seeds: [0, 1]", "seeds: [0, 1]\nname: other"),
+        "study.yaml:9: name: duplicate key (first at line 1)",
+    ),
+    "a duplicate nested key": (
+        ("steps: 30", "steps: 30, steps: 40"),
+        "study.yaml:4: train.steps: duplicate key (first at line 4)",
+    ),
+    "a duplicate key in a variant": (
+        ("{name: mha, model: {mixer: mha}}", "{name: mha, model: {mixer: mha}, model: {mixer: aft-simple}}"),
+        "study.yaml:6: variants.0.model: duplicate key (first at line 6)",
+    ),
 }
 
 
