@@ -17,7 +17,7 @@ from ablate.claims import Claim, WorkList
 from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.study import Study, Trial
-from ablate.trainer import Diverged, TrainConfig, Trainer, seed_everything
+from ablate.trainer import DamagedCheckpoint, Diverged, TrainConfig, Trainer, read_checkpoint, seed_everything
 
 POLL_S = 0.5  # how often an idle worker looks for work another worker may free
 
@@ -359,15 +359,31 @@ class Runs:
         trainer = Trainer(model, s.corpus, config, trial.seed, prefix_eval=not audit.is_causal(leak))
         run_id = run_id or claim.run_id
         run = s.tracker.resume(run_id) if run_id else None
-        if run is not None and (s.checkpoints / f"{run_id}.pt").exists():
-            trainer.load(s.checkpoints / f"{run_id}.pt")
-            run.tag(tracking.TAG + "resumed_from_step", str(trainer.step))
-            self.progress.console.print(f"{label}: resuming run {run_id} from step {trainer.step}")
+        saved = s.checkpoints / f"{run_id}.pt"
+        restarted = ""
+        if run is not None and saved.exists():
+            try:
+                trainer.load_state_dict(read_checkpoint(saved, trainer.device))
+            except DamagedCheckpoint as e:  # kept aside for a look; its run ends FAILED, a new one starts at step 0
+                aside = saved.with_name(f"{saved.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                saved.rename(aside)
+                restarted = f"checkpoint of run {run_id} unreadable ({e}); set aside as {aside.name}"
+                run.tag(tracking.TAG + "failure", restarted)
+                run.end("FAILED", flush=False)
+                run = None
+                self.progress.console.print(
+                    f"{label}: warning: {restarted}; training again from step 0 in a new run", soft_wrap=True
+                )
+            else:
+                run.tag(tracking.TAG + "resumed_from_step", str(trainer.step))
+                self.progress.console.print(f"{label}: resuming run {run_id} from step {trainer.step}")
         elif run is not None:  # cut off before its first checkpoint: nothing to keep
             s.tracker.client.delete_run(run_id)
             run = None
         if run is None:
             run = self._start(trial, tags, trainer)
+            if restarted:
+                run.tag(tracking.TAG + "restarted_from_step_0", restarted)
         s.work.note(claim, run_id=run.run_id)
         if on_run is not None:
             on_run(run.run_id)

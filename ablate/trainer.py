@@ -3,6 +3,7 @@ it reports metrics through a callback."""
 
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -104,6 +105,22 @@ def optimizers(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> list[to
         to_muon, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, adjust_lr_fn="original"
     )
     return [adamw, muon]
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint file that cannot be read back (truncated, overwritten, not a checkpoint)."""
+
+
+def read_checkpoint(path: Path, device) -> dict:
+    """A trainer's saved state; DamagedCheckpoint, with torch's first sentence, when it cannot be read."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        said = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise DamagedCheckpoint(said) from e
+    if not isinstance(state, dict) or "step" not in state:
+        raise DamagedCheckpoint("not a trainer checkpoint")
+    return state
 
 
 class Diverged(Exception):
@@ -239,7 +256,7 @@ class Trainer:
         os.replace(tmp, path)
 
     def load(self, path: Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        self.load_state_dict(read_checkpoint(path, self.device))
 
     def _check(self, step: int, loss: float) -> None:
         if not math.isfinite(loss):

@@ -81,7 +81,12 @@ def checkpoint_step(folder) -> int:
     return 0
 
 
-def test_kill_9_mid_trial_then_rerun_resumes_the_same_run_to_the_same_loss(tmp_path):
+@pytest.mark.parametrize("damaged", [False, True], ids=["checkpoint-intact", "checkpoint-truncated"])
+def test_kill_9_mid_trial_then_rerun_resumes_the_same_run_to_the_same_loss(tmp_path, damaged):
+    """Killed mid-trial, a rerun continues the same run from its checkpoint. If that checkpoint
+    was damaged (truncated here), the rerun says so in one line, sets the file aside, ends the
+    old run FAILED and trains the trial again from step 0 in a new run: the study still
+    finishes, with the same losses, and no curve holds a step twice."""
     study = write_study(tmp_path, KILL_STUDY)
     results = tmp_path / "results"
     kill_after = 20 * random.randint(1, 5)  # a random eval step after the first
@@ -100,6 +105,9 @@ def test_kill_9_mid_trial_then_rerun_resumes_the_same_run_to_the_same_loss(tmp_p
     proc.wait()
     _, runs = store(results)
     assert [r.info.status for r in runs] == ["RUNNING"]  # what kill -9 leaves
+    if damaged:
+        (saved,) = (results / "checkpoints").glob("*.pt")
+        saved.write_bytes(saved.read_bytes()[:1000])
 
     rerun = subprocess.run(
         ["ablate", "run", str(study), "--results", str(results)],
@@ -109,12 +117,23 @@ def test_kill_9_mid_trial_then_rerun_resumes_the_same_run_to_the_same_loss(tmp_p
         env=clean_env(),
     )
     assert rerun.returncode == 0, rerun.stderr
-    assert "resuming run" in rerun.stdout
     client, runs = store(results)
+    if damaged:
+        (line,) = [line for line in rerun.stdout.splitlines() if "unreadable" in line]
+        assert "set aside as" in line and "from step 0 in a new run" in line
+        assert len(list((results / "checkpoints").glob("*.pt.damaged-*"))) == 1  # kept, not deleted
+        (old,) = [r for r in runs if r.info.status == "FAILED"]
+        assert "unreadable" in old.data.tags["ablate.failure"]
+        (again,) = [r for r in runs if "ablate.restarted_from_step_0" in r.data.tags]
+        assert old.info.run_id in again.data.tags["ablate.restarted_from_step_0"]
+        runs = [r for r in runs if r.info.status != "FAILED"]
+        continued = again
+    else:
+        assert "resuming run" in rerun.stdout
+        (continued,) = [r for r in runs if "ablate.resumed_from_step" in r.data.tags]
+        assert int(continued.data.tags["ablate.resumed_from_step"]) >= kill_after
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
-    resumed = [r for r in runs if "ablate.resumed_from_step" in r.data.tags]
-    assert len(resumed) == 1 and int(resumed[0].data.tags["ablate.resumed_from_step"]) >= kill_after
-    steps = [m.step for m in client.get_metric_history(resumed[0].info.run_id, "val_loss")]
+    steps = [m.step for m in client.get_metric_history(continued.info.run_id, "val_loss")]
     assert steps == list(range(0, 301, 20))  # one unbroken curve from the untrained model: every eval once
     assert not list((results / "checkpoints").glob("*.pt"))  # removed once their runs finished
 
