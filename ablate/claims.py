@@ -10,13 +10,13 @@ worker was a process of this host that is gone) may be taken over, and the new h
 unit from its MLflow run and checkpoint.
 """
 
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+
+from ablate import processes
 
 RUNNING, OPEN, DONE, FAILED = "running", "open", "done", "failed"
 ENDED = (DONE, FAILED)
@@ -39,24 +39,6 @@ TABLE = sa.Table(
 )
 
 
-def worker_id() -> str:
-    """host:pid, so a claim of a process of this host that is gone can be taken over at once."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _gone(worker: str | None) -> bool:
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 @dataclass
 class Claim:
     study: str
@@ -71,7 +53,7 @@ class WorkList:
     def __init__(self, url: str, study: str, stale_after: float = STALE_AFTER_S):
         args = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         self.engine = sa.create_engine(url, **args)
-        self.study, self.stale_after, self.worker = study, stale_after, worker_id()
+        self.study, self.stale_after, self.worker = study, stale_after, processes.owner()
         retry_races(lambda: META.create_all(self.engine))  # several workers may create it at once
 
     def rows(self) -> dict[str, sa.Row]:
@@ -94,7 +76,7 @@ class WorkList:
         row = self.rows().get(unit)
         if row is None or row.state in ENDED:
             return None
-        takeable = row.state == OPEN or row.heartbeat < now - self.stale_after or _gone(row.worker)
+        takeable = row.state == OPEN or row.heartbeat < now - self.stale_after or processes.gone(row.worker)
         if not takeable:
             return None
         with self.engine.begin() as c:  # only if nobody changed the row since it was read

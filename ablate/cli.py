@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, environment_error
 
 DEFAULT_RESULTS = "results"
 
@@ -27,12 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         print("ablate: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        from mlflow.exceptions import MlflowException
-
-        if not isinstance(e, MlflowException):
+        said = environment_error(e)
+        if said is None:
             raise
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"ablate: error: MLflow store: {first_line}", file=sys.stderr)
+        print(f"ablate: error: {said}", file=sys.stderr)
         return 2
 
 
@@ -351,6 +349,7 @@ def _compare(args) -> int:
     history = report.curves(tracking.client(uri), runs)
     converged = compare.convergence(history, *_loss_scale(runs))
     table = table.merge(converged, on="variant", how="left")
+    table = table.merge(compare.shapes(runs, json.loads(tags.get("ablate.budget", "null"))), on="variant", how="left")
     notes = []
     if set_aside:
         notes.append(f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)")
@@ -387,12 +386,17 @@ def _loss_scale(runs) -> tuple[float, float | None]:
 
 
 def _facts(runs, table) -> list[str]:
-    """Lines a reader needs beside the table: the chance level, and which variants did not converge."""
+    """Lines a reader needs beside the table: the chance level, a cost the budget did not hold
+    equal, and which variants did not converge."""
+    from ablate import compare
+
     facts = []
     chance = runs.get("params.data.chance_accuracy")
     if chance is not None and chance.notna().any():
         level = float(chance.dropna().astype(float).iloc[0])
         facts.append(f"chance level of val_accuracy: {level:.4f} (the best guess without the capability tested)")
+    if (unequal := compare.unequal_cost(table)) is not None:
+        facts.append(unequal)
     for r in table.itertuples():
         if r.converged is False:
             facts.append(
@@ -417,7 +421,12 @@ def _print_comparison(name, table, contrasts, checks, metric, baseline, lower, f
             out.add_row(f"{r.variant} vs {r.against}", str(r.n), *_comparison_cells(r), _marked(r.verdict, table, r))
         console.print(out)
     out = Table(title=f"{name}: {metric} ({better} is better), against {baseline}")
-    for col in ("variant", "n", "failed", "mean", "95% CI", "std", "median", "params", "Δ vs baseline [95% CI]"):
+    budgeted = table["budgeted_as"].iloc[0]
+    params = "params total" if budgeted.startswith("total") else "params non-emb"
+    budget = " (budget)" if "budget" in budgeted else ""
+    params, flops = (params, "FLOPs/tok" + budget) if budgeted.startswith("forward") else (params + budget, "FLOPs/tok")
+    columns = ("variant", "n", "failed", "mean", "95% CI", "std", "median", params, "layers×d", flops)
+    for col in (*columns, "Δ vs baseline [95% CI]"):
         out.add_column(col, justify="left" if col == "variant" else "right")
     for col in ("MDE", "test", "p (Holm)", "effect", "verdict", "causal"):
         out.add_column(col, justify="left" if col in ("test", "verdict") else "right")
@@ -431,7 +440,9 @@ def _print_comparison(name, table, contrasts, checks, metric, baseline, lower, f
             f"[{_cell(r.ci95_low)}, {_cell(r.ci95_high)}]",
             _cell(r.std),
             _cell(r.median),
-            f"{r.n_params:,}" if r.n_params >= 0 else "-",
+            _count(r.n_params if params.startswith("params total") else r.n_params_non_embedding),
+            "-" if math.isnan(r.n_layers) else f"{r.n_layers:.0f}×{r.d_model:.0f}",
+            _count(r.flops_per_token),
             *cells,
             _marked(r.verdict, table, r),
             r.causal,
@@ -470,6 +481,10 @@ def _marked(verdict: str, table, r) -> str:
     names = {r.variant, getattr(r, "against", None)}
     unconverged = [v for v in table.loc[table["converged"].eq(False), "variant"] if v in names]
     return verdict + (f" (not converged: {', '.join(unconverged)})" if unconverged else "")
+
+
+def _count(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:,.0f}"
 
 
 def _cell(value) -> str:

@@ -94,7 +94,9 @@ def summarize(
     failed = failed or {}
     column = f"metrics.{metric}"
     if column not in runs:
-        known = sorted(c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics."))
+        known = sorted(
+            c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()
+        )
         raise AblateError(f"no metric {metric!r} in these runs; logged metrics: {', '.join(known)}")
     variants = runs["tags.ablate.variant"]
     present = set(variants) | set(failed)
@@ -109,7 +111,6 @@ def summarize(
         own = values(runs, variant, metric)
         group = runs[variants == variant]
         row = {"variant": variant, **describe(own.to_numpy()), "failed": failed.get(variant, 0)}
-        row["n_params"] = int(group["params.n_params"].astype(int).iloc[0]) if len(group) else -1
         row["causal"] = _causal(group)
         row.update(
             against(own, base) if variant not in (baseline,) and len(own) else {"diff": 0.0 if len(own) else np.nan}
@@ -122,6 +123,61 @@ def summarize(
         for r in table.itertuples()
     ]
     return table
+
+
+SHAPE = {  # column of the table ← the run's param
+    "n_params": "n_params",
+    "n_params_non_embedding": "n_params_non_embedding",
+    "n_layers": "model.n_layers",
+    "d_model": "model.d_model",
+    "flops_per_token": "flops_per_token",
+}
+
+
+BUDGETED = {
+    "n_params": "total params",
+    "n_params_non_embedding": "non-embedding params",
+    "flops_per_token": "forward FLOPs/token",
+}
+
+
+def shapes(runs: pd.DataFrame, budget: dict | None) -> pd.DataFrame:
+    """Per variant, what was built: both parameter counts, layers, width and forward FLOPs per
+    token, and `budgeted`, the quantity the study's budget matched (the non-embedding count
+    when the study has no budget), so that a reader compares what was held equal."""
+    budget = budget or {}
+    if budget.get("flops_per_token"):
+        kind = "flops_per_token"
+    else:
+        kind = "n_params" if budget.get("count") == "total" else "n_params_non_embedding"
+    rows = []
+    for variant, group in runs.groupby("tags.ablate.variant", sort=False):
+        row = {"variant": variant}
+        for column, param in SHAPE.items():
+            given = group.get(f"params.{param}", pd.Series(dtype=object)).dropna()
+            row[column] = float(given.iloc[0]) if len(given) else np.nan
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["variant", *SHAPE])
+    table["budgeted"] = table[kind]
+    table["budgeted_as"] = BUDGETED[kind] + (" (the study's budget)" if budget else "")
+    return table
+
+
+def unequal_cost(table: pd.DataFrame) -> str | None:
+    """A line when what the budget did not hold equal differs by more than 10% across variants:
+    FLOPs per token at matched parameters (a no-FFN stack costs more compute per parameter), or
+    parameters at matched FLOPs."""
+    flops = table["budgeted_as"].iloc[0].startswith(BUDGETED["flops_per_token"])
+    other = "n_params_non_embedding" if flops else "flops_per_token"
+    values = table.set_index("variant")[other].dropna()
+    if len(values) < 2 or values.min() <= 0 or values.max() / values.min() <= 1.1:
+        return None
+    what = BUDGETED[other]
+    low, high = values.idxmin(), values.idxmax()
+    return (
+        f"{what} differ by up to {values.max() / values.min() - 1:.0%} across variants ({low} {values[low]:,.0f}, "
+        f"{high} {values[high]:,.0f}): a difference in the metric may come from that, not only from the architecture"
+    )
 
 
 def family(table: pd.DataFrame, lower: bool) -> pd.DataFrame:

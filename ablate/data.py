@@ -26,9 +26,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ablate import processes
 from ablate.errors import AblateError
 
 CACHE_VERSION = 2
+BUILDING = ".building-"  # + owner + "-" + random: a cache entry being written
+STALE_BUILD_S = 3600  # another host's unfinished build older than this was cut off
 EOT = "<|endoftext|>"
 TEXT_BATCH = 256  # documents tokenized per call, to bound memory
 
@@ -172,6 +175,7 @@ def prepare(cfg: DataConfig, cache_root: Path, base_dir: Path = Path(".")) -> Co
     files = source_files(cfg, base_dir)
     key = _cache_key(cfg, files)
     directory = cache_root / key
+    remove_stale_builds(cache_root)
     built = not (directory / "meta.json").exists()
     if built:
         _build(cfg, files, directory)
@@ -207,24 +211,33 @@ def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
         else:
             tokens, tokenizer = TOKENIZERS[cfg.tokenizer](docs, vocab)
         train, val = split(tokens, cfg.val_fraction) if cfg.split == "pieces" else split_tail(tokens, cfg.val_fraction)
+    meta = {
+        "source": cfg.source,
+        "files": len(files),
+        "vocab_size": vocab,
+        "n_train_tokens": int(train.size),
+        "n_val_tokens": int(val.size),
+        "fingerprint": fingerprint(train, val),
+        "unigram_entropy": unigram_entropy(train, vocab),
+        "python_version": platform.python_version(),
+        "build_s": round(time.perf_counter() - start, 3),
+    }
+    try:
+        _write(directory, train, val, tokenizer, meta)
+    except OSError as e:
+        raise AblateError(f"cannot write the data cache under {directory.parent}: {e.strerror or e}") from e
+
+
+def _write(directory: Path, train: np.ndarray, val: np.ndarray, tokenizer, meta: dict) -> None:
+    """Write the cache entry into a temporary folder, then rename it into place: a build cut
+    off midway leaves no entry, and its folder is removed by the next build."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".building-"))
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f"{BUILDING}{processes.owner()}-"))
     try:
         np.save(tmp / "train.npy", train)
         np.save(tmp / "val.npy", val)
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
-        meta = {
-            "source": cfg.source,
-            "files": len(files),
-            "vocab_size": vocab,
-            "n_train_tokens": int(train.size),
-            "n_val_tokens": int(val.size),
-            "fingerprint": fingerprint(train, val),
-            "unigram_entropy": unigram_entropy(train, vocab),
-            "python_version": platform.python_version(),
-            "build_s": round(time.perf_counter() - start, 3),
-        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             os.replace(tmp, directory)
@@ -235,18 +248,31 @@ def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_stale_builds(cache_root: Path) -> None:
+    """Remove the temporary folders of builds whose process is gone (this host) or that were
+    left untouched for an hour (another host)."""
+    for folder in cache_root.glob(BUILDING + "*"):
+        owner = folder.name[len(BUILDING) :].rpartition("-")[0]
+        try:
+            old = time.time() - folder.stat().st_mtime > STALE_BUILD_S
+        except FileNotFoundError:
+            continue  # finished or removed meanwhile
+        if processes.gone(owner) or old:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _read_documents(files: list[Path], max_bytes: int | None) -> list[str]:
     docs, total = [], 0
     for f in files:
         raw = f.read_bytes()
-        if b"\0" in raw[:8192]:
-            continue  # binary file inside a text directory
+        if b"\0" in raw[:8192] or not raw.strip():
+            continue  # a binary or empty file inside a text directory
         docs.append(raw.decode("utf-8", errors="replace"))
         total += len(raw)
         if max_bytes is not None and total >= max_bytes:
             break
     if not docs:
-        raise AblateError("data.source: no text documents found")
+        raise AblateError(f"data.source: no text in {len(files)} file(s): each is empty or binary")
     return docs
 
 

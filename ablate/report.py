@@ -44,15 +44,20 @@ def plot_curves(history: pd.DataFrame, order: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_intervals(table: pd.DataFrame, metric: str, baseline: str, path: Path) -> Path:
-    """Dot and 95% t-interval of the metric per variant, the baseline's mean as a dashed line."""
+def plot_intervals(table: pd.DataFrame, runs: pd.DataFrame, metric: str, baseline: str, path: Path) -> Path:
+    """Mean and 95% t-interval of the metric per variant, each seed's value as a small dot (an
+    outlier seed shows), the baseline's mean as a dashed line."""
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(table) + 1.5))
-    y = range(len(table))[::-1]
+    y = list(range(len(table)))[::-1]
     err = [table["mean"] - table["ci95_low"], table["ci95_high"] - table["mean"]]
-    ax.errorbar(table["mean"], list(y), xerr=err, fmt="o", capsize=4)
+    ax.errorbar(table["mean"], y, xerr=err, fmt="o", capsize=4, label="mean, 95% CI")
+    for row, variant in zip(y, table["variant"]):
+        seeds = runs.loc[runs["tags.ablate.variant"] == variant, f"metrics.{metric}"].dropna()
+        ax.scatter(seeds, [row - 0.2] * len(seeds), s=12, color="black", alpha=0.6, zorder=3)
+    ax.scatter([], [], s=12, color="black", alpha=0.6, label="one seed")
     ax.axvline(table.loc[table["variant"] == baseline, "mean"].iloc[0], linestyle="--", color="grey", label=baseline)
-    ax.set_yticks(list(y), table["variant"])
-    ax.set(xlabel=f"{metric}: mean and 95% CI over seeds", title=f"{metric} by variant")
+    ax.set_yticks(y, table["variant"])
+    ax.set(xlabel=f"{metric}: each seed, and the mean with its 95% CI", title=f"{metric} by variant")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
@@ -64,7 +69,8 @@ RANK = "metrics.rank/block"
 def plot_rank(runs: pd.DataFrame, order: list[str], path: Path) -> Path | None:
     """Per variant: the effective rank of the token representations after each block at the
     last eval, mean over seeds, by depth (None when no run logged it)."""
-    columns = sorted((c for c in runs.columns if c.startswith(RANK)), key=lambda c: int(c.removeprefix(RANK)))
+    blocks = [c for c in runs.columns if c.startswith(RANK) and c.removeprefix(RANK).isdigit()]
+    columns = sorted(blocks, key=lambda c: int(c.removeprefix(RANK)))
     if not columns:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -111,7 +117,7 @@ def write(client, c: Comparison, history: pd.DataFrame, folder: Path) -> tuple[l
     (stores written before there were parent runs have none)."""
     folder.mkdir(parents=True, exist_ok=True)
     order = list(c.table["variant"])
-    images = [plot_intervals(c.table, c.metric, c.baseline, folder / f"{c.metric}_intervals.png")]
+    images = [plot_intervals(c.table, c.runs, c.metric, c.baseline, folder / f"{c.metric}_intervals.png")]
     if not history.empty:
         images.append(plot_curves(history, order, folder / f"{CURVE_METRIC}_curves.png"))
     rank = plot_rank(c.runs, order, folder / "rank_by_depth.png")

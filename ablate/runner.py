@@ -2,17 +2,19 @@
 draw units of work (search trials, then final trials) from the study's work list, each unit
 trained into its own MLflow run and resumable from its last checkpoint."""
 
+import contextlib
 import subprocess
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ablate import audit, claims, data, sample, search, tasks, tracking
+from ablate import audit, claims, data, errors, processes, sample, search, tasks, tracking
 from ablate.claims import Claim, WorkList
 from ablate.errors import AblateError
 from ablate.model import build_model
@@ -71,8 +73,9 @@ class Setup:
 
 
 def setup(study: Study, results: Path, uri: str, storage: str | None, checkpoints: Path | None, console) -> Setup:
-    """Audit, prepare the data, and create the stores and parent runs once, whichever worker
-    comes first (several processes creating SQLite tables at once would crash)."""
+    """Audit and prepare the data (either may refuse the study before any store is touched),
+    then create the stores and parent runs once, whichever worker comes first (several
+    processes creating SQLite tables at once would crash)."""
     leaks = audit.audit_study(study)
     audit.refuse_leaks(study, leaks)
     leaky = audit.leaking(leaks)
@@ -80,30 +83,53 @@ def setup(study: Study, results: Path, uri: str, storage: str | None, checkpoint
         f"audit: {len(leaks) - len(leaky)} of {len(leaks)} variants causal"
         + (f"; leaking (allowed by allow_leaky): {', '.join(leaky)}" if leaky else "")
     )
+    if isinstance(study.config.data, tasks.TaskConfig):
+        corpus = tasks.TaskData(study.config.data)
+    else:
+        corpus = data.prepare(study.config.data, results / "cache", study.path.parent)
+    console.print(corpus.describe())
+
     results.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(results)
+    checkpoints = checkpoints or results / "checkpoints"
     work = WorkList(storage, study.name)
     first = _first(work, "setup")
     rdb = search.storage(storage)
     tracker = tracking.Tracker(uri, results)
     config = study.config
     expect = [e.model_dump() for e in config.expect]
-    exp_id = tracker.experiment(study.name, study.baseline, [v.name for v in config.variants], config.contrasts, expect)
+    budget = config.budget.model_dump() if config.budget else None
+    names = [v.name for v in config.variants]
+    exp_id = tracker.experiment(study.name, study.baseline, names, config.contrasts, expect, budget)
     parents = {"study": tracker.parent(exp_id, "study", study.name, {tracking.TAG + "study": study.name})}
     for v in study.config.variants:
         tags = {tracking.TAG + "variant": v.name}
         parents[v.name] = tracker.parent(exp_id, "variant", v.name, tags, parents["study"])
+        tracker.tag(parents[v.name], grouping_tags(study, v.name))
     if first is not None:
+        for path in remove_stray_checkpoints(checkpoints, tracker):
+            console.print(f"removed {path}: nothing can resume it", soft_wrap=True)
         work.end(first, claims.DONE)
+    return Setup(study, leaks, corpus, tracker, exp_id, parents, storage, rdb, work, checkpoints)
 
-    if isinstance(study.config.data, tasks.TaskConfig):
-        corpus = tasks.TaskData(study.config.data)
-    else:
-        corpus = data.prepare(study.config.data, results / "cache", study.path.parent)
-    console.print(corpus.describe())
-    return Setup(
-        study, leaks, corpus, tracker, exp_id, parents, storage, rdb, work, checkpoints or results / "checkpoints"
-    )
+
+def grouping_tags(study: Study, variant: str) -> dict[str, str]:
+    """What a user groups and filters a variant's runs by in the MLflow UI: its mixer family,
+    whether its blocks have an FFN, and the study's contrasts it is part of."""
+    model = next(t.model for t in study.trials if t.variant == variant)
+    contrasts = [f"{a} vs {b}" for a, b in study.config.contrasts if variant in (a, b)]
+    tags = {tracking.TAG + "family": model["mixer"], tracking.TAG + "ffn": str(model["ffn"]).lower()}
+    return tags | ({tracking.TAG + "contrast": "; ".join(contrasts)} if contrasts else {})
+
+
+def remove_stray_checkpoints(folder: Path, tracker: tracking.Tracker) -> list[Path]:
+    """Checkpoints nothing can resume (their run was deleted, or the store was replaced) and
+    the temporary files of saves cut off by a dead process: removed, and returned."""
+    stray = [p for p in folder.glob("*.pt") if not tracker.is_active(p.stem)]
+    stray += [p for p in folder.glob(".*.tmp") if processes.gone(p.name.removesuffix(".tmp").partition(".pt.")[2])]
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return stray
 
 
 def default_storage(results: Path) -> str:
@@ -136,23 +162,47 @@ def run_study(
     console = console or Console()
     start = time.perf_counter()
     s = setup(study, results, uri, storage, checkpoints, console)
-    status = "FAILED"
     try:
         if workers == 1:
             work(s, console)
         else:
             _spawn(worker_command, workers, console)
         outcomes = store_outcomes(s)
-        status = "FINISHED" if all(o.status not in ("PENDING", "KILLED") for o in outcomes) else "KILLED"
     except KeyboardInterrupt:
-        status = "KILLED"
         _summary(s, store_outcomes(s), results, uri, time.perf_counter() - start, console, store_args)
+        _end_parents(s, "KILLED")
         raise
-    finally:
-        for run_id in s.parents.values():
-            s.tracker.set_status(run_id, status)
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # a broken store cannot take it; the error itself is reported
+            _end_parents(s, "FAILED", errors.said(e))
+        raise
+    log_aggregates(s, outcomes)
+    _end_parents(s, "FINISHED" if all(o.status not in ("PENDING", "KILLED") for o in outcomes) else "KILLED")
     _summary(s, outcomes, results, uri, time.perf_counter() - start, console, store_args)
     return outcomes
+
+
+def log_aggregates(s: Setup, outcomes: list[Outcome]) -> None:
+    """On each variant's parent run, each final metric over its finished seeds: the mean (under
+    the metric's own name, so the UI's grouped rows show it), the 95% interval and n_seeds."""
+    from ablate.compare import describe
+
+    for variant in s.study.config.variants:
+        finished = [o.metrics for o in outcomes if o.trial.variant == variant.name and o.status == "FINISHED"]
+        if not finished:
+            continue
+        values = {"n_seeds": len(finished)}
+        for name in set.intersection(*(set(m) for m in finished)):
+            got = describe(np.array([m[name] for m in finished], dtype=float))
+            values |= {name: got["mean"], f"{name}_ci95_low": got["ci95_low"], f"{name}_ci95_high": got["ci95_high"]}
+        s.tracker.log_final(s.parents[variant.name], {k: v for k, v in values.items() if np.isfinite(v)})
+
+
+def _end_parents(s: Setup, status: str, reason: str = "") -> None:
+    for run_id in s.parents.values():
+        if reason:
+            s.tracker.client.set_tag(run_id, tracking.TAG + "failure", reason)
+        s.tracker.set_status(run_id, status)
 
 
 def _spawn(command: list[str], n: int, console) -> None:
@@ -455,6 +505,7 @@ class Runs:
             tracking.TAG + "python_version": meta["python_version"],
             tracking.TAG + "causal": str(audit.is_causal(leak)).lower(),
             tracking.TAG + "max_leak": f"{leak:.3e}",
+            **grouping_tags(s.study, trial.variant),
             **tags,
         }
         params = {

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, first_line
 from ablate.model import LanguageModel, build_model
 
 # the seed's hyperparameter → ablate's model key (r_layer goes to the mixer's recurrence)
@@ -46,7 +46,7 @@ def read_checkpoint(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
         try:
             checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-            raise AblateError(f"cannot read the checkpoint {checkpoint}: {str(e).splitlines()[0]}") from e
+            raise AblateError(f"cannot read the checkpoint {checkpoint}: {first_line(e)}") from e
     for key in ("model", "hyperparams"):
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get(key), dict):
             raise AblateError(f"not a Strawberry checkpoint: it has no {key!r} dict")

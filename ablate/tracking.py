@@ -48,16 +48,24 @@ class Tracker:
         self.client = client(uri)
 
     def experiment(
-        self, name: str, baseline: str, variants: list[str], contrasts: list | None = None, expect: list | None = None
+        self,
+        name: str,
+        baseline: str,
+        variants: list[str],
+        contrasts: list | None = None,
+        expect: list | None = None,
+        budget: dict | None = None,
     ) -> str:
         """The study's experiment, created on first use with its artifacts under results/; its tags
-        carry what `compare` needs of the study: baseline, variant order, contrasts, expectations."""
+        carry what `compare` needs of the study: baseline, variant order, contrasts, expectations,
+        and the budget that was held equal."""
         exp_id = self.experiment_id(name)
         self.client.set_experiment_tag(exp_id, TAG + "study", name)
         self.client.set_experiment_tag(exp_id, TAG + "baseline", baseline)
         self.client.set_experiment_tag(exp_id, TAG + "variants", json.dumps(variants))
         self.client.set_experiment_tag(exp_id, TAG + "contrasts", json.dumps(contrasts or []))
         self.client.set_experiment_tag(exp_id, TAG + "expect", json.dumps(expect or []))
+        self.client.set_experiment_tag(exp_id, TAG + "budget", json.dumps(budget))
         return exp_id
 
     def experiment_id(self, name: str) -> str:
@@ -90,6 +98,17 @@ class Tracker:
         nest = {"mlflow.parentRunId": parent_id} if parent_id else {}
         return self.client.create_run(exp_id, run_name=name, tags={TAG + "role": role, **tags, **nest}).info.run_id
 
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_final(self, run_id: str, values: dict[str, float]) -> None:
+        """Metrics of a run that has no curve (a parent's aggregates), at step 0."""
+        log = RunLog(self.client, run_id)
+        log.metrics(0, values)
+        log.flush()
+
     def set_status(self, run_id: str, status: str) -> None:
         self.client.update_run(run_id, status=status)
 
@@ -101,6 +120,17 @@ class Tracker:
         log = RunLog(self.client, run.info.run_id)
         log.params(params)
         return log
+
+    def is_active(self, run_id: str) -> bool:
+        """Whether the store holds this run, not deleted."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
 
     def resume(self, run_id: str) -> "RunLog | None":
         """The run an interrupted worker left (RUNNING, KILLED or FAILED), running again; None

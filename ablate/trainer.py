@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
-from ablate import diagnostics
+from ablate import diagnostics, processes
 from ablate.data import Corpus
+from ablate.errors import first_line
 from ablate.layers import IGNORE_INDEX as IGNORE
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
@@ -116,8 +117,7 @@ def read_checkpoint(path: Path, device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        said = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
-        raise DamagedCheckpoint(said) from e
+        raise DamagedCheckpoint(first_line(e).split(". ")[0]) from e
     if not isinstance(state, dict) or "step" not in state:
         raise DamagedCheckpoint("not a trainer checkpoint")
     return state
@@ -251,7 +251,7 @@ class Trainer:
     def save(self, path: Path) -> None:
         """Write the state atomically: a crash mid-write leaves the previous checkpoint intact."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{processes.owner()}.tmp")
         torch.save(self.state_dict(), tmp)
         os.replace(tmp, path)
 

@@ -27,6 +27,13 @@ seeds: [0, 1]
 """
 
 
+@pytest.fixture
+def own_store(monkeypatch):
+    """`main` in this process, on the results folder's own store: another test may have set
+    MLFLOW_TRACKING_URI (mlflow.set_tracking_uri exports it)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     return prepare(DataConfig(**TINY_DATA), tmp_path_factory.mktemp("cache"))

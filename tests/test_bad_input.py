@@ -194,3 +194,76 @@ def test_no_yaml_tag_executes_code(tmp_path):
     study = write_study(tmp_path, f"name: !!python/object/apply:os.system ['touch {marker}']\nvariants: []\n")
     assert main(["plan", str(study)]) == 2
     assert not marker.exists()
+
+
+def _write_bad(kind: str, folder: Path) -> str:
+    """A data source of one bad kind; returns its file name."""
+    import numpy as np
+
+    if kind == "empty file":
+        (folder / "data.txt").write_text("")
+        return "data.txt"
+    if kind == "binary file":
+        (folder / "data.txt").write_bytes(bytes(range(256)) * 40)
+        return "data.txt"
+    arrays = {
+        "float ids": np.linspace(0, 10, 5000),
+        "negative ids": np.arange(-10, 4990),
+        "ids beyond the vocabulary": np.arange(5000),
+    }
+    np.save(folder / "data.npy", arrays[kind])
+    return "data.npy"
+
+
+BAD_DATA = {
+    "empty file": "no text in 1 file(s): each is empty or binary",
+    "binary file": "no text in 1 file(s): each is empty or binary",
+    "float ids": "must hold a 1-D integer token array",
+    "negative ids": "holds token ids outside [0, data.vocab_size=512)",
+    "ids beyond the vocabulary": "holds token ids outside [0, data.vocab_size=512)",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_DATA)
+def test_bad_data_stops_before_any_store_is_written(kind, tmp_path, capsys, own_store):
+    name = _write_bad(kind, tmp_path)
+    path = write_study(tmp_path, TINY_STUDY.replace("source: stdlib", f"source: {name}"))
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: data.source: ") and err.count("\n") == 1 and BAD_DATA[kind] in err
+    assert not (results / "mlflow.db").exists() and not (results / "optuna.db").exists()  # no parent run left RUNNING
+
+
+def test_a_full_disk_while_the_cache_is_written_is_one_line_and_leaves_nothing(
+    tmp_path, capsys, monkeypatch, own_store
+):
+    import errno
+
+    import numpy as np
+
+    def full(file, array):
+        Path(file).write_bytes(b"\0" * 100)  # part of it, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    path = write_study(tmp_path, TINY_STUDY)
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ablate: error: cannot write the data cache under {results / 'cache'}: No space left on device\n"
+    assert not list((results / "cache").iterdir())  # the half-written build is gone
+    assert not (results / "mlflow.db").exists()
+
+
+def test_a_broken_study_database_is_said_in_words(tmp_path, capsys, own_store):
+    """SQLAlchemy's own text (statements, 'Query-invoked autoflush') is no message for a user."""
+    junk = tmp_path / "optuna.db"
+    junk.write_bytes(bytes(range(256)) * 20)
+    path = write_study(tmp_path, TINY_STUDY)
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results), "--storage", f"sqlite:///{junk}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: the study database (--storage") and err.count("\n") == 1
+    assert "file is not a database" in err and "[SQL" not in err
+    assert not (results / "mlflow.db").exists()

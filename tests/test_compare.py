@@ -18,8 +18,10 @@ from ablate.compare import (
     latest_per_seed,
     lower_is_better,
     pairs_table,
+    shapes,
     small_samples,
     summarize,
+    unequal_cost,
 )
 from ablate.errors import AblateError
 
@@ -228,3 +230,35 @@ def test_identical_runs_are_the_same_and_a_constant_shift_is_a_difference():
     table = pairs_table(runs, "val_loss", [("twin", "a"), ("shifted", "a")]).set_index("variant")
     assert table.loc["twin", "p"] == 1.0 and table.loc["twin", "verdict"] == "no significant difference"
     assert table.loc["shifted", "p"] == 0.0 and table.loc["shifted", "verdict"] == "worse"
+
+
+def test_the_table_shows_what_the_budget_held_equal_and_says_what_it_did_not():
+    runs = pd.DataFrame(
+        [
+            {
+                "tags.ablate.variant": v,
+                "params.n_params": str(total),
+                "params.n_params_non_embedding": str(counted),
+                "params.model.n_layers": layers,
+                "params.model.d_model": width,
+                "params.flops_per_token": str(flops),
+            }
+            for v, total, counted, layers, width, flops in [
+                ("mha", 294_912, 163_840, "2", "128", 1_000_000),
+                ("retention-no-ffn", 229_376, 163_840, "4", "96", 1_270_000),
+            ]
+        ]
+    )
+    by_params = shapes(runs, {"params": 163_840, "count": "non_embedding"}).set_index("variant")
+    assert list(by_params["budgeted"]) == [163_840, 163_840]  # not the totals, which differ by the embeddings
+    assert set(by_params["budgeted_as"]) == {"non-embedding params (the study's budget)"}
+    assert (by_params.loc["retention-no-ffn", "n_layers"], by_params.loc["retention-no-ffn", "d_model"]) == (4, 96)
+    line = unequal_cost(by_params.reset_index())
+    assert line.startswith("forward FLOPs/token differ by up to 27% across variants (mha 1,000,000, retention-no-ffn")
+    assert set(shapes(runs, {"params": 294_912, "count": "total"})["budgeted_as"]) == {
+        "total params (the study's budget)"
+    }
+    by_flops = shapes(runs.assign(**{"params.flops_per_token": "1000000"}), {"flops_per_token": 1e6})
+    assert list(by_flops["budgeted"]) == [1e6, 1e6]
+    assert unequal_cost(by_flops) is None  # equal non-embedding params too
+    assert set(shapes(runs, None)["budgeted_as"]) == {"non-embedding params"}  # no budget: labelled as such

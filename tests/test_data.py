@@ -149,3 +149,30 @@ def test_a_char_vocabulary_smaller_than_the_text_is_refused(tmp_path):
     (tmp_path / "t.txt").write_text(TEXT)
     with pytest.raises(AblateError, match="distinct characters, more than 10"):
         prepare(DataConfig(source=str(tmp_path / "t.txt"), tokenizer="char", vocab_size=10), tmp_path / "cache")
+
+
+def test_builds_cut_off_by_a_dead_process_are_removed_by_the_next_prepare(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from ablate.data import BUILDING
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host, cache = socket.gethostname(), tmp_path / "cache"
+    folders = {
+        "dead": cache / f"{BUILDING}{host}:{dead.pid}-abc",
+        "alive": cache / f"{BUILDING}{host}:{os.getpid()}-def",  # a build in progress: kept
+        "other host, recent": cache / f"{BUILDING}elsewhere:1-ghi",  # cannot be checked: kept an hour
+        "other host, old": cache / f"{BUILDING}elsewhere:2-jkl",
+    }
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        (folder / "train.npy").write_bytes(b"\0" * 10)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(folders["other host, old"], (hours_ago, hours_ago))
+    np.save(tmp_path / "tokens.npy", np.arange(5000) % 100)
+    prepare(DataConfig(source=str(tmp_path / "tokens.npy"), vocab_size=100), cache)
+    assert {k for k, f in folders.items() if f.exists()} == {"alive", "other host, recent"}

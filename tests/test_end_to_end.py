@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import scipy.stats
 
 import ablate
 from ablate.cli import main
@@ -75,6 +76,32 @@ def test_run_logs_one_finished_run_per_trial(finished):
     assert "unigram entropy" in stdout and "ablate compare" in stdout
 
 
+def test_variant_parents_hold_their_aggregates_and_every_run_the_tags_to_group_by(finished):
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    trials, parents = runs[runs["tags.ablate.role"].isna()], runs[runs["tags.ablate.role"] == "variant"]
+    assert sorted(parents["tags.ablate.variant"]) == ["aft", "mha"]
+    for _, parent in parents.iterrows():
+        values = trials.loc[trials["tags.ablate.variant"] == parent["tags.ablate.variant"], "metrics.val_loss"]
+        low, high = scipy.stats.t.interval(0.95, 1, loc=values.mean(), scale=scipy.stats.sem(values))
+        assert parent["metrics.val_loss"] == pytest.approx(values.mean(), abs=1e-12)
+        assert (parent["metrics.val_loss_ci95_low"], parent["metrics.val_loss_ci95_high"]) == pytest.approx((low, high))
+        assert parent["metrics.n_seeds"] == 2
+    expected = {"mha": ("mha", "true"), "aft": ("aft-simple", "false")}
+    for frame in (trials, parents):
+        for _, run in frame.iterrows():
+            assert (run["tags.ablate.family"], run["tags.ablate.ffn"]) == expected[run["tags.ablate.variant"]]
+
+
+def test_runs_carry_the_contrasts_of_their_variant(tmp_path):
+    from ablate import study
+    from ablate.runner import grouping_tags
+
+    path = write_study(tmp_path, TINY_STUDY + "contrasts: [[aft, mha]]\n")
+    planned = study.load(path)
+    assert grouping_tags(planned, "aft")["ablate.contrast"] == "aft vs mha"
+    assert grouping_tags(planned, "mha")["ablate.contrast"] == "aft vs mha"
+
+
 def test_compare_json_means_equal_the_runs(finished, capsys):
     _, results, _ = finished
     assert main(["compare", "--results", str(results), "--format", "json"]) == 0
@@ -105,6 +132,25 @@ def test_compare_marks_a_study_stopped_while_its_loss_still_falls(finished, caps
     for fmt in ("table", "csv", "markdown"):
         assert main(["compare", "--results", str(results), "--study", "tiny", "--format", fmt]) == 0
         assert "aft" in capsys.readouterr().out
+
+
+def test_compare_shows_the_counted_params_the_shape_and_the_flops_of_each_variant(finished, capsys):
+    _, results, _ = finished
+    assert main(["compare", "--results", str(results), "--study", "tiny", "--format", "json", "--no-report"]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
+    runs = trial_runs("tiny")
+    for variant, row in rows.items():
+        run = runs[runs["tags.ablate.variant"] == variant].iloc[0]
+        assert row["budgeted"] == int(run["params.n_params_non_embedding"]) and row["budgeted_as"] == (
+            "non-embedding params"  # the tiny study has no budget
+        )
+        assert (row["n_layers"], row["d_model"]) == (1, 32)
+        assert row["flops_per_token"] == float(run["params.flops_per_token"])
+    assert main(["compare", "--results", str(results), "--study", "tiny", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "params non-emb" in out and "layers×d" in out and "FLOPs/tok" in out and "1×32" in out
+    assert f"{rows['mha']['budgeted']:,.0f}" in out
+    assert "forward FLOPs/token differ by up to" in out  # aft costs less than mha here
 
 
 def test_compare_writes_plots_and_a_self_contained_report(finished, capsys):

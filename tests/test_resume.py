@@ -261,3 +261,74 @@ def test_a_claim_whose_heartbeat_went_stale_is_taken_over_once(tmp_path):
     assert eager.claim("u") is None and not gone.beat(held)  # the old holder learns it lost the claim
     eager.end(taken, claims.DONE)
     assert patient.claim("u") is None and patient.rows()["u"].state == claims.DONE
+
+
+ONE_TRIAL = TINY_STUDY.replace("seeds: [0, 1]", "seeds: [0]").replace(
+    "  - {name: aft, model: {mixer: aft-simple, ffn: false}}\n", ""
+)
+
+
+def test_checkpoints_nothing_can_resume_are_removed_when_a_study_starts(tmp_path, capsys, own_store):
+    """A checkpoint whose run the store no longer has (the store was deleted mid-run), and the
+    temporary file of a save cut off by a dead process, are removed; a live save is not."""
+    import socket
+
+    study, results = write_study(tmp_path, ONE_TRIAL), tmp_path / "results"
+    folder = results / "checkpoints"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    stray = folder / "0123456789abcdef0123456789abcdef.pt"
+    cut = folder / f".{stray.name}.{host}:{dead.pid}.tmp"
+    live = folder / f".{stray.name}.{host}:{os.getpid()}.tmp"
+    for path in (stray, cut, live):
+        path.write_bytes(b"\0" * 10)
+    assert main(["run", str(study), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert not stray.exists() and not cut.exists() and live.exists()
+    assert f"removed {stray}: nothing can resume it" in out and f"removed {cut}" in out
+
+
+def test_a_study_that_stops_on_an_error_ends_its_parent_runs_failed_with_the_reason(tmp_path, monkeypatch, own_store):
+    from ablate import runner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the worker broke\nsecond line")
+
+    monkeypatch.setattr(runner, "work", broken)
+    study, results = write_study(tmp_path, ONE_TRIAL), tmp_path / "results"
+    with pytest.raises(RuntimeError, match="the worker broke"):
+        main(["run", str(study), "--results", str(results)])
+    client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    parents = [r for r in client.search_runs([exp.experiment_id]) if "ablate.role" in r.data.tags]
+    assert {p.data.tags["ablate.role"] for p in parents} == {"study", "variant"}
+    assert {(p.info.status, p.data.tags["ablate.failure"]) for p in parents} == {("FAILED", "the worker broke")}
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_ends_the_study_in_one_line_and_a_rerun_finishes(
+    tmp_path, capsys, monkeypatch, own_store
+):
+    import errno
+
+    from ablate import trainer
+
+    def full(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    study, results = write_study(tmp_path, ONE_TRIAL), tmp_path / "results"
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.torch, "save", full)
+        assert main(["run", str(study), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: No space left on device: ") and err.count("\n") == 1
+    client, runs = store(results)
+    parents = [r for r in client.search_runs([runs[0].info.experiment_id]) if "ablate.role" in r.data.tags]
+    assert {(r.info.status, r.data.tags["ablate.failure"][:24]) for r in parents} == {
+        ("FAILED", "No space left on device:")
+    }
+    assert [r.info.status for r in runs] == ["FAILED"]  # not the trial's fault: a rerun resumes it
+    assert main(["run", str(study), "--results", str(results)]) == 0  # space again: the trial is trained
+    _, runs = store(results)
+    assert [r.info.status for r in runs] == ["FINISHED"]
