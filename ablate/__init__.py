@@ -1,7 +1,10 @@
 """ablate: architecture ablations for small language models, done honestly."""
 
+from importlib.metadata import version
+
 from ablate.model import build_model
 from ablate.registry import variants
 from ablate.strawberry import load_strawberry
 
-__all__ = ["build_model", "load_strawberry", "variants"]
+__version__ = version("ablate")
+__all__ = ["__version__", "build_model", "load_strawberry", "variants"]

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import ablate
 from ablate.errors import AblateError, environment_error
 
 DEFAULT_RESULTS = "results"
@@ -34,11 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+COMPARE_TERMS = """terms (the README's glossary says more):
+  paired        tested on the per-seed differences (one seed: same init and data order); else Welch's t-test
+  Holm          p-values corrected for the number of comparisons in a table, so that α = 0.05 holds for it
+  d_z           paired effect size: mean difference / standard deviation of the differences
+  Hedges' g     unpaired effect size: difference of means / pooled standard deviation, small-sample corrected
+  MDE           the smallest true difference the test would detect with 80% power at Holm's strictest level
+  not converged loss still falling at the end, or within 5% of the unigram entropy: a verdict on speed only"""
+
 SMOKE_HELP = "the smoke form: 20 steps, the first seed, experiment NAME-smoke (a quick look on a CPU)"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ablate", description="Architecture ablations for small language models.")
+    p.add_argument("--version", action="version", version=f"ablate {ablate.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def store_options(cmd):
@@ -58,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     def work_options(cmd):
-        cmd.add_argument("study", type=Path)
+        cmd.add_argument("study", type=Path, help="the study's YAML file")
         cmd.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
         data_option(cmd)
         cmd.add_argument(
@@ -84,19 +94,32 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=_worker)
 
     plan = sub.add_parser("plan", help="show the trials a study would run, with parameter counts")
-    plan.add_argument("study", type=Path)
-    plan.add_argument("--json", action="store_true")
+    plan.add_argument("study", type=Path, help="the study's YAML file")
+    plan.add_argument(
+        "--json", action="store_true", help="the planned trials as JSON (each model as build_model takes it)"
+    )
     plan.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     data_option(plan)
     plan.set_defaults(func=_plan)
 
     compare = sub.add_parser(
-        "compare", help="a table of variants: mean, 95%% CI, tests against the baseline (paired by seed, Holm)"
+        "compare",
+        help="a table of variants: mean, 95%% CI, tests against the baseline (paired by seed, Holm)",
+        epilog=COMPARE_TERMS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument("--study", help="study name (default: the one that ran last)")
-    compare.add_argument("--metric", default="val_loss")
+    compare.add_argument(
+        "--metric", default="val_loss", help="the logged metric to compare, e.g. val_accuracy (default: val_loss)"
+    )
     compare.add_argument("--baseline", help="variant to compare against (default: the study's)")
-    compare.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table")
+    compare.add_argument(
+        "--format",
+        choices=("table", "csv", "markdown", "json"),
+        default="table",
+        help="table (for reading: contrasts, variants and expectations) or one table as csv, markdown or json "
+        "(default: table)",
+    )
     compare.add_argument(
         "--part",
         choices=("variants", "contrasts", "expectations"),
@@ -110,7 +133,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-report", action="store_true", help="skip the plots and report.html (default: RESULTS/STUDY/)"
     )
     direction = compare.add_mutually_exclusive_group()
-    direction.add_argument("--lower-is-better", action="store_const", const=True, dest="lower_is_better")
+    direction.add_argument(
+        "--lower-is-better",
+        action="store_const",
+        const=True,
+        dest="lower_is_better",
+        help="the metric's direction (known for losses, accuracy and speed)",
+    )
     direction.add_argument(
         "--higher-is-better",
         action="store_const",
@@ -121,8 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     store_options(compare)
     compare.set_defaults(func=_compare)
 
-    ui = sub.add_parser("ui", help="start the MLflow UI on the store (127.0.0.1, a free port)")
+    ui = sub.add_parser(
+        "ui", help="start the MLflow UI on the store (127.0.0.1) and print its URL, on the study, once it answers"
+    )
+    ui.add_argument("--study", help="the study the URL opens on (default: the one that ran last)")
     ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    ui.add_argument("--workers", type=_positive, default=1, help="MLflow server worker processes (default 1)")
     store_options(ui)
     ui.set_defaults(func=_ui)
 
@@ -152,9 +185,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=_positive, help="sequences per step (default: the study's, else 16)")
     bench.add_argument("--steps", type=_positive, default=20, help="timed steps (default 20)")
     bench.add_argument("--warmup", type=_positive, default=5, help="untimed steps first (default 5)")
-    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    bench.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when there is one (default: auto)"
+    )
     bench.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
-    bench.add_argument("--parallel", type=_positive, default=1, metavar="K", help="K copies at once, in K processes")
+    bench.add_argument(
+        "--parallel", type=_positive, default=1, metavar="K", help="K copies at once, in K processes (default 1)"
+    )
     bench.add_argument("--threads", type=_positive, help="torch threads (default: torch's choice)")
     bench.add_argument("--json", action="store_true", help="a JSON list of result objects")
     bench.set_defaults(func=_bench)
@@ -165,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--tokens", type=_positive, default=100, help="tokens to generate (default 100)")
     sample.add_argument("--temperature", type=float, default=1.0, help="0 takes the most likely token (default 1)")
     sample.add_argument("--top-k", type=_positive, help="draw from the k most likely tokens only")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="the sampling RNG's seed (default 0)")
     sample.add_argument("--json", action="store_true", help="prompt and generated token ids and text as JSON")
     store_options(sample)
     sample.set_defaults(func=_sample)
@@ -173,7 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="record a model trained elsewhere as a finished run (with its model)")
     imp.add_argument("kind", choices=("strawberry",), help="the checkpoint's format: strawberry (the seed's train.py)")
     imp.add_argument("checkpoint", type=Path, help="the checkpoint file")
-    imp.add_argument("--study", default="strawberry-imports", help="MLflow experiment to record it in")
+    imp.add_argument(
+        "--study", default="strawberry-imports", help="MLflow experiment to record it in (default: strawberry-imports)"
+    )
     store_options(imp)
     imp.set_defaults(func=_import)
 
@@ -189,13 +228,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--batch-size", type=_positive, default=16, help="sequences per val batch (default 16)")
     evaluate.add_argument("--batches", type=_positive, default=20, help="val batches (default 20)")
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluate.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when there is one (default: auto)"
+    )
     evaluate.add_argument("--json", action="store_true", help="the metrics and the evaluation run id as JSON")
     store_options(evaluate)
     evaluate.set_defaults(func=_eval)
 
-    variants = sub.add_parser("variants", help="list the registered mixers")
-    variants.add_argument("--json", action="store_true")
+    variants = sub.add_parser(
+        "variants", help="list the registered mixers: what a study's variant names as its model.mixer"
+    )
+    variants.add_argument("--json", action="store_true", help="the name and description of each, as JSON")
     variants.set_defaults(func=_variants)
     return p
 
@@ -496,33 +539,54 @@ def _cell(value) -> str:
 
 
 def _ui(args) -> int:
+    from ablate import tracking
+
     _results, uri = _store(args)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise AblateError(f"no store at {uri} yet: run a study first")
+    client = tracking.client(uri)
+    name = args.study or tracking.latest_study(client)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise AblateError(f"no study named {name!r} in {uri}")
     port = args.port or _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    print(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C stops it)", flush=True)
-    # mlflow server forks uvicorn workers and job consumers; in a session of their own they can
-    # all be stopped together, whichever way this command ends (Ctrl-C, SIGTERM, the server dying).
-    server = subprocess.Popen(cmd, start_new_session=True)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
+    # one viewer needs no MLflow job consumers; in a session of their own, the server's processes
+    # can all be stopped together, whichever way this command ends (Ctrl-C, SIGTERM, the server dying)
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=sys.stderr)  # stdout: the URL alone
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_served(f"{base}/health", server)
+        print(f"MLflow UI: {base}/#/experiments/{experiment.experiment_id}", flush=True)
+        print(f"(study {name}; store {uri}; Ctrl-C stops it)", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0
     finally:
         _stop_group(server)
+
+
+UI_START_S = 180  # a busy machine takes tens of seconds to import and start the server
+
+
+def _wait_until_served(url: str, server: subprocess.Popen) -> None:
+    """Return once the server answers url; a one-line error when it exits or never answers."""
+    import urllib.request
+
+    deadline = time.monotonic() + UI_START_S
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            if server.poll() is not None:
+                raise AblateError(f"the MLflow server exited (code {server.returncode}) before it answered") from None
+            if time.monotonic() > deadline:
+                raise AblateError(f"the MLflow server did not answer {url} within {UI_START_S} s") from None
+            time.sleep(0.25)
 
 
 def _stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:

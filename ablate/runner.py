@@ -3,6 +3,7 @@ draw units of work (search trials, then final trials) from the study's work list
 trained into its own MLflow run and resumable from its last checkpoint."""
 
 import contextlib
+import datetime
 import subprocess
 import time
 import warnings
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ablate import audit, claims, data, errors, processes, sample, search, tasks, tracking
@@ -244,7 +245,7 @@ def work(s: Setup, console, live: bool = True) -> list[Outcome]:
         steps = sum(
             u.trial.train["steps"] for u in finals if u.name not in rows or rows[u.name].state not in claims.ENDED
         )
-        runs.overall = progress.add_task("study", total=steps, loss="", speed="")
+        runs.overall = progress.add_task("study", total=steps, loss="-", speed="-", eta="-")
         outcomes = []
         while todo:
             rows = s.work.rows()
@@ -254,6 +255,11 @@ def work(s: Setup, console, live: bool = True) -> list[Outcome]:
                 if unit.trial is not None and unit.variant in searching:
                     continue
                 if (claim := s.work.claim(unit.name)) is not None:
+                    runs.queued = [
+                        (u.trial.model["mixer"], u.trial.train["steps"])
+                        for u in todo
+                        if u.trial is not None and u is not unit and u.name not in rows
+                    ]
                     outcomes.append(runs.search(unit, claim) if unit.trial is None else runs.final(unit, claim))
                     break
             else:
@@ -269,9 +275,40 @@ PROGRESS_COLUMNS = (
     TextColumn("loss {task.fields[loss]}"),
     TextColumn("{task.fields[speed]} tok/s"),
     TimeElapsedColumn(),
-    TextColumn("ETA"),
-    TimeRemainingColumn(),
+    TextColumn("ETA {task.fields[eta]}"),
 )
+
+
+class Pace:
+    """Seconds per step of the final trials finished in this process, per mixer family: what the
+    ETA is estimated from once one has finished (a trial's first steps, with their compiling,
+    caching and first eval, are no guide to the rest, nor one family's speed to another's)."""
+
+    def __init__(self):
+        self.measured: dict[str, tuple[float, int]] = {}  # family → (seconds, steps)
+
+    def record(self, family: str, seconds: float, steps: int) -> None:
+        if steps > 0:
+            total, n = self.measured.get(family, (0.0, 0))
+            self.measured[family] = (total + seconds, n + steps)
+
+    def per_step(self, family: str) -> float | None:
+        """The family's measured seconds per step; else that of all families measured; else None."""
+        pooled = self.measured.values()
+        total, n = self.measured.get(family) or (sum(t for t, _ in pooled), sum(n for _, n in pooled))
+        return total / n if n else None
+
+    def eta(self, family: str, remaining: int, rate_now: float | None, queued: list[tuple[str, int]]) -> float | None:
+        """Seconds left: this trial's remaining steps, then every queued (family, steps), each at
+        its family's measured pace, falling back to this trial's own rate so far."""
+        own = self.per_step(family) or rate_now
+        if own is None:
+            return None
+        return remaining * own + sum(steps * (self.per_step(f) or own) for f, steps in queued)
+
+
+def clock(seconds: float | None) -> str:
+    return "-" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
 
 
 STATE = tracking.TAG + "optuna_state"  # the Optuna state a search trial's run ended in
@@ -293,6 +330,8 @@ class Runs:
     s: Setup
     progress: Progress
     overall: int | None = None
+    pace: Pace = field(default_factory=Pace)
+    queued: list[tuple[str, int]] = field(default_factory=list)  # (family, steps) of final trials not yet taken
 
     def final(self, unit: Unit, claim: Claim) -> Outcome:
         s, trial = self.s, unit.trial
@@ -438,7 +477,8 @@ class Runs:
         if on_run is not None:
             on_run(run.run_id)
         checkpoint = s.checkpoints / f"{run.run_id}.pt"
-        task = self.progress.add_task(label, total=config.steps, loss="-", speed="-", completed=trainer.step)
+        task = self.progress.add_task(label, total=config.steps, loss="-", speed="-", eta="-", completed=trainer.step)
+        family, first_step, started = trial.model["mixer"], trainer.step, time.perf_counter()
         last_step = trainer.step
 
         with claims.Heartbeat(s.work, claim, beat) as heartbeat:
@@ -452,16 +492,20 @@ class Runs:
                     if kind == "eval" and on_eval is not None:
                         on_eval(step, metrics["val_loss"])
                     return
-                self.progress.update(
-                    task, completed=step, loss=f"{metrics['train_loss']:.3f}", speed=f"{metrics['tokens_per_s']:,.0f}"
-                )
-                if self.overall is not None and on_eval is None:
-                    self.progress.advance(self.overall, step - last_step)
+                now = {"loss": f"{metrics['train_loss']:.3f}", "speed": f"{metrics['tokens_per_s']:,.0f}"}
+                rate = (time.perf_counter() - started) / (step - first_step) if step > first_step else None
+                left = self.pace.eta(family, config.steps - step, rate, [])
+                self.progress.update(task, completed=step, eta=clock(left), **now)
+                if self.overall is not None and on_eval is None:  # the study bar counts final trials
+                    left = self.pace.eta(family, config.steps - step, rate, self.queued)
+                    self.progress.update(self.overall, advance=step - last_step, eta=clock(left), **now)
                 last_step = step
 
             final, reason = {"run_id": run.run_id}, ""
             try:
                 final |= trainer.fit(on_metrics, checkpoint)
+                if on_eval is None:
+                    self.pace.record(family, time.perf_counter() - started, config.steps - first_step)
                 run.metrics(config.steps, {k: final[k] for k in ("train_time_s", "mean_tokens_per_s")})
                 if keep_model:
                     sample.save(run, model, trial.model, s.corpus.tokenizer_path)

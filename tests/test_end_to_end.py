@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -74,6 +73,8 @@ def test_run_logs_one_finished_run_per_trial(finished):
     assert str(results / "artifacts" / "tiny") in runs["artifact_uri"].iloc[0]
 
     assert "unigram entropy" in stdout and "ablate compare" in stdout
+    # the study bar shows the running trial's loss and speed, not empty fields
+    assert re.search(r"study .* step 120/120 loss \d\.\d{3} [\d,]+ tok/s .* ETA 0:00:00", stdout)
 
 
 def test_variant_parents_hold_their_aggregates_and_every_run_the_tags_to_group_by(finished):
@@ -263,7 +264,7 @@ def test_variants_lists_every_mixer_with_a_description(capsys):
     assert all(r["description"] for r in rows)
 
 
-def test_ui_serves_the_store(finished):
+def test_ui_prints_the_studys_url_once_its_one_worker_server_answers(finished):
     _, results, _ = finished
     ui = subprocess.Popen(
         [sys.executable, "-m", "ablate.cli", "ui", "--results", str(results)],
@@ -273,27 +274,32 @@ def test_ui_serves_the_store(finished):
         env=clean_env(),
     )
     try:
-        url = re.search(r"http://127\.0\.0\.1:\d+", ui.stdout.readline()).group(0)
-        deadline = time.time() + 120
-        while True:
-            try:
-                body = urllib.request.urlopen(f"{url}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")
-                break
-            except OSError:
-                assert time.time() < deadline and ui.poll() is None, "the MLflow UI did not come up"
-                time.sleep(0.5)
-        assert json.load(body)["experiment"]["name"] == "tiny"
+        line = ui.stdout.readline()
+        base, experiment = re.match(r"MLflow UI: (http://127\.0\.0\.1:\d+)/#/experiments/(\d+)$", line.strip()).groups()
+        # printed only once the server answers: the first request succeeds, no retries
+        body = urllib.request.urlopen(f"{base}/ajax-api/2.0/mlflow/experiments/get?experiment_id={experiment}")
+        assert json.load(body)["experiment"]["name"] == "tiny"  # the study that ran last
+        (server,) = [pid for pid, line in _processes() if "mlflow server" in line and str(results) in line]
+        session = _session(server)
+        group = [line for pid, line in _processes() if _session(pid) == session]
+        assert len(group) <= 2 and not [line for line in group if "huey" in line]  # one worker, no job consumers
     finally:
         ui.terminate()
         ui.wait(timeout=30)
-    # mlflow server's workers and job consumers go with it: nothing of this store keeps running
+    # the server and its worker go with it: nothing of this store keeps running
     assert not _processes_mentioning(str(results))
     with pytest.raises(OSError):
-        urllib.request.urlopen(url, timeout=5)
+        urllib.request.urlopen(base, timeout=5)
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that contain text (read from /proc)."""
+def test_ui_on_an_unknown_study_is_one_line(finished, capsys, own_store):
+    _, results, _ = finished
+    assert main(["ui", "--results", str(results), "--study", "nosuch"]) == 2
+    assert capsys.readouterr().err == f"ablate: error: no study named 'nosuch' in sqlite:///{results / 'mlflow.db'}\n"
+
+
+def _processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every live process (read from /proc)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -301,9 +307,20 @@ def _processes_mentioning(text: str) -> list[str]:
             status = (cmdline.parent / "stat").read_text().split(")")[-1].split()[0]
         except OSError:
             continue
-        if text in line and status != "Z":
-            found.append(line)
+        if status != "Z":
+            found.append((int(cmdline.parent.name), line))
     return found
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().split(")")[-1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    return [line for _, line in _processes() if text in line]
 
 
 def test_sample_generates_the_requested_tokens_from_a_finished_run(finished, capsys):
@@ -420,3 +437,40 @@ def test_eval_of_a_finished_trial_reproduces_its_val_loss_and_audits_it(finished
     assert evaluation.data.metrics["val_loss"] == out["val_loss"]
     assert main(["eval", "no-such-run", *store]) == 2
     assert "no run 'no-such-run'" in capsys.readouterr().err
+
+
+def _subcommands():
+    import argparse
+
+    from ablate.cli import _parser
+
+    parser = _parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return parser, sub.choices
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default():
+    parser, commands = _subcommands()
+    for name, command in {"ablate": parser, **commands}.items():
+        for action in command._actions:
+            if action.dest in ("help", "command", "version"):
+                continue
+            what = f"ablate {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{what} has no help text"
+            if action.default not in (None, False, []):
+                assert "default" in action.help, f"{what}: its default ({action.default!r}) is not shown"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == f"ablate {ablate.__version__}\n"
+
+
+def test_compare_help_explains_the_terms_of_its_table(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    for term in ("Holm", "d_z", "Hedges' g", "MDE", "paired", "not converged"):
+        assert f"\n  {term} " in out

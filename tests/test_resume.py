@@ -332,3 +332,19 @@ def test_a_full_disk_while_a_checkpoint_is_written_ends_the_study_in_one_line_an
     assert main(["run", str(study), "--results", str(results)]) == 0  # space again: the trial is trained
     _, runs = store(results)
     assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def test_the_eta_comes_from_measured_trial_times_per_family():
+    from ablate.runner import Pace, clock
+
+    pace = Pace()
+    assert pace.eta("mha", 100, None, [("aft", 10)]) is None  # nothing measured, nothing run yet: no guess
+    assert pace.eta("mha", 100, 0.5, [("aft", 10)]) == 100 * 0.5 + 10 * 0.5  # this trial's rate so far
+    pace.record("mha", 30.0, 300)  # 0.1 s a step
+    pace.record("aft-simple", 6.0, 300)  # 0.02 s a step
+    assert pace.per_step("mha") == pytest.approx(0.1)
+    assert pace.per_step("retention") == pytest.approx(36 / 600)  # unmeasured: the pooled pace
+    # this mha trial's first steps look slow (0.9 s a step); the measured pace counts, not they
+    left = pace.eta("mha", 100, 0.9, [("aft-simple", 1000), ("retention", 500)])
+    assert left == pytest.approx(100 * 0.1 + 1000 * 0.02 + 500 * 0.06)
+    assert clock(left) == "0:01:00" and clock(None) == "-"
