@@ -564,6 +564,7 @@ class Runs:
             "n_params": str(trial.n_params),
             "n_params_non_embedding": str(trial.n_params_non_embedding),
             "flops_per_token": f"{trial.flops_per_token:.0f}",
+            "budget": s.study.config.budget.describe() if s.study.config.budget else "none",
             "state_size": str(trial.state_size),
             "device": str(trainer.device),
         }

@@ -62,6 +62,7 @@ def test_run_logs_one_finished_run_per_trial(finished):
     assert set(runs["params.model.d_model"]) == {"32"} and set(runs["params.train.steps"]) == {"30"}
     assert runs["params.data.fingerprint"].nunique() == 1
     assert (runs["params.flops_per_token"].astype(float) > 0).all()
+    assert set(runs["params.budget"]) == {"none"}  # the tiny study sets no budget
     assert set(runs.loc[runs["tags.ablate.variant"] == "aft", "params.state_size"]) == {"96"}  # 3 sums × 32 channels
 
     client = mlflow.MlflowClient()
@@ -474,3 +475,19 @@ def test_compare_help_explains_the_terms_of_its_table(capsys):
     out = capsys.readouterr().out
     for term in ("Holm", "d_z", "Hedges' g", "MDE", "paired", "not converged"):
         assert f"\n  {term} " in out
+
+
+def test_a_budgeted_study_labels_what_its_budget_held_equal(tmp_path, capsys, own_store):
+    text = TINY_STUDY.replace("seeds: [0, 1]", "seeds: [0]\nbudget: {params: 8000, tolerance: 0.05}")
+    study, results = write_study(tmp_path, text), tmp_path / "results"
+    assert main(["run", str(study), "--results", str(results)]) == 0
+    client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    trials = [r for r in runs if "ablate.role" not in r.data.tags]
+    assert {r.data.params["budget"] for r in trials} == {"8,000 non-embedding parameters"}
+    capsys.readouterr()
+    assert main(["compare", "--results", str(results), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "params non-emb (budget)" in out and "FLOPs/tok" in out
+    counted = {int(r.data.params["n_params_non_embedding"]) for r in trials}
+    assert all(abs(n - 8000) <= 400 for n in counted) and all(f"{n:,}" in out for n in counted)
