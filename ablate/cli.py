@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import math
 import os
 import signal
@@ -19,6 +20,9 @@ DEFAULT_RESULTS = "results"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # MLflow logs every database error it catches with its traceback; the one-line error below says
+    # what the database said
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         return args.func(args) or 0
     except AblateError as e:

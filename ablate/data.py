@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ablate import processes
-from ablate.errors import AblateError
+from ablate.errors import AblateError, full_disk
 
 CACHE_VERSION = 2
 BUILDING = ".building-"  # + owner + "-" + random: a cache entry being written
@@ -244,6 +244,10 @@ def _write(directory: Path, train: np.ndarray, val: np.ndarray, tokenizer, meta:
         except OSError:  # another process finished the same build first
             if not (directory / "meta.json").exists():
                 raise
+    except OSError as e:
+        if e.errno is None and (full := full_disk(tmp, train.nbytes + val.nbytes)):  # numpy's short write
+            raise full from e
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,6 +1,10 @@
 """What the CLI turns into a one-line message and exit code 2: the user's errors, and failures
 of the stores and disks under a study; anything else is a bug and keeps its traceback."""
 
+import errno
+import os
+import shutil
+
 
 class AblateError(Exception):
     """A problem with the user's input (study, data, store) rather than a bug."""
@@ -13,19 +17,18 @@ def first_line(e: BaseException) -> str:
 
 def environment_error(e: BaseException) -> str | None:
     """A failure of a store or of the disk under it, in one line; None for anything else (a bug)."""
-    import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
-    from optuna.exceptions import StorageInternalError
 
-    if isinstance(e, StorageInternalError) and isinstance(e.__cause__, sqlalchemy.exc.SQLAlchemyError):
-        e = e.__cause__
+    database = _database_error(e)
     if isinstance(e, MlflowException):
-        return f"MLflow store: {first_line(e)}"
-    if isinstance(e, sqlalchemy.exc.SQLAlchemyError):
-        cause = first_line(getattr(e, "orig", None) or e)
-        return (
-            f"the study database (--storage: the Optuna storage and work list) failed: {cause}. A database "
-            "deleted, replaced or damaged under a study does this: restore it, or start again with a fresh --results"
+        return f"MLflow store: {first_line(database.orig if database is not None else e)}"
+    if database is not None:
+        cause = first_line(database.orig or database)
+        return f"the study database (--storage: the Optuna storage and work list) failed: {cause}. " + (
+            "Free space on its disk and rerun: the study resumes"
+            if "full" in cause
+            else "A database deleted, replaced or damaged under a study does this: restore it, or start again "
+            "with a fresh --results"
         )
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
@@ -35,3 +38,25 @@ def environment_error(e: BaseException) -> str | None:
 def said(e: BaseException) -> str:
     """The one line a run's `ablate.failure` tag keeps of an exception."""
     return environment_error(e) or first_line(e)
+
+
+def _database_error(e: BaseException):
+    """The database's own error behind e (what the DBAPI said, e.g. "database or disk is full"),
+    however MLflow, Optuna or SQLAlchemy's "Query-invoked autoflush" wrapped it; None if none."""
+    import sqlalchemy.exc
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, sqlalchemy.exc.DBAPIError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def full_disk(path, needed: int) -> OSError | None:
+    """ENOSPC for path when its disk has less room than needed: numpy and torch report a full
+    disk only as a short write or "unexpected pos"."""
+    if shutil.disk_usage(path).free < needed:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None

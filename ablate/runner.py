@@ -527,9 +527,11 @@ class Runs:
                 s.work.end(claim, claims.OPEN)
                 self.progress.remove_task(task)
                 raise
-            except BaseException:
-                run.end("FAILED", flush=False)
-                s.work.end(claim, claims.OPEN)  # a bug, not the trial's fault: a fixed rerun resumes it
+            except BaseException:  # a bug or a failing disk, not the trial's fault: a rerun resumes it
+                with contextlib.suppress(Exception):  # a store failing too must not hide the first error
+                    run.end("FAILED", flush=False)
+                with contextlib.suppress(Exception):
+                    s.work.end(claim, claims.OPEN)
                 raise
         run.end("FINISHED" if status in ("FINISHED", "PRUNED") else "FAILED")
         s.work.end(claim, claims.FAILED if status == "FAILED" else claims.DONE, reason or None)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, fi
 
 from ablate import diagnostics, processes
 from ablate.data import Corpus
-from ablate.errors import first_line
+from ablate.errors import first_line, full_disk
 from ablate.layers import IGNORE_INDEX as IGNORE
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
@@ -106,6 +106,17 @@ def optimizers(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> list[to
         to_muon, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, adjust_lr_fn="original"
     )
     return [adamw, muon]
+
+
+def _nbytes(state) -> int:
+    """The bytes of the tensors in a (nested) state dict: about what its file needs."""
+    if isinstance(state, torch.Tensor):
+        return state.nbytes
+    if isinstance(state, dict):
+        return sum(_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_nbytes(v) for v in state)
+    return 0
 
 
 class DamagedCheckpoint(Exception):
@@ -252,7 +263,15 @@ class Trainer:
         """Write the state atomically: a crash mid-write leaves the previous checkpoint intact."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{processes.owner()}.tmp")
-        torch.save(self.state_dict(), tmp)
+        state = self.state_dict()
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:
+            full = full_disk(path.parent, _nbytes(state))
+            tmp.unlink(missing_ok=True)
+            if full:
+                raise full from e
+            raise
         os.replace(tmp, path)
 
     def load(self, path: Path) -> None:
