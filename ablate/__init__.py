@@ -2,8 +2,8 @@
 
 from importlib.metadata import version
 
+from ablate.mixers.registry import variants
 from ablate.model import build_model
-from ablate.registry import variants
 from ablate.strawberry import load_strawberry
 
 __version__ = version("ablate")

@@ -39,6 +39,11 @@ TABLE = sa.Table(
 )
 
 
+def has_ended(rows: dict, unit: str) -> bool:
+    """Whether the unit's row (in `WorkList.rows()`) says it is done or failed."""
+    return unit in rows and rows[unit].state in ENDED
+
+
 @dataclass
 class Claim:
     study: str
@@ -116,12 +121,6 @@ class WorkList:
         """done, failed (with the reason), or open: let go of it (Ctrl-C), to be resumed by anyone."""
         worker = None if state == OPEN else claim.worker
         self._mine(claim, state=state, detail=detail, worker=worker)
-
-    def wait_done(self, unit: str, poll_s: float = 0.2) -> sa.Row:
-        """Block until the unit has ended (another worker is doing it) and return its row."""
-        while (row := self.rows().get(unit)) is None or row.state not in ENDED:
-            time.sleep(poll_s)
-        return row
 
 
 class Heartbeat:

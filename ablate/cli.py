@@ -635,8 +635,9 @@ def _audit(args) -> int:
     """Exit 1 when a model leaks, unless the study says allow_leaky: true."""
     from rich.table import Table
 
-    from ablate import audit, registry
+    from ablate import audit
     from ablate import study as study_mod
+    from ablate.mixers import registry
 
     if not args.study and not args.variant:
         raise AblateError("audit what? give a study file or --variant NAME")
@@ -741,8 +742,8 @@ def _bench_targets(args, overrides: dict, train: dict) -> list[tuple[str, dict, 
     at the default shape (the Strawberry seed's), with --model on top and checked like a study's."""
     from pydantic import ValidationError
 
-    from ablate import registry
     from ablate import study as study_mod
+    from ablate.mixers import registry
     from ablate.model import ModelConfig
     from ablate.resources import check_fits
 
@@ -843,7 +844,7 @@ def _eval(args) -> int:
 
 
 def _variants(args) -> int:
-    from ablate import registry
+    from ablate.mixers import registry
 
     rows = [{"name": n, "description": registry.mixer_class(n).description} for n in registry.variants()]
     if args.json:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 from torch import nn
 
-from ablate import registry
 from ablate.layers import FFNS, linear_cross_entropy, rms_norm
+from ablate.mixers import registry
 
 
 class ModelConfig(BaseModel):

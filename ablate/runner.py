@@ -140,8 +140,7 @@ def default_storage(results: Path) -> str:
 def _first(work: WorkList, unit: str) -> Claim | None:
     """Claim the unit if this worker is first to it; else wait until whoever has it is done."""
     while (claim := work.claim(unit)) is None:
-        row = work.rows().get(unit)
-        if row is not None and row.state in claims.ENDED:
+        if claims.has_ended(work.rows(), unit):
             return None
         time.sleep(POLL_S)
     return claim
@@ -230,26 +229,24 @@ def work(s: Setup, console, live: bool = True) -> list[Outcome]:
     todo = units(s.study)
     finals = [u for u in todo if u.trial is not None]
     rows = s.work.rows()
-    ended = sum(1 for u in finals if u.name in rows and rows[u.name].state in claims.ENDED)
+    ended = sum(1 for u in finals if claims.has_ended(rows, u.name))
     # one redraw a second is enough for trials of minutes, and leaves the CPU to training
     with Progress(*PROGRESS_COLUMNS, console=console, disable=not live, refresh_per_second=1) as progress:
         runs = Runs(s, progress)
         for variant, cfg in s.study.searches.items():
             slots = [u.name for u in todo if u.trial is None and u.variant == variant]
-            done = sum(1 for name in slots if name in rows and rows[name].state in claims.ENDED)
+            done = sum(1 for name in slots if claims.has_ended(rows, name))
             progress.console.print(f"search {variant}: {done} of {cfg.trials} trials done in {s.study.name}/{variant}")
         if ended:
             progress.console.print(
                 f"{ended} of {len(finals)} trials already finished in the store; running the other {len(finals) - ended}"
             )
-        steps = sum(
-            u.trial.train["steps"] for u in finals if u.name not in rows or rows[u.name].state not in claims.ENDED
-        )
+        steps = sum(u.trial.train["steps"] for u in finals if not claims.has_ended(rows, u.name))
         runs.overall = progress.add_task("study", total=steps, loss="-", speed="-", eta="-")
         outcomes = []
         while todo:
             rows = s.work.rows()
-            todo = [u for u in todo if u.name not in rows or rows[u.name].state not in claims.ENDED]
+            todo = [u for u in todo if not claims.has_ended(rows, u.name)]
             searching = {u.variant for u in todo if u.trial is None}
             for unit in todo:
                 if unit.trial is not None and unit.variant in searching:

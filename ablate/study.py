@@ -20,11 +20,11 @@ from pydantic import (
     model_validator,
 )
 
-from ablate import registry
 from ablate.budget import Budget, flops_per_token, solve
 from ablate.data import DataConfig, source_files
 from ablate.data import vocab_size as data_vocab_size
 from ablate.errors import AblateError
+from ablate.mixers import registry
 from ablate.model import ModelConfig, build_model
 from ablate.resources import check_fits
 from ablate.search import KINDS, SearchConfig

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ablate.data import unigram_entropy
 from ablate.layers import IGNORE_INDEX as IGNORE
 
 TASKS = ("mqar", "in_context_recall", "noisy_recall", "fuzzy_recall", "selective_copy", "memorization")
@@ -273,12 +274,10 @@ class TaskData:
     def __post_init__(self):
         x, y = self.val_examples()
         answers = y[y != IGNORE].numpy()
-        counts = np.bincount(answers, minlength=self.cfg.vocab)
-        p = counts[counts > 0] / counts.sum()
         self.meta = {
             "source": f"task {self.cfg.task}",
             "fingerprint": hashlib.sha256(self.cfg.model_dump_json().encode()).hexdigest()[:16],
-            "unigram_entropy": float(-(p * np.log(p)).sum()),
+            "unigram_entropy": unigram_entropy(answers, self.cfg.vocab),
             "chance_accuracy": chance_accuracy(self.cfg, x, y),
             "python_version": platform.python_version(),
             "vocab_size": self.cfg.vocab,

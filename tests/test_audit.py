@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ablate.cli import main
-from ablate.registry import Mixer, register
+from ablate.mixers.registry import Mixer, register
 from tests.conftest import TINY_STUDY, write_study
 
 

@@ -262,3 +262,12 @@ def test_the_table_shows_what_the_budget_held_equal_and_says_what_it_did_not():
     assert list(by_flops["budgeted"]) == [1e6, 1e6]
     assert unequal_cost(by_flops) is None  # equal non-embedding params too
     assert set(shapes(runs, None)["budgeted_as"]) == {"non-embedding params"}  # no budget: labelled as such
+
+
+def test_the_table_pairs_with_the_baseline_by_seed_not_by_row_order():
+    seeds = [0, 1, 2, 3, 4]
+    paired = [v - 0.05 for v in BASE]  # exactly 0.05 better on every seed: paired p = 0
+    runs = frame({"base": (seeds, BASE), "paired": (seeds[::-1], paired[::-1])})  # rows in reverse seed order
+    row = summarize(runs, "val_loss", "base", ["base", "paired"]).set_index("variant").loc["paired"]
+    assert row["p_paired"] == 0.0 and row["verdict"] == "better"
+    assert stats.ttest_rel(paired[::-1], BASE).pvalue > 1e-3  # what pairing by row position would give

@@ -181,22 +181,24 @@ def test_gradients_reach_every_parameter(config):
     assert not dead
 
 
-@pytest.mark.parametrize("n, rows_of", [(37, 8192), (64, 64)])
-def test_fused_loss_equals_cross_entropy_and_its_gradient(n, rows_of):
-    """The fused head + loss against logits formed whole, in float64: the value and both gradients,
-    with blocks that do not divide the rows (n=37 with a vocabulary whose block is 128 rows)."""
-    from ablate.layers import linear_cross_entropy
+@pytest.mark.parametrize("n, vocab", [(300, 8192), (37, 300)], ids=["3-blocks", "1-block"])
+def test_fused_loss_equals_cross_entropy_and_its_gradient(n, vocab):
+    """The fused head + loss against logits formed whole, in float64: the value and both gradients.
+    At vocab 8192 a block is 128 rows, so 300 rows run in three blocks, the last one short; every
+    fifth target is ignored (as a task's unscored positions are)."""
+    from ablate.layers import IGNORE_INDEX, linear_cross_entropy
 
+    assert (n > (1 << 20) // vocab) == (vocab == 8192)  # the first case really runs several blocks
     torch.manual_seed(0)
-    vocab = rows_of if rows_of > 1000 else 300
     h = torch.randn(n, 16, dtype=torch.float64, requires_grad=True)
     w = torch.randn(vocab, 16, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, vocab, (n,))
+    target[::5] = IGNORE_INDEX
     fused = linear_cross_entropy(h, w, target)
     (fused * 3).backward()  # a scaled upstream gradient reaches both inputs
     grads = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
-    plain = torch.nn.functional.cross_entropy(h @ w.T, target)
+    plain = torch.nn.functional.cross_entropy(h @ w.T, target, ignore_index=IGNORE_INDEX)
     (plain * 3).backward()
     torch.testing.assert_close(fused, plain)
     torch.testing.assert_close(grads, (h.grad, w.grad))
@@ -233,3 +235,28 @@ def test_rotary_turns_each_pair_to_the_last_bit(dtype):
     (grad_got,) = torch.autograd.grad(got, x, g)
     (grad_expected,) = torch.autograd.grad(expected, x, g)
     assert torch.equal(grad_got, grad_expected)  # each gradient is a sum of the same two products
+
+
+V, C, D, H, T, L, F = 50, 16, 24, 2, 12, 2, 32  # vocab, d_model, qkv_dim, heads, context, layers, ffn_dim
+PROJECTIONS = 3 * C * D + D * C  # q, k, v in, one out
+CLOSED_FORM = {  # parameters per block's mixer, from the mixers' definitions (norms carry no weights)
+    "mha": ("mha", {}, PROJECTIONS + H),  # + a QK gain per head
+    "mha-no-qk-norm": ("mha", {"qk_norm": False}, PROJECTIONS),
+    "aft-simple": ("aft-simple", {}, PROJECTIONS),
+    "aft-full": ("aft-full", {}, PROJECTIONS + T * (T + 1) // 2),  # a bias for every pair t' ≤ t
+    "aft-local": ("aft-local", {"window": 4}, PROJECTIONS + sum(min(t + 1, 4) for t in range(T))),
+    "retnet": ("retnet", {}, PROJECTIONS + C * D),  # + the gate
+}
+
+
+@pytest.mark.parametrize("ffn_type", ["swiglu", "gelu"])
+@pytest.mark.parametrize("name", CLOSED_FORM)
+def test_parameter_counts_match_the_closed_form(name, ffn_type):
+    """Counted from the formulas, not from a model built the way `plan` builds it."""
+    mixer, options, per_mixer = CLOSED_FORM[name]
+    ffn = (3 if ffn_type == "swiglu" else 2) * C * F
+    config = {"mixer": mixer, "mixer_options": options, "vocab_size": V, "context": T, "d_model": C}
+    config |= {"qkv_dim": D, "n_heads": H, "n_layers": L, "ffn_dim": F, "ffn_type": ffn_type}
+    model = ablate.build_model(config, device="meta")
+    assert model.n_params(non_embedding=True) == L * (per_mixer + ffn)
+    assert model.n_params() == V * C + L * (per_mixer + ffn)  # the embedding is tied to the output

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import ablate
-from ablate.registry import Mixer, register
+from ablate.mixers.registry import Mixer, register
 from ablate.trainer import TrainConfig, Trainer, lr_factor, seed_everything
 
 MODEL = {

@@ -24,7 +24,7 @@ from torch import nn
 
 from ablate.errors import AblateError
 from ablate.layers import HalfSplitRotary, attention_softmax_flops, rms_norm, softmax_attention
-from ablate.registry import Mixer, check_choice, check_int, register
+from ablate.mixers.registry import Mixer, check_choice, check_int, register
 
 SCOPES = ("chunk", "sequence", "batch")
 

@@ -16,7 +16,7 @@ from ablate.layers import (
     head_rms_norm,
     mean_keys,
 )
-from ablate.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, check_int, register
 
 
 class _AFT(Mixer):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.layers import Rotary, mean_keys
-from ablate.registry import Mixer, check_choice, check_int, register
+from ablate.mixers.registry import Mixer, check_choice, check_int, register
 
 
 def decays(n_heads: int) -> torch.Tensor:

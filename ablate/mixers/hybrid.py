@@ -9,7 +9,6 @@ softmax attention, and their outputs are concatenated before the output map.
 import torch
 from torch import nn
 
-from ablate import registry
 from ablate.errors import AblateError
 from ablate.layers import (
     Rotary,
@@ -19,7 +18,8 @@ from ablate.layers import (
     rms_norm,
     softmax_attention,
 )
-from ablate.registry import Mixer, check_int, register
+from ablate.mixers import registry
+from ablate.mixers.registry import Mixer, check_int, register
 
 DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ablate.layers import Rotary, attention_probs, attention_softmax_flops, rms_norm, softmax_attention
-from ablate.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, check_int, register
 
 
 @register("mha")

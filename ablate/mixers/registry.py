@@ -1,4 +1,5 @@
-"""Name → mixer class. Each file in architectures/ registers its mixers on import."""
+"""Name → mixer class. Each other module of this package (one mixer family per file) registers
+its mixers on import."""
 
 import difflib
 import importlib
@@ -67,21 +68,22 @@ def register(name: str):
     return add
 
 
-def _load_architectures() -> None:
-    import architectures
+def _load_families() -> None:
+    from ablate import mixers
 
-    for module in pkgutil.iter_modules(architectures.__path__):
-        importlib.import_module(f"architectures.{module.name}")
+    for module in pkgutil.iter_modules(mixers.__path__):
+        if module.name != "registry":
+            importlib.import_module(f"ablate.mixers.{module.name}")
 
 
 def variants() -> list[str]:
     """Names of every registered mixer, sorted."""
-    _load_architectures()
+    _load_families()
     return sorted(_MIXERS)
 
 
 def mixer_class(name: str) -> type[Mixer]:
-    _load_architectures()
+    _load_families()
     if name not in _MIXERS:
         raise AblateError(f"unknown variant {name!r}{did_you_mean(name, _MIXERS)}")
     return _MIXERS[name]

@@ -1,0 +1,2 @@
+"""Sequence mixers, one family per file; each module registers its mixers on import, and
+`registry` finds them by name."""

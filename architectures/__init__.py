@@ -1,1 +1,0 @@
-"""Sequence mixers, one family per file; each module registers its mixers on import."""
