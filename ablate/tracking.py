@@ -144,14 +144,17 @@ class Tracker:
         if run.info.lifecycle_stage != "active":
             return None
         self.client.update_run(run_id, status="RUNNING")
-        return RunLog(self.client, run_id)
+        evals = self.client.get_metric_history(run_id, "val_loss")  # every eval flushed what came before it
+        return RunLog(self.client, run_id, logged_through=max((m.step for m in evals), default=-1))
 
 
 class RunLog:
-    """One MLflow run: buffered metrics, flushed in batches."""
+    """One MLflow run: buffered metrics, flushed in batches. A resumed run skips what it logged
+    before it stopped (through `logged_through`): it resumes from its last checkpoint, which may
+    be older than its last flushed eval, and trains those steps again to the same values."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, logged_through: int = -1):
+        self.client, self.run_id, self.logged_through = client, run_id, logged_through
         self.pending: list = []
 
     def params(self, params: dict[str, str]) -> None:
@@ -170,6 +173,8 @@ class RunLog:
     def record(self, step: int, values: dict[str, float], kind: str) -> None:
         """The Trainer's callback: buffer every metric, write them in one batch at each eval
         (before its checkpoint, so that a resumed run's curve has no gap)."""
+        if step <= self.logged_through:
+            return
         self.metrics(step, values)
         if kind == "eval":
             self.flush()

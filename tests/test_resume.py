@@ -353,3 +353,55 @@ def test_the_eta_comes_from_measured_trial_times_per_family():
     left = pace.eta("mha", 100, 0.9, [("aft-simple", 1000), ("retention", 500)])
     assert left == pytest.approx(100 * 0.1 + 1000 * 0.02 + 500 * 0.06)
     assert clock(left) == "0:01:00" and clock(None) == "-"
+
+
+def test_a_stop_between_an_evals_metrics_and_its_checkpoint_logs_no_eval_twice(tmp_path, capsys, own_store):
+    """Each eval's metrics reach MLflow before its checkpoint is written. Stopped between the two
+    (Ctrl-C here), the rerun resumes from the checkpoint before and trains that eval again: it is
+    not logged a second time, and the run ends at the uninterrupted loss."""
+    from ablate.trainer import Trainer
+
+    text = ONE_TRIAL.replace("steps: 30", "steps: 60")
+    study, results = write_study(tmp_path, text), tmp_path / "results"
+    save, calls = Trainer.save, []
+
+    def interrupted(trainer, path):
+        calls.append(trainer.step)
+        if len(calls) == 2:  # the eval at step 30 is in MLflow; its checkpoint is not written
+            raise KeyboardInterrupt
+        save(trainer, path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "save", interrupted)
+        assert main(["run", str(study), "--results", str(results)]) == 130
+    assert calls == [15, 30]
+    assert main(["run", str(study), "--results", str(results)]) == 0
+    assert "resuming run" in capsys.readouterr().out
+    client, (run,) = store(results)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert steps == [0, 15, 30, 45, 60]
+    clean = tmp_path / "uninterrupted"
+    assert main(["run", str(study), "--results", str(clean)]) == 0
+    _, (reference,) = store(clean)
+    assert run.data.metrics["val_loss"] == pytest.approx(reference.data.metrics["val_loss"], abs=1e-6)
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_whole(corpus, tmp_path, monkeypatch):
+    path = tmp_path / "run.pt"
+    first = trainer(corpus)
+    first.fit(checkpoint=None)
+    first.save(path)
+    saved = path.read_bytes()
+
+    def midway(state, file):
+        Path(file).write_bytes(saved[: len(saved) // 2])
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", midway)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        first.save(path)
+    assert path.read_bytes() == saved and [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temp left
+    monkeypatch.undo()
+    again = trainer(corpus)
+    again.load(path)
+    assert again.step == first.step == TRAIN["steps"]
