@@ -1,5 +1,7 @@
 """Optuna search per variant: pruning, the best setting reused by the final phase, resuming."""
 
+import json
+
 import mlflow
 import optuna
 import pytest
@@ -56,6 +58,10 @@ def test_search_prunes_and_logs_every_trial_as_a_nested_run(searched):
     study_run = frame.loc[frame["tags.ablate.role"] == "study", "run_id"]
     assert set(frame.loc[frame["tags.ablate.role"] == "variant", "tags.mlflow.parentRunId"]) == set(study_run)
     assert set(search["params.train.steps"]) == {"20"}
+    client = mlflow.MlflowClient()
+    for _, run in search.iterrows():  # a pruned trial stopped at the eval that pruned it
+        last = max(m.step for m in client.get_metric_history(run["run_id"], "val_loss"))
+        assert (last < 20) == (run["tags.ablate.optuna_state"] == "PRUNED")
 
 
 def test_final_phase_trains_with_the_best_setting(searched):
@@ -74,7 +80,8 @@ def test_compare_counts_only_the_final_runs(searched, capsys):
     _, _, store = searched
     capsys.readouterr()
     assert main(["compare", *store, "--format", "json"]) == 0
-    assert '"n": 1' in capsys.readouterr().out
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["variant"]: r["n"] for r in rows} == {"mha": 1, "aft": 1}  # 5 search runs of mha not counted
 
 
 def test_rerun_resumes_the_search_and_caps_its_trials(searched, capsys):
@@ -107,3 +114,15 @@ def test_a_lost_trial_is_queued_again_with_its_params_and_run(tmp_path):
     assert study.trials[lost.number].state.name == "FAIL" and again.number == lost.number + 1
     assert again.params == {"lr": lr} and again.user_attrs["ablate.run_id"] == "abc"
     assert len(study.trials) == 2
+
+
+def test_the_tpe_sampler_searches_after_its_random_start(tmp_path, own_store):
+    tpe = SEARCH.replace("sampler: random", "sampler: tpe\n  tpe_startup: 2").replace("trials: 5", "trials: 4")
+    text = TINY_STUDY.replace("seeds: [0, 1]", "seeds: [0]").replace(
+        "  - {name: aft, model: {mixer: aft-simple, ffn: false}}\n", ""
+    )
+    study, results = write_study(tmp_path, text + tpe.replace("pruner_startup: 1", "pruner: none")), tmp_path / "r"
+    assert main(["run", str(study), "--results", str(results)]) == 0
+    trials = optuna_study(results).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert len({t.params["lr"] for t in trials}) == 4 and all(1e-5 <= t.params["lr"] <= 0.3 for t in trials)
