@@ -90,16 +90,27 @@ def mixer_class(name: str) -> type[Mixer]:
 
 
 def mixer_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The mixer's options with defaults filled in; unknown options are an error."""
+    """The mixer's options with defaults filled in. Unknown options are an error, and so is a
+    value whose type is not the one the constructor annotates (`window: int | None`)."""
+    from pydantic import TypeAdapter, ValidationError
+
     params = {
-        p.name: p.default
+        p.name: p
         for p in inspect.signature(mixer_class(name).__init__).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
-    for key in given:
+    for key, value in given.items():
         if key not in params:
             raise AblateError(f"mixer {name!r} has no option {key!r}{did_you_mean(key, params)}")
-    return {**params, **given}
+        wanted = params[key].annotation
+        if wanted is inspect.Parameter.empty:
+            continue
+        try:
+            TypeAdapter(wanted).validate_python(value, strict=True)
+        except ValidationError:
+            shown = getattr(wanted, "__name__", str(wanted))
+            raise AblateError(f"mixer {name!r} option {key!r} must be {shown}, got {value!r}") from None
+    return {key: p.default for key, p in params.items()} | given
 
 
 def check_int(value: Any, what: str, minimum: int = 1, allow_none: bool = False) -> None:

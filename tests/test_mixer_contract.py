@@ -1,0 +1,126 @@
+"""The contract a mixer meets, checked for every registered one: what adding one file to
+ablate/mixers/ must satisfy. Each rule says why it exists; a broken mixer is told which."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ablate
+from ablate import audit
+from ablate.errors import AblateError, first_line
+from ablate.mixers import registry
+from ablate.mixers.registry import Mixer, register
+
+CONTEXT = 128
+SHAPE = {"vocab_size": 64, "context": CONTEXT, "d_model": 32, "n_layers": 1, "n_heads": 2, "qkv_dim": 32}
+SCANS = ("cumsum", "cumprod", "cummax", "logcumsumexp", "_softmax", "_log_softmax", "logsumexp")
+
+
+class ElementwiseCount(TorchDispatchMode):
+    """Element-wise work as torch's FLOP counter does not see it: the elements each pointwise
+    op writes, and the elements each reduction, scan or softmax reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.Tag.pointwise in func.tags:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            self.total += sum(o.numel() for o in outs if isinstance(o, torch.Tensor) and o.is_floating_point())
+        elif torch.Tag.reduction in func.tags or any(scan in func.__name__ for scan in SCANS):
+            self.total += args[0].numel()
+        return out
+
+
+def violations(name: str) -> list[str]:
+    """The rules the mixer breaks at its default options, each as 'rule: what happened'."""
+    config = {**SHAPE, "mixer": name}
+    found = []
+    try:  # plan, budgets and FLOPs build every trial on the meta device, without data
+        meta = ablate.build_model(config, device="meta")
+        meta(torch.zeros(1, CONTEXT, dtype=torch.long, device="meta"))
+    except Exception as e:  # noqa: BLE001 - any failure breaks the rule; the message names it
+        found.append(f"meta: its forward cannot run on the meta device ({first_line(e)})")
+    torch.manual_seed(0)
+    model = ablate.build_model(config)
+    mixer = model.blocks[0].mixer
+    with torch.no_grad(), ElementwiseCount() as count:
+        mixer(torch.randn(1, CONTEXT, SHAPE["d_model"]))
+    measured, declared = count.total / CONTEXT, mixer.elementwise_flops(CONTEXT)
+    if not (measured / 4 <= declared <= 4 * measured or measured == declared == 0):
+        found.append(  # an iso-FLOP budget would favour a mixer that under-declares
+            f"flops: elementwise_flops({CONTEXT}) declares {declared:,.0f} per token; "
+            f"its forward does {measured:,.0f} element-wise operations per token"
+        )
+    leak = audit.model_leak(model)
+    if mixer.causal and not audit.is_causal(leak):
+        found.append(f"causal: a logit moves by {leak:.1e} when a later token or another sequence changes")
+    model.train()
+    model(torch.randint(0, SHAPE["vocab_size"], (2, CONTEXT))).logsumexp(-1).mean().backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    if dead:
+        found.append(f"gradients: no gradient reaches {', '.join(dead)}")
+    for option in registry.mixer_options(name, {}):
+        try:
+            registry.mixer_options(name, {option: object()})
+            found.append(f"options: {option}={object()!r} is accepted; annotate the option's type")
+        except AblateError as e:
+            if option not in str(e):
+                found.append(f"options: the error for a wrong {option} does not name it: {e}")
+    return found
+
+
+SHIPPED = [n for n in ablate.variants() if registry.mixer_class(n).__module__.startswith("ablate.mixers.")]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_mixer_meets_the_contract(name):
+    assert violations(name) == []
+
+
+class _Forgetful(Mixer):
+    """Element-wise work (a gated exponential moving average) that it does not declare."""
+
+    def __init__(self, cfg, layer_idx, *, decay: float = 0.9):
+        super().__init__()
+        self.proj = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.decay = decay
+
+    def forward(self, x):
+        weights = self.decay ** torch.arange(x.size(1), 0, -1, dtype=x.dtype, device=x.device)
+        running = torch.cumsum(torch.sigmoid(x) * torch.exp(x.tanh()) * weights[:, None], dim=1) / weights[:, None]
+        return self.proj(running * torch.sigmoid(x))
+
+
+class _Branching(Mixer):
+    """A branch on the data's values, and an option nobody annotated."""
+
+    def __init__(self, cfg, layer_idx, *, scale=2):
+        super().__init__()
+        self.proj = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.proj(x) * self.scale if x.mean() > 0 else self.proj(x)
+
+    def elementwise_flops(self, T):
+        return 2 * self.proj.in_features  # the mean, and the scale: declared honestly
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Mixers registered in this test only: the registry is restored after it."""
+    monkeypatch.setattr(registry, "_MIXERS", dict(registry._MIXERS))
+
+
+def test_a_broken_mixer_is_told_which_rules_it_breaks(scratch_registry):
+    register("test-forgetful")(_Forgetful)
+    register("test-branching")(_Branching)
+    forgetful = violations("test-forgetful")
+    assert [v.split(":")[0] for v in forgetful] == ["flops"]
+    assert "declares 0 per token" in forgetful[0]
+    branching = violations("test-branching")
+    assert [v.split(":")[0] for v in branching] == ["meta", "options"]
+    assert "meta device" in branching[0] and "scale=" in branching[1]
