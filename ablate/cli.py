@@ -564,7 +564,7 @@ def _ui(args) -> int:
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_until_served(f"{base}/health", server)
-        print(f"MLflow UI: {base}/#/experiments/{experiment.experiment_id}", flush=True)
+        print(f"MLflow UI: {base}/#/experiments/{experiment.experiment_id}/runs", flush=True)
         print(f"(study {name}; store {uri}; Ctrl-C stops it)", flush=True)
         return server.wait()
     except KeyboardInterrupt:

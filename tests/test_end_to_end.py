@@ -276,7 +276,8 @@ def test_ui_prints_the_studys_url_once_its_one_worker_server_answers(finished):
     )
     try:
         line = ui.stdout.readline()
-        base, experiment = re.match(r"MLflow UI: (http://127\.0\.0\.1:\d+)/#/experiments/(\d+)$", line.strip()).groups()
+        pattern = r"MLflow UI: (http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs$"  # the study's runs table
+        base, experiment = re.match(pattern, line.strip()).groups()
         # printed only once the server answers: the first request succeeds, no retries
         body = urllib.request.urlopen(f"{base}/ajax-api/2.0/mlflow/experiments/get?experiment_id={experiment}")
         assert json.load(body)["experiment"]["name"] == "tiny"  # the study that ran last
