@@ -5,11 +5,7 @@ import json
 import logging
 import math
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import ablate
@@ -543,7 +539,7 @@ def _cell(value) -> str:
 
 
 def _ui(args) -> int:
-    from ablate import tracking
+    from ablate import tracking, ui
 
     _results, uri = _store(args)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
@@ -553,71 +549,7 @@ def _ui(args) -> int:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise AblateError(f"no study named {name!r} in {uri}")
-    port = args.port or _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
-    # one viewer needs no MLflow job consumers; in a session of their own, the server's processes
-    # can all be stopped together, whichever way this command ends (Ctrl-C, SIGTERM, the server dying)
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=sys.stderr)  # stdout: the URL alone
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_until_served(f"{base}/health", server)
-        print(f"MLflow UI: {base}/#/experiments/{experiment.experiment_id}/runs", flush=True)
-        print(f"(study {name}; store {uri}; Ctrl-C stops it)", flush=True)
-        return server.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        _stop_group(server)
-
-
-UI_START_S = 180  # a busy machine takes tens of seconds to import and start the server
-
-
-def _wait_until_served(url: str, server: subprocess.Popen) -> None:
-    """Return once the server answers url; a one-line error when it exits or never answers."""
-    import urllib.request
-
-    deadline = time.monotonic() + UI_START_S
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            if server.poll() is not None:
-                raise AblateError(f"the MLflow server exited (code {server.returncode}) before it answered") from None
-            if time.monotonic() > deadline:
-                raise AblateError(f"the MLflow server did not answer {url} within {UI_START_S} s") from None
-            time.sleep(0.25)
-
-
-def _stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the process's whole group; SIGKILL whatever is still there after grace_s."""
-    _signal_group(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while process.poll() is None or _signal_group(process.pid, 0):
-        if time.monotonic() > deadline:
-            _signal_group(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.1)
-    process.wait()
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send sig to the group; False when no process of it is left."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ui.serve(uri, f"/#/experiments/{experiment.experiment_id}/runs", f"study {name}", args.port, args.workers)
 
 
 AUDIT_SHAPE = {

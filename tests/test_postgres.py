@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from ablate import claims
-from ablate.cli import _free_port, _stop_group
+from ablate.ui import free_port, stop_group
 from tests.test_resume import assert_each_trial_once, two_workers
 
 ADMIN = os.environ.get("ABLATE_TEST_PG", "postgresql+psycopg://ablate:ablate@127.0.0.1:5432/postgres")
@@ -63,7 +63,7 @@ def test_claims_on_postgres_let_one_worker_win(database):
 @pytest.fixture
 def mlflow_server(database, tmp_path):
     """An MLflow tracking server backed by PostgreSQL, serving artifacts from tmp_path."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database()]
     cmd += ["--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -78,11 +78,11 @@ def mlflow_server(database, tmp_path):
         except OSError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
-            _stop_group(server)
+            stop_group(server)
             pytest.fail(f"mlflow server did not start: {server.stderr.read().decode()[-2000:]}")
         time.sleep(0.5)
     yield url
-    _stop_group(server)
+    stop_group(server)
 
 
 def test_two_workers_on_postgres_and_an_mlflow_server_train_each_trial_once(database, mlflow_server, tmp_path):
