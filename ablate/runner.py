@@ -108,9 +108,15 @@ def setup(study: Study, results: Path, uri: str, storage: str | None, checkpoint
         parents[v.name] = tracker.parent(exp_id, "variant", v.name, tags, parents["study"])
         tracker.tag(parents[v.name], grouping_tags(study, v.name))
     if first is not None:
-        for path in remove_stray_checkpoints(checkpoints, tracker):
-            console.print(f"removed {path}: nothing can resume it", soft_wrap=True)
         work.end(first, claims.DONE)
+    known = next((row.run_id for row in work.rows().values() if row.run_id), None)
+    if known is not None and tracker.lifecycle(known) is None:
+        raise AblateError(
+            f"the study database {storage} lists runs that the MLflow store {uri} has never had: the two "
+            "no longer belong together (one was deleted or replaced); delete both, or start with a fresh --results"
+        )
+    for path in remove_stray_checkpoints(checkpoints, tracker):  # safe for any worker: a live one's are kept
+        console.print(f"removed {path}: nothing can resume it", soft_wrap=True)
     return Setup(study, leaks, corpus, tracker, exp_id, parents, storage, rdb, work, checkpoints)
 
 
@@ -126,7 +132,7 @@ def grouping_tags(study: Study, variant: str) -> dict[str, str]:
 def remove_stray_checkpoints(folder: Path, tracker: tracking.Tracker) -> list[Path]:
     """Checkpoints nothing can resume (their run was deleted, or the store was replaced) and
     the temporary files of saves cut off by a dead process: removed, and returned."""
-    stray = [p for p in folder.glob("*.pt") if not tracker.is_active(p.stem)]
+    stray = [p for p in folder.glob("*.pt") if tracker.lifecycle(p.stem) != "active"]
     stray += [p for p in folder.glob(".*.tmp") if processes.gone(p.name.removesuffix(".tmp").partition(".pt.")[2])]
     for path in stray:
         path.unlink(missing_ok=True)

@@ -121,15 +121,15 @@ class Tracker:
         log.params(params)
         return log
 
-    def is_active(self, run_id: str) -> bool:
-        """Whether the store holds this run, not deleted."""
+    def lifecycle(self, run_id: str) -> str | None:
+        """ "active" or "deleted" for a run the store holds; None for one it has never had."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+            return self.client.get_run(run_id).info.lifecycle_stage
         except MlflowException as e:
             if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return False
+                return None
             raise
 
     def resume(self, run_id: str) -> "RunLog | None":

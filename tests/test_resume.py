@@ -289,6 +289,16 @@ def test_checkpoints_nothing_can_resume_are_removed_when_a_study_starts(tmp_path
     out = capsys.readouterr().out
     assert not stray.exists() and not cut.exists() and live.exists()
     assert f"removed {stray}: nothing can resume it" in out and f"removed {cut}" in out
+    (results / "mlflow.db").unlink()  # the MLflow store deleted; the study database stays
+    stray.write_bytes(b"\0" * 10)
+    command = ["ablate", "run", str(study), "--results", str(results)]  # in a new process: this one's
+    rerun = subprocess.run(command, check=False, capture_output=True, text=True, env=clean_env())  # client holds it
+    assert rerun.returncode == 2 and rerun.stderr.count("\n") == 1
+    assert "lists runs that the MLflow store" in rerun.stderr and "no longer belong together" in rerun.stderr
+    (results / "optuna.db").unlink()  # both deleted, as the error says: the study starts afresh
+    rerun = subprocess.run(command, check=False, capture_output=True, text=True, env=clean_env())
+    assert rerun.returncode == 0, rerun.stderr
+    assert not stray.exists() and f"removed {stray}" in rerun.stdout
 
 
 def test_a_study_that_stops_on_an_error_ends_its_parent_runs_failed_with_the_reason(tmp_path, monkeypatch, own_store):
