@@ -392,7 +392,8 @@ def _compare(args) -> int:
     history = report.curves(tracking.client(uri), runs)
     converged = compare.convergence(history, *_loss_scale(runs))
     table = table.merge(converged, on="variant", how="left")
-    table = table.merge(compare.shapes(runs, json.loads(tags.get("ablate.budget", "null"))), on="variant", how="left")
+    budget = json.loads(tags.get("ablate.budget", "null"))
+    table = table.merge(compare.shapes(runs, budget), on="variant", how="left")
     notes = []
     if set_aside:
         notes.append(f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)")
@@ -402,7 +403,7 @@ def _compare(args) -> int:
         notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
     for note in notes:
         print(f"ablate: warning: {note}", file=sys.stderr)
-    facts = _facts(runs, table)
+    facts = _facts(runs, table, budget)
     if not args.no_report:
         written, logged = report.write(
             tracking.client(uri),
@@ -416,7 +417,7 @@ def _compare(args) -> int:
         part = {"variants": table, "contrasts": contrasts, "expectations": checks}[args.part]
         print(compare.render(part, args.format))
     else:
-        _print_comparison(name, table, contrasts, checks, args.metric, baseline, lower, facts)
+        _print_comparison(name, table, contrasts, checks, args.metric, baseline, lower, facts, budget)
     return 1 if args.check and not checks["held"].all() else 0
 
 
@@ -428,7 +429,7 @@ def _loss_scale(runs) -> tuple[float, float | None]:
     return start, float(unigram.dropna().iloc[0]) if unigram is not None and unigram.notna().any() else None
 
 
-def _facts(runs, table) -> list[str]:
+def _facts(runs, table, budget: dict | None) -> list[str]:
     """Lines a reader needs beside the table: the chance level, a cost the budget did not hold
     equal, and which variants did not converge."""
     from ablate import compare
@@ -438,7 +439,7 @@ def _facts(runs, table) -> list[str]:
     if chance is not None and chance.notna().any():
         level = float(chance.dropna().astype(float).iloc[0])
         facts.append(f"chance level of val_accuracy: {level:.4f} (the best guess without the capability tested)")
-    if (unequal := compare.unequal_cost(table)) is not None:
+    if (unequal := compare.unequal_cost(table, budget)) is not None:
         facts.append(unequal)
     for r in table.itertuples():
         if r.converged is False:
@@ -449,10 +450,10 @@ def _facts(runs, table) -> list[str]:
     return facts
 
 
-def _print_comparison(name, table, contrasts, checks, metric, baseline, lower, facts) -> None:
+def _print_comparison(name, table, contrasts, checks, metric, baseline, lower, facts, budget) -> None:
     from rich.table import Table
 
-    from ablate.compare import POWER
+    from ablate.compare import POWER, budgeted
 
     better = "lower" if lower else "higher"
     console = _console()
@@ -464,10 +465,9 @@ def _print_comparison(name, table, contrasts, checks, metric, baseline, lower, f
             out.add_row(f"{r.variant} vs {r.against}", str(r.n), *_comparison_cells(r), _marked(r.verdict, table, r))
         console.print(out)
     out = Table(title=f"{name}: {metric} ({better} is better), against {baseline}")
-    budgeted = table["budgeted_as"].iloc[0]
-    params = "params total" if budgeted.startswith("total") else "params non-emb"
-    budget = " (budget)" if "budget" in budgeted else ""
-    params, flops = (params, "FLOPs/tok" + budget) if budgeted.startswith("forward") else (params + budget, "FLOPs/tok")
+    kind, held = budgeted(budget), " (budget)" if budget else ""
+    params = "params total" if kind == "n_params" else "params non-emb"
+    params, flops = (params, "FLOPs/tok" + held) if kind == "flops_per_token" else (params + held, "FLOPs/tok")
     columns = ("variant", "n", "failed", "mean", "95% CI", "std", "median", params, "layers×d", flops)
     for col in (*columns, "Δ vs baseline [95% CI]"):
         out.add_column(col, justify="left" if col == "variant" else "right")
@@ -483,7 +483,7 @@ def _print_comparison(name, table, contrasts, checks, metric, baseline, lower, f
             f"[{_cell(r.ci95_low)}, {_cell(r.ci95_high)}]",
             _cell(r.std),
             _cell(r.median),
-            _count(r.n_params if params.startswith("params total") else r.n_params_non_embedding),
+            _count(r.n_params if kind == "n_params" else r.n_params_non_embedding),
             "-" if math.isnan(r.n_layers) else f"{r.n_layers:.0f}×{r.d_model:.0f}",
             _count(r.flops_per_token),
             *cells,

@@ -141,15 +141,19 @@ BUDGETED = {
 }
 
 
+def budgeted(budget: dict | None) -> str:
+    """The column (of SHAPE) a study's budget held equal; the non-embedding count without one."""
+    budget = budget or {}
+    if budget.get("flops_per_token"):
+        return "flops_per_token"
+    return "n_params" if budget.get("count") == "total" else "n_params_non_embedding"
+
+
 def shapes(runs: pd.DataFrame, budget: dict | None) -> pd.DataFrame:
     """Per variant, what was built: both parameter counts, layers, width and forward FLOPs per
     token, and `budgeted`, the quantity the study's budget matched (the non-embedding count
     when the study has no budget), so that a reader compares what was held equal."""
-    budget = budget or {}
-    if budget.get("flops_per_token"):
-        kind = "flops_per_token"
-    else:
-        kind = "n_params" if budget.get("count") == "total" else "n_params_non_embedding"
+    kind = budgeted(budget)
     rows = []
     for variant, group in runs.groupby("tags.ablate.variant", sort=False):
         row = {"variant": variant}
@@ -163,12 +167,11 @@ def shapes(runs: pd.DataFrame, budget: dict | None) -> pd.DataFrame:
     return table
 
 
-def unequal_cost(table: pd.DataFrame) -> str | None:
+def unequal_cost(table: pd.DataFrame, budget: dict | None) -> str | None:
     """A line when what the budget did not hold equal differs by more than 10% across variants:
     FLOPs per token at matched parameters (a no-FFN stack costs more compute per parameter), or
     parameters at matched FLOPs."""
-    flops = table["budgeted_as"].iloc[0].startswith(BUDGETED["flops_per_token"])
-    other = "n_params_non_embedding" if flops else "flops_per_token"
+    other = "n_params_non_embedding" if budgeted(budget) == "flops_per_token" else "flops_per_token"
     values = table.set_index("variant")[other].dropna()
     if len(values) < 2 or values.min() <= 0 or values.max() / values.min() <= 1.1:
         return None

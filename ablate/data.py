@@ -230,7 +230,7 @@ def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
 
 def _write(directory: Path, train: np.ndarray, val: np.ndarray, tokenizer, meta: dict) -> None:
     """Write the cache entry into a temporary folder, then rename it into place: a build cut
-    off midway leaves no entry, and its folder is removed by the next build."""
+    off midway leaves no entry, and its folder is removed by a later `prepare`."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f"{BUILDING}{processes.owner()}-"))
     try:

@@ -20,7 +20,7 @@ from ablate.claims import Claim, WorkList
 from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.study import Study, Trial
-from ablate.trainer import DamagedCheckpoint, Diverged, TrainConfig, Trainer, read_checkpoint, seed_everything
+from ablate.trainer import DamagedCheckpoint, Diverged, TrainConfig, Trainer, seed_everything
 
 POLL_S = 0.5  # how often an idle worker looks for work another worker may free
 
@@ -455,7 +455,7 @@ class Runs:
         restarted = ""
         if run is not None and saved.exists():
             try:
-                trainer.load_state_dict(read_checkpoint(saved, trainer.device))
+                trainer.load(saved)
             except DamagedCheckpoint as e:  # kept aside for a look; its run ends FAILED, a new one starts at step 0
                 aside = saved.with_name(f"{saved.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
                 saved.rename(aside)

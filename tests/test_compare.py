@@ -253,14 +253,14 @@ def test_the_table_shows_what_the_budget_held_equal_and_says_what_it_did_not():
     assert list(by_params["budgeted"]) == [163_840, 163_840]  # not the totals, which differ by the embeddings
     assert set(by_params["budgeted_as"]) == {"non-embedding params (the study's budget)"}
     assert (by_params.loc["retention-no-ffn", "n_layers"], by_params.loc["retention-no-ffn", "d_model"]) == (4, 96)
-    line = unequal_cost(by_params.reset_index())
+    line = unequal_cost(by_params.reset_index(), {"params": 163_840, "count": "non_embedding"})
     assert line.startswith("forward FLOPs/token differ by up to 27% across variants (mha 1,000,000, retention-no-ffn")
     assert set(shapes(runs, {"params": 294_912, "count": "total"})["budgeted_as"]) == {
         "total params (the study's budget)"
     }
     by_flops = shapes(runs.assign(**{"params.flops_per_token": "1000000"}), {"flops_per_token": 1e6})
     assert list(by_flops["budgeted"]) == [1e6, 1e6]
-    assert unequal_cost(by_flops) is None  # equal non-embedding params too
+    assert unequal_cost(by_flops, {"flops_per_token": 1e6}) is None  # equal non-embedding params too
     assert set(shapes(runs, None)["budgeted_as"]) == {"non-embedding params"}  # no budget: labelled as such
 
 
