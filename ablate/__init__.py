@@ -1,10 +1,19 @@
-"""ablate: architecture ablations for small language models, done honestly."""
+"""ablate: architecture ablations for small language models, done honestly.
 
+The public functions load on first use, so that `ablate --help` and validating a study
+(`ablate.config`) do not import torch.
+"""
+
+from importlib import import_module
 from importlib.metadata import version
-
-from ablate.mixers.registry import variants
-from ablate.model import build_model
-from ablate.strawberry import load_strawberry
 
 __version__ = version("ablate")
 __all__ = ["__version__", "build_model", "load_strawberry", "variants"]
+
+_HOMES = {"build_model": "ablate.model", "load_strawberry": "ablate.strawberry", "variants": "ablate.mixers.registry"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'ablate' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

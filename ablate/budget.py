@@ -4,12 +4,12 @@ parameter count (or forward FLOPs per token), within a tolerance."""
 import json
 import math
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.flop_counter import FlopCounterMode
 
+from ablate.config import Budget
 from ablate.errors import AblateError
 from ablate.model import LanguageModel, build_model
 
@@ -19,34 +19,9 @@ FINE_SPREAD = 4  # the finer dimension is tried at this many primary steps eithe
 MAX_STEPS = 1 << 14  # a dimension is never searched beyond 2^14 steps
 
 
-class Budget(BaseModel):
-    """`budget:` of a study: params (counted as `count`) or flops_per_token, met within `tolerance`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    params: int | None = Field(None, gt=0)
-    flops_per_token: float | None = Field(None, gt=0)
-    count: Literal["total", "non_embedding"] = "non_embedding"
-    tolerance: float = Field(0.01, gt=0, lt=1, description="relative: 0.01 is within 1%")
-
-    @model_validator(mode="after")
-    def _one_target(self):
-        if (self.params is None) == (self.flops_per_token is None):
-            raise ValueError("a budget sets exactly one of params and flops_per_token")
-        return self
-
-    @property
-    def target(self) -> float:
-        return self.params if self.params is not None else self.flops_per_token
-
-    def describe(self) -> str:
-        if self.params is not None:
-            return f"{self.params:,} {self.count.replace('_', '-')} parameters"
-        return f"{self.flops_per_token:,.0f} forward FLOPs per token"
-
-    def measure(self, model: dict[str, Any]) -> float | None:
-        """The budgeted quantity of a model dict; None when the dict does not build."""
-        return _measure(json.dumps(model, sort_keys=True), self.params is not None, self.count == "non_embedding")
+def measure(budget: Budget, model: dict[str, Any]) -> float | None:
+    """The budgeted quantity of a model dict; None when the dict does not build."""
+    return _measure(json.dumps(model, sort_keys=True), budget.params is not None, budget.count == "non_embedding")
 
 
 @lru_cache(maxsize=4096)
@@ -100,7 +75,7 @@ def solve(model: dict[str, Any], budget: Budget, scale: str) -> dict[str, Any]:
     if best is None:
         raise AblateError(f"no {scale} builds a model for the budget of {budget.describe()}")
     if _error(budget, best) > budget.tolerance:
-        reached = budget.measure(best)
+        reached = measure(budget, best)
         raise AblateError(
             f"cannot reach {budget.describe()} within {budget.tolerance:.1%} by scaling {scale}"
             f"{'' if fine == scale else f' and {fine}'}: the closest reachable is {reached:,.0f} "
@@ -120,7 +95,7 @@ def _step(model: dict[str, Any], dim: str) -> int:
 
 
 def _error(budget: Budget, model: dict[str, Any] | None) -> float:
-    value = budget.measure(model) if model is not None else None
+    value = measure(budget, model) if model is not None else None
     return float("inf") if value is None else abs(value - budget.target) / budget.target
 
 
@@ -132,7 +107,7 @@ def _neighbours(model: dict[str, Any], budget: Budget, dim: str, step: int):
         return {**model, dim: k * step}
 
     def below(k: int) -> bool:  # a model that does not build counts as below: larger ones may build
-        value = budget.measure(at(k))
+        value = measure(budget, at(k))
         return value is None or value <= budget.target
 
     if not below(1):
@@ -141,8 +116,8 @@ def _neighbours(model: dict[str, Any], budget: Budget, dim: str, step: int):
     while hi <= MAX_STEPS and below(hi):
         lo, hi = hi, hi * 2
     if hi > MAX_STEPS:
-        return (at(lo) if budget.measure(at(lo)) is not None else None), None
+        return (at(lo) if measure(budget, at(lo)) is not None else None), None
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if below(mid) else (lo, mid)
-    return (at(lo) if budget.measure(at(lo)) is not None else None), at(hi)
+    return (at(lo) if measure(budget, at(lo)) is not None else None), at(hi)

@@ -598,7 +598,7 @@ def _bench(args) -> int:
     from rich.table import Table
 
     from ablate import bench
-    from ablate.trainer import TrainConfig
+    from ablate.trainer import device_named
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -609,7 +609,7 @@ def _bench(args) -> int:
     if args.batch_size:
         train["batch_size"] = args.batch_size
     targets = _bench_targets(args, overrides, train)
-    device = TrainConfig(device=args.device).resolved_device()
+    device = device_named(args.device)
     peak = bench.matmul_peak(device)
     rows = []
     for name, model, train_cfg in targets:
@@ -675,8 +675,8 @@ def _bench_targets(args, overrides: dict, train: dict) -> list[tuple[str, dict, 
     from pydantic import ValidationError
 
     from ablate import study as study_mod
+    from ablate.config import ModelConfig
     from ablate.mixers import registry
-    from ablate.model import ModelConfig
     from ablate.resources import check_fits
 
     if args.study:

@@ -20,13 +20,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ablate import processes
+from ablate.config import DataConfig
 from ablate.errors import AblateError, full_disk
 
 CACHE_VERSION = 2
@@ -34,46 +33,6 @@ BUILDING = ".building-"  # + owner + "-" + random: a cache entry being written
 STALE_BUILD_S = 3600  # another host's unfinished build older than this was cut off
 EOT = "<|endoftext|>"
 TEXT_BATCH = 256  # documents tokenized per call, to bound memory
-
-
-class DataConfig(BaseModel):
-    """The `data:` section of a study."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = Field(
-        "stdlib",
-        min_length=1,
-        description="'stdlib' (the Python standard library's source), a text file, a directory, "
-        "a glob, or a token array (.npy, or .bin of uint16)",
-    )
-    train: str | None = Field(None, min_length=1, description="a train token array, with `val` (nanoGPT's train.bin)")
-    val: str | None = Field(None, min_length=1, description="the val token array that goes with `train`")
-    tokenizer: Literal["bpe", "char", "byte"] = Field("bpe", description="how text becomes tokens")
-    split: Literal["pieces", "tail"] = Field("pieces", description="val: random whole pieces, or the stream's tail")
-    vocab_size: int | None = Field(
-        None, ge=2, le=2**32, description="default: 8192 (bpe, token arrays), 256 (byte), the text's characters (char)"
-    )
-    val_fraction: float = Field(0.05, gt=0, lt=0.5)
-    max_bytes: int | None = Field(None, gt=0, description="use only the first documents up to this size")
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if (self.train is None) != (self.val is None):
-            raise ValueError("give both train and val (token arrays, as nanoGPT's train.bin and val.bin)")
-        if self.train is not None and "source" in self.model_fields_set:
-            raise ValueError("give either source or train and val, not both")
-        if self.tokenizer == "bpe" and self.vocab_size is not None and self.vocab_size <= 256 and self.is_text:
-            raise ValueError(f"a BPE needs vocab_size > 256 (its 256 bytes and <|endoftext|>), got {self.vocab_size}")
-        if self.tokenizer == "byte" and self.vocab_size is not None and self.vocab_size < 256:
-            raise ValueError(f"the byte tokenizer needs vocab_size ≥ 256, got {self.vocab_size}")
-        if self.tokenizer != "bpe" and not self.is_text:
-            raise ValueError(f"tokenizer {self.tokenizer!r} applies to text; token arrays are used as they are")
-        return self
-
-    @property
-    def is_text(self) -> bool:
-        return self.train is None and Path(self.source).suffix not in (".npy", ".bin")
 
 
 @dataclass

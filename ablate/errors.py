@@ -1,6 +1,7 @@
 """What the CLI turns into a one-line message and exit code 2: the user's errors, and failures
 of the stores and disks under a study; anything else is a bug and keeps its traceback."""
 
+import difflib
 import errno
 import os
 import shutil
@@ -60,3 +61,9 @@ def full_disk(path, needed: int) -> OSError | None:
     if shutil.disk_usage(path).free < needed:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     return None
+
+
+def did_you_mean(word: str, choices) -> str:
+    """ " (did you mean 'x'?)" for the closest of choices, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -12,8 +12,9 @@ import tempfile
 from pathlib import Path
 
 from ablate import audit, sample, strawberry, tracking
+from ablate.config import TaskConfig, TrainConfig
 from ablate.errors import AblateError
-from ablate.trainer import TrainConfig, Trainer
+from ablate.trainer import Trainer
 
 ROLE_IMPORT, ROLE_EVAL = "import", "evaluation"
 
@@ -79,9 +80,7 @@ def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: P
             "tokenized as the model was trained; a text file would need the model's own tokenizer"
         )
     corpus = (
-        tasks.TaskData(config)
-        if isinstance(config, tasks.TaskConfig)
-        else data_mod.prepare(config, results / "cache", base)
+        tasks.TaskData(config) if isinstance(config, TaskConfig) else data_mod.prepare(config, results / "cache", base)
     )
     trained_on = client.get_run(run_id).data.tags.get(tracking.TAG + "data_fingerprint")
     if data is None and trained_on != corpus.meta["fingerprint"]:

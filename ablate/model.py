@@ -1,51 +1,14 @@
 """The backbone every variant shares: embedding, blocks of mixer + optional FFN, norm, tied head."""
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 from torch import nn
 
+from ablate.config import ModelConfig
 from ablate.layers import FFNS, linear_cross_entropy, rms_norm
 from ablate.mixers import registry
-
-
-class ModelConfig(BaseModel):
-    """Exactly the dict `build_model` takes (and `ablate plan --json` prints per trial)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mixer: str
-    mixer_options: dict[str, Any] = Field(default_factory=dict)
-    vocab_size: StrictInt = Field(8192, gt=1)
-    context: StrictInt = Field(256, gt=0)
-    d_model: StrictInt = Field(96, gt=0)
-    n_layers: StrictInt = Field(4, gt=0)
-    n_heads: StrictInt = Field(6, gt=0)
-    qkv_dim: StrictInt = Field(384, gt=0, validate_default=True)  # so that n_heads alone is checked against it
-    ffn: bool = True
-    ffn_dim: StrictInt = Field(384, gt=0)
-    ffn_type: Literal["swiglu", "gelu"] = "swiglu"
-    init: Literal["seed", "gpt2"] = "seed"
-    embed_norm: bool = True  # RMS-norm the embedding output before the first block, as the seed does
-
-    @field_validator("qkv_dim")
-    @classmethod
-    def _heads_divide_qkv(cls, qkv_dim: int, info: ValidationInfo) -> int:
-        n_heads = info.data.get("n_heads")
-        if n_heads and qkv_dim % n_heads:
-            raise ValueError(f"qkv_dim {qkv_dim} is not divisible by n_heads {n_heads}")
-        return qkv_dim
-
-    @property
-    def head_dim(self) -> int:
-        return self.qkv_dim // self.n_heads
-
-    def resolved(self) -> dict[str, Any]:
-        """The config as a plain dict with every mixer option's default filled in."""
-        options = registry.mixer_options(self.mixer, self.mixer_options)
-        return {**self.model_dump(), "mixer_options": options}
 
 
 class Block(nn.Module):
@@ -127,9 +90,14 @@ class LanguageModel(nn.Module):
         return total - self.embed.weight.numel() if non_embedding else total
 
 
+def resolved(cfg: ModelConfig) -> dict[str, Any]:
+    """The config as a plain dict with every mixer option's default filled in."""
+    return {**cfg.model_dump(), "mixer_options": registry.mixer_options(cfg.mixer, cfg.mixer_options)}
+
+
 def build_model(model: dict[str, Any], device: str | torch.device | None = None) -> LanguageModel:
     """Build the language model a model dict describes (see ModelConfig for its keys)."""
     cfg = ModelConfig(**model)
-    cfg = cfg.model_copy(update={"mixer_options": cfg.resolved()["mixer_options"]})
+    cfg = cfg.model_copy(update={"mixer_options": resolved(cfg)["mixer_options"]})
     with torch.device(device or "cpu"):
         return LanguageModel(cfg)

@@ -17,10 +17,11 @@ from rich.table import Table
 
 from ablate import audit, claims, data, errors, processes, sample, search, tasks, tracking
 from ablate.claims import Claim, WorkList
+from ablate.config import TaskConfig, TrainConfig
 from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.study import Study, Trial
-from ablate.trainer import DamagedCheckpoint, Diverged, TrainConfig, Trainer, seed_everything
+from ablate.trainer import DamagedCheckpoint, Diverged, Trainer, seed_everything
 
 POLL_S = 0.5  # how often an idle worker looks for work another worker may free
 
@@ -84,7 +85,7 @@ def setup(study: Study, results: Path, uri: str, storage: str | None, checkpoint
         f"audit: {len(leaks) - len(leaky)} of {len(leaks)} variants causal"
         + (f"; leaking (allowed by allow_leaky): {', '.join(leaky)}" if leaky else "")
     )
-    if isinstance(study.config.data, tasks.TaskConfig):
+    if isinstance(study.config.data, TaskConfig):
         corpus = tasks.TaskData(study.config.data)
     else:
         corpus = data.prepare(study.config.data, results / "cache", study.path.parent)

@@ -2,130 +2,31 @@
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    StrictInt,
-    Tag,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 
-from ablate.budget import Budget, flops_per_token, solve
-from ablate.data import DataConfig, source_files
+from ablate.budget import flops_per_token, solve
+from ablate.config import (
+    DataConfig,
+    ModelConfig,
+    SearchConfig,
+    StudyConfig,
+    TaskConfig,
+    TrainConfig,
+    VariantConfig,
+    known_keys,
+)
+from ablate.data import source_files
 from ablate.data import vocab_size as data_vocab_size
-from ablate.errors import AblateError
-from ablate.mixers import registry
-from ablate.model import ModelConfig, build_model
+from ablate.errors import AblateError, did_you_mean
+from ablate.model import build_model, resolved
 from ablate.resources import check_fits
-from ablate.search import KINDS, SearchConfig
-from ablate.tasks import TaskConfig
-from ablate.trainer import TrainConfig
-
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def _safe_name(value: str) -> str:
-    if not NAME.fullmatch(value):  # fullmatch: `$` would let a final newline through
-        raise ValueError("must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return value
-
-
-class VariantConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-    scale: Literal["d_model", "n_layers", "ffn_dim", "qkv_dim"] | None = Field(
-        None, description="the dimension that absorbs the study's budget (default d_model)"
-    )
-    search: dict[str, Any] | bool | None = Field(
-        None, description="this variant's search, merged over the study's; false: none (default: the study's)"
-    )
-
-    _name = field_validator("name")(_safe_name)
-
-
-class Expectation(BaseModel):
-    """A verdict the study should reach: a control. `ablate compare --check` fails when it does not."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    variant: str
-    against: str | None = Field(None, description="the variant it is compared with (default: the baseline)")
-    metric: str = "val_loss"
-    verdict: Literal["better", "worse", "same"]
-
-    @field_validator("metric")
-    @classmethod
-    def _known_direction(cls, metric: str) -> str:
-        from ablate.compare import lower_is_better
-
-        try:
-            lower_is_better(metric, None)
-        except AblateError as e:
-            raise ValueError(f"an expectation needs a metric whose direction is known (a loss or an accuracy): {e}")
-        return metric
-
-
-def _data_kind(value) -> str:
-    has_task = isinstance(value, TaskConfig) or (isinstance(value, dict) and "task" in value)
-    return "task" if has_task else "corpus"
-
-
-class StudyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    description: str = ""
-    data: Annotated[
-        Annotated[DataConfig, Tag("corpus")] | Annotated[TaskConfig, Tag("task")], Discriminator(_data_kind)
-    ] = Field(default_factory=DataConfig, description="a corpus (source: ...) or a synthetic task (task: ...)")
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-    variants: list[VariantConfig] = Field(min_length=1)
-    seeds: list[Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
-    budget: Budget | None = None
-    search: dict[str, Any] | None = Field(None, description="an Optuna search for every variant (see SearchConfig)")
-    baseline: str | None = None
-    allow_leaky: bool = Field(False, description="train variants that fail the causality audit")
-    contrasts: list[tuple[str, str]] = Field(
-        default_factory=list, description="pairs [a, b]: a tested against b, paired by seed, Holm over the pairs"
-    )
-    expect: list[Expectation] = Field(default_factory=list, description="verdicts the study should reach")
-
-    _name = field_validator("name")(_safe_name)
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
-        named = [name for pair in self.contrasts for name in pair]
-        named += [n for e in self.expect for n in (e.variant, e.against) if n is not None]
-        for name in named:
-            if name not in names:
-                raise ValueError(f"{name!r} is not a variant{registry.did_you_mean(name, names)}")
-        for a, b in self.contrasts + [(e.variant, e.against or self.baseline or names[0]) for e in self.expect]:
-            if a == b:
-                raise ValueError(f"{a!r} is compared with itself")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be unique, got {self.seeds}")
-        if self.baseline is not None and self.baseline not in names:
-            raise ValueError(
-                f"baseline {self.baseline!r} is not a variant{registry.did_you_mean(self.baseline, names)}"
-            )
-        return self
 
 
 @dataclass
@@ -293,7 +194,7 @@ def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_L
     except AblateError as e:
         raise AblateError(f"{lines.at(model_loc(('d_model',)))}: variant {variant.name!r}: {e}") from None
     try:
-        model = model_cfg.resolved()
+        model = resolved(model_cfg)
         built = build_model(model, device="meta")
     except AblateError as e:
         raise AblateError(f"{lines.at(model_loc(('mixer',)))}: variant {variant.name!r}: {e}") from None
@@ -367,29 +268,10 @@ class _Lines:
         loc = locate(loc)
         key = ".".join(str(p) for p in loc) or "(study)"
         if err["type"] == "extra_forbidden":
-            known = _known_keys(loc[:-1], self.mapping)
-            msg = f"unknown key{registry.did_you_mean(str(loc[-1]), known)}"
+            known = known_keys(loc[:-1], self.mapping)
+            msg = f"unknown key{did_you_mean(str(loc[-1]), known)}"
         elif err["type"] == "missing":
             msg = "required key is missing"
         else:
             msg = err["msg"].removeprefix("Value error, ")
         return f"{self.at(loc)}: {key}: {msg}"
-
-
-def _known_keys(parent: tuple, document: dict) -> list[str]:
-    """The keys allowed where an unknown one was found (parent: the path to its mapping)."""
-    if not parent:
-        return list(StudyConfig.model_fields)
-    if isinstance(parent[-1], int):
-        return list((Expectation if parent[:1] == ("expect",) else VariantConfig).model_fields)
-    if len(parent) > 1 and parent[-2] == "space":
-        return list(KINDS)
-    data = document.get("data")
-    sections = {
-        "data": TaskConfig if isinstance(data, dict) and "task" in data else DataConfig,
-        "model": ModelConfig,
-        "train": TrainConfig,
-        "search": SearchConfig,
-        "budget": Budget,
-    }
-    return list(sections[parent[-1]].model_fields) if parent[-1] in sections else []

@@ -39,70 +39,13 @@ import hashlib
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ablate.config import TaskConfig
 from ablate.data import unigram_entropy
 from ablate.layers import IGNORE_INDEX as IGNORE
-
-TASKS = ("mqar", "in_context_recall", "noisy_recall", "fuzzy_recall", "selective_copy", "memorization")
-
-
-class TaskConfig(BaseModel):
-    """`data:` for a synthetic task (defaults sized for a CPU)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: Literal[TASKS]
-    vocab: int = Field(64, ge=16, le=65536)
-    seq_len: int = Field(64, ge=8)
-    num_kv_pairs: int = Field(4, gt=0, description="mqar: pairs to recall")
-    power_a: float = Field(0.01, gt=0, le=1, description="mqar: power law of the query gaps (1: uniform)")
-    random_non_queries: bool = Field(True, description="mqar: random tokens, not 0, between the queries")
-    num_keys: int = Field(8, gt=1, description="the recall tasks and memorization: distinct keys")
-    noise_vocab: int = Field(8, gt=0, description="noisy_recall: noise tokens")
-    frac_noise: float = Field(0.2, ge=0, lt=1, description="noisy_recall: share of the sequence that is noise")
-    k_motif_size: int = Field(2, gt=0, description="fuzzy_recall: tokens per key")
-    v_motif_size: int = Field(2, gt=0, description="fuzzy_recall: tokens per value")
-    num_tokens_to_copy: int = Field(8, gt=0, description="selective_copy: tokens to copy")
-    n_train: int | None = Field(None, gt=0, description="a fixed training set of this many; default: fresh every step")
-    n_val: int = Field(512, gt=0)
-    seed: int = 0
-
-    @property
-    def vocab_size(self) -> int:
-        return self.vocab
-
-    @model_validator(mode="after")
-    def _fits(self):
-        T, V, K = self.seq_len, self.vocab, self.num_keys
-        if self.task == "mqar":
-            if 4 * self.num_kv_pairs > T:
-                raise ValueError(f"mqar needs seq_len ≥ 4·num_kv_pairs = {4 * self.num_kv_pairs}, got {T}")
-            if self.num_kv_pairs >= V // 2:
-                raise ValueError(f"mqar needs vocab > 2·num_kv_pairs + 1 = {2 * self.num_kv_pairs + 1}, got {V}")
-        if self.task in ("in_context_recall", "noisy_recall") and 2 * K + 1 > V:
-            raise ValueError(f"{self.task} needs vocab ≥ 2·num_keys + 1 (distinct values), got vocab {V}, num_keys {K}")
-        if self.task == "memorization" and K + 2 > V:
-            raise ValueError(f"memorization needs vocab ≥ num_keys + 2, got vocab {V}, num_keys {K}")
-        if self.task == "noisy_recall" and 2 * K + self.noise_vocab + 1 > V:
-            raise ValueError(f"noisy_recall needs vocab ≥ 2·num_keys + noise_vocab + 1, got {V}")
-        if self.task == "selective_copy" and 2 * self.num_tokens_to_copy + 1 > T:
-            raise ValueError(f"selective_copy needs seq_len ≥ 2·num_tokens_to_copy + 1, got {T}")
-        if self.task == "selective_copy" and self.num_tokens_to_copy > V - 2:
-            raise ValueError(f"selective_copy needs vocab ≥ num_tokens_to_copy + 2 (distinct tokens), got {V}")
-        if self.task == "fuzzy_recall":
-            if self.k_motif_size + self.v_motif_size > T:
-                raise ValueError("fuzzy_recall needs seq_len ≥ k_motif_size + v_motif_size")
-            if K >= V // 2:
-                raise ValueError(
-                    f"fuzzy_recall needs vocab > 2·num_keys (distinct motifs), got vocab {V}, num_keys {K}"
-                )
-        return self
-
 
 # Each generator returns the sequence of seq_len + 1 tokens and the answers: the token to be
 # predicted at each position, IGNORE where none is scored (inputs are tokens[:-1], targets

@@ -9,14 +9,13 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
 from ablate import diagnostics, processes
+from ablate.config import TrainConfig
 from ablate.data import Corpus
 from ablate.errors import first_line, full_disk
 from ablate.layers import IGNORE_INDEX as IGNORE
@@ -26,50 +25,11 @@ from ablate.layers import IGNORE_INDEX as IGNORE
 Callback = Callable[[int, dict[str, float], str], None]
 
 
-class TrainConfig(BaseModel):
-    """The `train:` section of a study (defaults: the Strawberry seed recipe)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    steps: StrictInt = Field(10_000, gt=0)
-    batch_size: StrictInt = Field(16, gt=0)
-    lr: float = Field(2e-3, gt=0)
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon")
-    weight_decay: float = Field(1e-3, ge=0)
-    optimizer: Literal["adamw", "muon"] = Field(
-        "adamw", description="muon: torch's Muon for the blocks' matrices, AdamW for the embedding and the rest"
-    )
-    muon_momentum: float = Field(0.95, ge=0, lt=1)
-    warmup: StrictInt = Field(500, ge=0, validate_default=True)  # the default too must fit in `steps`
-    schedule: Literal["cosine", "wsd"] = Field(
-        "cosine", description="after warm-up: cosine decay, or constant then a cosine cooldown (warmup-stable-decay)"
-    )
-    cooldown_frac: float = Field(0.4, gt=0, le=1, description="wsd: the share of all steps spent cooling down")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the schedule decays to lr·min_lr_ratio")
-    grad_clip: float | None = Field(1.0, gt=0)
-    eval_every: StrictInt = Field(250, gt=0)
-    eval_batches: StrictInt = Field(20, gt=0)
-    log_every: StrictInt = Field(10, gt=0, description="steps between host reads of the train loss")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    compile: bool = False
-    max_loss: float | None = Field(
-        None, gt=0, description="stop a trial whose train loss goes above this (NaN and inf always stop it)"
-    )
-    checkpoint_evals: StrictInt = Field(1, ge=0, description="write a checkpoint every this many evals (0: never)")
-
-    @field_validator("warmup")
-    @classmethod
-    def _warmup_fits(cls, warmup: int, info: ValidationInfo) -> int:
-        steps = info.data.get("steps")
-        if steps and warmup > steps:
-            raise ValueError(f"warmup ({warmup}) is longer than steps ({steps})")
-        return warmup
-
-    def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+def device_named(name: str) -> torch.device:
+    """A train config's `device`: "auto" is CUDA when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -150,7 +110,7 @@ class Trainer:
     predicts a fixed set of val positions each from a forward pass over its own prefix alone."""
 
     def __init__(self, model: torch.nn.Module, corpus: Corpus, cfg: TrainConfig, seed: int, prefix_eval: bool = False):
-        self.cfg, self.device, self.prefix_eval = cfg, cfg.resolved_device(), prefix_eval
+        self.cfg, self.device, self.prefix_eval = cfg, device_named(cfg.device), prefix_eval
         self.model = model.to(self.device)
         self.context = model.cfg.context
         on_gpu = self.device.type == "cuda"  # the token array fits any GPU: gather batches there

@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference
 
 from ablate import bench, tracking
+from ablate.config import TrainConfig
 from ablate.model import build_model
-from ablate.trainer import TrainConfig, Trainer
+from ablate.trainer import Trainer
 
 SHAPE = reference.Shape()
 MHA = {"mixer": "mha", **{k: getattr(SHAPE, k) for k in SHAPE.__dataclass_fields__}}

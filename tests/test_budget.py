@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from ablate import study as study_mod
-from ablate.budget import Budget, flops_per_token, solve
+from ablate.budget import flops_per_token, solve
+from ablate.config import Budget, ModelConfig
 from ablate.errors import AblateError
-from ablate.model import ModelConfig, build_model
+from ablate.model import build_model, resolved
 from tests.conftest import write_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +32,9 @@ def test_every_ffn_necessity_trial_is_within_one_percent_of_its_budget():
 @pytest.mark.parametrize("scale", ["d_model", "n_layers", "ffn_dim", "qkv_dim"])
 @pytest.mark.parametrize("count", ["total", "non_embedding"])
 def test_each_scale_meets_a_parameter_budget(scale, count):
-    model = ModelConfig(
-        mixer="mha", vocab_size=512, context=32, d_model=32, n_layers=2, n_heads=2, qkv_dim=32
-    ).resolved()
+    model = resolved(
+        ModelConfig(mixer="mha", vocab_size=512, context=32, d_model=32, n_layers=2, n_heads=2, qkv_dim=32)
+    )
     budget = Budget(params=120_000, count=count, tolerance=0.01)
     solved = solve(model, budget, scale)
     built = build_model(solved)
@@ -65,7 +66,7 @@ def test_an_unreachable_budget_names_the_variant_and_the_closest_count(tmp_path)
     closest = int(message.split("the closest reachable is ")[1].split(" ")[0].replace(",", ""))
     layers = int(message.split("n_layers=")[1].split(",")[0])
     ffn_dim = int(message.split("ffn_dim=")[1].rstrip(")"))
-    shape = model.model_copy(update={"n_layers": layers, "ffn_dim": ffn_dim}).resolved()
+    shape = resolved(model.model_copy(update={"n_layers": layers, "ffn_dim": ffn_dim}))
     assert build_model(shape).n_params(non_embedding=True) == closest
     assert abs(closest - 1_000_000) / 1_000_000 > 0.001
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ablate.data import Batches, DataConfig, prepare, split, val_batches
+from ablate.config import DataConfig
+from ablate.data import Batches, prepare, split, val_batches
 from ablate.errors import AblateError
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from ablate.cli import main
+from ablate.config import TrainConfig
 from ablate.model import build_model
-from ablate.trainer import TrainConfig, Trainer, seed_everything
+from ablate.trainer import Trainer, seed_everything
 from tests.conftest import TINY_STUDY, write_study
 from tests.test_end_to_end import clean_env
 

@@ -8,6 +8,7 @@ import pytest
 
 from ablate import search
 from ablate.cli import main
+from ablate.config import SearchConfig
 from tests.conftest import TINY_STUDY, write_study
 
 SEARCH = """\
@@ -103,7 +104,7 @@ def test_a_lost_trial_is_queued_again_with_its_params_and_run(tmp_path):
     """A trial whose worker is gone is failed and queued again by Optuna's heartbeat retry; the
     next ask() takes the copy, with the same params and the MLflow run to resume."""
     rdb = search.storage(f"sqlite:///{tmp_path / 'optuna.db'}")
-    config = search.SearchConfig(space={"lr": {"loguniform": [1e-4, 1e-2]}}, search_steps=10)
+    config = SearchConfig(space={"lr": {"loguniform": [1e-4, 1e-2]}}, search_steps=10)
     study = search.open_study("s/v", rdb, config)
     lost = study.ask()
     lr = lost.suggest_float("lr", 1e-4, 1e-2, log=True)

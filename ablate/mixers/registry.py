@@ -1,7 +1,6 @@
 """Name → mixer class. Each other module of this package (one mixer family per file) registers
 its mixers on import."""
 
-import difflib
 import importlib
 import inspect
 import pkgutil
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, did_you_mean
 
 _MIXERS: dict[str, type["Mixer"]] = {}
 
@@ -128,8 +127,3 @@ def check_choice(value: Any, what: str, choices: tuple[str, ...]) -> None:
         raise AblateError(
             f"{what} must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}"
         )
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,424 @@
+"""Every section of a study, typed: what a study YAML may say, checked before anything runs.
+
+Validation here needs pydantic only (no torch), so `ablate plan` can refuse a bad study at once.
+What needs a built model (a mixer's options, the sizes, the budget) is checked by `study.load`.
+"""
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ablate.errors import AblateError, did_you_mean
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _safe_name(value: str) -> str:
+    if not NAME.fullmatch(value):  # fullmatch: `$` would let a final newline through
+        raise ValueError("must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+class ModelConfig(BaseModel):
+    """Exactly the dict `build_model` takes (and `ablate plan --json` prints per trial)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mixer: str
+    mixer_options: dict[str, Any] = Field(default_factory=dict)
+    vocab_size: StrictInt = Field(8192, gt=1)
+    context: StrictInt = Field(256, gt=0)
+    d_model: StrictInt = Field(96, gt=0)
+    n_layers: StrictInt = Field(4, gt=0)
+    n_heads: StrictInt = Field(6, gt=0)
+    qkv_dim: StrictInt = Field(384, gt=0, validate_default=True)  # so that n_heads alone is checked against it
+    ffn: bool = True
+    ffn_dim: StrictInt = Field(384, gt=0)
+    ffn_type: Literal["swiglu", "gelu"] = "swiglu"
+    init: Literal["seed", "gpt2"] = "seed"
+    embed_norm: bool = True  # RMS-norm the embedding output before the first block, as the seed does
+
+    @field_validator("qkv_dim")
+    @classmethod
+    def _heads_divide_qkv(cls, qkv_dim: int, info: ValidationInfo) -> int:
+        n_heads = info.data.get("n_heads")
+        if n_heads and qkv_dim % n_heads:
+            raise ValueError(f"qkv_dim {qkv_dim} is not divisible by n_heads {n_heads}")
+        return qkv_dim
+
+    @property
+    def head_dim(self) -> int:
+        return self.qkv_dim // self.n_heads
+
+
+class TrainConfig(BaseModel):
+    """The `train:` section of a study (defaults: the Strawberry seed recipe)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    steps: StrictInt = Field(10_000, gt=0)
+    batch_size: StrictInt = Field(16, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon")
+    weight_decay: float = Field(1e-3, ge=0)
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="muon: torch's Muon for the blocks' matrices, AdamW for the embedding and the rest"
+    )
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    warmup: StrictInt = Field(500, ge=0, validate_default=True)  # the default too must fit in `steps`
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="after warm-up: cosine decay, or constant then a cosine cooldown (warmup-stable-decay)"
+    )
+    cooldown_frac: float = Field(0.4, gt=0, le=1, description="wsd: the share of all steps spent cooling down")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the schedule decays to lr·min_lr_ratio")
+    grad_clip: float | None = Field(1.0, gt=0)
+    eval_every: StrictInt = Field(250, gt=0)
+    eval_batches: StrictInt = Field(20, gt=0)
+    log_every: StrictInt = Field(10, gt=0, description="steps between host reads of the train loss")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    compile: bool = False
+    max_loss: float | None = Field(
+        None, gt=0, description="stop a trial whose train loss goes above this (NaN and inf always stop it)"
+    )
+    checkpoint_evals: StrictInt = Field(1, ge=0, description="write a checkpoint every this many evals (0: never)")
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup_fits(cls, warmup: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if steps and warmup > steps:
+            raise ValueError(f"warmup ({warmup}) is longer than steps ({steps})")
+        return warmup
+
+
+class DataConfig(BaseModel):
+    """The `data:` section of a study."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        "stdlib",
+        min_length=1,
+        description="'stdlib' (the Python standard library's source), a text file, a directory, "
+        "a glob, or a token array (.npy, or .bin of uint16)",
+    )
+    train: str | None = Field(None, min_length=1, description="a train token array, with `val` (nanoGPT's train.bin)")
+    val: str | None = Field(None, min_length=1, description="the val token array that goes with `train`")
+    tokenizer: Literal["bpe", "char", "byte"] = Field("bpe", description="how text becomes tokens")
+    split: Literal["pieces", "tail"] = Field("pieces", description="val: random whole pieces, or the stream's tail")
+    vocab_size: int | None = Field(
+        None, ge=2, le=2**32, description="default: 8192 (bpe, token arrays), 256 (byte), the text's characters (char)"
+    )
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    max_bytes: int | None = Field(None, gt=0, description="use only the first documents up to this size")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if (self.train is None) != (self.val is None):
+            raise ValueError("give both train and val (token arrays, as nanoGPT's train.bin and val.bin)")
+        if self.train is not None and "source" in self.model_fields_set:
+            raise ValueError("give either source or train and val, not both")
+        if self.tokenizer == "bpe" and self.vocab_size is not None and self.vocab_size <= 256 and self.is_text:
+            raise ValueError(f"a BPE needs vocab_size > 256 (its 256 bytes and <|endoftext|>), got {self.vocab_size}")
+        if self.tokenizer == "byte" and self.vocab_size is not None and self.vocab_size < 256:
+            raise ValueError(f"the byte tokenizer needs vocab_size ≥ 256, got {self.vocab_size}")
+        if self.tokenizer != "bpe" and not self.is_text:
+            raise ValueError(f"tokenizer {self.tokenizer!r} applies to text; token arrays are used as they are")
+        return self
+
+    @property
+    def is_text(self) -> bool:
+        return self.train is None and Path(self.source).suffix not in (".npy", ".bin")
+
+
+TASKS = ("mqar", "in_context_recall", "noisy_recall", "fuzzy_recall", "selective_copy", "memorization")
+
+
+class TaskConfig(BaseModel):
+    """`data:` for a synthetic task (defaults sized for a CPU)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal[TASKS]
+    vocab: int = Field(64, ge=16, le=65536)
+    seq_len: int = Field(64, ge=8)
+    num_kv_pairs: int = Field(4, gt=0, description="mqar: pairs to recall")
+    power_a: float = Field(0.01, gt=0, le=1, description="mqar: power law of the query gaps (1: uniform)")
+    random_non_queries: bool = Field(True, description="mqar: random tokens, not 0, between the queries")
+    num_keys: int = Field(8, gt=1, description="the recall tasks and memorization: distinct keys")
+    noise_vocab: int = Field(8, gt=0, description="noisy_recall: noise tokens")
+    frac_noise: float = Field(0.2, ge=0, lt=1, description="noisy_recall: share of the sequence that is noise")
+    k_motif_size: int = Field(2, gt=0, description="fuzzy_recall: tokens per key")
+    v_motif_size: int = Field(2, gt=0, description="fuzzy_recall: tokens per value")
+    num_tokens_to_copy: int = Field(8, gt=0, description="selective_copy: tokens to copy")
+    n_train: int | None = Field(None, gt=0, description="a fixed training set of this many; default: fresh every step")
+    n_val: int = Field(512, gt=0)
+    seed: int = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab
+
+    @model_validator(mode="after")
+    def _fits(self):
+        T, V, K = self.seq_len, self.vocab, self.num_keys
+        if self.task == "mqar":
+            if 4 * self.num_kv_pairs > T:
+                raise ValueError(f"mqar needs seq_len ≥ 4·num_kv_pairs = {4 * self.num_kv_pairs}, got {T}")
+            if self.num_kv_pairs >= V // 2:
+                raise ValueError(f"mqar needs vocab > 2·num_kv_pairs + 1 = {2 * self.num_kv_pairs + 1}, got {V}")
+        if self.task in ("in_context_recall", "noisy_recall") and 2 * K + 1 > V:
+            raise ValueError(f"{self.task} needs vocab ≥ 2·num_keys + 1 (distinct values), got vocab {V}, num_keys {K}")
+        if self.task == "memorization" and K + 2 > V:
+            raise ValueError(f"memorization needs vocab ≥ num_keys + 2, got vocab {V}, num_keys {K}")
+        if self.task == "noisy_recall" and 2 * K + self.noise_vocab + 1 > V:
+            raise ValueError(f"noisy_recall needs vocab ≥ 2·num_keys + noise_vocab + 1, got {V}")
+        if self.task == "selective_copy" and 2 * self.num_tokens_to_copy + 1 > T:
+            raise ValueError(f"selective_copy needs seq_len ≥ 2·num_tokens_to_copy + 1, got {T}")
+        if self.task == "selective_copy" and self.num_tokens_to_copy > V - 2:
+            raise ValueError(f"selective_copy needs vocab ≥ num_tokens_to_copy + 2 (distinct tokens), got {V}")
+        if self.task == "fuzzy_recall":
+            if self.k_motif_size + self.v_motif_size > T:
+                raise ValueError("fuzzy_recall needs seq_len ≥ k_motif_size + v_motif_size")
+            if K >= V // 2:
+                raise ValueError(
+                    f"fuzzy_recall needs vocab > 2·num_keys (distinct motifs), got vocab {V}, num_keys {K}"
+                )
+        return self
+
+
+class Budget(BaseModel):
+    """`budget:` of a study: params (counted as `count`) or flops_per_token, met within `tolerance`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: int | None = Field(None, gt=0)
+    flops_per_token: float | None = Field(None, gt=0)
+    count: Literal["total", "non_embedding"] = "non_embedding"
+    tolerance: float = Field(0.01, gt=0, lt=1, description="relative: 0.01 is within 1%")
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.params is None) == (self.flops_per_token is None):
+            raise ValueError("a budget sets exactly one of params and flops_per_token")
+        return self
+
+    @property
+    def target(self) -> float:
+        return self.params if self.params is not None else self.flops_per_token
+
+    def describe(self) -> str:
+        if self.params is not None:
+            return f"{self.params:,} {self.count.replace('_', '-')} parameters"
+        return f"{self.flops_per_token:,.0f} forward FLOPs per token"
+
+
+# train keys a search may not touch: they define the budget and the bookkeeping, not the recipe
+FIXED = ("steps", "eval_every", "eval_batches", "log_every", "device", "compile", "max_loss", "checkpoint_evals")
+KINDS = {"loguniform": "loguniform", "uniform": "uniform", "int": "integer", "choice": "choice"}  # YAML key → field
+
+
+class Distribution(BaseModel):
+    """One searched train key: exactly one of loguniform/uniform [low, high], int [low, high], choice [...]."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    integer: tuple[int, int] | None = Field(None, alias="int")
+    choice: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in KINDS.values() if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of loguniform, uniform, int, choice")
+        bounds = self.values
+        if self.kind != "choice" and not bounds[0] < bounds[1]:
+            raise ValueError(f"{self.kind} needs [low, high] with low < high, got {bounds}")
+        if self.kind == "loguniform" and bounds[0] <= 0:
+            raise ValueError("loguniform needs a positive low bound")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, attr in KINDS.items() if getattr(self, attr) is not None)
+
+    @property
+    def values(self) -> list[Any]:
+        """[low, high], or the choices: the edges of the space, each of which must be valid."""
+        return list(getattr(self, KINDS[self.kind]))
+
+    def suggest(self, trial, name: str):
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, self.choice)
+        if self.kind == "int":
+            return trial.suggest_int(name, *self.integer)
+        return trial.suggest_float(name, *self.values, log=self.kind == "loguniform")
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.values}"
+
+
+class SearchConfig(BaseModel):
+    """`search:` of a study (for every variant) or of one variant (merged over the study's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: dict[str, Distribution] = Field(min_length=1)
+    trials: int = Field(8, gt=0, description="Optuna trials per variant, in total over reruns")
+    search_steps: int = Field(gt=0, description="optimizer steps of each search trial")
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    seed: int = 0
+    tpe_startup: int = Field(4, ge=1, description="random trials before TPE models the space")
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup: int = Field(2, ge=0, description="trials that finish unpruned before pruning starts")
+
+    @field_validator("space")
+    @classmethod
+    def _train_keys(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        for key in space:
+            if key in FIXED or key not in TrainConfig.model_fields:
+                allowed = sorted(set(TrainConfig.model_fields) - set(FIXED))
+                raise ValueError(f"cannot search {key!r}: searchable train keys are {', '.join(allowed)}")
+        return space
+
+    @model_validator(mode="after")
+    def _grid_of_choices(self):
+        if self.sampler == "grid" and any(d.kind != "choice" for d in self.space.values()):
+            raise ValueError("the grid sampler needs every searched key as a choice: [...]")
+        return self
+
+    def train(self, base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """A search trial's train settings: the variant's, the sampled values, the shorter budget."""
+        return {**base, **params, "steps": self.search_steps, "eval_every": min(base["eval_every"], self.search_steps)}
+
+    def check(self, base: dict[str, Any]) -> None:
+        """Every edge of the space must give valid settings, for the search trials and for the final
+        ones (a ValidationError says which not)."""
+        for key, distribution in self.space.items():
+            for value in distribution.values:
+                TrainConfig(**self.train(base, {key: value}))
+                TrainConfig(**{**base, key: value})
+
+    def describe(self) -> str:
+        space = ", ".join(f"{k} {d.describe()}" for k, d in self.space.items())
+        return f"{space}; {self.trials} trials × {self.search_steps} steps, {self.sampler}, pruner {self.pruner}"
+
+
+class VariantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    scale: Literal["d_model", "n_layers", "ffn_dim", "qkv_dim"] | None = Field(
+        None, description="the dimension that absorbs the study's budget (default d_model)"
+    )
+    search: dict[str, Any] | bool | None = Field(
+        None, description="this variant's search, merged over the study's; false: none (default: the study's)"
+    )
+
+    _name = field_validator("name")(_safe_name)
+
+
+class Expectation(BaseModel):
+    """A verdict the study should reach: a control. `ablate compare --check` fails when it does not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: str
+    against: str | None = Field(None, description="the variant it is compared with (default: the baseline)")
+    metric: str = "val_loss"
+    verdict: Literal["better", "worse", "same"]
+
+    @field_validator("metric")
+    @classmethod
+    def _known_direction(cls, metric: str) -> str:
+        from ablate.compare import lower_is_better
+
+        try:
+            lower_is_better(metric, None)
+        except AblateError as e:
+            raise ValueError(f"an expectation needs a metric whose direction is known (a loss or an accuracy): {e}")
+        return metric
+
+
+def _data_kind(value) -> str:
+    has_task = isinstance(value, TaskConfig) or (isinstance(value, dict) and "task" in value)
+    return "task" if has_task else "corpus"
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    data: Annotated[
+        Annotated[DataConfig, Tag("corpus")] | Annotated[TaskConfig, Tag("task")], Discriminator(_data_kind)
+    ] = Field(default_factory=DataConfig, description="a corpus (source: ...) or a synthetic task (task: ...)")
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    variants: list[VariantConfig] = Field(min_length=1)
+    seeds: list[Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
+    budget: Budget | None = None
+    search: dict[str, Any] | None = Field(None, description="an Optuna search for every variant (see SearchConfig)")
+    baseline: str | None = None
+    allow_leaky: bool = Field(False, description="train variants that fail the causality audit")
+    contrasts: list[tuple[str, str]] = Field(
+        default_factory=list, description="pairs [a, b]: a tested against b, paired by seed, Holm over the pairs"
+    )
+    expect: list[Expectation] = Field(default_factory=list, description="verdicts the study should reach")
+
+    _name = field_validator("name")(_safe_name)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        named = [name for pair in self.contrasts for name in pair]
+        named += [n for e in self.expect for n in (e.variant, e.against) if n is not None]
+        for name in named:
+            if name not in names:
+                raise ValueError(f"{name!r} is not a variant{did_you_mean(name, names)}")
+        for a, b in self.contrasts + [(e.variant, e.against or self.baseline or names[0]) for e in self.expect]:
+            if a == b:
+                raise ValueError(f"{a!r} is compared with itself")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be unique, got {self.seeds}")
+        if self.baseline is not None and self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not a variant{did_you_mean(self.baseline, names)}")
+        return self
+
+
+def known_keys(parent: tuple, document: dict) -> list[str]:
+    """The keys allowed where an unknown one was found (parent: the path to its mapping)."""
+    if not parent:
+        return list(StudyConfig.model_fields)
+    if isinstance(parent[-1], int):
+        return list((Expectation if parent[:1] == ("expect",) else VariantConfig).model_fields)
+    if len(parent) > 1 and parent[-2] == "space":
+        return list(KINDS)
+    data = document.get("data")
+    sections = {
+        "data": TaskConfig if isinstance(data, dict) and "task" in data else DataConfig,
+        "model": ModelConfig,
+        "train": TrainConfig,
+        "search": SearchConfig,
+        "budget": Budget,
+    }
+    return list(sections[parent[-1]].model_fields) if parent[-1] in sections else []
