@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ablate.config import TrainConfig
-from ablate.data import Corpus
+from ablate.data.corpus import Corpus
 from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.trainer import Trainer, seed_everything

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ablate.layers import rms_norm
+from ablate.nn.layers import rms_norm
 
 
 def effective_rank(h: torch.Tensor) -> float:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ablate import audit, sample, strawberry, tracking
-from ablate.config import TaskConfig, TrainConfig
+from ablate.config import DataConfig, TrainConfig
 from ablate.errors import AblateError
 from ablate.trainer import Trainer
 
@@ -54,9 +54,8 @@ def import_strawberry(tracker: tracking.Tracker, path: Path, experiment: str) ->
 def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: Path, folder: Path):
     """The data to evaluate on: `data` (a study YAML, whose data section is taken, or a token
     array of the model's vocabulary), else the data of the study the run trained in."""
-    from ablate import data as data_mod
     from ablate import study as study_mod
-    from ablate import tasks
+    from ablate.data import open_source
 
     if data is None:
         if "study.yaml" not in {a.path for a in client.list_artifacts(run_id)}:
@@ -72,16 +71,14 @@ def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: P
     elif Path(data).suffix in (".yaml", ".yml"):
         config, base = study_mod.load(data).config.data, Path(data).parent
     elif Path(data).suffix in (".npy", ".bin"):
-        config = data_mod.DataConfig(source=str(Path(data).resolve()), vocab_size=vocab_size)
+        config = DataConfig(source=str(Path(data).resolve()), vocab_size=vocab_size)
         base = Path(".")
     else:
         raise AblateError(
             f"--data {data}: give a study YAML (its data section is used) or a token array (.npy, .bin of uint16) "
             "tokenized as the model was trained; a text file would need the model's own tokenizer"
         )
-    corpus = (
-        tasks.TaskData(config) if isinstance(config, TaskConfig) else data_mod.prepare(config, results / "cache", base)
-    )
+    corpus = open_source(config, results / "cache", base)
     trained_on = client.get_run(run_id).data.tags.get(tracking.TAG + "data_fingerprint")
     if data is None and trained_on != corpus.meta["fingerprint"]:
         raise AblateError(f"run {run_id} trained on other data than its study names (run with --data?): give --data")

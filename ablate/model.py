@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.config import ModelConfig
-from ablate.layers import FFNS, linear_cross_entropy, rms_norm
 from ablate.mixers import registry
+from ablate.nn.layers import FFNS, rms_norm
+from ablate.nn.loss import linear_cross_entropy
 
 
 class Block(nn.Module):

@@ -15,9 +15,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ablate import audit, claims, data, errors, processes, sample, search, tasks, tracking
+from ablate import audit, claims, errors, processes, sample, search, tracking
 from ablate.claims import Claim, WorkList
-from ablate.config import TaskConfig, TrainConfig
+from ablate.config import TrainConfig
+from ablate.data import DataSource, open_source
 from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.study import Study, Trial
@@ -64,7 +65,7 @@ class Setup:
 
     study: Study
     leaks: dict[str, float]
-    corpus: data.Corpus | tasks.TaskData
+    corpus: DataSource
     tracker: tracking.Tracker
     exp_id: str
     parents: dict[str, str]  # "study" and each variant → its parent run
@@ -85,10 +86,7 @@ def setup(study: Study, results: Path, uri: str, storage: str | None, checkpoint
         f"audit: {len(leaks) - len(leaky)} of {len(leaks)} variants causal"
         + (f"; leaking (allowed by allow_leaky): {', '.join(leaky)}" if leaky else "")
     )
-    if isinstance(study.config.data, TaskConfig):
-        corpus = tasks.TaskData(study.config.data)
-    else:
-        corpus = data.prepare(study.config.data, results / "cache", study.path.parent)
+    corpus = open_source(study.config.data, results / "cache", study.path.parent)
     console.print(corpus.describe())
 
     results.mkdir(parents=True, exist_ok=True)

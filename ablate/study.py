@@ -22,8 +22,8 @@ from ablate.config import (
     VariantConfig,
     known_keys,
 )
-from ablate.data import source_files
-from ablate.data import vocab_size as data_vocab_size
+from ablate.data.corpus import source_files
+from ablate.data.corpus import vocab_size as data_vocab_size
 from ablate.errors import AblateError, did_you_mean
 from ablate.model import build_model, resolved
 from ablate.resources import check_fits

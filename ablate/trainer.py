@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from ablate import diagnostics, processes
 from ablate.config import TrainConfig
-from ablate.data import Corpus
+from ablate.data import DataSource
 from ablate.errors import first_line, full_disk
-from ablate.layers import IGNORE_INDEX as IGNORE
+from ablate.nn.loss import IGNORE_INDEX as IGNORE
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
 # "start" for the val metrics of the untrained model (step 0, before a fresh run's first step).
@@ -109,7 +109,9 @@ class Trainer:
     """Trains one model. With `prefix_eval` (for models that leak) the final evaluation also
     predicts a fixed set of val positions each from a forward pass over its own prefix alone."""
 
-    def __init__(self, model: torch.nn.Module, corpus: Corpus, cfg: TrainConfig, seed: int, prefix_eval: bool = False):
+    def __init__(
+        self, model: torch.nn.Module, corpus: DataSource, cfg: TrainConfig, seed: int, prefix_eval: bool = False
+    ):
         self.cfg, self.device, self.prefix_eval = cfg, device_named(cfg.device), prefix_eval
         self.model = model.to(self.device)
         self.context = model.cfg.context

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from ablate.config import DataConfig
-from ablate.data import prepare
+from ablate.data.corpus import prepare
 
 # A small slice of the default corpus: the stdlib is on every machine, so tests need nothing else.
 TINY_DATA = {"source": "stdlib", "vocab_size": 512, "max_bytes": 300_000}

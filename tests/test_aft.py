@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ablate
-from ablate.layers import causal_biased_softmax_mean, causal_softmax_mean, causal_softmax_mean_log_space
+from ablate.nn.ops import causal_biased_softmax_mean, causal_softmax_mean, causal_softmax_mean_log_space
 
 
 def _reference_mean(k, v, w=None):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ablate.config import DataConfig
-from ablate.data import Batches, prepare, split, val_batches
+from ablate.data.corpus import Batches, prepare, split, val_batches
 from ablate.errors import AblateError
 
 
@@ -158,7 +158,7 @@ def test_builds_cut_off_by_a_dead_process_are_removed_by_the_next_prepare(tmp_pa
     import subprocess
     import time
 
-    from ablate.data import BUILDING
+    from ablate.data.corpus import BUILDING
 
     dead = subprocess.Popen(["true"])
     dead.wait()

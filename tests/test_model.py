@@ -186,7 +186,7 @@ def test_fused_loss_equals_cross_entropy_and_its_gradient(n, vocab):
     """The fused head + loss against logits formed whole, in float64: the value and both gradients.
     At vocab 8192 a block is 128 rows, so 300 rows run in three blocks, the last one short; every
     fifth target is ignored (as a task's unscored positions are)."""
-    from ablate.layers import IGNORE_INDEX, linear_cross_entropy
+    from ablate.nn.loss import IGNORE_INDEX, linear_cross_entropy
 
     assert (n > (1 << 20) // vocab) == (vocab == 8192)  # the first case really runs several blocks
     torch.manual_seed(0)
@@ -220,7 +220,7 @@ def test_rotary_turns_each_pair_to_the_last_bit(dtype):
     """The same numbers as the pairwise formula (x1·cos − x2·sin, x1·sin + x2·cos), bit for bit,
     with angles t·10000^(-2j/d), and the same gradient, bit for bit: runs recorded before the
     change reproduce after it."""
-    from ablate.layers import Rotary
+    from ablate.nn.layers import Rotary
 
     d, T = 8, 11
     x = torch.randn(2, 3, T, d, dtype=dtype, requires_grad=True)

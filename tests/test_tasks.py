@@ -9,8 +9,8 @@ import torch
 
 from ablate import study as study_mod
 from ablate.config import TASKS, TaskConfig
+from ablate.data.tasks import IGNORE, TaskData, generate, memorization_table
 from ablate.errors import AblateError
-from ablate.tasks import IGNORE, TaskData, generate, memorization_table
 
 
 def _oracle(cfg: TaskConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -8,15 +8,9 @@ window and 0 outside it (aft-local: out-of-window keys stay in the sums).
 import torch
 from torch import nn
 
-from ablate.layers import (
-    causal_biased_softmax_mean,
-    causal_mask,
-    causal_softmax_mean,
-    causal_softmax_mean_flops,
-    head_rms_norm,
-    mean_keys,
-)
 from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn.layers import causal_mask, head_rms_norm, mean_keys
+from ablate.nn.ops import causal_biased_softmax_mean, causal_softmax_mean, causal_softmax_mean_flops
 
 
 class _AFT(Mixer):

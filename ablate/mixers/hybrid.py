@@ -10,16 +10,10 @@ import torch
 from torch import nn
 
 from ablate.errors import AblateError
-from ablate.layers import (
-    Rotary,
-    attention_softmax_flops,
-    causal_softmax_mean,
-    causal_softmax_mean_flops,
-    rms_norm,
-    softmax_attention,
-)
 from ablate.mixers import registry
 from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn.layers import Rotary, attention_softmax_flops, rms_norm, softmax_attention
+from ablate.nn.ops import causal_softmax_mean, causal_softmax_mean_flops
 
 DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
 

@@ -8,8 +8,8 @@ key among many, and such a model fails associative recall. So, as in QK-Norm (He
 import torch
 from torch import nn
 
-from ablate.layers import Rotary, attention_probs, attention_softmax_flops, rms_norm, softmax_attention
 from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn.layers import Rotary, attention_probs, attention_softmax_flops, rms_norm, softmax_attention
 
 
 @register("mha")

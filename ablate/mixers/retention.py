@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.errors import AblateError
-from ablate.layers import HalfSplitRotary, attention_softmax_flops, rms_norm, softmax_attention
 from ablate.mixers.registry import Mixer, check_choice, check_int, register
+from ablate.nn.layers import HalfSplitRotary, attention_softmax_flops, rms_norm, softmax_attention
 
 SCOPES = ("chunk", "sequence", "batch")
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.layers import Rotary, mean_keys
 from ablate.mixers.registry import Mixer, check_choice, check_int, register
+from ablate.nn.layers import Rotary, mean_keys
 
 
 def decays(n_heads: int) -> torch.Tensor:

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from ablate.config import TaskConfig
-from ablate.data import unigram_entropy
-from ablate.layers import IGNORE_INDEX as IGNORE
+from ablate.data.corpus import unigram_entropy
+from ablate.nn.loss import IGNORE_INDEX as IGNORE
 
 # Each generator returns the sequence of seq_len + 1 tokens and the answers: the token to be
 # predicted at each position, IGNORE where none is scored (inputs are tokens[:-1], targets

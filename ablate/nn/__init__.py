@@ -1,0 +1,1 @@
+"""Layers, kernels and the loss that the backbone and the mixers are built from."""

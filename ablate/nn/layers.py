@@ -1,0 +1,127 @@
+"""Building blocks shared by the backbone and the mixers: norms, rotary, attention, FFNs."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate.errors import AblateError
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """RMS norm over the last axis without a learned weight and with torch's default eps, as the
+    seed model has it."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def head_rms_norm(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """RMS norm of each head's slice of the last axis: QK-norm for (..., H·d) tensors."""
+    return rms_norm(x.unflatten(-1, (n_heads, -1))).flatten(-2)
+
+
+def rotary_angles(head_dim: int, context: int, base: float = 10000.0) -> torch.Tensor:
+    """(context, head_dim/2) angles t·base^(−2i/d), in float64 so that a float64 model rotates exactly."""
+    if head_dim % 2:
+        raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {head_dim}")
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    return torch.outer(torch.arange(context, dtype=torch.float64), inv_freq)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding for (B, H, T, d) tensors: each pair (x_2j, x_2j+1) at position t
+    turned by the angle t·base^(-2j/d). Tables are buffers, not parameters.
+
+    Written as x·C + swap(x)·S, C = (cos, cos) and S = (−sin, sin) per pair and swap exchanging
+    the two of each pair: the same numbers as (x1·cos − x2·sin, x1·sin + x2·cos) to the last
+    bit, in fewer element-wise passes. The tables are float64 and cast to the input's dtype, so
+    a float64 model rotates exactly.
+    """
+
+    def __init__(self, head_dim: int, context: int):
+        super().__init__()
+        angles = rotary_angles(head_dim, context)
+        cos, sin = angles.cos(), angles.sin()
+        self.register_buffer("cos", torch.stack((cos, cos), dim=-1).flatten(-2), persistent=False)
+        self.register_buffer("sin", torch.stack((-sin, sin), dim=-1).flatten(-2), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.size(-2)
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        return x * self.cos[:T].to(x.dtype) + swapped * self.sin[:T].to(x.dtype)
+
+
+class HalfSplitRotary(nn.Module):
+    """The seed's rotary form for (B, H, T, d) tensors: the two halves x1, x2 of each head's d
+    turned by −θ, y1 = x1·cos + x2·sin, y2 = −x1·sin + x2·cos, angles t·base^(−2i/d). Not a
+    relabelling of `Rotary` where the projection weights are generated from the input."""
+
+    def __init__(self, head_dim: int, context: int):
+        super().__init__()
+        angles = rotary_angles(head_dim, context)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.size(-2)
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """Causal softmax attention over (B, H, T, d); with `window`, position t sees t-window+1..t only."""
+    if window is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q.size(-2), window, q.device))
+
+
+def causal_mask(T: int, window: int | None, device) -> torch.Tensor:
+    """(T, T), True where query t may see key t': t - window < t' ≤ t (every t' ≤ t without a window)."""
+    lag = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
+    return (lag >= 0) & (lag < (window or T))
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """The (B, H, T, T) weights softmax_attention applies, written out (for diagnostics)."""
+    scores = (q @ k.transpose(-1, -2)) / q.size(-1) ** 0.5
+    return torch.softmax(scores.masked_fill(~causal_mask(q.size(-2), window, q.device), float("-inf")), dim=-1)
+
+
+def mean_keys(T: int, window: int | None = None) -> float:
+    """How many keys a causal position sees on average over a context of T (at most `window`)."""
+    reach = window or T
+    return sum(min(t + 1, reach) for t in range(T)) / T
+
+
+# Declared element-wise work per token, which torch's FLOP counter (matmuls only) does not see.
+# Counts are operations per element: a softmax is max, subtract, exp, sum and divide.
+def attention_softmax_flops(n_heads: int, T: int, window: int | None = None) -> float:
+    """The softmax over each head's attended scores."""
+    return 5 * n_heads * mean_keys(T, window)
+
+
+class SwiGLU(nn.Module):
+    """FFN (u ⊙ silu(g)) W_out with [u, g] = x W_in: 3·C·F parameters."""
+
+    def __init__(self, d_model: int, ffn_dim: int):
+        super().__init__()
+        self.w_in = nn.Linear(d_model, 2 * ffn_dim, bias=False)
+        self.w_out = nn.Linear(ffn_dim, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, g = self.w_in(x).chunk(2, dim=-1)
+        return self.w_out(u * F.silu(g))
+
+
+class GeluMLP(nn.Module):
+    """The classic two-layer GELU MLP: 2·C·F parameters."""
+
+    def __init__(self, d_model: int, ffn_dim: int):
+        super().__init__()
+        self.w_in = nn.Linear(d_model, ffn_dim, bias=False)
+        self.w_out = nn.Linear(ffn_dim, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_out(F.gelu(self.w_in(x)))
+
+
+FFNS = {"swiglu": SwiGLU, "gelu": GeluMLP}
