@@ -8,11 +8,13 @@ reports the largest logit change it saw; above TOLERANCE the model leaks.
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ablate.errors import AblateError
 from ablate.model import LanguageModel, build_model
 
 TOLERANCE = 1e-5  # float32, as the spec fixes it
+PREFIX_POSITIONS = 16  # per window: the positions prefix_val_loss predicts
 
 
 def max_leak(model_dict: dict[str, Any], batch: int = 3, seed: int = 0) -> float:
@@ -65,3 +67,27 @@ def refuse_leaks(study, leaks: dict[str, float]) -> None:
             f"{study.path}: variant {variant!r} is not causal (a logit moved by {leaks[variant]:.2e} when only tokens it must "
             "not see changed); set allow_leaky: true to train it anyway, tagged ablate.causal=false"
         )
+
+
+@torch.no_grad()
+def prefix_losses(model: LanguageModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """The honest loss of a leaking model, and the teacher-forced loss at the same positions.
+
+    Each chosen position t of each window of x is predicted by a forward pass over tokens
+    0..t of that window alone (a batch of one), so nothing after t and no other sequence can
+    reach it. The same positions read from one teacher-forced pass over the whole batch give
+    the number to set beside it.
+    """
+    was_training = model.training
+    model.eval()
+    device = model.embed.weight.device
+    x, y = x.to(device), y.to(device)
+    positions = torch.linspace(0, x.size(1) - 1, PREFIX_POSITIONS).round().long().unique()
+    teacher = model(x)[:, positions].float()
+    prefix = torch.stack([torch.stack([model(x[i : i + 1, : t + 1])[0, -1] for t in positions]) for i in range(len(x))])
+    model.train(was_training)
+    target = y[:, positions].flatten()
+    return {
+        "prefix_val_loss": F.cross_entropy(prefix.float().flatten(0, 1), target).item(),
+        "val_loss_at_prefix_positions": F.cross_entropy(teacher.flatten(0, 1), target).item(),
+    }

@@ -23,7 +23,7 @@ from ablate.config import TrainConfig
 from ablate.data.corpus import Corpus
 from ablate.errors import AblateError
 from ablate.model import build_model
-from ablate.trainer import Trainer, seed_everything
+from ablate.train.trainer import Trainer, seed_everything
 
 PEAK_SIZE = 2048  # the matmul whose speed is the peak: 2048³, fp32 on a CPU, bf16 on a GPU
 

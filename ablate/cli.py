@@ -598,7 +598,7 @@ def _bench(args) -> int:
     from rich.table import Table
 
     from ablate import bench
-    from ablate.trainer import device_named
+    from ablate.train.trainer import device_named
 
     if args.threads:
         torch.set_num_threads(args.threads)

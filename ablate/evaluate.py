@@ -14,7 +14,7 @@ from pathlib import Path
 from ablate import audit, sample, strawberry, tracking
 from ablate.config import DataConfig, TrainConfig
 from ablate.errors import AblateError
-from ablate.trainer import Trainer
+from ablate.train.trainer import Trainer
 
 ROLE_IMPORT, ROLE_EVAL = "import", "evaluation"
 

@@ -22,7 +22,8 @@ from ablate.data import DataSource, open_source
 from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.study import Study, Trial
-from ablate.trainer import DamagedCheckpoint, Diverged, Trainer, seed_everything
+from ablate.train.checkpoint import DamagedCheckpoint
+from ablate.train.trainer import Diverged, Trainer, seed_everything
 
 POLL_S = 0.5  # how often an idle worker looks for work another worker may free
 

@@ -28,7 +28,7 @@ import reference
 from ablate import bench, tracking
 from ablate.config import TrainConfig
 from ablate.model import build_model
-from ablate.trainer import Trainer
+from ablate.train.trainer import Trainer
 
 SHAPE = reference.Shape()
 MHA = {"mixer": "mha", **{k: getattr(SHAPE, k) for k in SHAPE.__dataclass_fields__}}

@@ -7,8 +7,8 @@ import torch
 
 import ablate
 from ablate.config import TrainConfig
-from ablate.diagnostics import attention_entropy, effective_rank, per_block
-from ablate.trainer import Trainer, seed_everything
+from ablate.train.diagnostics import attention_entropy, effective_rank, per_block
+from ablate.train.trainer import Trainer, seed_everything
 
 MODEL = {"mixer": "mha", "vocab_size": 512, "context": 48, "d_model": 32, "n_layers": 1, "n_heads": 2, "qkv_dim": 32}
 TRAIN = {"batch_size": 8, "warmup": 5, "eval_batches": 2}

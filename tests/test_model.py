@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import ablate
-from ablate import audit, diagnostics, study
+from ablate import audit, study
+from ablate.train import diagnostics
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 SEED_SHAPE = {"vocab_size": 8192, "context": 256, "d_model": 96, "n_heads": 6, "qkv_dim": 384, "ffn_dim": 384}

@@ -15,7 +15,7 @@ import torch
 from ablate.cli import main
 from ablate.config import TrainConfig
 from ablate.model import build_model
-from ablate.trainer import Trainer, seed_everything
+from ablate.train.trainer import Trainer, seed_everything
 from tests.conftest import TINY_STUDY, write_study
 from tests.test_end_to_end import clean_env
 
@@ -326,7 +326,7 @@ def test_a_full_disk_while_a_checkpoint_is_written_ends_the_study_in_one_line_an
     free space says what happened."""
     import shutil
 
-    from ablate import trainer
+    from ablate.train import checkpoint
 
     def full(state, path):
         Path(path).write_bytes(b"\0" * 100)
@@ -334,7 +334,7 @@ def test_a_full_disk_while_a_checkpoint_is_written_ends_the_study_in_one_line_an
 
     study, results = write_study(tmp_path, ONE_TRIAL), tmp_path / "results"
     with monkeypatch.context() as patch:
-        patch.setattr(trainer.torch, "save", full)
+        patch.setattr(checkpoint.torch, "save", full)
         patch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
         assert main(["run", str(study), "--results", str(results)]) == 2
     err = capsys.readouterr().err
@@ -370,7 +370,7 @@ def test_a_stop_between_an_evals_metrics_and_its_checkpoint_logs_no_eval_twice(t
     """Each eval's metrics reach MLflow before its checkpoint is written. Stopped between the two
     (Ctrl-C here), the rerun resumes from the checkpoint before and trains that eval again: it is
     not logged a second time, and the run ends at the uninterrupted loss."""
-    from ablate.trainer import Trainer
+    from ablate.train.trainer import Trainer
 
     text = ONE_TRIAL.replace("steps: 30", "steps: 60")
     study, results = write_study(tmp_path, text), tmp_path / "results"

@@ -2,8 +2,6 @@
 it reports metrics through a callback."""
 
 import math
-import os
-import pickle
 import random
 import time
 from collections.abc import Callable
@@ -14,11 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ablate import diagnostics, processes
+from ablate import audit
 from ablate.config import TrainConfig
 from ablate.data import DataSource
-from ablate.errors import first_line, full_disk
 from ablate.nn.loss import IGNORE_INDEX as IGNORE
+from ablate.train import checkpoint, diagnostics
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
 # "start" for the val metrics of the untrained model (step 0, before a fresh run's first step).
@@ -68,41 +66,12 @@ def optimizers(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> list[to
     return [adamw, muon]
 
 
-def _nbytes(state) -> int:
-    """The bytes of the tensors in a (nested) state dict: about what its file needs."""
-    if isinstance(state, torch.Tensor):
-        return state.nbytes
-    if isinstance(state, dict):
-        return sum(_nbytes(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(_nbytes(v) for v in state)
-    return 0
-
-
-class DamagedCheckpoint(Exception):
-    """A checkpoint file that cannot be read back (truncated, overwritten, not a checkpoint)."""
-
-
-def read_checkpoint(path: Path, device) -> dict:
-    """A trainer's saved state; DamagedCheckpoint, with torch's first sentence, when it cannot be read."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        raise DamagedCheckpoint(first_line(e).split(". ")[0]) from e
-    if not isinstance(state, dict) or "step" not in state:
-        raise DamagedCheckpoint("not a trainer checkpoint")
-    return state
-
-
 class Diverged(Exception):
     """The loss became NaN or inf, or rose above train.max_loss: the trial failed, the study goes on."""
 
     def __init__(self, step: int, reason: str):
         super().__init__(f"{reason} at step {step}")
         self.step, self.reason = step, reason
-
-
-PREFIX_POSITIONS = 16  # per window of the first val batch: the positions prefix_val_loss predicts
 
 
 class Trainer:
@@ -156,46 +125,14 @@ class Trainer:
         self.model.train()
         return {"val_loss": float(loss / count), "val_accuracy": float(correct / count)}
 
-    @torch.no_grad()
-    def evaluate_prefixes(self) -> dict[str, float]:
-        """The honest loss of a leaking model, and the teacher-forced loss at the same positions.
-
-        Each chosen position t of each window of the first val batch is predicted by a forward
-        pass over tokens 0..t of that window alone (a batch of one), so nothing after t and no
-        other sequence can reach it. The same positions read from one teacher-forced pass over
-        the whole batch give the number to set beside it.
-        """
-        self.model.eval()
-        x, y = (t.to(self.device) for t in self.val[0])
-        positions = torch.linspace(0, self.context - 1, PREFIX_POSITIONS).round().long().unique()
-        with self.autocast:
-            teacher = self.forward(x)[:, positions].float()
-            prefix = torch.stack(  # eager: a compiled model would recompile for every prefix length
-                [torch.stack([self.model(x[i : i + 1, : t + 1])[0, -1] for t in positions]) for i in range(len(x))]
-            ).float()
-        self.model.train()
-        target = y[:, positions].flatten()
-        return {
-            "prefix_val_loss": F.cross_entropy(prefix.flatten(0, 1), target).item(),
-            "val_loss_at_prefix_positions": F.cross_entropy(teacher.flatten(0, 1), target).item(),
-        }
-
     def state_dict(self) -> dict:
         """Everything a resumed trial needs to take the same steps an uninterrupted one would."""
-        rng = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "batches": self.batches.rng.bit_generator.state,
-        }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
-            "rng": rng,
+            "rng": checkpoint.rng_state(self.batches.rng),
             "loss_sum": self.loss_sum.item(),
             "clipped": self.clipped.item(),
             "n_since": self.n_since,
@@ -209,35 +146,22 @@ class Trainer:
             optimizer.load_state_dict(saved)
         for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(saved)
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        self.batches.rng.bit_generator.state = rng["batches"]
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        checkpoint.restore_rng(state["rng"], self.batches.rng)
         self.step, self.n_since, self.metrics = state["step"], state["n_since"], dict(state["metrics"])
         self.loss_sum.fill_(state["loss_sum"])
         self.clipped.fill_(state.get("clipped", 0.0))
         self.train_time_s = state["train_time_s"]
 
     def save(self, path: Path) -> None:
-        """Write the state atomically: a crash mid-write leaves the previous checkpoint intact."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{processes.owner()}.tmp")
-        state = self.state_dict()
-        try:
-            torch.save(state, tmp)
-        except RuntimeError as e:
-            full = full_disk(path.parent, _nbytes(state))
-            tmp.unlink(missing_ok=True)
-            if full:
-                raise full from e
-            raise
-        os.replace(tmp, path)
+        checkpoint.write(self.state_dict(), path)
 
     def load(self, path: Path) -> None:
-        self.load_state_dict(read_checkpoint(path, self.device))
+        self.load_state_dict(checkpoint.read(path, self.device))
+
+    def evaluate_prefixes(self) -> dict[str, float]:
+        """audit.prefix_losses on the first val batch, under the trainer's autocast."""
+        with self.autocast:
+            return audit.prefix_losses(self.model, *self.val[0])
 
     def _check(self, step: int, loss: float) -> None:
         if not math.isfinite(loss):
