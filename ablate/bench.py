@@ -12,17 +12,16 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ablate.config import TrainConfig
-from ablate.data.corpus import Corpus
+from ablate.data.corpus import Corpus, in_memory
 from ablate.errors import AblateError
 from ablate.model import build_model
+from ablate.plan.flops import flops_per_token
 from ablate.train.trainer import Trainer, seed_everything
 
 PEAK_SIZE = 2048  # the matmul whose speed is the peak: 2048³, fp32 on a CPU, bf16 on a GPU
@@ -46,18 +45,6 @@ def matmul_peak(device: torch.device, repeats: int = 10) -> float:
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * PEAK_SIZE**3 / best
-
-
-def training_flops_per_token(model: dict[str, Any]) -> float:
-    """FLOPs per token of one training step: the forward and backward matrix products as torch's
-    counter sees them (on the meta device, where attention is plain matmuls, counted dense), plus
-    three times each mixer's declared forward element-wise work (backward costs about twice it)."""
-    built = build_model(model, device="meta")
-    T = built.cfg.context
-    idx = torch.zeros(1, T, dtype=torch.long, device="meta")
-    with FlopCounterMode(display=False) as counter:
-        built.loss(idx, idx).backward()
-    return counter.get_total_flops() / T + 3 * sum(block.mixer.elementwise_flops(T) for block in built.blocks)
 
 
 @contextmanager
@@ -92,7 +79,7 @@ def _random_tokens(vocab_size: int, context: int, batch_size: int, eval_batches:
     rng = np.random.default_rng(0)
     train = rng.integers(0, vocab_size, size=max(1 << 20, 4 * batch_size * (context + 1)), dtype=np.int32)
     val = rng.integers(0, vocab_size, size=(eval_batches + 1) * batch_size * (context + 1), dtype=np.int32)
-    return Corpus(train, val, vocab_size, meta={}, directory=Path("."), built=False)
+    return in_memory(train, val, vocab_size, "random tokens")
 
 
 def measure(
@@ -123,7 +110,7 @@ def measure(
         elapsed = time.perf_counter() - start
         peak_bytes = peak()
     tokens = steps * cfg.batch_size * built.cfg.context
-    flops = training_flops_per_token(model)
+    flops = flops_per_token(build_model(model, device="meta"), training=True)
     return {
         "variant": name,
         "mixer": built.cfg.mixer,

@@ -269,8 +269,9 @@ def _positive(text: str) -> int:
 
 
 def _run(args) -> int:
-    from ablate import study as study_mod
-    from ablate.runner import default_storage, run_study
+    from ablate.plan import study as study_mod
+    from ablate.run.prepare import default_storage
+    from ablate.run.schedule import run_study
 
     # validates fully before anything is written
     study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)
@@ -298,8 +299,9 @@ def _run(args) -> int:
 
 def _worker(args) -> int:
     """One worker of a study: the stores are made by whoever comes first; units are claimed one by one."""
-    from ablate import study as study_mod
-    from ablate.runner import setup, work
+    from ablate.plan import study as study_mod
+    from ablate.run.prepare import prepare
+    from ablate.run.schedule import work
 
     if args.threads:
         import torch
@@ -309,8 +311,8 @@ def _worker(args) -> int:
     results, uri = _store(args)
     _check_writable(results)
     console = _console()
-    s = setup(study, results, uri, args.storage, args.checkpoints, console)
-    outcomes = work(s, console, live=not args.no_progress)
+    prepared = prepare(study, results, uri, args.storage, args.checkpoints, console)
+    outcomes = work(prepared, console, live=not args.no_progress)
     console.print(f"worker {os.getpid()}: ran {len(outcomes)} units of {study.name}; no unit left to claim")
     return 0
 
@@ -326,7 +328,7 @@ def _plan(args) -> int:
 
     from rich.table import Table
 
-    from ablate import study as study_mod
+    from ablate.plan import study as study_mod
 
     study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)
     trials = [
@@ -568,8 +570,8 @@ def _audit(args) -> int:
     from rich.table import Table
 
     from ablate import audit
-    from ablate import study as study_mod
     from ablate.mixers import registry
+    from ablate.plan import study as study_mod
 
     if not args.study and not args.variant:
         raise AblateError("audit what? give a study file or --variant NAME")
@@ -674,10 +676,10 @@ def _bench_targets(args, overrides: dict, train: dict) -> list[tuple[str, dict, 
     at the default shape (the Strawberry seed's), with --model on top and checked like a study's."""
     from pydantic import ValidationError
 
-    from ablate import study as study_mod
     from ablate.config import ModelConfig
     from ablate.mixers import registry
-    from ablate.resources import check_fits
+    from ablate.plan import study as study_mod
+    from ablate.plan.resources import check_fits
 
     if args.study:
         study = study_mod.load(args.study)

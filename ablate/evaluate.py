@@ -54,8 +54,8 @@ def import_strawberry(tracker: tracking.Tracker, path: Path, experiment: str) ->
 def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: Path, folder: Path):
     """The data to evaluate on: `data` (a study YAML, whose data section is taken, or a token
     array of the model's vocabulary), else the data of the study the run trained in."""
-    from ablate import study as study_mod
     from ablate.data import open_source
+    from ablate.plan import study as study_mod
 
     if data is None:
         if "study.yaml" not in {a.path for a in client.list_artifacts(run_id)}:

@@ -9,9 +9,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ablate.errors import AblateError
+
+if TYPE_CHECKING:  # the schema reads a planned study; importing it would import torch
+    from ablate.plan.study import Study, Trial
 
 TAG = "ablate."
 
@@ -40,6 +43,53 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
             out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
         return out
     return {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else str(value)}
+
+
+def grouping_tags(study: "Study", variant: str) -> dict[str, str]:
+    """What a user groups and filters a variant's runs by in the MLflow UI: its mixer family,
+    whether its blocks have an FFN, and the study's contrasts it is part of."""
+    model = next(t.model for t in study.trials if t.variant == variant)
+    contrasts = [f"{a} vs {b}" for a, b in study.config.contrasts if variant in (a, b)]
+    tags = {TAG + "family": model["mixer"], TAG + "ffn": str(model["ffn"]).lower()}
+    return tags | ({TAG + "contrast": "; ".join(contrasts)} if contrasts else {})
+
+
+def trial_tags(study: "Study", trial: "Trial", meta: dict, leak: float) -> dict[str, str]:
+    """The tags of a trial's run: what it is (study, variant, seed, trial key, data), whether it is causal."""
+    from ablate.audit import is_causal
+
+    return {
+        TAG + "study": study.name,
+        TAG + "variant": trial.variant,
+        TAG + "seed": str(trial.seed),
+        TAG + "trial_key": trial.key(study.config.data),
+        TAG + "data_fingerprint": meta["fingerprint"],
+        TAG + "python_version": meta["python_version"],
+        TAG + "causal": str(is_causal(leak)).lower(),
+        TAG + "max_leak": f"{leak:.3e}",
+        **grouping_tags(study, trial.variant),
+    }
+
+
+def trial_params(study: "Study", trial: "Trial", meta: dict, device: str) -> dict[str, str]:
+    """The params of a trial's run: its whole configuration, its data and its sizes."""
+    budget = study.config.budget
+    return {
+        **flatten("model", trial.model),
+        **flatten("train", trial.train),
+        **flatten("data", study.config.data.model_dump()),
+        "data.fingerprint": meta["fingerprint"],
+        "data.unigram_entropy": f"{meta['unigram_entropy']:.6f}",
+        **({"data.chance_accuracy": f"{meta['chance_accuracy']:.6f}"} if "chance_accuracy" in meta else {}),
+        "variant": trial.variant,
+        "seed": str(trial.seed),
+        "n_params": str(trial.n_params),
+        "n_params_non_embedding": str(trial.n_params_non_embedding),
+        "flops_per_token": f"{trial.flops_per_token:.0f}",
+        "budget": budget.describe() if budget else "none",
+        "state_size": str(trial.state_size),
+        "device": device,
+    }
 
 
 class Tracker:

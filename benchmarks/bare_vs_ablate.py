@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -27,18 +26,19 @@ import reference
 
 from ablate import bench, tracking
 from ablate.config import TrainConfig
+from ablate.data.corpus import Corpus, in_memory
 from ablate.model import build_model
+from ablate.plan.flops import flops_per_token
 from ablate.train.trainer import Trainer
 
 SHAPE = reference.Shape()
 MHA = {"mixer": "mha", **{k: getattr(SHAPE, k) for k in SHAPE.__dataclass_fields__}}
 
 
-def data(vocab: int) -> SimpleNamespace:
+def data(vocab: int) -> Corpus:
     rng = np.random.default_rng(0)
-    return SimpleNamespace(
-        train=rng.integers(0, vocab, 2_000_000, dtype=np.int32), val=rng.integers(0, vocab, 200_000, dtype=np.int32)
-    )
+    train, val = rng.integers(0, vocab, 2_000_000, dtype=np.int32), rng.integers(0, vocab, 200_000, dtype=np.int32)
+    return in_memory(train, val, vocab, "random tokens")
 
 
 def bare(corpus, recipe: reference.Recipe, warmup: int, steps: int, compile: bool, out: Path) -> float:
@@ -90,7 +90,7 @@ def main() -> None:
     recipe = reference.Recipe(steps=args.warmup + args.steps)
     corpus = data(SHAPE.vocab_size)
     peak = bench.matmul_peak(torch.device("cpu"))
-    flops = bench.training_flops_per_token(MHA)
+    flops = flops_per_token(build_model(MHA, device="meta"), training=True)
     print(f"machine: {torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (2048³)")
     print(f"mha at the seed shape: {flops / 1e6:.2f} MFLOPs per training token; {args.steps} timed steps per run")
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from ablate import study as study_mod
-from ablate.budget import flops_per_token, solve
 from ablate.config import Budget, ModelConfig
 from ablate.errors import AblateError
 from ablate.model import build_model, resolved
+from ablate.plan import study as study_mod
+from ablate.plan.budget import solve
+from ablate.plan.flops import flops_per_token
 from tests.conftest import write_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -95,8 +95,8 @@ def test_variant_parents_hold_their_aggregates_and_every_run_the_tags_to_group_b
 
 
 def test_runs_carry_the_contrasts_of_their_variant(tmp_path):
-    from ablate import study
-    from ablate.runner import grouping_tags
+    from ablate.plan import study
+    from ablate.tracking import grouping_tags
 
     path = write_study(tmp_path, TINY_STUDY + "contrasts: [[aft, mha]]\n")
     planned = study.load(path)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import ablate
-from ablate import audit, study
+from ablate import audit
+from ablate.plan import study
 from ablate.train import diagnostics
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"

@@ -16,7 +16,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from ablate import claims
+from ablate.run import claims
 from ablate.ui import free_port, stop_group
 from tests.test_resume import assert_each_trial_once, two_workers
 

@@ -246,7 +246,7 @@ def test_workers_flag_rejects_zero(tmp_path, capsys):
 
 
 def test_a_claim_whose_heartbeat_went_stale_is_taken_over_once(tmp_path):
-    from ablate import claims
+    from ablate.run import claims
 
     url = f"sqlite:///{tmp_path / 'work.db'}"
     gone = claims.WorkList(url, "s")
@@ -303,12 +303,12 @@ def test_checkpoints_nothing_can_resume_are_removed_when_a_study_starts(tmp_path
 
 
 def test_a_study_that_stops_on_an_error_ends_its_parent_runs_failed_with_the_reason(tmp_path, monkeypatch, own_store):
-    from ablate import runner
+    from ablate.run import schedule
 
     def broken(*args, **kwargs):
         raise RuntimeError("the worker broke\nsecond line")
 
-    monkeypatch.setattr(runner, "work", broken)
+    monkeypatch.setattr(schedule, "work", broken)
     study, results = write_study(tmp_path, ONE_TRIAL), tmp_path / "results"
     with pytest.raises(RuntimeError, match="the worker broke"):
         main(["run", str(study), "--results", str(results)])
@@ -351,7 +351,7 @@ def test_a_full_disk_while_a_checkpoint_is_written_ends_the_study_in_one_line_an
 
 
 def test_the_eta_comes_from_measured_trial_times_per_family():
-    from ablate.runner import Pace, clock
+    from ablate.run.progress import Pace, clock
 
     pace = Pace()
     assert pace.eta("mha", 100, None, [("aft", 10)]) is None  # nothing measured, nothing run yet: no guess

@@ -6,9 +6,9 @@ import mlflow
 import optuna
 import pytest
 
-from ablate import search
 from ablate.cli import main
 from ablate.config import SearchConfig
+from ablate.run import search
 from tests.conftest import TINY_STUDY, write_study
 
 SEARCH = """\

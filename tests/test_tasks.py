@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ablate import study as study_mod
 from ablate.config import TASKS, TaskConfig
 from ablate.data.tasks import IGNORE, TaskData, generate, memorization_table
 from ablate.errors import AblateError
+from ablate.plan import study as study_mod
 
 
 def _oracle(cfg: TaskConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -41,13 +41,13 @@ class Corpus:
     val: np.ndarray
     vocab_size: int
     meta: dict
-    directory: Path
+    directory: Path | None  # its cache entry; None for tokens that were never cached
     built: bool  # False when it came from the cache
 
     @property
     def tokenizer_path(self) -> Path | None:
-        path = self.directory / "tokenizer.json"
-        return path if path.exists() else None
+        path = self.directory / "tokenizer.json" if self.directory is not None else None
+        return path if path is not None and path.exists() else None
 
     def describe(self) -> str:
         m = self.meta
@@ -62,6 +62,25 @@ class Corpus:
 
     def val_batches(self, context: int, batch_size: int, n_batches: int) -> list:
         return val_batches(self.val, context, batch_size, n_batches)
+
+
+def in_memory(train: np.ndarray, val: np.ndarray, vocab_size: int, source: str) -> Corpus:
+    """A corpus of token arrays already in memory (the bench's random tokens): no cache, no tokenizer."""
+    meta = {**_token_meta(source, train, val, vocab_size), "build_s": 0.0}
+    return Corpus(train, val, vocab_size, meta, directory=None, built=True)
+
+
+def _token_meta(source: str, train: np.ndarray, val: np.ndarray, vocab_size: int) -> dict:
+    """What a run logs of its data: where it came from, its sizes, fingerprint and unigram entropy."""
+    return {
+        "source": source,
+        "vocab_size": vocab_size,
+        "n_train_tokens": int(train.size),
+        "n_val_tokens": int(val.size),
+        "fingerprint": fingerprint(train, val),
+        "unigram_entropy": unigram_entropy(train, vocab_size),
+        "python_version": platform.python_version(),
+    }
 
 
 def stdlib_files() -> list[Path]:
@@ -170,17 +189,8 @@ def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
         else:
             tokens, tokenizer = TOKENIZERS[cfg.tokenizer](docs, vocab)
         train, val = split(tokens, cfg.val_fraction) if cfg.split == "pieces" else split_tail(tokens, cfg.val_fraction)
-    meta = {
-        "source": cfg.source,
-        "files": len(files),
-        "vocab_size": vocab,
-        "n_train_tokens": int(train.size),
-        "n_val_tokens": int(val.size),
-        "fingerprint": fingerprint(train, val),
-        "unigram_entropy": unigram_entropy(train, vocab),
-        "python_version": platform.python_version(),
-        "build_s": round(time.perf_counter() - start, 3),
-    }
+    meta = {**_token_meta(cfg.source, train, val, vocab), "files": len(files)}
+    meta["build_s"] = round(time.perf_counter() - start, 3)
     try:
         _write(directory, train, val, tokenizer, meta)
     except OSError as e:

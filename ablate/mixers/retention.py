@@ -37,7 +37,7 @@ def rescale(w: torch.Tensor) -> torch.Tensor:
     return w * (w.size(-1) ** -0.5 / (std + 1e-8))
 
 
-def apply(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def project(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """h W ᵀ for h (B, T, in), with w (out, in) or one matrix per chunk, (B or 1, K, out, in)."""
     if w.dim() == 2:
         return F.linear(h, w)
@@ -128,14 +128,14 @@ class Retention(Mixer):
 
     def output_map(self, y: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         if self.sw is None:
-            return apply(y, weights[1])
-        u, g = apply(y, weights[1]).chunk(2, dim=-1)
-        return apply(u * F.silu(g), weights[2])
+            return project(y, weights[1])
+        u, g = project(y, weights[1]).chunk(2, dim=-1)
+        return project(u * F.silu(g), weights[2])
 
     def aft(self, h: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """aft-simple as the seed computes it: q and k normed over the full width (no heads), and
         exp(k) unshifted, which the norm bounds by exp(√D)."""
-        q, k, v = apply(h, weights[0]).chunk(3, dim=-1)
+        q, k, v = project(h, weights[0]).chunk(3, dim=-1)
         q, k = rms_norm(q), rms_norm(k)
         e = torch.exp(k)
         y = torch.cumsum(e * v, dim=1) / (torch.cumsum(e, dim=1) + 1e-6)
@@ -144,7 +144,7 @@ class Retention(Mixer):
     def attention(self, h: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """Causal softmax attention; each head's 3d outputs are [q_h | k_h | v_h], as the seed lays them."""
         B, T, _ = h.shape
-        q, k, v = apply(h, weights[0]).view(B, T, self.n_heads, -1).transpose(1, 2).chunk(3, dim=-1)
+        q, k, v = project(h, weights[0]).view(B, T, self.n_heads, -1).transpose(1, 2).chunk(3, dim=-1)
         q, k = rms_norm(self.rotary(q)), rms_norm(self.rotary(k))
         y = softmax_attention(q, k, v).transpose(1, 2).reshape(B, T, -1)
         return self.output_map(y, weights)

@@ -98,7 +98,8 @@ class WorkList:
     def _row(self, unit: str):
         return sa.and_(TABLE.c.study == self.study, TABLE.c.unit == unit)
 
-    def _mine(self, claim: Claim, **values) -> bool:
+    def _update_if_held(self, claim: Claim, **values) -> bool:
+        """Update the claim's row while this worker holds it; False when another has taken it over."""
         with self.engine.begin() as c:
             return (
                 c.execute(
@@ -111,16 +112,16 @@ class WorkList:
 
     def beat(self, claim: Claim) -> bool:
         """Renew the heartbeat; False when the claim was taken over (this worker must stop)."""
-        return self._mine(claim, heartbeat=time.time())
+        return self._update_if_held(claim, heartbeat=time.time())
 
     def note(self, claim: Claim, **values) -> None:
         """Record run_id / optuna_trial on the claim, for whoever resumes the unit."""
-        self._mine(claim, **values)
+        self._update_if_held(claim, **values)
 
     def end(self, claim: Claim, state: str, detail: str | None = None) -> None:
         """done, failed (with the reason), or open: let go of it (Ctrl-C), to be resumed by anyone."""
         worker = None if state == OPEN else claim.worker
-        self._mine(claim, state=state, detail=detail, worker=worker)
+        self._update_if_held(claim, state=state, detail=detail, worker=worker)
 
 
 class Heartbeat:

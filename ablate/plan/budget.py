@@ -6,12 +6,10 @@ import math
 from functools import lru_cache
 from typing import Any
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from ablate.config import Budget
 from ablate.errors import AblateError
-from ablate.model import LanguageModel, build_model
+from ablate.model import build_model
+from ablate.plan.flops import flops_per_token
 
 SCALES = ("d_model", "n_layers", "ffn_dim", "qkv_dim")
 FINE_STEP = 8  # the second, finer dimension moves in multiples of 8
@@ -31,16 +29,6 @@ def _measure(model_json: str, params: bool, non_embedding: bool) -> float | None
     except (AblateError, ValueError):
         return None
     return model.n_params(non_embedding) if params else flops_per_token(model)
-
-
-def flops_per_token(model: LanguageModel) -> float:
-    """Forward FLOPs per token: torch's counter over one forward pass of a full context (matrix
-    products, attention counted dense), plus each mixer's declared element-wise work."""
-    T = model.cfg.context
-    idx = torch.zeros(1, T, dtype=torch.long, device=model.embed.weight.device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(idx)
-    return counter.get_total_flops() / T + sum(block.mixer.elementwise_flops(T) for block in model.blocks)
 
 
 def solve(model: dict[str, Any], budget: Budget, scale: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from pydantic import (
     ValidationError,
 )
 
-from ablate.budget import flops_per_token, solve
 from ablate.config import (
     DataConfig,
     ModelConfig,
@@ -26,7 +25,9 @@ from ablate.data.corpus import source_files
 from ablate.data.corpus import vocab_size as data_vocab_size
 from ablate.errors import AblateError, did_you_mean
 from ablate.model import build_model, resolved
-from ablate.resources import check_fits
+from ablate.plan.budget import solve
+from ablate.plan.flops import flops_per_token
+from ablate.plan.resources import check_fits
 
 
 @dataclass

@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 from ablate.config import SearchConfig
+from ablate.run.claims import HEARTBEAT_S, STALE_AFTER_S, retry_races
 
 
 def sampler(config: SearchConfig, n_existing: int, slot: int = 0):
@@ -52,8 +53,6 @@ def storage(url: str):
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: wanted
-
-    from ablate.claims import HEARTBEAT_S, STALE_AFTER_S, retry_races
 
     return retry_races(
         lambda: optuna.storages.RDBStorage(

@@ -1,0 +1,110 @@
+"""What every worker of a study shares, made once: the audited study, its data, its MLflow
+experiment and parent runs, the Optuna storage and the work list."""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ablate import audit, processes, tracking
+from ablate.data import DataSource, open_source
+from ablate.errors import AblateError
+from ablate.plan.study import Study
+from ablate.run import claims, search
+from ablate.run.claims import Claim, WorkList
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+POLL_S = 0.5  # how often an idle worker looks for work another worker may free
+
+
+@dataclass
+class PreparedStudy:
+    """What every worker of a study shares: the audited study, its data and its stores."""
+
+    study: Study
+    leaks: dict[str, float]  # variant → the audit's largest leak
+    data: DataSource
+    tracker: tracking.Tracker
+    exp_id: str
+    parents: dict[str, str]  # "study" and each variant → its parent run
+    storage: str
+    rdb: "RDBStorage"
+    work: WorkList
+    checkpoints: Path
+
+
+def prepare(
+    study: Study, results: Path, uri: str, storage: str | None, checkpoints: Path | None, console
+) -> PreparedStudy:
+    """Audit and prepare the data (either may refuse the study before any store is touched),
+    then create the stores and parent runs once, whichever worker comes first (several
+    processes creating SQLite tables at once would crash)."""
+    leaks = audit.audit_study(study)
+    audit.refuse_leaks(study, leaks)
+    leaky = audit.leaking(leaks)
+    console.print(
+        f"audit: {len(leaks) - len(leaky)} of {len(leaks)} variants causal"
+        + (f"; leaking (allowed by allow_leaky): {', '.join(leaky)}" if leaky else "")
+    )
+    data = open_source(study.config.data, results / "cache", study.path.parent)
+    console.print(data.describe())
+
+    results.mkdir(parents=True, exist_ok=True)
+    storage = storage or default_storage(results)
+    checkpoints = checkpoints or results / "checkpoints"
+    work = WorkList(storage, study.name)
+    first = claim_first(work, "setup")
+    rdb = search.storage(storage)
+    tracker = tracking.Tracker(uri, results)
+    exp_id, parents = _experiment(study, tracker)
+    if first is not None:
+        work.end(first, claims.DONE)
+    known = next((row.run_id for row in work.rows().values() if row.run_id), None)
+    if known is not None and tracker.lifecycle(known) is None:
+        raise AblateError(
+            f"the study database {storage} lists runs that the MLflow store {uri} has never had: the two "
+            "no longer belong together (one was deleted or replaced); delete both, or start with a fresh --results"
+        )
+    for path in remove_stray_checkpoints(checkpoints, tracker):  # safe for any worker: a live one's are kept
+        console.print(f"removed {path}: nothing can resume it", soft_wrap=True)
+    return PreparedStudy(study, leaks, data, tracker, exp_id, parents, storage, rdb, work, checkpoints)
+
+
+def _experiment(study: Study, tracker: tracking.Tracker) -> tuple[str, dict[str, str]]:
+    """The study's MLflow experiment, its parent run and one parent run per variant."""
+    config = study.config
+    expect = [e.model_dump() for e in config.expect]
+    budget = config.budget.model_dump() if config.budget else None
+    names = [v.name for v in config.variants]
+    exp_id = tracker.experiment(study.name, study.baseline, names, config.contrasts, expect, budget)
+    parents = {"study": tracker.parent(exp_id, "study", study.name, {tracking.TAG + "study": study.name})}
+    for name in names:
+        tags = {tracking.TAG + "variant": name}
+        parents[name] = tracker.parent(exp_id, "variant", name, tags, parents["study"])
+        tracker.tag(parents[name], tracking.grouping_tags(study, name))
+    return exp_id, parents
+
+
+def remove_stray_checkpoints(folder: Path, tracker: tracking.Tracker) -> list[Path]:
+    """Checkpoints nothing can resume (their run was deleted, or the store was replaced) and
+    the temporary files of saves cut off by a dead process: removed, and returned."""
+    stray = [p for p in folder.glob("*.pt") if tracker.lifecycle(p.stem) != "active"]
+    stray += [p for p in folder.glob(".*.tmp") if processes.gone(p.name.removesuffix(".tmp").partition(".pt.")[2])]
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return stray
+
+
+def default_storage(results: Path) -> str:
+    return f"sqlite:///{results.resolve() / 'optuna.db'}"
+
+
+def claim_first(work: WorkList, unit: str) -> Claim | None:
+    """Claim the unit if this worker is first to it; else wait until whoever has it is done (None)."""
+    while (claim := work.claim(unit)) is None:
+        if claims.has_ended(work.rows(), unit):
+            return None
+        time.sleep(POLL_S)
+    return claim

@@ -1,0 +1,199 @@
+"""Work through a planned study: prepare it once, then let one or more workers draw units (search
+trials, then final trials) from the study's work list until every unit has ended."""
+
+import contextlib
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+
+from ablate import errors, tracking
+from ablate.errors import AblateError
+from ablate.plan.study import Study, Trial
+from ablate.run import claims
+from ablate.run.prepare import POLL_S, PreparedStudy, prepare
+from ablate.run.progress import PROGRESS_COLUMNS, print_summary
+from ablate.run.trial import Outcome, Status, TrialRunner
+
+
+@dataclass
+class Unit:
+    """One claimable piece of work: a search trial slot of a variant, or one final trial."""
+
+    name: str
+    variant: str
+    trial: Trial | None = None  # final units: the trial as planned (before the search's best setting)
+    index: int = 0  # final units: position in the study's trials, for the "trial i/N" label
+    slot: int = 0  # search units: which of the variant's search trials
+
+
+def units(study: Study) -> list[Unit]:
+    """Search slots first (a variant's final trials wait for its search), then the final trials."""
+    out = [
+        Unit(f"search/{variant}/{slot}", variant, slot=slot)
+        for variant, cfg in study.searches.items()
+        for slot in range(cfg.trials)
+    ]
+    for i, trial in enumerate(study.trials, 1):
+        key = trial.key(study.config.data)
+        out.append(Unit(f"final/{trial.variant}/seed{trial.seed}/{key}", trial.variant, trial, i))
+    return out
+
+
+def run_study(
+    study: Study,
+    results: Path,
+    uri: str,
+    console: Console | None = None,
+    store_args: str = "",
+    storage: str | None = None,
+    checkpoints: Path | None = None,
+    workers: int = 1,
+    worker_command: list[str] | None = None,
+) -> list[Outcome]:
+    """Set the study up, then work through it in this process (workers=1) or in `workers`
+    processes started with worker_command; print the summary of every final trial."""
+    console = console or Console()
+    start = time.perf_counter()
+    prepared = prepare(study, results, uri, storage, checkpoints, console)
+    try:
+        if workers == 1:
+            work(prepared, console)
+        else:
+            _spawn(worker_command, workers, console)
+        outcomes = store_outcomes(prepared)
+    except KeyboardInterrupt:
+        print_summary(
+            study,
+            prepared.data.meta,
+            store_outcomes(prepared),
+            results,
+            uri,
+            time.perf_counter() - start,
+            console,
+            store_args,
+        )
+        _end_parents(prepared, Status.KILLED)
+        raise
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # a broken store cannot take it; the error itself is reported
+            _end_parents(prepared, Status.FAILED, errors.said(e))
+        raise
+    log_aggregates(prepared, outcomes)
+    ended = all(o.status not in (Status.PENDING, Status.KILLED) for o in outcomes)
+    _end_parents(prepared, Status.FINISHED if ended else Status.KILLED)
+    print_summary(study, prepared.data.meta, outcomes, results, uri, time.perf_counter() - start, console, store_args)
+    return outcomes
+
+
+def log_aggregates(prepared: PreparedStudy, outcomes: list[Outcome]) -> None:
+    """On each variant's parent run, each final metric over its finished seeds: the mean (under
+    the metric's own name, so the UI's grouped rows show it), the 95% interval and n_seeds."""
+    from ablate.compare import describe
+
+    for variant in prepared.study.config.variants:
+        finished = [o.metrics for o in outcomes if o.trial.variant == variant.name and o.status == Status.FINISHED]
+        if not finished:
+            continue
+        values = {"n_seeds": len(finished)}
+        for name in set.intersection(*(set(m) for m in finished)):
+            got = describe(np.array([m[name] for m in finished], dtype=float))
+            values |= {name: got["mean"], f"{name}_ci95_low": got["ci95_low"], f"{name}_ci95_high": got["ci95_high"]}
+        prepared.tracker.log_final(prepared.parents[variant.name], {k: v for k, v in values.items() if np.isfinite(v)})
+
+
+def _end_parents(prepared: PreparedStudy, status: Status, reason: str = "") -> None:
+    for run_id in prepared.parents.values():
+        if reason:
+            prepared.tracker.client.set_tag(run_id, tracking.TAG + "failure", reason)
+        prepared.tracker.set_status(run_id, status.value)
+
+
+def _spawn(command: list[str], n: int, console) -> None:
+    """Start n `ablate worker` processes (each in its own session, so that Ctrl-C reaches them
+    once, forwarded from here) and wait for them all."""
+    procs = [subprocess.Popen(command, start_new_session=True) for _ in range(n)]
+    console.print(f"workers: started {n} (pids {', '.join(str(p.pid) for p in procs)})")
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(2)  # SIGINT: each marks its run KILLED and lets go of its claim
+        for p in procs:
+            p.wait()
+        raise
+    if bad := [c for c in codes if c != 0]:
+        raise AblateError(f"{len(bad)} of {n} workers exited with an error (codes {bad}); rerun to resume")
+
+
+def work(prepared: PreparedStudy, console, live: bool = True) -> list[Outcome]:
+    """Claim and run units until every unit of the study has ended (some may be done by other
+    workers meanwhile); a variant's final trials become claimable once its search has ended."""
+    todo = units(prepared.study)
+    finals = [u for u in todo if u.trial is not None]
+    rows = prepared.work.rows()
+    ended = sum(1 for u in finals if claims.has_ended(rows, u.name))
+    # one redraw a second is enough for trials of minutes, and leaves the CPU to training
+    with Progress(*PROGRESS_COLUMNS, console=console, disable=not live, refresh_per_second=1) as progress:
+        runner = TrialRunner(prepared, progress)
+        for variant, cfg in prepared.study.searches.items():
+            slots = [u.name for u in todo if u.trial is None and u.variant == variant]
+            done = sum(1 for name in slots if claims.has_ended(rows, name))
+            progress.console.print(
+                f"search {variant}: {done} of {cfg.trials} trials done in {prepared.study.name}/{variant}"
+            )
+        if ended:
+            progress.console.print(
+                f"{ended} of {len(finals)} trials already finished in the store; running the other {len(finals) - ended}"
+            )
+        steps = sum(u.trial.train["steps"] for u in finals if not claims.has_ended(rows, u.name))
+        runner.overall = progress.add_task("study", total=steps, loss="-", speed="-", eta="-")
+        outcomes = []
+        while todo:
+            rows = prepared.work.rows()
+            todo = [u for u in todo if not claims.has_ended(rows, u.name)]
+            searching = {u.variant for u in todo if u.trial is None}
+            for unit in todo:
+                if unit.trial is not None and unit.variant in searching:
+                    continue
+                if (claim := prepared.work.claim(unit.name)) is not None:
+                    runner.queued = [
+                        (u.trial.model["mixer"], u.trial.train["steps"])
+                        for u in todo
+                        if u.trial is not None and u is not unit and u.name not in rows
+                    ]
+                    if unit.trial is None:
+                        outcomes.append(runner.search(unit.variant, unit.slot, claim))
+                    else:
+                        outcomes.append(runner.final(unit.trial, unit.index, claim))
+                    break
+            else:
+                if todo:
+                    time.sleep(POLL_S)  # the rest is held by other workers
+    return outcomes
+
+
+def store_outcomes(prepared: PreparedStudy) -> list[Outcome]:
+    """Every final trial of the study as the store has it, whichever worker ran it."""
+    rows = prepared.work.rows()
+    out = []
+    for unit in units(prepared.study):
+        if unit.trial is None:
+            continue
+        row = rows.get(unit.name)
+        if row is None or row.run_id is None:
+            state = Status.FAILED if row is not None and row.state == claims.FAILED else Status.PENDING
+            out.append(Outcome(unit.trial, state, reason=(row.detail or "") if row is not None else ""))
+            continue
+        run = prepared.tracker.client.get_run(row.run_id)
+        status = Status(run.info.status) if row.state != claims.OPEN else Status.KILLED
+        if row.state == claims.RUNNING:
+            status = Status.RUNNING
+        metrics = run.data.metrics if status == Status.FINISHED else {}
+        out.append(Outcome(unit.trial, status, metrics, run.data.tags.get(tracking.TAG + "failure", "")))
+    return out
