@@ -1,6 +1,7 @@
 """Mixers against references written here from their formulas, position by position in float64
-(not by calling the module's own helpers): mha with each of its options, and AFT with a learned
-bias that is not zero."""
+(not by calling the module's own helpers): mha with each of its options, AFT with a learned bias
+that is not zero, the two hybrids, and retnet's whole layer (rotary, scaling, decay, group norm,
+gate) in each of its three forms."""
 
 import math
 
@@ -14,10 +15,10 @@ d = D // H
 CONFIG = {"vocab_size": 20, "context": T, "d_model": C, "qkv_dim": D, "n_heads": H, "n_layers": 1}
 
 
-def mixer(name: str, **options):
+def mixer(name: str, layer: int = 0, **options):
     torch.manual_seed(0)
-    model = ablate.build_model({**CONFIG, "mixer": name, "mixer_options": options}).double()
-    return model.blocks[0].mixer
+    model = ablate.build_model({**CONFIG, "n_layers": layer + 1, "mixer": name, "mixer_options": options})
+    return model.double().blocks[layer].mixer
 
 
 def rotate(vec: torch.Tensor, t: int) -> torch.Tensor:
@@ -96,3 +97,66 @@ def test_aft_with_a_learned_bias_matches_its_formula(name, window):
         m.bias.copy_(torch.randn(m.bias.shape, dtype=torch.float64) * 2)  # far from the zero it starts at
     x = torch.randn(1, T, C, dtype=torch.float64)
     torch.testing.assert_close(m(x)[0], aft_reference(m, x[0], window), atol=1e-10, rtol=0)
+
+
+def causal_mean(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """aft-simple per channel: σ(q_t) ⊙ Σ_{s≤t} exp(k_s) v_s / Σ_{s≤t} exp(k_s)."""
+    return torch.stack(
+        [
+            torch.sigmoid(q[t]) * sum(torch.exp(k[s]) * v[s] for s in range(t + 1)) / sum(torch.exp(k[: t + 1]))
+            for t in range(T)
+        ]
+    )
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_hybrid_runs_the_mixer_its_pattern_names_for_each_layer(layer):
+    """pattern [aft-simple, mha(window 2)]: layers 0 and 2 are AFT, layer 1 windowed attention."""
+    m = mixer("hybrid", layer, pattern=["aft-simple", {"mha": {"window": 2}}])
+    x = torch.randn(1, T, C, dtype=torch.float64)
+    inner = m.mixer
+    if layer % 2 == 0:
+        q, k, v = (x[0] @ inner.qkv.weight.T).split(D, dim=-1)
+        expected = causal_mean(q, k, v) @ inner.out.weight.T
+    else:
+        expected = mha_reference(inner, x[0], window=2, rope=True, qk_norm=True)
+    torch.testing.assert_close(m(x)[0], expected, atol=1e-10, rtol=0)
+
+
+def test_hybrid_heads_concatenates_aft_heads_and_windowed_attention_heads():
+    """Head 0 runs aft-simple on its channels; head 1 rotary, RMS-normed q and k (no gain), softmax
+    attention over the last `window` positions; the two outputs side by side, then the output map."""
+    window = 3
+    m = mixer("hybrid-heads", aft_heads=1, window=window)
+    x = torch.randn(1, T, C, dtype=torch.float64)
+    q, k, v = (x[0] @ m.qkv.weight.T).split(D, dim=-1)
+    aft = causal_mean(q[:, :d], k[:, :d], v[:, :d])
+    qa = [rms(rotate(q[t, d:], t)) for t in range(T)]
+    ka = [rms(rotate(k[t, d:], t)) for t in range(T)]
+    attention = torch.zeros(T, d, dtype=torch.float64)
+    for t in range(T):
+        seen = [s for s in range(max(0, t - window + 1), t + 1)]
+        p = torch.softmax(torch.stack([qa[t] @ ka[s] / math.sqrt(d) for s in seen]), dim=0)
+        attention[t] = sum(p[i] * v[s, d:] for i, s in enumerate(seen))
+    expected = torch.cat([aft, attention], dim=-1) @ m.out.weight.T
+    torch.testing.assert_close(m(x)[0], expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("form", ["parallel", "chunkwise", "recurrent"])
+def test_retnet_layer_matches_its_formula(form):
+    """Per head h, γ = 1 − 2^(−5−h): y_n = Σ_{m≤n} γ^(n−m) (rot(q_n) · rot(k_m)/√d) v_m, normalised per
+    head to zero mean and unit variance (ε 1e-5), times swish(x W_gate) channel by channel, then
+    the output map. chunk_size 3 makes the chunkwise form carry its state across chunks."""
+    m = mixer("retnet", form=form, chunk_size=3)
+    x = torch.randn(1, T, C, dtype=torch.float64)
+    q, k, v = (x[0] @ m.qkv.weight.T).split(D, dim=-1)
+    y = torch.zeros(T, D, dtype=torch.float64)
+    for h in range(H):
+        gamma, cols = 1 - 2.0 ** (-5 - h), slice(h * d, (h + 1) * d)
+        for n in range(T):
+            qn = rotate(q[n, cols], n)
+            out = sum(gamma ** (n - s) * (qn @ rotate(k[s, cols], s) / math.sqrt(d)) * v[s, cols] for s in range(n + 1))
+            y[n, cols] = (out - out.mean()) / torch.sqrt(out.var(unbiased=False) + 1e-5)
+    gate = x[0] @ m.gate.weight.T
+    expected = (gate * torch.sigmoid(gate) * y) @ m.out.weight.T
+    torch.testing.assert_close(m(x)[0], expected, atol=1e-10, rtol=0)

@@ -62,7 +62,8 @@ class _BiasedAFT(_AFT):
         super().__init__(cfg, qk_norm=qk_norm)
         T, reach = cfg.context, window or cfg.context
         self.register_buffer("used", causal_mask(T, window, None), persistent=False)
-        self.bias = nn.Parameter(torch.zeros(sum(min(t + 1, reach) for t in range(T))))
+        # drawn by the backbone like every parameter: zero under init seed, N(0, 0.02) under gpt2
+        self.bias = nn.Parameter(torch.empty(sum(min(t + 1, reach) for t in range(T))))
         self.window = window
 
     def pairwise_bias(self) -> torch.Tensor:
