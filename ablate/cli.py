@@ -3,7 +3,6 @@
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -376,168 +375,24 @@ def _searched(trial) -> dict | None:
 
 
 def _compare(args) -> int:
-    from ablate import compare, report, tracking
+    from ablate import compare, tracking
+    from ablate.compare import console, report, tables
 
-    lower = compare.lower_is_better(args.metric, args.lower_is_better)
+    lower = tables.lower_is_better(args.metric, args.lower_is_better)
     _, uri = _store(args)
-    name, tags, runs, failed = compare.study_runs(uri, args.study)
-    runs, set_aside = compare.latest_per_seed(runs)
-    order = json.loads(tags.get("ablate.variants", "[]"))
-    baseline = args.baseline or tags.get("ablate.baseline")
-    table = compare.summarize(runs, args.metric, baseline, order, lower, failed)
-    baseline = baseline or table["variant"].iloc[0]
-    contrasts = compare.pairs_table(runs, args.metric, json.loads(tags.get("ablate.contrasts", "[]")), lower)
-    expected = json.loads(tags.get("ablate.expect", "[]"))
-    if args.check and not expected:
-        raise AblateError(f"--check: study {name!r} declares no expectations (expect: in its YAML)")
-    checks = compare.expectations(runs, expected, baseline, lambda m: compare.lower_is_better(m, None))
-    history = report.curves(tracking.client(uri), runs)
-    converged = compare.convergence(history, *_loss_scale(runs))
-    table = table.merge(converged, on="variant", how="left")
-    budget = json.loads(tags.get("ablate.budget", "null"))
-    table = table.merge(compare.shapes(runs, budget), on="variant", how="left")
-    notes = []
-    if set_aside:
-        notes.append(f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)")
-    if failed:
-        notes.append("failed runs (diverged or out of memory): " + ", ".join(f"{v} {n}" for v, n in failed.items()))
-    if small := compare.small_samples(table):
-        notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
-    for note in notes:
+    found = compare.gather(uri, args.study, args.metric, args.baseline, lower, args.check)
+    for note in found.notes:
         print(f"ablate: warning: {note}", file=sys.stderr)
-    facts = _facts(runs, table, budget)
     if not args.no_report:
-        written, logged = report.write(
-            tracking.client(uri),
-            report.Comparison(name, runs, table, contrasts, checks, args.metric, baseline, lower, notes + facts),
-            history,
-            args.results / name,
-        )
+        written, logged = report.write(tracking.client(uri), found, args.results / found.study)
         where = "; also in MLflow, under the study run's artifacts" if logged else ""
         print(f"report: {written[-1]} (plots beside it{where})", file=sys.stderr)
     if args.format != "table":
-        part = {"variants": table, "contrasts": contrasts, "expectations": checks}[args.part]
-        print(compare.render(part, args.format))
+        part = {"variants": found.table, "contrasts": found.contrasts, "expectations": found.checks}[args.part]
+        print(tables.render(part, args.format))
     else:
-        _print_comparison(name, table, contrasts, checks, args.metric, baseline, lower, facts, budget)
-    return 1 if args.check and not checks["held"].all() else 0
-
-
-def _loss_scale(runs) -> tuple[float, float | None]:
-    """ln(vocab), the loss at step 0, and the unigram entropy, from the runs' params (NaN and None
-    for runs that did not log them)."""
-    vocab, unigram = (runs.get(f"params.{key}") for key in ("model.vocab_size", "data.unigram_entropy"))
-    start = math.log(float(vocab.dropna().iloc[0])) if vocab is not None and vocab.notna().any() else math.nan
-    return start, float(unigram.dropna().iloc[0]) if unigram is not None and unigram.notna().any() else None
-
-
-def _facts(runs, table, budget: dict | None) -> list[str]:
-    """Lines a reader needs beside the table: the chance level, a cost the budget did not hold
-    equal, and which variants did not converge."""
-    from ablate import compare
-
-    facts = []
-    chance = runs.get("params.data.chance_accuracy")
-    if chance is not None and chance.notna().any():
-        level = float(chance.dropna().astype(float).iloc[0])
-        facts.append(f"chance level of val_accuracy: {level:.4f} (the best guess without the capability tested)")
-    if (unequal := compare.unequal_cost(table, budget)) is not None:
-        facts.append(unequal)
-    for r in table.itertuples():
-        if r.converged is False:
-            facts.append(
-                f"{r.variant} has not converged: {r.why}; its verdict is about learning speed at this budget, "
-                "not capacity"
-            )
-    return facts
-
-
-def _print_comparison(name, table, contrasts, checks, metric, baseline, lower, facts, budget) -> None:
-    from rich.table import Table
-
-    from ablate.compare import POWER, budgeted
-
-    better = "lower" if lower else "higher"
-    console = _console()
-    if len(contrasts):
-        out = Table(title=f"{name}: contrasts, {metric} ({better} is better)")
-        for col in ("contrast", "n", "Δ [95% CI]", "MDE", "test", "p (Holm)", "effect", "verdict"):
-            out.add_column(col, justify="left" if col in ("contrast", "test", "verdict") else "right")
-        for r in contrasts.itertuples(index=False):
-            out.add_row(f"{r.variant} vs {r.against}", str(r.n), *_comparison_cells(r), _marked(r.verdict, table, r))
-        console.print(out)
-    out = Table(title=f"{name}: {metric} ({better} is better), against {baseline}")
-    kind, held = budgeted(budget), " (budget)" if budget else ""
-    params = "params total" if kind == "n_params" else "params non-emb"
-    params, flops = (params, "FLOPs/tok" + held) if kind == "flops_per_token" else (params + held, "FLOPs/tok")
-    columns = ("variant", "n", "failed", "mean", "95% CI", "std", "median", params, "layers×d", flops)
-    for col in (*columns, "Δ vs baseline [95% CI]"):
-        out.add_column(col, justify="left" if col == "variant" else "right")
-    for col in ("MDE", "test", "p (Holm)", "effect", "verdict", "causal"):
-        out.add_column(col, justify="left" if col in ("test", "verdict") else "right")
-    for r in table.itertuples(index=False):
-        cells = ["-"] * 5 if r.variant == baseline or r.n == 0 else _comparison_cells(r)
-        out.add_row(
-            r.variant,
-            str(r.n),
-            str(r.failed),
-            _cell(r.mean),
-            f"[{_cell(r.ci95_low)}, {_cell(r.ci95_high)}]",
-            _cell(r.std),
-            _cell(r.median),
-            _count(r.n_params if kind == "n_params" else r.n_params_non_embedding),
-            "-" if math.isnan(r.n_layers) else f"{r.n_layers:.0f}×{r.d_model:.0f}",
-            _count(r.flops_per_token),
-            *cells,
-            _marked(r.verdict, table, r),
-            r.causal,
-        )
-    console.print(out)
-    if len(checks):
-        out = Table(title=f"{name}: expectations")
-        for col in ("expectation", "metric", "expected", "verdict", "p (Holm)", "held"):
-            out.add_column(col, justify="right" if col == "p (Holm)" else "left")
-        for r in checks.itertuples(index=False):
-            held = "[green]yes[/green]" if r.held else "[red]NO[/red]"
-            out.add_row(f"{r.variant} vs {r.against}", r.metric, r.expected, r.verdict, _cell(r.p_holm), held)
-        console.print(out)
-    for fact in facts:
-        print(fact)
-    print(
-        f"verdicts at α=0.05 after Holm's correction within each table; paired by seed where both variants have "
-        "the seed, else Welch's t-test; effect: d_z (paired) or Hedges' g; MDE: the difference the test would "
-        f"detect with {POWER:.0%} power at Holm's strictest level"
-    )
-
-
-def _comparison_cells(r) -> list[str]:
-    """Δ with its interval, MDE, test, Holm p and effect of one comparison row."""
-    return [
-        f"{r.diff:+.4f} [{_cell(r.diff_ci_low)}, {_cell(r.diff_ci_high)}]" if not math.isnan(r.diff) else "-",
-        _cell(r.mde),
-        r.test or "-",
-        _cell(r.p_holm),
-        "-" if math.isnan(r.effect) else f"{r.effect_kind} {r.effect:+.2f}",
-    ]
-
-
-def _marked(verdict: str, table, r) -> str:
-    """The verdict, marked when a variant it concerns has not converged."""
-    names = {r.variant, getattr(r, "against", None)}
-    unconverged = [v for v in table.loc[table["converged"].eq(False), "variant"] if v in names]
-    return verdict + (f" (not converged: {', '.join(unconverged)})" if unconverged else "")
-
-
-def _count(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:,.0f}"
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
+        console.print_comparison(found, _console())
+    return 1 if args.check and not found.checks["held"].all() else 0
 
 
 def _ui(args) -> int:
@@ -676,7 +531,8 @@ def _bench_targets(args, overrides: dict, train: dict) -> list[tuple[str, dict, 
     at the default shape (the Strawberry seed's), with --model on top and checked like a study's."""
     from pydantic import ValidationError
 
-    from ablate.config import ModelConfig
+    from ablate.config import ModelConfig, first_error
+    from ablate.errors import did_you_mean
     from ablate.mixers import registry
     from ablate.plan import study as study_mod
     from ablate.plan.resources import check_fits
@@ -696,9 +552,10 @@ def _bench_targets(args, overrides: dict, train: dict) -> list[tuple[str, dict, 
         try:
             cfg = ModelConfig(**model)
         except ValidationError as e:
-            err = e.errors()[0]
-            where = "".join(f".{p}" for p in err["loc"])
-            raise AblateError(f"{name}: model{where}: {err['msg'].removeprefix('Value error, ')}") from None
+            loc, msg = first_error(e)
+            if msg == "unknown key":
+                msg += did_you_mean(str(loc[-1]), ModelConfig.model_fields)
+            raise AblateError(f"{name}: model{''.join(f'.{p}' for p in loc)}: {msg}") from None
         try:
             check_fits(cfg, train_cfg.get("batch_size", 16), args.device)
         except AblateError as e:

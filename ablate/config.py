@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     StrictInt,
     Tag,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -348,7 +349,7 @@ class Expectation(BaseModel):
     @field_validator("metric")
     @classmethod
     def _known_direction(cls, metric: str) -> str:
-        from ablate.compare import lower_is_better
+        from ablate.compare.tables import lower_is_better
 
         try:
             lower_is_better(metric, None)
@@ -422,3 +423,14 @@ def known_keys(parent: tuple, document: dict) -> list[str]:
         "budget": Budget,
     }
     return list(sections[parent[-1]].model_fields) if parent[-1] in sections else []
+
+
+def first_error(error: ValidationError) -> tuple[tuple, str]:
+    """The first problem pydantic found: where (the path of keys) and what, in a study author's words."""
+    err = error.errors()[0]
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        return loc, "unknown key"
+    if err["type"] == "missing":
+        return loc, "required key is missing"
+    return loc, err["msg"].removeprefix("Value error, ")

@@ -8,14 +8,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ablate.compare import (
+from ablate.compare.runs import latest_per_seed
+from ablate.compare.stats import d_z, detectable, hedges_g, holm
+from ablate.compare.tables import (
     convergence,
-    d_z,
-    detectable,
     expectations,
-    hedges_g,
-    holm,
-    latest_per_seed,
     lower_is_better,
     pairs_table,
     shapes,

@@ -5,7 +5,6 @@ Written under RESULTS/<study>/ and logged as artifacts of the study's parent MLf
 
 import base64
 import html
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -15,18 +14,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ablate import tracking
-
-CURVE_METRIC = "val_loss"
-
-
-def curves(client, runs: pd.DataFrame) -> pd.DataFrame:
-    """The val-loss history of every run: columns variant, seed, step, value."""
-    rows = [
-        {"variant": run["tags.ablate.variant"], "seed": run["tags.ablate.seed"], "step": m.step, "value": m.value}
-        for _, run in runs.iterrows()
-        for m in client.get_metric_history(run["run_id"], CURVE_METRIC)
-    ]
-    return pd.DataFrame(rows, columns=["variant", "seed", "step", "value"])
+from ablate.compare import Comparison
+from ablate.compare.runs import CURVE_METRIC
 
 
 def plot_curves(history: pd.DataFrame, order: list[str], path: Path) -> Path:
@@ -96,30 +85,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-@dataclass
-class Comparison:
-    """What `ablate compare` found: the variants' table, the contrasts, the expectations checked,
-    and the lines a reader needs beside them (warnings, chance level, convergence)."""
-
-    study: str
-    runs: pd.DataFrame
-    table: pd.DataFrame
-    contrasts: pd.DataFrame
-    checks: pd.DataFrame
-    metric: str
-    baseline: str
-    lower: bool
-    notes: list[str]
-
-
-def write(client, c: Comparison, history: pd.DataFrame, folder: Path) -> tuple[list[Path], bool]:
+def write(client, c: Comparison, folder: Path) -> tuple[list[Path], bool]:
     """The plots and report.html in folder, and whether they were logged to the study's parent run
     (stores written before there were parent runs have none)."""
     folder.mkdir(parents=True, exist_ok=True)
     order = list(c.table["variant"])
     images = [plot_intervals(c.table, c.runs, c.metric, c.baseline, folder / f"{c.metric}_intervals.png")]
-    if not history.empty:
-        images.append(plot_curves(history, order, folder / f"{CURVE_METRIC}_curves.png"))
+    if not c.history.empty:
+        images.append(plot_curves(c.history, order, folder / f"{CURVE_METRIC}_curves.png"))
     rank = plot_rank(c.runs, order, folder / "rank_by_depth.png")
     if rank is not None:
         images.append(rank)
@@ -139,7 +112,7 @@ def _html(c: Comparison, images) -> str:
         f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'
         for p in images
     )
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in c.notes)
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in c.notes + c.facts)
     direction = "lower" if c.lower else "higher"
     sections = [
         ("Contrasts", c.contrasts, "each pair tested paired by seed, Holm over the contrasts"),

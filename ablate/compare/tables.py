@@ -1,34 +1,15 @@
-"""MLflow runs of a study → one row of statistics per variant, each tested against the baseline.
-
-Per variant: n, mean, std, 95% t-interval, median. Against the baseline: the difference with
-its 95% interval, Welch's t-test, and the paired t-test over the seeds both have (runs with
-one seed share data order and initialisation RNG). The verdict uses the paired test when there
-are pairs, else Welch's; its p-values are Holm-corrected over all comparisons of the table.
-Each comparison also gets its minimum detectable effect: the difference its test would find
-with 80% power, so that "no significant difference" says how small a difference it rules out.
-
-A study's declared contrasts (pairs of variants) are a second family, Holm-corrected among
-themselves, and its expectations a third: each names the verdict a comparison should reach,
-which makes a study a regression test of the science (`ablate compare --check`).
-"""
+"""The comparison's tables: one row per variant against the baseline (`summarize`), a study's
+contrasts (`pairs_table`) and expectations (`expectations`), each a Holm family; what each
+variant built (`shapes`), whether it converged (`convergence`); and their text forms."""
 
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
 
-from ablate import tracking
+from ablate.compare.stats import ALPHA, against, describe, detectable, holm, verdict
 from ablate.errors import AblateError
 
-# scipy warns of precision loss on groups whose values are all equal (a solved task's accuracy of 1);
-# `against` handles them, so the warning says nothing to a reader of the table.
-warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
-
-ALPHA = 0.05
-POWER = 0.8  # for the minimum detectable effect
-WILCOXON_MIN_PAIRS = 6  # at 5 pairs or fewer its smallest two-sided p is 0.0625: it can never reject
 HIGHER_IS_BETTER = {"accuracy", "tokens_per_s", "mean_tokens_per_s"}
 LOWER_IS_BETTER = {"train_time_s"}
 
@@ -42,43 +23,6 @@ def lower_is_better(metric: str, given: bool | None) -> bool:
     if metric in LOWER_IS_BETTER or "loss" in metric:
         return True
     raise AblateError(f"is a higher {metric!r} better or worse? say --higher-is-better or --lower-is-better")
-
-
-def study_runs(uri: str, study: str | None) -> tuple[str, dict[str, str], pd.DataFrame, dict[str, int]]:
-    """(study name, its experiment tags, its FINISHED final-phase trial runs as a frame, and per
-    variant the number of seeds whose final run FAILED: diverged or out of memory)."""
-    import mlflow
-
-    c = tracking.client(uri)
-    name = study or tracking.latest_study(c)
-    exp = c.get_experiment_by_name(name)
-    if exp is None:
-        raise AblateError(f"no study named {name!r} in {uri}")
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="pandas", max_results=50_000)
-    if not runs.empty:
-        runs = runs[tracking.final_trials(runs)]
-    finished = runs[runs["status"] == "FINISHED"] if not runs.empty else runs
-    if finished.empty:
-        raise AblateError(f"study {name!r} has no finished runs yet")
-    return name, exp.tags, finished, failures(runs)
-
-
-def failures(runs: pd.DataFrame) -> dict[str, int]:
-    """variant → seeds whose final run FAILED and that have no FINISHED run: a failure is a
-    result, not a silent gap in the table."""
-    key = ["tags.ablate.variant", "tags.ablate.seed"]
-    done = set(map(tuple, runs.loc[runs["status"] == "FINISHED", key].to_numpy()))
-    failed = runs[runs["status"] == "FAILED"].drop_duplicates(key)
-    failed = failed[np.array([tuple(k) not in done for k in failed[key].to_numpy()], dtype=bool)]
-    return failed["tags.ablate.variant"].value_counts().to_dict()
-
-
-def latest_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One run per (variant, seed), the newest, and how many older ones were set aside
-    (a study edited between runs leaves runs of older settings in its experiment)."""
-    newest = runs.sort_values("start_time").drop_duplicates(["tags.ablate.variant", "tags.ablate.seed"], keep="last")
-    return newest, len(runs) - len(newest)
 
 
 def summarize(
@@ -210,106 +154,6 @@ COMPARISON_COLUMNS = (
     "effect",
     "effect_kind",
 )
-
-
-def describe(x: np.ndarray) -> dict[str, float]:
-    """n, mean, std, 95% t-interval of the mean, median."""
-    n = len(x)
-    mean = x.mean() if n else np.nan
-    low, high = (
-        (np.nan, np.nan)
-        if n < 2
-        else (mean, mean)
-        if np.ptp(x) == 0
-        else stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(x))
-    )
-    return {
-        "n": n,
-        "mean": mean,
-        "std": x.std(ddof=1) if n > 1 else np.nan,
-        "ci95_low": low,
-        "ci95_high": high,
-        "median": np.median(x) if n else np.nan,
-    }
-
-
-def against(a: pd.Series, b: pd.Series) -> dict[str, float | str]:
-    """a against the baseline b (both indexed by seed): difference a − b with its 95% interval, the
-    tests, and the effect size. Paired over the common seeds when there are at least two."""
-    out: dict[str, float | str] = {"diff": a.mean() - b.mean()}
-    if len(a) > 1 and len(b) > 1:
-        welch = stats.ttest_ind(a, b, equal_var=False)
-        low, high = welch.confidence_interval(0.95)
-        out |= {"p_welch": welch.pvalue, "diff_ci_low": low, "diff_ci_high": high}
-        out |= {"test": "welch", "p": welch.pvalue, "effect": hedges_g(a.to_numpy(), b.to_numpy()), "effect_kind": "g"}
-        pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
-        out |= {"se": pooled * np.sqrt(1 / len(a) + 1 / len(b)), "df": len(a) + len(b) - 2}
-    seeds = a.index.intersection(b.index)
-    if len(seeds) > 1:
-        d = (a[seeds] - b[seeds]).to_numpy()
-        if d.std(ddof=1) > 0:
-            paired = stats.ttest_rel(a[seeds], b[seeds])
-            (low, high), p = paired.confidence_interval(0.95), paired.pvalue
-        else:  # every seed differs alike (an A/A control trains the same runs twice): no doubt either way
-            (low, high), p = (d.mean(), d.mean()), 1.0 if d.mean() == 0 else 0.0
-        out |= {"diff": d.mean(), "diff_ci_low": low, "diff_ci_high": high, "p_paired": p}
-        out |= {"test": f"paired ({len(seeds)} seeds)", "p": p, "effect": d_z(d), "effect_kind": "d_z"}
-        out |= {"se": d.std(ddof=1) / np.sqrt(len(d)), "df": len(d) - 1}
-        if len(seeds) >= WILCOXON_MIN_PAIRS:
-            out["p_wilcoxon"] = stats.wilcoxon(a[seeds], b[seeds]).pvalue
-    return out
-
-
-def detectable(se: float, df: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The minimum detectable effect of a two-sided t-test with standard error `se` and `df`
-    degrees of freedom: the true difference δ it rejects with probability `power` at level
-    `alpha`, from the noncentral t distribution (noncentrality δ / se)."""
-    if not se > 0:
-        return 0.0 if se == 0 else np.nan
-    crit = stats.t.ppf(1 - alpha / 2, df)
-
-    def shortfall(nc: float) -> float:
-        upper = stats.nct.sf(crit, df, nc)
-        upper = 1.0 - stats.nct.cdf(crit, df, nc) if np.isnan(upper) else upper  # sf fails far in the tail
-        return upper + np.nan_to_num(stats.nct.cdf(-crit, df, nc)) - power
-
-    high = crit + 3.0
-    while shortfall(high) < 0:  # power grows with the noncentrality: widen until it is reached
-        high *= 2
-    return optimize.brentq(shortfall, 0.0, high) * se
-
-
-def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
-    """(mean a − mean b) / pooled std, times the small-sample correction 1 − 3 / (4(n_a + n_b) − 9)."""
-    na, nb = len(a), len(b)
-    pooled = np.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
-    return (a.mean() - b.mean()) / pooled * (1 - 3 / (4 * (na + nb) - 9)) if pooled > 0 else np.nan
-
-
-def d_z(d: np.ndarray) -> float:
-    """Mean paired difference over its standard deviation (NaN when every pair differs alike)."""
-    sd = d.std(ddof=1)
-    return d.mean() / sd if sd > 0 else np.nan
-
-
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment over the non-NaN p-values (NaN stays NaN): the i-th smallest of m
-    is multiplied by m − i (i from 0), made non-decreasing, capped at 1."""
-    out = np.full(len(p), np.nan)
-    present = np.flatnonzero(~np.isnan(p))
-    running = 0.0
-    for rank, i in enumerate(present[np.argsort(p[present], kind="stable")]):
-        running = max(running, min(1.0, (len(present) - rank) * p[i]))
-        out[i] = running
-    return out
-
-
-def verdict(diff: float, p_holm: float, lower: bool) -> str:
-    if np.isnan(p_holm):
-        return "too few runs"
-    if p_holm >= ALPHA:
-        return "no significant difference"
-    return "better" if (diff < 0) == lower else "worse"
 
 
 def small_samples(table: pd.DataFrame) -> list[str]:

@@ -19,6 +19,7 @@ from ablate.config import (
     TaskConfig,
     TrainConfig,
     VariantConfig,
+    first_error,
     known_keys,
 )
 from ablate.data.corpus import source_files
@@ -262,17 +263,11 @@ class _Lines:
 
     def explain(self, error: ValidationError, locate=lambda loc: loc) -> str:
         """The first validation error as one line: file:line: dotted.key: problem."""
-        err = error.errors()[0]
-        loc = tuple(err["loc"])
+        loc, msg = first_error(error)
         if loc[:1] == ("data",) and loc[1:2] in (("corpus",), ("task",)):
             loc = loc[:1] + loc[2:]  # the tag of data's kind is not a key of the document
         loc = locate(loc)
         key = ".".join(str(p) for p in loc) or "(study)"
-        if err["type"] == "extra_forbidden":
-            known = known_keys(loc[:-1], self.mapping)
-            msg = f"unknown key{did_you_mean(str(loc[-1]), known)}"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
+        if msg == "unknown key":
+            msg += did_you_mean(str(loc[-1]), known_keys(loc[:-1], self.mapping))
         return f"{self.at(loc)}: {key}: {msg}"

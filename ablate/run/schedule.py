@@ -93,7 +93,7 @@ def run_study(
 def log_aggregates(prepared: PreparedStudy, outcomes: list[Outcome]) -> None:
     """On each variant's parent run, each final metric over its finished seeds: the mean (under
     the metric's own name, so the UI's grouped rows show it), the 95% interval and n_seeds."""
-    from ablate.compare import describe
+    from ablate.compare.stats import describe
 
     for variant in prepared.study.config.variants:
         finished = [o.metrics for o in outcomes if o.trial.variant == variant.name and o.status == Status.FINISHED]

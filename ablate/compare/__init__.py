@@ -1,0 +1,103 @@
+"""MLflow runs of a study → one row of statistics per variant, each tested against the baseline.
+
+Per variant: n, mean, std, 95% t-interval, median. Against the baseline: the difference with
+its 95% interval, Welch's t-test, and the paired t-test over the seeds both have (runs with
+one seed share data order and initialisation RNG). The verdict uses the paired test when there
+are pairs, else Welch's; its p-values are Holm-corrected over all comparisons of the table.
+Each comparison also gets its minimum detectable effect: the difference its test would find
+with 80% power, so that "no significant difference" says how small a difference it rules out.
+
+A study's declared contrasts (pairs of variants) are a second family, Holm-corrected among
+themselves, and its expectations a third: each names the verdict a comparison should reach,
+which makes a study a regression test of the science (`ablate compare --check`).
+
+`gather` reads a study from the store into a `Comparison`; `console` draws it in the terminal,
+`tables.render` as csv, markdown or json, `report` as plots and one HTML page.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ablate import tracking
+from ablate.compare import runs as store
+from ablate.compare.tables import (
+    convergence,
+    expectations,
+    lower_is_better,
+    pairs_table,
+    shapes,
+    small_samples,
+    summarize,
+    unequal_cost,
+)
+from ablate.errors import AblateError
+
+
+@dataclass
+class Comparison:
+    """What `ablate compare` found: the variants' table, the contrasts, the expectations checked,
+    the warnings (`notes`) and the facts a reader needs beside them (chance level, a cost the
+    budget left unequal, convergence)."""
+
+    study: str
+    runs: pd.DataFrame
+    table: pd.DataFrame
+    contrasts: pd.DataFrame
+    checks: pd.DataFrame
+    metric: str
+    baseline: str
+    lower: bool
+    budget: dict | None
+    history: pd.DataFrame  # the val-loss curves
+    notes: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)
+
+
+def gather(uri: str, study: str | None, metric: str, baseline: str | None, lower: bool, check: bool) -> Comparison:
+    """The study (default: the latest) compared on metric against the baseline (default: the
+    study's); with check, a study that declares no expectations is an error."""
+    name, tags, runs, failed = store.study_runs(uri, study)
+    runs, set_aside = store.latest_per_seed(runs)
+    order = json.loads(tags.get("ablate.variants", "[]"))
+    table = summarize(runs, metric, baseline or tags.get("ablate.baseline"), order, lower, failed)
+    baseline = baseline or tags.get("ablate.baseline") or table["variant"].iloc[0]
+    contrasts = pairs_table(runs, metric, json.loads(tags.get("ablate.contrasts", "[]")), lower)
+    expected = json.loads(tags.get("ablate.expect", "[]"))
+    if check and not expected:
+        raise AblateError(f"--check: study {name!r} declares no expectations (expect: in its YAML)")
+    checks = expectations(runs, expected, baseline, lambda m: lower_is_better(m, None))
+    history = store.curves(tracking.client(uri), runs)
+    table = table.merge(convergence(history, *store.loss_scale(runs)), on="variant", how="left")
+    budget = json.loads(tags.get("ablate.budget", "null"))
+    table = table.merge(shapes(runs, budget), on="variant", how="left")
+    notes = []
+    if set_aside:
+        notes.append(f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)")
+    if failed:
+        notes.append("failed runs (diverged or out of memory): " + ", ".join(f"{v} {n}" for v, n in failed.items()))
+    if small := small_samples(table):
+        notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
+    comparison = Comparison(name, runs, table, contrasts, checks, metric, baseline, lower, budget, history, notes)
+    comparison.facts = _facts(comparison)
+    return comparison
+
+
+def _facts(c: Comparison) -> list[str]:
+    """Lines a reader needs beside the table: the chance level, a cost the budget did not hold
+    equal, and which variants did not converge."""
+    facts = []
+    chance = c.runs.get("params.data.chance_accuracy")
+    if chance is not None and chance.notna().any():
+        level = float(chance.dropna().astype(float).iloc[0])
+        facts.append(f"chance level of val_accuracy: {level:.4f} (the best guess without the capability tested)")
+    if (unequal := unequal_cost(c.table, c.budget)) is not None:
+        facts.append(unequal)
+    for r in c.table.itertuples():
+        if r.converged is False:
+            facts.append(
+                f"{r.variant} has not converged: {r.why}; its verdict is about learning speed at this budget, "
+                "not capacity"
+            )
+    return facts
