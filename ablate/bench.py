@@ -179,3 +179,36 @@ def _copy(name, model, train, steps, warmup, barrier, results, threads) -> None:
     except Exception as e:  # noqa: BLE001 (any failure of a copy is reported by the parent, which raises it)
         barrier.abort()
         results.put(f"{type(e).__name__}: {e}")
+
+
+def print_table(rows: list[dict], device: torch.device, peak: float, parallel: bool, console) -> None:
+    """The bench rows as a table, with what the peak and the FLOPs mean beneath it."""
+    from rich.table import Table
+
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    table = Table(title=f"bench on {device} ({rows[0]['threads']} threads), batch {rows[0]['batch_size']}")
+    columns = ["variant", "non-emb params", "tokens/s", "ms/step", "peak mem", "FLOPs/token", "GFLOP/s", "of peak"]
+    columns += ["×K copies", "vs one"] if parallel else []
+    for col in columns:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        cells = [
+            r["variant"],
+            f"{r['n_params_non_embedding']:,}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['ms_per_step']:.1f}",
+            f"{r['peak_mem_bytes'] / 2**20:,.0f} MiB",
+            f"{r['flops_per_token'] / 1e6:,.2f} M",
+            f"{r['achieved_flops_per_s'] / 1e9:,.1f}",
+            f"{r['fraction_of_peak']:.1%}",
+        ]
+        if parallel:
+            cells += [str(r["parallel"]), f"{r['speedup_over_single']:.2f}×"]
+        table.add_row(*cells)
+    console.print(table)
+    print(
+        f"peak: a {PEAK_SIZE}³ {precision} matmul here runs at {peak / 1e9:,.1f} GFLOP/s; FLOPs/token: one "
+        "training step's matrix products (torch's counter, attention dense) plus 3× the declared element-wise work"
+    )
+    if device.type == "cpu":
+        print("peak mem on a CPU: the process's peak resident size, interpreter and libraries included")

@@ -49,58 +49,50 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ablate", description="Architecture ablations for small language models.")
     p.add_argument("--version", action="version", version=f"ablate {ablate.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_run,
+        _add_worker,
+        _add_plan,
+        _add_compare,
+        _add_ui,
+        _add_audit,
+        _add_bench,
+        _add_sample,
+        _add_import,
+        _add_eval,
+        _add_variants,
+    ):
+        add(sub)
+    return p
 
-    def store_options(cmd):
-        cmd.add_argument(
-            "--results",
-            type=Path,
-            default=Path(os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS)),
-            help="local store for MLflow, artifacts and the data cache (default: ./results or $ABLATE_RESULTS)",
-        )
-        cmd.add_argument(
-            "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else RESULTS/mlflow.db)"
-        )
 
-    def data_option(cmd):
-        cmd.add_argument(
-            "--data", metavar="PATH", help="train on this text or token array instead of the study's data.source"
-        )
-
-    def work_options(cmd):
-        cmd.add_argument("study", type=Path, help="the study's YAML file")
-        cmd.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-        data_option(cmd)
-        cmd.add_argument(
-            "--storage",
-            help="Optuna storage URL, which also holds the study's work list (default: sqlite:///RESULTS/optuna.db)",
-        )
-        cmd.add_argument(
-            "--checkpoints",
-            type=Path,
-            help="checkpoint directory, shared by all workers (default: RESULTS/checkpoints)",
-        )
-        store_options(cmd)
-
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="train every trial of a study and log it to MLflow")
-    work_options(run)
+    _work_options(run)
     run.add_argument("--workers", type=_positive, default=1, help="worker processes on this machine (default 1)")
     run.set_defaults(func=_run)
 
+
+def _add_worker(sub) -> None:
     worker = sub.add_parser("worker", help="join a study: train the units of work nobody else has claimed")
-    work_options(worker)
+    _work_options(worker)
     worker.add_argument("--threads", type=_positive, help="torch threads (default: torch's choice)")
     worker.add_argument("--no-progress", action="store_true", help="plain lines instead of live progress bars")
     worker.set_defaults(func=_worker)
 
+
+def _add_plan(sub) -> None:
     plan = sub.add_parser("plan", help="show the trials a study would run, with parameter counts")
     plan.add_argument("study", type=Path, help="the study's YAML file")
     plan.add_argument(
         "--json", action="store_true", help="the planned trials as JSON (each model as build_model takes it)"
     )
     plan.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-    data_option(plan)
+    _data_option(plan)
     plan.set_defaults(func=_plan)
 
+
+def _add_compare(sub) -> None:
     compare = sub.add_parser(
         "compare",
         help="a table of variants: mean, 95%% CI, tests against the baseline (paired by seed, Holm)",
@@ -146,24 +138,30 @@ def _parser() -> argparse.ArgumentParser:
         dest="lower_is_better",
         help="the metric's direction (known for losses, accuracy and speed)",
     )
-    store_options(compare)
+    _store_options(compare)
     compare.set_defaults(func=_compare)
 
+
+def _add_ui(sub) -> None:
     ui = sub.add_parser(
         "ui", help="start the MLflow UI on the store (127.0.0.1) and print its URL, on the study, once it answers"
     )
     ui.add_argument("--study", help="the study the URL opens on (default: the one that ran last)")
     ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     ui.add_argument("--workers", type=_positive, default=1, help="MLflow server worker processes (default 1)")
-    store_options(ui)
+    _store_options(ui)
     ui.set_defaults(func=_ui)
 
+
+def _add_audit(sub) -> None:
     audit = sub.add_parser("audit", help="check that models are causal: perturb future tokens and other sequences")
     audit.add_argument("study", type=Path, nargs="?", help="audit every variant of this study")
     audit.add_argument("--variant", action="append", default=[], help="audit a registered mixer at a small shape")
-    data_option(audit)
+    _data_option(audit)
     audit.set_defaults(func=_audit)
 
+
+def _add_bench(sub) -> None:
     bench = sub.add_parser(
         "bench", help="time training steps per variant: tokens/s, memory, FLOPs/token, share of the matmul peak"
     )
@@ -195,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="a JSON list of result objects")
     bench.set_defaults(func=_bench)
 
+
+def _add_sample(sub) -> None:
     sample = sub.add_parser("sample", help="generate text from a finished trial's model (from its MLflow run)")
     sample.add_argument("run_id", help="the MLflow run id of a finished final trial")
     sample.add_argument("--prompt", default="", help="text to continue (token ids for token-array data; default: none)")
@@ -203,18 +203,22 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-k", type=_positive, help="draw from the k most likely tokens only")
     sample.add_argument("--seed", type=int, default=0, help="the sampling RNG's seed (default 0)")
     sample.add_argument("--json", action="store_true", help="prompt and generated token ids and text as JSON")
-    store_options(sample)
+    _store_options(sample)
     sample.set_defaults(func=_sample)
 
+
+def _add_import(sub) -> None:
     imp = sub.add_parser("import", help="record a model trained elsewhere as a finished run (with its model)")
     imp.add_argument("kind", choices=("strawberry",), help="the checkpoint's format: strawberry (the seed's train.py)")
     imp.add_argument("checkpoint", type=Path, help="the checkpoint file")
     imp.add_argument(
         "--study", default="strawberry-imports", help="MLflow experiment to record it in (default: strawberry-imports)"
     )
-    store_options(imp)
+    _store_options(imp)
     imp.set_defaults(func=_import)
 
+
+def _add_eval(sub) -> None:
     evaluate = sub.add_parser(
         "eval",
         help="val loss and accuracy of a run's model, its causality audit and, if it leaks, its honest prefix loss",
@@ -231,15 +235,52 @@ def _parser() -> argparse.ArgumentParser:
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when there is one (default: auto)"
     )
     evaluate.add_argument("--json", action="store_true", help="the metrics and the evaluation run id as JSON")
-    store_options(evaluate)
+    _store_options(evaluate)
     evaluate.set_defaults(func=_eval)
 
+
+def _add_variants(sub) -> None:
     variants = sub.add_parser(
         "variants", help="list the registered mixers: what a study's variant names as its model.mixer"
     )
     variants.add_argument("--json", action="store_true", help="the name and description of each, as JSON")
     variants.set_defaults(func=_variants)
-    return p
+
+
+def _store_options(cmd) -> None:
+    """Where the results are: the local store, or an MLflow tracking server."""
+    cmd.add_argument(
+        "--results",
+        type=Path,
+        default=Path(os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS)),
+        help="local store for MLflow, artifacts and the data cache (default: ./results or $ABLATE_RESULTS)",
+    )
+    cmd.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else RESULTS/mlflow.db)"
+    )
+
+
+def _data_option(cmd) -> None:
+    cmd.add_argument(
+        "--data", metavar="PATH", help="train on this text or token array instead of the study's data.source"
+    )
+
+
+def _work_options(cmd) -> None:
+    """What `run` and `worker` share: the study, its stores and its checkpoints."""
+    cmd.add_argument("study", type=Path, help="the study's YAML file")
+    cmd.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    _data_option(cmd)
+    cmd.add_argument(
+        "--storage",
+        help="Optuna storage URL, which also holds the study's work list (default: sqlite:///RESULTS/optuna.db)",
+    )
+    cmd.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="checkpoint directory, shared by all workers (default: RESULTS/checkpoints)",
+    )
+    _store_options(cmd)
 
 
 def _console():
@@ -452,7 +493,6 @@ BENCH_VARIANTS = ("mha", "aft-simple", "retention")
 def _bench(args) -> int:
     """Bench each variant; print a table (or JSON) with the measured matmul peak beside it."""
     import torch
-    from rich.table import Table
 
     from ablate import bench
     from ablate.train.trainer import device_named
@@ -484,33 +524,7 @@ def _bench(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    precision = "bf16" if device.type == "cuda" else "fp32"
-    table = Table(title=f"bench on {device} ({rows[0]['threads']} threads), batch {rows[0]['batch_size']}")
-    columns = ["variant", "non-emb params", "tokens/s", "ms/step", "peak mem", "FLOPs/token", "GFLOP/s", "of peak"]
-    columns += ["×K copies", "vs one"] if args.parallel > 1 else []
-    for col in columns:
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for r in rows:
-        cells = [
-            r["variant"],
-            f"{r['n_params_non_embedding']:,}",
-            f"{r['tokens_per_s']:,.0f}",
-            f"{r['ms_per_step']:.1f}",
-            f"{r['peak_mem_bytes'] / 2**20:,.0f} MiB",
-            f"{r['flops_per_token'] / 1e6:,.2f} M",
-            f"{r['achieved_flops_per_s'] / 1e9:,.1f}",
-            f"{r['fraction_of_peak']:.1%}",
-        ]
-        if args.parallel > 1:
-            cells += [str(r["parallel"]), f"{r['speedup_over_single']:.2f}×"]
-        table.add_row(*cells)
-    _console().print(table)
-    print(
-        f"peak: a {bench.PEAK_SIZE}³ {precision} matmul here runs at {peak / 1e9:,.1f} GFLOP/s; FLOPs/token: one "
-        "training step's matrix products (torch's counter, attention dense) plus 3× the declared element-wise work"
-    )
-    if device.type == "cpu":
-        print("peak mem on a CPU: the process's peak resident size, interpreter and libraries included")
+    bench.print_table(rows, device, peak, args.parallel > 1, _console())
     return 0
 
 

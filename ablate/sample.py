@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ablate.data.corpus import EOT
+from ablate.data.tokenize import EOT
 from ablate.errors import AblateError
 from ablate.model import LanguageModel, build_model
 

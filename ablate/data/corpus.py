@@ -26,13 +26,13 @@ import torch
 
 from ablate import processes
 from ablate.config import DataConfig
+from ablate.data import tokenize
+from ablate.data.tokenize import token_dtype
 from ablate.errors import AblateError, full_disk
 
 CACHE_VERSION = 2
 BUILDING = ".building-"  # + owner + "-" + random: a cache entry being written
 STALE_BUILD_S = 3600  # another host's unfinished build older than this was cut off
-EOT = "<|endoftext|>"
-TEXT_BATCH = 256  # documents tokenized per call, to bound memory
 
 
 @dataclass
@@ -140,7 +140,7 @@ def vocab_size(cfg: DataConfig, files: list[Path], docs: list[str] | None = None
     if cfg.vocab_size is not None:
         return cfg.vocab_size
     if cfg.tokenizer == "char":
-        return len(_characters(docs if docs is not None else _read_documents(files, cfg.max_bytes)))
+        return len(tokenize.characters(docs if docs is not None else _read_documents(files, cfg.max_bytes)))
     return 256 if cfg.tokenizer == "byte" else 8192
 
 
@@ -187,7 +187,7 @@ def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
         if docs is None:
             tokens = _load_token_array(files[0], vocab)
         else:
-            tokens, tokenizer = TOKENIZERS[cfg.tokenizer](docs, vocab)
+            tokens, tokenizer = tokenize.TOKENIZERS[cfg.tokenizer](docs, vocab)
         train, val = split(tokens, cfg.val_fraction) if cfg.split == "pieces" else split_tail(tokens, cfg.val_fraction)
     meta = {**_token_meta(cfg.source, train, val, vocab), "files": len(files)}
     meta["build_s"] = round(time.perf_counter() - start, 3)
@@ -249,73 +249,6 @@ def _read_documents(files: list[Path], max_bytes: int | None) -> list[str]:
     return docs
 
 
-def _bpe(docs: list[str], vocab_size: int):
-    """A byte-level BPE trained on the documents, which are joined by <|endoftext|>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(docs, trainer)
-    return _encode(tokenizer, docs, vocab_size, separator=tokenizer.token_to_id(EOT)), tokenizer
-
-
-def _characters(docs: list[str]) -> list[str]:
-    return sorted(set().union(*map(set, docs)))
-
-
-def _char(docs: list[str], vocab_size: int):
-    """One token per character: id i is the i-th of the text's sorted distinct characters (as
-    nanoGPT's shakespeare_char encodes); documents follow each other without a separator."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    chars = _characters(docs)
-    if len(chars) > vocab_size:
-        raise AblateError(f"data.vocab_size: the text has {len(chars)} distinct characters, more than {vocab_size}")
-    tokenizer = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    return _encode(tokenizer, docs, vocab_size), tokenizer
-
-
-def _byte(docs: list[str], vocab_size: int):
-    """One token per UTF-8 byte, its value the token id; documents follow each other."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    tokenizer = Tokenizer(models.BPE({char: b for b, char in enumerate(_byte_alphabet())}, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    return _encode(tokenizer, docs, vocab_size), tokenizer
-
-
-def _byte_alphabet() -> list[str]:
-    """The character the byte-level pre-tokenizer writes for each byte 0..255: printable bytes
-    stand for themselves, the others for the characters from U+0100 on, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
-
-
-def _encode(tokenizer, docs: list[str], vocab_size: int, separator: int | None = None) -> np.ndarray:
-    dtype = token_dtype(vocab_size)
-    parts = []
-    for i in range(0, len(docs), TEXT_BATCH):
-        for enc in tokenizer.encode_batch(docs[i : i + TEXT_BATCH]):
-            parts.append(np.asarray(enc.ids, dtype=dtype))
-            if separator is not None:
-                parts.append(np.asarray([separator], dtype=dtype))
-    return np.concatenate(parts)
-
-
-TOKENIZERS = {"bpe": _bpe, "char": _char, "byte": _byte}
-
-
 def _load_token_array(path: Path, vocab_size: int, key: str = "source") -> np.ndarray:
     tokens = np.load(path, mmap_mode="r") if path.suffix == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
@@ -323,10 +256,6 @@ def _load_token_array(path: Path, vocab_size: int, key: str = "source") -> np.nd
     if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
         raise AblateError(f"data.{key}: {path} holds token ids outside [0, data.vocab_size={vocab_size})")
     return np.asarray(tokens, dtype=token_dtype(vocab_size))
-
-
-def token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
 def split(tokens: np.ndarray, val_fraction: float, max_piece: int = 16384, min_pieces: int = 20):
