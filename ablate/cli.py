@@ -425,7 +425,9 @@ def _compare(args) -> int:
     for note in found.notes:
         print(f"ablate: warning: {note}", file=sys.stderr)
     if not args.no_report:
-        written, logged = report.write(tracking.client(uri), found, args.results / found.study)
+        ui = uri if uri.startswith("http") else None  # a tracking server's UI: the report links to its runs
+        written = report.write(found, args.results / found.study, ui)
+        logged = report.log(tracking.client(uri), found, written)
         where = "; also in MLflow, under the study run's artifacts" if logged else ""
         print(f"report: {written[-1]} (plots beside it{where})", file=sys.stderr)
     if args.format != "table":
@@ -447,7 +449,7 @@ def _ui(args) -> int:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise AblateError(f"no study named {name!r} in {uri}")
-    return ui.serve(uri, f"/#/experiments/{experiment.experiment_id}/runs", f"study {name}", args.port, args.workers)
+    return ui.serve(uri, tracking.runs_page(experiment.experiment_id), f"study {name}", args.port, args.workers)
 
 
 AUDIT_SHAPE = {

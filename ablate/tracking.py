@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # the schema reads a planned study; importing it would import
     from ablate.plan.study import Study, Trial
 
 TAG = "ablate."
+# MLflow 3's UI opens an experiment in its GenAI mode unless told otherwise: the experiment's kind
+# (a tag the UI reads) and the `workflowType` of a UI link say that a study trains models
+MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri(results: Path, explicit: str | None = None) -> str:
@@ -43,6 +46,16 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
             out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
         return out
     return {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else str(value)}
+
+
+def runs_page(exp_id: str) -> str:
+    """The MLflow UI's path (after its address) of an experiment's runs table, in model-training mode."""
+    return f"/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+
+
+def run_page(exp_id: str, run_id: str) -> str:
+    """The MLflow UI's path of one run."""
+    return f"/#/experiments/{exp_id}/runs/{run_id}"
 
 
 def grouping_tags(study: "Study", variant: str) -> dict[str, str]:
@@ -116,6 +129,8 @@ class Tracker:
         self.client.set_experiment_tag(exp_id, TAG + "contrasts", json.dumps(contrasts or []))
         self.client.set_experiment_tag(exp_id, TAG + "expect", json.dumps(expect or []))
         self.client.set_experiment_tag(exp_id, TAG + "budget", json.dumps(budget))
+        for key, value in MODEL_TRAINING.items():
+            self.client.set_experiment_tag(exp_id, key, value)
         return exp_id
 
     def experiment_id(self, name: str) -> str:

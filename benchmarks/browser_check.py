@@ -3,8 +3,10 @@ study's report.html, each rendered by headless Chromium into a screenshot and a 
 
     python benchmarks/browser_check.py --results results --study ffn_necessity [--out browser-check]
 
-Exit 0 when the report shows every variant and the MLflow runs table shows the study's runs, 1 when one did not, and 77
-(SKIPPED, printed) when no Chromium is installed (Debian: apt-get install chromium).
+Exit 0 when the report opens on its contrasts plot (for a study with contrasts), links every
+variant's runs and fits a 1400-px window, and the MLflow runs table (opened in model-training
+mode) shows the study's runs; 1 when one did not; 77 (SKIPPED, printed) when no Chromium is
+installed (Debian: apt-get install chromium).
 """
 
 import argparse
@@ -20,6 +22,10 @@ from pathlib import Path
 
 import mlflow
 
+from ablate import tracking
+
+# appended to a copy of the report: the page's width against the window's, written into the DOM
+MEASURE = "<script>document.body.dataset.fits = document.documentElement.scrollWidth <= window.innerWidth</script>"
 FLAGS = [  # no network beyond localhost is needed, so none of Chromium's background traffic
     "--headless",
     "--no-sandbox",
@@ -80,12 +86,19 @@ def main() -> int:
     run_names = {r.info.run_name for r in runs}  # the study's parent run is named after the study
 
     failures = []
-    dom = render(browser, report.as_uri(), args.out / "report.png", args.out / "profile")
+    measured = args.out / "report-measured.html"
+    measured.write_text(report.read_text().replace("</body>", MEASURE + "</body>"))
+    dom = render(browser, measured.resolve().as_uri(), args.out / "report.png", args.out / "profile")
     missing = sorted(v for v in variants if v not in dom)
+    contrasts = experiment.tags.get("ablate.contrasts", "[]") != "[]"
+    answer_first = not contrasts or -1 < dom.find("_contrasts") < dom.find("<table")
+    linked = dom.count("<summary>") >= len(variants)
+    fits = 'data-fits="true"' in dom
     print(
-        f"report.html: {len(dom):,} characters of DOM, screenshot {args.out / 'report.png'}; variants missing: {missing}"
+        f"report.html: {len(dom):,} characters of DOM, screenshot {args.out / 'report.png'}; variants missing: {missing}; "
+        f"contrasts plot first: {answer_first}; every variant's runs linked: {linked}; fits the window: {fits}"
     )
-    if missing or "<img" not in dom:
+    if missing or "<img" not in dom or not (answer_first and linked and fits):
         failures.append("report")
 
     port = 5000 + os.getpid() % 1000
@@ -94,7 +107,7 @@ def main() -> int:
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/health")
-        url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+        url = f"http://127.0.0.1:{port}{tracking.runs_page(experiment.experiment_id)}"
         dom = render(browser, url, args.out / "mlflow.png", args.out / "profile")
         # children are folded under their parent: the top level shows the study's parent run
         top = args.study in run_names and f">{args.study}<" in dom

@@ -162,6 +162,7 @@ def test_compare_writes_plots_and_a_self_contained_report(finished, capsys):
     folder = results / "tiny"
     page = (folder / "report.html").read_text()
     assert "<table" in page and page.count("data:image/png;base64,") == 3 and 'src="http' not in page
+    assert "ci95_low" not in page and "p_welch" not in page  # formatted as in the terminal
     for png in ("val_loss_curves.png", "val_loss_intervals.png", "rank_by_depth.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
@@ -276,11 +277,14 @@ def test_ui_prints_the_studys_url_once_its_one_worker_server_answers(finished):
     )
     try:
         line = ui.stdout.readline()
-        pattern = r"MLflow UI: (http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs$"  # the study's runs table
+        # the study's runs table, in model-training mode (MLflow 3 opens GenAI mode otherwise)
+        pattern = r"MLflow UI: (http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs\?workflowType=machine_learning$"
         base, experiment = re.match(pattern, line.strip()).groups()
         # printed only once the server answers: the first request succeeds, no retries
         body = urllib.request.urlopen(f"{base}/ajax-api/2.0/mlflow/experiments/get?experiment_id={experiment}")
-        assert json.load(body)["experiment"]["name"] == "tiny"  # the study that ran last
+        experiment = json.load(body)["experiment"]
+        assert experiment["name"] == "tiny"  # the study that ran last
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
         (server,) = [pid for pid, line in _processes() if "mlflow server" in line and str(results) in line]
         session = _session(server)
         group = [line for pid, line in _processes() if _session(pid) == session]
@@ -384,7 +388,8 @@ def test_compare_check_passes_a_held_expectation_and_fails_a_false_one(tmp_path,
         assert "expectations" in out and "contrasts" in out and ("NO" in out) == (code == 1)
     assert main(["compare", "--study", "tiny-controls", "--part", "expectations", "--format", "json", *store]) == 0
     page = (tmp_path / "results" / "tiny-controls" / "report.html").read_text()
-    assert page.index("<h2>Contrasts</h2>") < page.index("<h2>Against the baseline</h2>") < page.index("Expectations")
+    assert page.index('alt="val_loss_contrasts"') < page.index("<h2>Contrasts") < page.index("<h2>Every variant")
+    assert page.index("<h2>Every variant") < page.index("<h2>Expectations")
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["variant"], row["against"], row["expected"], row["held"]) == ("mha-twin", "mha", "worse", False)
     assert row["verdict"] == "no significant difference" and row["p"] == 1.0

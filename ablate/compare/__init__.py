@@ -60,21 +60,40 @@ def gather(uri: str, study: str | None, metric: str, baseline: str | None, lower
     study's); with check, a study that declares no expectations is an error."""
     name, tags, runs, failed = store.study_runs(uri, study)
     runs, set_aside = store.latest_per_seed(runs)
+    if check and not json.loads(tags.get("ablate.expect", "[]")):
+        raise AblateError(f"--check: study {name!r} declares no expectations (expect: in its YAML)")
+    history = store.curves(tracking.client(uri), runs)
+    comparison = build(name, tags, runs, history, metric, baseline, lower, failed)
+    if set_aside:
+        comparison.notes.insert(
+            0, f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)"
+        )
+    return comparison
+
+
+def build(
+    name: str,
+    tags: dict[str, str],
+    runs: pd.DataFrame,
+    history: pd.DataFrame,
+    metric: str,
+    baseline: str | None,
+    lower: bool,
+    failed: dict[str, int] | None = None,
+) -> Comparison:
+    """The comparison of a study's final runs (one per variant and seed) and their curves; `tags`
+    are the study experiment's (baseline, variant order, contrasts, expectations, budget)."""
+    failed = failed or {}
     order = json.loads(tags.get("ablate.variants", "[]"))
     table = summarize(runs, metric, baseline or tags.get("ablate.baseline"), order, lower, failed)
     baseline = baseline or tags.get("ablate.baseline") or table["variant"].iloc[0]
     contrasts = pairs_table(runs, metric, json.loads(tags.get("ablate.contrasts", "[]")), lower)
     expected = json.loads(tags.get("ablate.expect", "[]"))
-    if check and not expected:
-        raise AblateError(f"--check: study {name!r} declares no expectations (expect: in its YAML)")
     checks = expectations(runs, expected, baseline, lambda m: lower_is_better(m, None))
-    history = store.curves(tracking.client(uri), runs)
     table = table.merge(convergence(history, *store.loss_scale(runs)), on="variant", how="left")
     budget = json.loads(tags.get("ablate.budget", "null"))
     table = table.merge(shapes(runs, budget), on="variant", how="left")
     notes = []
-    if set_aside:
-        notes.append(f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)")
     if failed:
         notes.append("failed runs (diverged or out of memory): " + ", ".join(f"{v} {n}" for v, n in failed.items()))
     if small := small_samples(table):

@@ -1,10 +1,14 @@
-"""Plots of a comparison and one self-contained HTML page that holds them with the table.
+"""A comparison as one self-contained HTML page with its plots, written under RESULTS/<study>/
+and logged as artifacts of the study's parent MLflow run.
 
-Written under RESULTS/<study>/ and logged as artifacts of the study's parent MLflow run.
+The page opens on the study's answer: each declared contrast's paired difference with its
+interval and minimum detectable effect, then the tables (formatted as in the terminal), then
+learning curves and rank by depth as small multiples, one panel per mixer family.
 """
 
 import base64
 import html
+import math
 from pathlib import Path
 
 import matplotlib
@@ -14,68 +18,123 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ablate import tracking
-from ablate.compare import Comparison
+from ablate.compare import Comparison, cells
 from ablate.compare.runs import CURVE_METRIC
+from ablate.compare.stats import POWER
+
+RANK = "metrics.rank/block"
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}  # anything else: grey
+OFF_THE_PAGE = ("std", "median", "test")  # columns of cells.variants the page leaves to csv, json and the terminal
 
 
-def plot_curves(history: pd.DataFrame, order: list[str], path: Path) -> Path:
-    """Per variant: the mean val loss over seeds at each eval, with a band of ± one std."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.set_prop_cycle(color=plt.get_cmap("tab20" if len(order) > 10 else "tab10").colors)
-    for variant in order:
-        by_step = history[history["variant"] == variant].groupby("step")["value"]
-        mean, std = by_step.mean(), by_step.std().fillna(0.0)
-        (line,) = ax.plot(mean.index, mean.values, label=f"{variant} (n={by_step.count().max()})")
-        ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="step", ylabel=f"{CURVE_METRIC} (mean ± std over seeds)", title="validation loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+def families(c: Comparison) -> dict[str, list[str]]:
+    """Mixer family → its variants, in table order (a variant's family is its mixer)."""
+    column = "tags.ablate.family" if "tags.ablate.family" in c.runs else "params.model.mixer"
+    of = c.runs.groupby("tags.ablate.variant")[column].first() if column in c.runs else pd.Series(dtype=object)
+    grouped: dict[str, list[str]] = {}
+    for variant in c.table["variant"]:
+        grouped.setdefault(str(of.get(variant, variant)), []).append(variant)
+    return grouped
+
+
+def plot_contrasts(c: Comparison, path: Path) -> Path | None:
+    """Each contrast a − b: the paired mean difference with its 95% interval, coloured by verdict,
+    over a grey band of ± its minimum detectable effect (a difference inside it could go unseen)."""
+    rows = c.contrasts[c.contrasts["diff"].notna()]
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.6))
+    y = list(range(len(rows)))[::-1]
+    for row, r in zip(y, rows.itertuples(index=False)):
+        if not math.isnan(r.mde):
+            ax.barh(row, 2 * r.mde, left=-r.mde, height=0.6, color="grey", alpha=0.2, linewidth=0)
+        colour = VERDICT_COLOURS.get(r.verdict, "grey")
+        low, high = r.diff - r.diff_ci_low, r.diff_ci_high - r.diff
+        xerr = None if math.isnan(low) else [[low], [high]]
+        ax.errorbar(r.diff, row, xerr=xerr, fmt="o", capsize=4, color=colour)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [f"{r.variant} vs {r.against}: {r.verdict}" for r in rows.itertuples(index=False)])
+    better = "lower" if c.lower else "higher"
+    ax.set(
+        xlabel=f"Δ {c.metric} (first − second, paired by seed), 95% CI; {better} is better for the first",
+        title=f"contrasts; grey: ± the difference the test detects with {POWER:.0%} power",
+    )
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
-def plot_intervals(table: pd.DataFrame, runs: pd.DataFrame, metric: str, baseline: str, path: Path) -> Path:
+def plot_intervals(c: Comparison, path: Path) -> Path:
     """Mean and 95% t-interval of the metric per variant, each seed's value as a small dot (an
     outlier seed shows), the baseline's mean as a dashed line."""
+    table = c.table
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(table) + 1.5))
     y = list(range(len(table)))[::-1]
     err = [table["mean"] - table["ci95_low"], table["ci95_high"] - table["mean"]]
     ax.errorbar(table["mean"], y, xerr=err, fmt="o", capsize=4, label="mean, 95% CI")
     for row, variant in zip(y, table["variant"]):
-        seeds = runs.loc[runs["tags.ablate.variant"] == variant, f"metrics.{metric}"].dropna()
+        seeds = c.runs.loc[c.runs["tags.ablate.variant"] == variant, f"metrics.{c.metric}"].dropna()
         ax.scatter(seeds, [row - 0.2] * len(seeds), s=12, color="black", alpha=0.6, zorder=3)
     ax.scatter([], [], s=12, color="black", alpha=0.6, label="one seed")
-    ax.axvline(table.loc[table["variant"] == baseline, "mean"].iloc[0], linestyle="--", color="grey", label=baseline)
+    baseline = table.loc[table["variant"] == c.baseline, "mean"].iloc[0]
+    ax.axvline(baseline, linestyle="--", color="grey", label=c.baseline)
     ax.set_yticks(y, table["variant"])
-    ax.set(xlabel=f"{metric}: each seed, and the mean with its 95% CI", title=f"{metric} by variant")
+    ax.set(xlabel=f"{c.metric}: each seed, and the mean with its 95% CI", title=f"{c.metric} by variant")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
 
 
-RANK = "metrics.rank/block"
+def plot_curves(c: Comparison, path: Path) -> Path:
+    """One panel per family: each variant's val loss at every eval, mean over seeds, with a band
+    from the lowest to the highest seed."""
+    grouped = families(c)
+    fig, axes = _panels(len(grouped), sharey=True)
+    for ax, (family, variants) in zip(axes, grouped.items()):
+        for variant in variants:
+            by_step = c.history[c.history["variant"] == variant].groupby("step")["value"]
+            if not by_step.ngroups:
+                continue
+            mean = by_step.mean()
+            (line,) = ax.plot(mean.index, mean.values, marker=".", label=f"{variant} (n={by_step.count().max()})")
+            ax.fill_between(mean.index, by_step.min(), by_step.max(), color=line.get_color(), alpha=0.2)
+        ax.set(title=family, xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    axes[0].set_ylabel(f"{CURVE_METRIC}: mean, min–max band")
+    return _save(fig, path)
 
 
-def plot_rank(runs: pd.DataFrame, order: list[str], path: Path) -> Path | None:
-    """Per variant: the effective rank of the token representations after each block at the
-    last eval, mean over seeds, by depth (None when no run logged it)."""
-    blocks = [c for c in runs.columns if c.startswith(RANK) and c.removeprefix(RANK).isdigit()]
-    columns = sorted(blocks, key=lambda c: int(c.removeprefix(RANK)))
+def plot_rank(c: Comparison, path: Path) -> Path | None:
+    """One panel per family: the effective rank of the token representations after each block at
+    the last eval, mean over seeds, by block index (None when no run logged it)."""
+    blocks = [col for col in c.runs.columns if col.startswith(RANK) and col.removeprefix(RANK).isdigit()]
+    columns = sorted(blocks, key=lambda col: int(col.removeprefix(RANK)))
     if not columns:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.set_prop_cycle(color=plt.get_cmap("tab20" if len(order) > 10 else "tab10").colors)
-    for variant in order:
-        means = runs.loc[runs["tags.ablate.variant"] == variant, columns].mean().dropna()
-        if not means.empty:
-            depth = [int(c.removeprefix(RANK)) + 1 for c in means.index]
-            ax.plot(depth, means.values, marker="o", label=variant)
-    ax.set(
-        xlabel="after block", ylabel="effective rank (mean over seeds)", title="token representations' rank by depth"
-    )
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    grouped = families(c)
+    fig, axes = _panels(len(grouped), sharey=True)
+    for ax, (family, variants) in zip(axes, grouped.items()):
+        for variant in variants:
+            means = c.runs.loc[c.runs["tags.ablate.variant"] == variant, columns].mean().dropna()
+            if not means.empty:
+                ax.plot([int(col.removeprefix(RANK)) for col in means.index], means.values, marker="o", label=variant)
+        ax.set(title=family, xlabel="block (0: the first)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    axes[0].set_ylabel("effective rank after the block")
     return _save(fig, path)
+
+
+def _panels(n: int, sharey: bool):
+    """n panels in rows of up to three; the spare cells of the last row are hidden."""
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), sharey=sharey, squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
 
 
 def _save(fig, path: Path) -> Path:
@@ -85,61 +144,118 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write(client, c: Comparison, folder: Path) -> tuple[list[Path], bool]:
-    """The plots and report.html in folder, and whether they were logged to the study's parent run
-    (stores written before there were parent runs have none)."""
+def write(c: Comparison, folder: Path, ui: str | None = None) -> list[Path]:
+    """The plots and report.html in folder, the page last. With `ui`, the MLflow UI's address,
+    each variant's runs are links."""
     folder.mkdir(parents=True, exist_ok=True)
-    order = list(c.table["variant"])
-    images = [plot_intervals(c.table, c.runs, c.metric, c.baseline, folder / f"{c.metric}_intervals.png")]
+    answer = plot_contrasts(c, folder / f"{c.metric}_contrasts.png")
+    images = [plot_intervals(c, folder / f"{c.metric}_intervals.png")]
     if not c.history.empty:
-        images.append(plot_curves(c.history, order, folder / f"{CURVE_METRIC}_curves.png"))
-    rank = plot_rank(c.runs, order, folder / "rank_by_depth.png")
-    if rank is not None:
+        images.append(plot_curves(c, folder / f"{CURVE_METRIC}_curves.png"))
+    if (rank := plot_rank(c, folder / "rank_by_depth.png")) is not None:
         images.append(rank)
     page = folder / "report.html"
-    page.write_text(_html(c, images))
+    page.write_text(_html(c, answer, images, ui))
+    return [p for p in (answer, *images) if p is not None] + [page]
+
+
+def log(client, c: Comparison, written: list[Path]) -> bool:
+    """Log the report's files to the study's parent run; False for stores written before there
+    were parent runs."""
     parent = tracking.study_run(client, c.runs["experiment_id"].iloc[0])
     if parent is not None:
-        for path in (*images, page):
+        for path in written:
             client.log_artifact(parent, str(path), artifact_path="report")
-    return [*images, page], parent is not None
+    return parent is not None
 
 
-def _html(c: Comparison, images) -> str:
+def _html(c: Comparison, answer: Path | None, images: list[Path], ui: str | None) -> str:
     """One page, readable offline: the images are inlined as data URIs."""
-    figures = "".join(
-        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'
-        for p in images
-    )
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in c.notes + c.facts)
     direction = "lower" if c.lower else "higher"
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in c.notes + c.facts)
+    columns, rows = cells.variants(c)
+    keep = [i for i, name in enumerate(columns) if name not in OFF_THE_PAGE]
+    links = _run_links(c, ui)
+    variants = ([columns[i] for i in keep] + ["runs"], [[r[i] for i in keep] + [links[r[0]]] for r in rows])
     sections = [
-        ("Contrasts", c.contrasts, "each pair tested paired by seed, Holm over the contrasts"),
-        ("Against the baseline", c.table, "Holm over the table"),
-        ("Expectations", c.checks, "each control's verdict, Holm over the expectations of each metric"),
+        (
+            "Contrasts: the study's questions",
+            cells.contrasts(c),
+            "each pair tested paired by seed, Holm over the contrasts",
+        )
+        if len(c.contrasts)
+        else None,
+        (
+            f"Every variant against {c.baseline}",
+            variants,
+            "Holm over the table; std, median and the test used: ablate compare",
+        ),
+        ("Expectations (controls)", cells.expectations(c), "each control's verdict, Holm over the expectations")
+        if len(c.checks)
+        else None,
     ]
-    tables = "".join(
-        f"<h2>{title}</h2><p>{about}</p>" + frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
-        for title, frame, about in sections
-        if len(frame)
-    )
+    tables = "".join(f"<h2>{title}</h2><p>{about}</p>{_table(table)}" for title, table, about in filter(None, sections))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(c.study)}: {html.escape(c.metric)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1250px; }}
+table {{ border-collapse: collapse; font-size: 0.8em; width: 100%; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.4em; text-align: right; }}
+th {{ background: #f3f3f3; }}
+td.text, th.text {{ text-align: left; }}
+td.worse {{ color: #b00; }} td.better {{ color: #070; }}
 img {{ max-width: 100%; }}
+details {{ text-align: left; }}
 </style></head><body>
 <h1>{html.escape(c.study)}</h1>
 <p>{html.escape(c.metric)} ({direction} is better) against <b>{html.escape(c.baseline)}</b>. Verdicts at α = 0.05
 after Holm's correction within each table; paired t-test by seed where both variants have the seed,
-else Welch's; effect d_z (paired) or Hedges' g; mde: the difference the test would detect with 80%
+else Welch's; effect d_z (paired) or Hedges' g; MDE: the difference the test would detect with {POWER:.0%}
 power at Holm's strictest level.</p>
-{f"<ul>{items}</ul>" if items else ""}
+{_figure(answer) if answer else ""}
+{f"<ul>{notes}</ul>" if notes else ""}
 {tables}
-{figures}
+{"".join(_figure(p) for p in images)}
 </body></html>
 """
+
+
+def _table(table: cells.Table) -> str:
+    columns, rows = table
+    text = [col in cells.LEFT or col == "runs" for col in columns]
+    head = "".join(f'<th class="{"text" if t else "num"}">{html.escape(col)}</th>' for col, t in zip(columns, text))
+    body = "".join(
+        "<tr>" + "".join(_cell(value, col, t) for value, col, t in zip(row, columns, text)) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: str, column: str, text: bool) -> str:
+    if column == "runs":  # already HTML
+        return f'<td class="text">{value}</td>'
+    verdict = value.split(" ")[0] if column == "verdict" else ""
+    classes = " ".join(filter(None, ["text" if text else "num", verdict if verdict in VERDICT_COLOURS else ""]))
+    return f'<td class="{classes}">{html.escape(value)}</td>'
+
+
+def _run_links(c: Comparison, ui: str | None) -> dict[str, str]:
+    """variant → its runs, one per seed: links into the MLflow UI when its address is known, else
+    the run ids (`ablate ui` opens the store; a run's page is /#/experiments/EXP/runs/RUN_ID)."""
+    out = {variant: "-" for variant in c.table["variant"]}
+    for variant, group in c.runs.groupby("tags.ablate.variant"):
+        items = []
+        group = group.sort_values("tags.ablate.seed", key=lambda seeds: seeds.astype(int))
+        for seed, run, exp in zip(group["tags.ablate.seed"], group["run_id"], group["experiment_id"]):
+            label = f"seed {seed}"
+            if ui:
+                items.append(f'<a href="{html.escape(ui + tracking.run_page(exp, run))}">{label}</a>')
+            else:
+                items.append(f"{label}: <code>{run}</code>")
+        runs = f"{len(items)} run" + "s" * (len(items) != 1)
+        out[variant] = f"<details><summary>{runs}</summary>{'<br>'.join(items)}</details>"
+    return out
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'

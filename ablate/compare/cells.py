@@ -1,0 +1,88 @@
+"""A comparison's tables as rows of formatted text, the same for the terminal and the report page:
+thousands separators, four decimals (small p-values in scientific form), '-' where nothing is known."""
+
+import math
+
+from ablate.compare import Comparison
+from ablate.compare.tables import budgeted
+
+LEFT = {"contrast", "variant", "test", "verdict", "expectation", "metric", "expected", "held"}  # text columns
+
+Table = tuple[list[str], list[list[str]]]  # column names, rows of cells
+
+
+def contrasts(c: Comparison) -> Table:
+    columns = ["contrast", "n", "Δ [95% CI]", "MDE", "test", "p (Holm)", "effect", "verdict"]
+    rows = [
+        [f"{r.variant} vs {r.against}", str(r.n), *_comparison(r), _marked(r.verdict, c, r)]
+        for r in c.contrasts.itertuples(index=False)
+    ]
+    return columns, rows
+
+
+def variants(c: Comparison) -> Table:
+    """Every variant: its runs described, its shape (the budgeted quantity marked), its test against the baseline."""
+    kind, held = budgeted(c.budget), " (budget)" if c.budget else ""
+    params = "params total" if kind == "n_params" else "params non-emb"
+    params, flops = (params, "FLOPs/tok" + held) if kind == "flops_per_token" else (params + held, "FLOPs/tok")
+    columns = ["variant", "n", "failed", "mean", "95% CI", "std", "median", params, "layers×d", flops]
+    columns += ["Δ vs baseline [95% CI]", "MDE", "test", "p (Holm)", "effect", "verdict", "causal"]
+    rows = []
+    for r in c.table.itertuples(index=False):
+        rows.append(
+            [
+                r.variant,
+                str(r.n),
+                str(r.failed),
+                number(r.mean),
+                f"[{number(r.ci95_low)}, {number(r.ci95_high)}]",
+                number(r.std),
+                number(r.median),
+                count(r.n_params if kind == "n_params" else r.n_params_non_embedding),
+                "-" if math.isnan(r.n_layers) else f"{r.n_layers:.0f}×{r.d_model:.0f}",
+                count(r.flops_per_token),
+                *(["-"] * 5 if r.variant == c.baseline or r.n == 0 else _comparison(r)),
+                _marked(r.verdict, c, r),
+                r.causal,
+            ]
+        )
+    return columns, rows
+
+
+def expectations(c: Comparison) -> Table:
+    columns = ["expectation", "metric", "expected", "verdict", "p (Holm)", "held"]
+    rows = [
+        [f"{r.variant} vs {r.against}", r.metric, r.expected, r.verdict, number(r.p_holm), "yes" if r.held else "NO"]
+        for r in c.checks.itertuples(index=False)
+    ]
+    return columns, rows
+
+
+def _comparison(r) -> list[str]:
+    """Δ with its interval, MDE, test, Holm p and effect of one comparison row."""
+    return [
+        f"{r.diff:+.4f} [{number(r.diff_ci_low)}, {number(r.diff_ci_high)}]" if not math.isnan(r.diff) else "-",
+        number(r.mde),
+        r.test or "-",
+        number(r.p_holm),
+        "-" if math.isnan(r.effect) else f"{r.effect_kind} {r.effect:+.2f}",
+    ]
+
+
+def _marked(verdict: str, c: Comparison, r) -> str:
+    """The verdict, marked when a variant it concerns has not converged."""
+    names = {r.variant, getattr(r, "against", None)}
+    unconverged = [v for v in c.table.loc[c.table["converged"].eq(False), "variant"] if v in names]
+    return verdict + (f" (not converged: {', '.join(unconverged)})" if unconverged else "")
+
+
+def count(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:,.0f}"
+
+
+def number(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
