@@ -223,6 +223,21 @@ def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
     assert statuses.count("FINISHED") == 1 and set(statuses) <= {"FINISHED", "KILLED"}
     assert {r.info.status for r in runs if "ablate.role" in r.data.tags} == {"KILLED"}  # the parents too
 
+    rerun = subprocess.run(  # and a rerun finishes the study, logging no eval twice
+        ["ablate", "run", str(study), "--results", str(tmp_path / "results")],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "attributes.status = 'FINISHED'")
+    trials = [r for r in runs if "ablate.role" not in r.data.tags]
+    assert len({(r.data.tags["ablate.variant"], r.data.tags["ablate.seed"]) for r in trials}) == len(trials) == 4
+    for r in trials:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
+        assert len(steps) == len(set(steps)) and max(steps) == 400
+
 
 def test_plan_json_gives_the_model_dicts_build_model_takes(tmp_path, capsys):
     assert main(["plan", str(write_study(tmp_path, TINY_STUDY)), "--json"]) == 0
