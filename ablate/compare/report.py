@@ -43,7 +43,7 @@ def plot_contrasts(c: Comparison, path: Path) -> Path | None:
     rows = c.contrasts[c.contrasts["diff"].notna()]
     if rows.empty:
         return None
-    fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(10, 0.6 * len(rows) + 1.9))
     y = list(range(len(rows)))[::-1]
     for row, r in zip(y, rows.itertuples(index=False)):
         if not math.isnan(r.mde):
@@ -53,11 +53,14 @@ def plot_contrasts(c: Comparison, path: Path) -> Path | None:
         xerr = None if math.isnan(low) else [[low], [high]]
         ax.errorbar(r.diff, row, xerr=xerr, fmt="o", capsize=4, color=colour)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(y, [f"{r.variant} vs {r.against}: {r.verdict}" for r in rows.itertuples(index=False)])
+    verdicts = {row[0]: row[-1].replace(" (", "\n(") for row in cells.contrasts(c)[1]}  # marks on a line of their own
+    ax.set_yticks(
+        y, [f"{name}: {verdicts[name]}" for name in (f"{r.variant} vs {r.against}" for r in rows.itertuples())]
+    )
     better = "lower" if c.lower else "higher"
     ax.set(
-        xlabel=f"Δ {c.metric} (first − second, paired by seed), 95% CI; {better} is better for the first",
-        title=f"contrasts; grey: ± the difference the test detects with {POWER:.0%} power",
+        xlabel=f"Δ {c.metric}: first − second, paired by seed, with its 95% CI\n({better} is better for the first)",
+        title=f"contrasts (grey: ± the difference detected with {POWER:.0%} power)",
     )
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
