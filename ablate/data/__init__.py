@@ -24,11 +24,9 @@ class DataSource(Protocol):
 
     def batches(self, context: int, batch_size: int, seed: int, device=None) -> Iterator[Batch]:
         """Training batches, an endless stream whose order the seed fixes."""
-        ...
 
     def val_batches(self, context: int, batch_size: int, n_batches: int) -> list[Batch]:
         """The fixed validation set."""
-        ...
 
 
 def open_source(config: DataConfig | TaskConfig, cache: Path, base_dir: Path) -> DataSource:
