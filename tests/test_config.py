@@ -26,3 +26,21 @@ def test_validating_every_shipped_study_and_the_help_import_no_torch():
     done = subprocess.run([sys.executable, "-c", NO_TORCH, *studies], check=False, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: ablate" in done.stdout
+
+
+NANOGPT_EVAL_INTERVAL = {"shakespeare_char"}  # keeps nanoGPT's eval_interval of 250 to match its recipe
+
+
+def test_every_shipped_study_draws_learning_curves_of_ten_points_or_more():
+    """The report's curves need evals to show a trend: step 0, every eval_every, and the last."""
+    import yaml
+
+    from ablate.config import StudyConfig, TrainConfig
+
+    for path in sorted((ROOT / "studies").glob("*.yaml")):
+        config = StudyConfig(**yaml.safe_load(path.read_text()))
+        for variant in config.variants:
+            train = TrainConfig(**{**config.train, **variant.train})
+            points = len({0, train.steps, *range(train.eval_every, train.steps + 1, train.eval_every)})
+            if path.stem not in NANOGPT_EVAL_INTERVAL:
+                assert points >= 10, f"{path.name}: {variant.name} has {points} evals per curve"
