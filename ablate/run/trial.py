@@ -191,7 +191,7 @@ class TrialRunner:
         final, reason = {"run_id": run.run_id}, ""
         first_step, started = trainer.step, time.perf_counter()
         with claims.Heartbeat(p.work, claim, beat) as heartbeat:
-            on_metrics = self._reporter(trial, trainer, run, task, heartbeat, on_eval)
+            on_metrics = self._reporter(trial, trainer, run, task, heartbeat, on_eval, (first_step, started))
             try:
                 final |= trainer.fit(on_metrics, checkpoint)
                 if on_eval is None:
@@ -258,10 +258,13 @@ class TrialRunner:
             run.tag(tracking.TAG + "restarted_from_step_0", restarted)
         return run
 
-    def _reporter(self, trial: Trial, trainer: Trainer, run: tracking.RunLog, task: int, heartbeat, on_eval):
-        """The Trainer's callback: log to the run, move the bars, let the pruner see each eval."""
-        family, steps, first_step, started = trial.model["mixer"], trainer.cfg.steps, trainer.step, time.perf_counter()
-        last_step = trainer.step
+    def _reporter(
+        self, trial: Trial, trainer: Trainer, run: tracking.RunLog, task: int, heartbeat, on_eval, start: tuple
+    ):
+        """The Trainer's callback: log to the run, move the bars, let the pruner see each eval.
+        `start` is (step, time) where this process took the trial up: the rate so far counts from there."""
+        family, steps, (first_step, started) = trial.model["mixer"], trainer.cfg.steps, start
+        last_step = first_step
 
         def on_metrics(step: int, metrics: dict[str, float], kind: str) -> None:
             nonlocal last_step
