@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -113,9 +114,24 @@ def _add_compare(sub) -> None:
     )
     compare.add_argument(
         "--part",
-        choices=("variants", "contrasts", "expectations"),
+        choices=("variants", "contrasts", "expectations", "laws", "crossings", "predictions"),
         default="variants",
-        help="which table csv, markdown and json print (default: variants; the table format shows all)",
+        help="which table csv, markdown and json print (default: variants; the table format shows all; laws, "
+        "crossings, predictions: a scaling study's)",
+    )
+    compare.add_argument(
+        "--scaling",
+        action="store_true",
+        help="a scaling study's fitted laws L = E + A·x^(−α) per variant, with bootstrap intervals, and where "
+        "they cross",
+    )
+    compare.add_argument(
+        "--at",
+        type=_positive_number,
+        nargs="+",
+        default=[],
+        metavar="PARAMS",
+        help="with --scaling: each law's prediction at these non-embedding parameter counts (e.g. 1e7)",
     )
     compare.add_argument(
         "--check", action="store_true", help="exit 1 when one of the study's expectations (expect:) does not hold"
@@ -308,6 +324,16 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def _run(args) -> int:
     from ablate.plan import study as study_mod
     from ablate.run.prepare import default_storage
@@ -421,7 +447,16 @@ def _compare(args) -> int:
 
     lower = tables.lower_is_better(args.metric, args.lower_is_better)
     _, uri = _store(args)
-    found = compare.gather(uri, args.study, args.metric, args.baseline, lower, args.check)
+    if args.at and not args.scaling:
+        raise AblateError("--at: give it with --scaling (it evaluates the fitted laws)")
+    found = compare.gather(uri, args.study, args.metric, args.baseline, lower, args.check, args.at)
+    if (args.scaling or args.part in ("laws", "crossings", "predictions")) and found.scaling is None:
+        why = (
+            "it has one size (a scaling study lists its sizes in budget:)"
+            if lower
+            else f"laws are fitted to a loss, and {args.metric} is higher-is-better"
+        )
+        raise AblateError(f"--scaling: study {found.study!r} has no scaling laws: {why}")
     for note in found.notes:
         print(f"ablate: warning: {note}", file=sys.stderr)
     if not args.no_report:
@@ -431,8 +466,10 @@ def _compare(args) -> int:
         where = "; also in MLflow, under the study run's artifacts" if logged else ""
         print(f"report: {written[-1]} (plots beside it{where})", file=sys.stderr)
     if args.format != "table":
-        part = {"variants": found.table, "contrasts": found.contrasts, "expectations": found.checks}[args.part]
-        print(tables.render(part, args.format))
+        part = {"variants": found.table, "contrasts": found.contrasts, "expectations": found.checks}.get(args.part)
+        print(tables.render(part if part is not None else getattr(found.scaling, args.part), args.format))
+    elif args.scaling:
+        console.print_scaling(found, _console())
     else:
         console.print_comparison(found, _console())
     return 1 if args.check and not found.checks["held"].all() else 0

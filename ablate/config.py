@@ -5,6 +5,7 @@ What needs a built model (a mixer's options, the sizes, the budget) is checked b
 """
 
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,8 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PositiveFloat,
+    PositiveInt,
     StrictInt,
     Tag,
     ValidationError,
@@ -95,6 +98,9 @@ class TrainConfig(BaseModel):
         None, gt=0, description="stop a trial whose train loss goes above this (NaN and inf always stop it)"
     )
     checkpoint_evals: StrictInt = Field(1, ge=0, description="write a checkpoint every this many evals (0: never)")
+    tokens_per_param: float | None = Field(
+        None, gt=0, description="train each model on this many tokens per budgeted parameter (sets steps)"
+    )
 
     @field_validator("warmup")
     @classmethod
@@ -202,12 +208,14 @@ class TaskConfig(BaseModel):
 
 
 class Budget(BaseModel):
-    """`budget:` of a study: params (counted as `count`) or flops_per_token, met within `tolerance`."""
+    """`budget:` of a study: params (counted as `count`) or flops_per_token, met within `tolerance`.
+
+    A list of sizes makes a scaling study: every variant is solved and trained at every size."""
 
     model_config = ConfigDict(extra="forbid")
 
-    params: int | None = Field(None, gt=0)
-    flops_per_token: float | None = Field(None, gt=0)
+    params: PositiveInt | list[PositiveInt] | None = None
+    flops_per_token: PositiveFloat | list[PositiveFloat] | None = None
     count: Literal["total", "non_embedding"] = "non_embedding"
     tolerance: float = Field(0.01, gt=0, lt=1, description="relative: 0.01 is within 1%")
 
@@ -215,20 +223,62 @@ class Budget(BaseModel):
     def _one_target(self):
         if (self.params is None) == (self.flops_per_token is None):
             raise ValueError("a budget sets exactly one of params and flops_per_token")
+        given = self.params if self.params is not None else self.flops_per_token
+        if isinstance(given, list):
+            if len(given) < 2 or any(a >= b for a, b in pairwise(given)):
+                raise ValueError(f"a list of sizes needs two or more, in increasing order; got {given}")
+            labels = [size_label(size) for size in given]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"sizes too close to name apart: {labels}")
         return self
 
     @property
+    def scaling(self) -> bool:
+        """Whether the budget is a list of sizes (a scaling study)."""
+        return isinstance(self.params if self.params is not None else self.flops_per_token, list)
+
+    @property
+    def sizes(self) -> list[float]:
+        given = self.params if self.params is not None else self.flops_per_token
+        return given if isinstance(given, list) else [given]
+
+    def at(self, size: float) -> "Budget":
+        """This budget at one of its sizes."""
+        return self.model_copy(update={"params" if self.params is not None else "flops_per_token": size})
+
+    @property
     def target(self) -> float:
+        if self.scaling:
+            raise ValueError("a list of sizes has no single target; take one with at(size)")
         return self.params if self.params is not None else self.flops_per_token
 
     def describe(self) -> str:
+        sizes = ", ".join(f"{size:,.0f}" for size in self.sizes)
         if self.params is not None:
-            return f"{self.params:,} {self.count.replace('_', '-')} parameters"
-        return f"{self.flops_per_token:,.0f} forward FLOPs per token"
+            return f"{sizes} {self.count.replace('_', '-')} parameters"
+        return f"{sizes} forward FLOPs per token"
+
+
+def size_label(size: float) -> str:
+    """A size as a variant's name ends: 50000 → 50k, 1.25e6 → 1.25M (4 significant digits)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.4g}{unit}"
+    return f"{size:.4g}"
 
 
 # train keys a search may not touch: they define the budget and the bookkeeping, not the recipe
-FIXED = ("steps", "eval_every", "eval_batches", "log_every", "device", "compile", "max_loss", "checkpoint_evals")
+FIXED = (
+    "steps",
+    "tokens_per_param",
+    "eval_every",
+    "eval_batches",
+    "log_every",
+    "device",
+    "compile",
+    "max_loss",
+    "checkpoint_evals",
+)
 KINDS = {"loguniform": "loguniform", "uniform": "uniform", "int": "integer", "choice": "choice"}  # YAML key → field
 
 
@@ -326,8 +376,10 @@ class VariantConfig(BaseModel):
     name: str
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
-    scale: Literal["d_model", "n_layers", "ffn_dim", "qkv_dim"] | None = Field(
-        None, description="the dimension that absorbs the study's budget (default d_model)"
+    scale: Literal["d_model", "n_layers", "ffn_dim", "qkv_dim", "width"] | None = Field(
+        None,
+        description="the dimension that absorbs the study's budget (default d_model); width: d_model with "
+        "qkv_dim and ffn_dim in their written proportion to it",
     )
     search: dict[str, Any] | bool | None = Field(
         None, description="this variant's search, merged over the study's; false: none (default: the study's)"
@@ -380,11 +432,18 @@ class StudyConfig(BaseModel):
     baseline: str | None = None
     allow_leaky: bool = Field(False, description="train variants that fail the causality audit")
     contrasts: list[tuple[str, str]] = Field(
-        default_factory=list, description="pairs [a, b]: a tested against b, paired by seed, Holm over the pairs"
+        default_factory=list,
+        description="pairs [a, b]: a tested against b, paired by seed, Holm over the pairs; in a scaling study "
+        "at every size, or at one where named NAME@SIZE",
     )
     expect: list[Expectation] = Field(default_factory=list, description="verdicts the study should reach")
 
     _name = field_validator("name")(_safe_name)
+
+    @property
+    def scaling(self) -> bool:
+        """Whether every variant is trained at several sizes (NAME@SIZE names one of them)."""
+        return self.budget is not None and self.budget.scaling
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -393,9 +452,10 @@ class StudyConfig(BaseModel):
             raise ValueError(f"variant names must be unique, got {names}")
         named = [name for pair in self.contrasts for name in pair]
         named += [n for e in self.expect for n in (e.variant, e.against) if n is not None]
+        sized = [f"{n}@{size_label(s)}" for n in names for s in self.budget.sizes] if self.scaling else []
         for name in named:
-            if name not in names:
-                raise ValueError(f"{name!r} is not a variant{did_you_mean(name, names)}")
+            if name not in names + sized:
+                raise ValueError(f"{name!r} is not a variant{did_you_mean(name, names + sized)}")
         for a, b in self.contrasts + [(e.variant, e.against or self.baseline or names[0]) for e in self.expect]:
             if a == b:
                 raise ValueError(f"{a!r} is compared with itself")

@@ -81,12 +81,15 @@ def trial_tags(study: "Study", trial: "Trial", meta: dict, leak: float) -> dict[
         TAG + "causal": str(is_causal(leak)).lower(),
         TAG + "max_leak": f"{leak:.3e}",
         **grouping_tags(study, trial.variant),
+        **({TAG + "scaled": trial.scaled, TAG + "size": f"{trial.size:.12g}"} if trial.scaled else {}),
     }
 
 
 def trial_params(study: "Study", trial: "Trial", meta: dict, device: str) -> dict[str, str]:
     """The params of a trial's run: its whole configuration, its data and its sizes."""
     budget = study.config.budget
+    if budget is not None and trial.size is not None:
+        budget = budget.at(trial.size)
     return {
         **flatten("model", trial.model),
         **flatten("train", trial.train),

@@ -253,6 +253,8 @@ def test_plan_json_gives_the_model_dicts_build_model_takes(tmp_path, capsys):
             "flops_per_token",
             "state_size",
             "search",
+            "scaled",
+            "size",
         }
         model = ablate.build_model(trial["model"])
         assert trial["n_params"] == sum(p.numel() for p in model.parameters())

@@ -11,6 +11,9 @@ A study's declared contrasts (pairs of variants) are a second family, Holm-corre
 themselves, and its expectations a third: each names the verdict a comparison should reach,
 which makes a study a regression test of the science (`ablate compare --check`).
 
+A scaling study's variants (NAME@SIZE) also get fitted laws of loss against size, their
+intervals and crossings (`scaling`).
+
 `gather` reads a study from the store into a `Comparison`; `console` draws it in the terminal,
 `tables.render` as csv, markdown or json, `report` as plots and one HTML page.
 """
@@ -22,6 +25,7 @@ import pandas as pd
 
 from ablate import tracking
 from ablate.compare import runs as store
+from ablate.compare import scaling as laws
 from ablate.compare.tables import (
     convergence,
     expectations,
@@ -53,17 +57,21 @@ class Comparison:
     history: pd.DataFrame  # the val-loss curves
     notes: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
+    scaling: laws.Scaling | None = None  # a scaling study's laws (of a loss)
 
 
-def gather(uri: str, study: str | None, metric: str, baseline: str | None, lower: bool, check: bool) -> Comparison:
+def gather(
+    uri: str, study: str | None, metric: str, baseline: str | None, lower: bool, check: bool, at: list[float] = ()
+) -> Comparison:
     """The study (default: the latest) compared on metric against the baseline (default: the
-    study's); with check, a study that declares no expectations is an error."""
+    study's); with check, a study that declares no expectations is an error. A scaling study's
+    laws are also evaluated at the sizes `at` (non-embedding parameters)."""
     name, tags, runs, failed = store.study_runs(uri, study)
     runs, set_aside = store.latest_per_seed(runs)
     if check and not json.loads(tags.get("ablate.expect", "[]")):
         raise AblateError(f"--check: study {name!r} declares no expectations (expect: in its YAML)")
     history = store.curves(tracking.client(uri), runs)
-    comparison = build(name, tags, runs, history, metric, baseline, lower, failed)
+    comparison = build(name, tags, runs, history, metric, baseline, lower, failed, at)
     if set_aside:
         comparison.notes.insert(
             0, f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)"
@@ -80,6 +88,7 @@ def build(
     baseline: str | None,
     lower: bool,
     failed: dict[str, int] | None = None,
+    at: list[float] = (),
 ) -> Comparison:
     """The comparison of a study's final runs (one per variant and seed) and their curves; `tags`
     are the study experiment's (baseline, variant order, contrasts, expectations, budget)."""
@@ -93,25 +102,39 @@ def build(
     table = table.merge(convergence(history, *store.loss_scale(runs)), on="variant", how="left")
     budget = json.loads(tags.get("ablate.budget", "null"))
     table = table.merge(shapes(runs, budget), on="variant", how="left")
+    scaling_study = "tags.ablate.scaled" in runs and runs["tags.ablate.scaled"].notna().any()
+    size = runs.groupby("tags.ablate.variant")["tags.ablate.size"].first() if scaling_study else None
     notes = []
     if failed:
         notes.append("failed runs (diverged or out of memory): " + ", ".join(f"{v} {n}" for v, n in failed.items()))
     if small := small_samples(table):
         notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
     comparison = Comparison(name, runs, table, contrasts, checks, metric, baseline, lower, budget, history, notes)
-    comparison.facts = _facts(comparison)
+    comparison.facts = _facts(comparison, size)
+    if size is not None and lower:
+        pairs = _scaling_pairs(runs, contrasts, baseline)
+        comparison.scaling = laws.fit(laws.points(runs, metric), metric, pairs, at)
     return comparison
 
 
-def _facts(c: Comparison) -> list[str]:
+def _scaling_pairs(runs: pd.DataFrame, contrasts: pd.DataFrame, baseline: str) -> list[tuple[str, str]]:
+    """The pairs of variants (as written) whose laws are compared: the study's contrasts, then
+    every variant against the baseline."""
+    written = runs.groupby("tags.ablate.variant")["tags.ablate.scaled"].first()
+    pairs = [(written[a], written[b]) for a, b in zip(contrasts["variant"], contrasts["against"])]
+    pairs += [(v, written[baseline]) for v in written.unique() if v != written[baseline]]
+    return list(dict.fromkeys(pairs))
+
+
+def _facts(c: Comparison, size: pd.Series | None) -> list[str]:
     """Lines a reader needs beside the table: the chance level, a cost the budget did not hold
-    equal, and which variants did not converge."""
+    equal (among the variants of one size, in a scaling study), and which variants did not converge."""
     facts = []
     chance = c.runs.get("params.data.chance_accuracy")
     if chance is not None and chance.notna().any():
         level = float(chance.dropna().astype(float).iloc[0])
         facts.append(f"chance level of val_accuracy: {level:.4f} (the best guess without the capability tested)")
-    if (unequal := unequal_cost(c.table, c.budget)) is not None:
+    if (unequal := unequal_cost(c.table, c.budget, size)) is not None:
         facts.append(unequal)
     for r in c.table.itertuples():
         if r.converged is False:

@@ -4,9 +4,11 @@ thousands separators, four decimals (small p-values in scientific form), '-' whe
 import math
 
 from ablate.compare import Comparison
+from ablate.compare.scaling import AXES, Scaling
 from ablate.compare.tables import budgeted
 
-LEFT = {"contrast", "variant", "test", "verdict", "expectation", "metric", "expected", "held"}  # text columns
+LEFT = {"contrast", "variant", "test", "verdict", "expectation", "metric", "expected", "held", "pair", "x", "where"}
+LEFT |= {"lower at the far end"}  # text columns
 
 Table = tuple[list[str], list[list[str]]]  # column names, rows of cells
 
@@ -86,3 +88,54 @@ def number(value) -> str:
             return "-"
         return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def laws(s: Scaling) -> Table:
+    """Each variant's fitted law on each axis, with its bootstrap intervals."""
+    columns = ["variant", "x", "sizes", "points", "E [95% CI]", "A [95% CI]", "α [95% CI]", "rmse"]
+    rows = [
+        [
+            r.variant,
+            AXES[r.axis],
+            str(r.sizes),
+            str(r.points),
+            *(
+                f"{_g(getattr(r, k))} [{_g(getattr(r, k + '_low'))}, {_g(getattr(r, k + '_high'))}]"
+                for k in ("E", "A", "alpha")
+            ),
+            number(r.rmse),
+        ]
+        for r in s.laws.itertuples(index=False)
+    ]
+    return columns, rows
+
+
+def crossings(s: Scaling) -> Table:
+    """Where each pair's fitted laws cross, the interval over the replicates that cross and their share."""
+    columns = ["pair", "x", "crossing at [95% CI]", "replicates crossing", "lower at the far end", "where"]
+    rows = [
+        [
+            f"{r.variant} vs {r.against}",
+            AXES[r.axis],
+            "-" if math.isnan(r.at) else f"{_g(r.at)} [{_g(r.ci_low)}, {_g(r.ci_high)}]",
+            "-" if math.isnan(r.share) else f"{r.share:.0%}",
+            r.lower_beyond or "-",
+            r.where,
+        ]
+        for r in s.crossings.itertuples(index=False)
+    ]
+    return columns, rows
+
+
+def predictions(s: Scaling) -> Table:
+    columns = ["variant", "params non-emb", f"{s.metric} [95% CI]", "where"]
+    rows = [
+        [r.variant, count(r.params), f"{number(r.loss)} [{number(r.ci_low)}, {number(r.ci_high)}]", r.where]
+        for r in s.predictions.itertuples(index=False)
+    ]
+    return columns, rows
+
+
+def _g(value: float) -> str:
+    """Four significant digits: laws' constants span many orders of magnitude."""
+    return "-" if math.isnan(value) else f"{value:.4g}"

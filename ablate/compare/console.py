@@ -4,7 +4,7 @@ the baseline, and of the expectations, with the facts a reader needs beside them
 from rich.console import Console
 from rich.table import Table
 
-from ablate.compare import Comparison, cells
+from ablate.compare import Comparison, cells, scaling
 from ablate.compare.stats import POWER
 
 HELD = {"yes": "[green]yes[/green]", "NO": "[red]NO[/red]"}
@@ -26,6 +26,23 @@ def print_comparison(c: Comparison, console: Console) -> None:
         f"verdicts at α=0.05 after Holm's correction within each table; paired by seed where both variants have "
         "the seed, else Welch's t-test; effect: d_z (paired) or Hedges' g; MDE: the difference the test would "
         f"detect with {POWER:.0%} power at Holm's strictest level"
+    )
+    if c.scaling is not None:
+        print("a scaling study: `ablate compare --scaling` prints the laws fitted across its sizes")
+
+
+def print_scaling(c: Comparison, console: Console) -> None:
+    """A scaling study's fitted laws, the crossings of its pairs and any predictions asked for."""
+    s = c.scaling
+    console.print(_table(f"{c.study}: {s.metric} = E + A·x^(−α), fitted per variant", cells.laws(s)))
+    if len(s.crossings):
+        console.print(_table(f"{c.study}: where the fitted laws cross", cells.crossings(s)))
+    if len(s.predictions):
+        console.print(_table(f"{c.study}: {s.metric} predicted by the laws", cells.predictions(s)))
+    print(
+        f"least squares over every seed at every size; 95% intervals over {s.bootstrap} bootstrap replicates "
+        "(seeds resampled within each size, the same draw for every variant); crossings searched up to "
+        f"{scaling.EXTEND}× the largest measured size, EXTRAPOLATED where beyond it"
     )
 
 

@@ -15,10 +15,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+from matplotlib.ticker import FormatStrFormatter
 
 from ablate import tracking
-from ablate.compare import Comparison, cells
+from ablate.compare import Comparison, cells, scaling
 from ablate.compare.runs import CURVE_METRIC
 from ablate.compare.stats import POWER
 
@@ -63,6 +65,40 @@ def plot_contrasts(c: Comparison, path: Path) -> Path | None:
         title=f"contrasts (grey: ± the difference detected with {POWER:.0%} power)",
     )
     ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_scaling(c: Comparison, path: Path) -> Path:
+    """Log-log, one panel per axis: each seed's loss at each size (dots, with the min–max band of
+    the seeds), each variant's fitted law over its measured range, and the 95% band of the
+    bootstrap laws; dashed on to the pair crossings found beyond the measured range."""
+    s = c.scaling
+    fig, axes = plt.subplots(1, len(scaling.AXES), figsize=(12, 4.6), squeeze=False)
+    for ax, axis in zip(axes[0], scaling.AXES):
+        far = s.crossings.loc[s.crossings["axis"] == axis, "at"].max()
+        for variant, own in s.points.groupby("variant", sort=False):
+            by_size = own.groupby(axis)["loss"]
+            (dots,) = ax.plot(own[axis], own["loss"], ".", alpha=0.5)
+            colour = dots.get_color()
+            ax.fill_between(by_size.min().index, by_size.min(), by_size.max(), color=colour, alpha=0.15)
+            xs = np.geomspace(own[axis].min(), own[axis].max(), 100)
+            reps = s.replicates[variant, axis]
+            if reps:
+                low, high = np.percentile([r(xs) for r in reps], [2.5, 97.5], axis=0)
+                ax.fill_between(xs, low, high, color=colour, alpha=0.1, linewidth=0)
+            law = s.laws.set_index(["variant", "axis"]).loc[(variant, axis)]
+            if not math.isnan(law["E"]):
+                fitted = scaling.Law(law["E"], law["A"], law["alpha"])
+                ax.plot(xs, fitted(xs), color=colour, label=f"{variant}: α={law['alpha']:.2f}")
+                if far > xs[-1]:
+                    beyond = np.geomspace(xs[-1], far * 1.5, 50)
+                    ax.plot(beyond, fitted(beyond), color=colour, linestyle="--")
+        ax.set(xscale="log", yscale="log", xlabel=scaling.AXES[axis], title=f"{s.metric} against {scaling.AXES[axis]}")
+        for ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # a loss spans < 1 decade
+            ticks(FormatStrFormatter("%.2f"))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="x-small")
+    axes[0][0].set_ylabel(f"{s.metric}: seeds, fit and its 95% band (dashed: extrapolated)")
     return _save(fig, path)
 
 
@@ -153,6 +189,8 @@ def write(c: Comparison, folder: Path, ui: str | None = None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     answer = plot_contrasts(c, folder / f"{c.metric}_contrasts.png")
     images = [plot_intervals(c, folder / f"{c.metric}_intervals.png")]
+    if c.scaling is not None:  # a scaling study's answer is its laws: first
+        answer, images = plot_scaling(c, folder / f"{c.metric}_scaling.png"), [p for p in (answer, *images) if p]
     if not c.history.empty:
         images.append(plot_curves(c, folder / f"{CURVE_METRIC}_curves.png"))
     if (rank := plot_rank(c, folder / "rank_by_depth.png")) is not None:
@@ -180,7 +218,18 @@ def _html(c: Comparison, answer: Path | None, images: list[Path], ui: str | None
     keep = [i for i, name in enumerate(columns) if name not in OFF_THE_PAGE]
     links = _run_links(c, ui)
     variants = ([columns[i] for i in keep] + ["runs"], [[r[i] for i in keep] + [links[r[0]]] for r in rows])
-    sections = [
+    laws = (
+        [
+            ("Scaling laws", cells.laws(c.scaling), "fitted per variant; 95% bootstrap intervals over seeds"),
+            ("Where the laws cross", cells.crossings(c.scaling), "EXTRAPOLATED: beyond the measured sizes"),
+            ("Predicted by the laws", cells.predictions(c.scaling), "EXTRAPOLATED: beyond the measured sizes")
+            if len(c.scaling.predictions)
+            else None,
+        ]
+        if c.scaling is not None
+        else []
+    )
+    sections = laws + [
         (
             "Contrasts: the study's questions",
             cells.contrasts(c),

@@ -111,12 +111,14 @@ def shapes(runs: pd.DataFrame, budget: dict | None) -> pd.DataFrame:
     return table
 
 
-def unequal_cost(table: pd.DataFrame, budget: dict | None) -> str | None:
-    """A line when what the budget did not hold equal differs by more than 10% across variants:
-    FLOPs per token at matched parameters (a no-FFN stack costs more compute per parameter), or
-    parameters at matched FLOPs."""
+def unequal_cost(table: pd.DataFrame, budget: dict | None, size: pd.Series | None = None) -> str | None:
+    """A line when what the budget did not hold equal differs by more than 10% across variants
+    (of one size, given each variant's `size`): FLOPs per token at matched parameters (a no-FFN
+    stack costs more compute per parameter), or parameters at matched FLOPs."""
     other = "n_params_non_embedding" if budgeted(budget) == "flops_per_token" else "flops_per_token"
     values = table.set_index("variant")[other].dropna()
+    groups = [group for _, group in values.groupby(size)] if size is not None else [values]
+    values = max(groups, key=lambda g: g.max() / g.min() if len(g) > 1 and g.min() > 0 else 0.0, default=values)
     if len(values) < 2 or values.min() <= 0 or values.max() / values.min() <= 1.1:
         return None
     what = BUDGETED[other]

@@ -3,6 +3,7 @@ parameter count (or forward FLOPs per token), within a tolerance."""
 
 import json
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -11,7 +12,6 @@ from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.plan.flops import flops_per_token
 
-SCALES = ("d_model", "n_layers", "ffn_dim", "qkv_dim")
 FINE_STEP = 8  # the second, finer dimension moves in multiples of 8
 FINE_SPREAD = 4  # the finer dimension is tried at this many primary steps either side of the solution
 MAX_STEPS = 1 << 14  # a dimension is never searched beyond 2^14 steps
@@ -36,26 +36,28 @@ def solve(model: dict[str, Any], budget: Budget, scale: str) -> dict[str, Any]:
 
     Every budgeted quantity grows with every dimension, so each is found by bisection. The
     primary dimension moves in multiples of n_heads for d_model (of lcm(n_heads, 8) for qkv_dim,
-    8 for ffn_dim, 1 for n_layers);
-    when neither neighbour of the solution lands within the tolerance, ffn_dim (or qkv_dim,
+    8 for ffn_dim, 1 for n_layers); `width` moves d_model so, with qkv_dim (a multiple of n_heads)
+    and ffn_dim kept in the proportion to d_model written in the model.
+    When neither neighbour of the solution lands within the tolerance, ffn_dim (or qkv_dim,
     when there is no FFN or ffn_dim is the primary) moves in multiples of 8, tried at the primary
     values up to FINE_SPREAD steps either side, nearest first: the first within the tolerance wins.
     """
     if scale == "ffn_dim" and not model["ffn"]:
         raise AblateError("scale ffn_dim needs an FFN (ffn: true)")
-    step = _step(model, scale)
-    lo_side, hi_side = _neighbours(model, budget, scale, step)
+    grown, primary = _grower(model, scale), "d_model" if scale == "width" else scale
+    step = _step(model, primary)
+    lo_side, hi_side = _neighbours(budget, grown)
     best = min((c for c in (lo_side, hi_side) if c is not None), key=lambda c: _error(budget, c), default=None)
     if best is not None and _error(budget, best) <= budget.tolerance:
         return best
     fine = "ffn_dim" if model["ffn"] and scale != "ffn_dim" else "qkv_dim"
     if fine != scale:
-        middle = (lo_side or hi_side)[scale] // step
+        middle = (lo_side or hi_side)[primary] // step
         nearest_first = sorted(
             range(max(1, middle - FINE_SPREAD), middle + FINE_SPREAD + 2), key=lambda k: abs(k - middle)
         )
         for k in nearest_first:
-            for adjusted in _neighbours({**model, scale: k * step}, budget, fine, _step(model, fine)):
+            for adjusted in _neighbours(budget, _grower(grown(k), fine)):
                 if adjusted is not None and _error(budget, adjusted) < _error(budget, best):
                     best = adjusted
             if _error(budget, best) <= budget.tolerance:
@@ -67,9 +69,29 @@ def solve(model: dict[str, Any], budget: Budget, scale: str) -> dict[str, Any]:
         raise AblateError(
             f"cannot reach {budget.describe()} within {budget.tolerance:.1%} by scaling {scale}"
             f"{'' if fine == scale else f' and {fine}'}: the closest reachable is {reached:,.0f} "
-            f"({_error(budget, best):+.1%}, {scale}={best[scale]}{'' if fine == scale else f', {fine}={best[fine]}'})"
+            f"({_error(budget, best):+.1%}, {primary}={best[primary]}{'' if fine == scale else f', {fine}={best[fine]}'})"
         )
     return best
+
+
+def _grower(model: dict[str, Any], scale: str) -> Callable[[int], dict[str, Any]]:
+    """k → the model with its scaled dimension at k steps (see `solve`)."""
+    if scale != "width":
+        step = _step(model, scale)
+        return lambda k: {**model, scale: k * step}
+    heads, step = model["n_heads"], _step(model, "d_model")
+    qkv_ratio, ffn_ratio = model["qkv_dim"] / model["d_model"], model["ffn_dim"] / model["d_model"]
+
+    def at(k: int) -> dict[str, Any]:
+        d = k * step
+        return {
+            **model,
+            "d_model": d,
+            "qkv_dim": max(1, round(qkv_ratio * d / heads)) * heads,
+            "ffn_dim": max(1, round(ffn_ratio * d)),
+        }
+
+    return at
 
 
 def _step(model: dict[str, Any], dim: str) -> int:
@@ -87,12 +109,9 @@ def _error(budget: Budget, model: dict[str, Any] | None) -> float:
     return float("inf") if value is None else abs(value - budget.target) / budget.target
 
 
-def _neighbours(model: dict[str, Any], budget: Budget, dim: str, step: int):
-    """The models with dim = the largest multiple of step at or below the target, and the next one up
-    (either None where no such model builds)."""
-
-    def at(k: int) -> dict[str, Any]:
-        return {**model, dim: k * step}
+def _neighbours(budget: Budget, at: Callable[[int], dict[str, Any]]):
+    """The model at the largest step k at or below the target, and at the next one up (either None
+    where no such model builds)."""
 
     def below(k: int) -> bool:  # a model that does not build counts as below: larger ones may build
         value = measure(budget, at(k))

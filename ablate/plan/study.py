@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from ablate.config import (
+    Budget,
     DataConfig,
     ModelConfig,
     SearchConfig,
@@ -19,11 +20,12 @@ from ablate.config import (
     VariantConfig,
     first_error,
     known_keys,
+    size_label,
 )
 from ablate.data.corpus import source_files
 from ablate.data.corpus import vocab_size as data_vocab_size
 from ablate.errors import AblateError, did_you_mean
-from ablate.model import build_model, resolved
+from ablate.model import LanguageModel, build_model, resolved
 from ablate.plan.budget import solve
 from ablate.plan.flops import flops_per_token
 from ablate.plan.resources import check_fits
@@ -40,6 +42,8 @@ class Trial:
     flops_per_token: float
     state_size: int | None
     search: SearchConfig | None = None  # train keys this trial takes from its variant's search
+    scaled: str | None = None  # in a scaling study: the variant as written (this one is NAME@SIZE) ...
+    size: float | None = None  # ... and the budget's size it was solved at
 
     def key(self, data: DataConfig) -> str:
         """Identifies the trial's whole configuration: a rerun skips trials already finished."""
@@ -127,15 +131,54 @@ def load(path: str | Path, smoke_form: bool = False, data_source: str | None = N
         _plan(config, lines, vocab)  # the study as written must be valid, not only its smoke form
         config = smoke(config)
     trials = _plan(config, lines, vocab)
-    return Study(config, path, text, trials)
+    return Study(sized(config), path, text, trials)
+
+
+def sized(config: StudyConfig) -> StudyConfig:
+    """A scaling study (a list of sizes in `budget`) as one variant per variant and size, named
+    NAME@SIZE (mha@50k), in the order written, each variant's sizes in increasing order. A
+    contrast or expectation holds at every size, unless it names a size itself (mha@400k); the
+    baseline is the baseline at the largest size."""
+    if not config.scaling:
+        return config
+    sizes = [size_label(size) for size in config.budget.sizes]
+    base = config.baseline or config.variants[0].name
+    baseline = f"{base}@{sizes[-1]}"
+
+    def each_size(a: str, b: str | None) -> list[tuple[str, str]]:
+        """The pair at every size; as written where either names a size (b: the baseline's)."""
+        if "@" in a or "@" in (b or ""):
+            return [(a, b or baseline)]
+        return [(f"{a}@{s}", f"{b or base}@{s}") for s in sizes]
+
+    return config.model_copy(
+        update={
+            "variants": [v.model_copy(update={"name": f"{v.name}@{s}"}) for v in config.variants for s in sizes],
+            "contrasts": [pair for a, b in config.contrasts for pair in each_size(a, b)],
+            "expect": [
+                e.model_copy(update={"variant": variant, "against": against})
+                for e in config.expect
+                for variant, against in each_size(e.variant, e.against)
+            ],
+            "baseline": baseline,
+        }
+    )
 
 
 def _plan(config: StudyConfig, lines: "_Lines", vocab: int) -> list[Trial]:
     trials = []
     for index, variant in enumerate(config.variants):
-        resolved = _resolve(config, variant, index, lines, vocab)
-        resolved["search"] = _search(config, variant, index, resolved["train"], lines)
-        trials += [Trial(variant=variant.name, seed=seed, **resolved) for seed in config.seeds]
+        for size in config.budget.sizes if config.budget is not None else [None]:
+            budget = config.budget.at(size) if size is not None else None
+            resolved = _resolve(config, variant, index, lines, vocab, budget)
+            resolved["search"] = _search(config, variant, index, resolved["train"], lines)
+            name, scaled = variant.name, None
+            if config.scaling:
+                name, scaled = f"{variant.name}@{size_label(size)}", variant.name
+            trials += [
+                Trial(variant=name, seed=seed, scaled=scaled, size=size if scaled else None, **resolved)
+                for seed in config.seeds
+            ]
     return trials
 
 
@@ -156,8 +199,11 @@ def _search(
     return search
 
 
-def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_Lines", vocab: int) -> dict[str, Any]:
-    """A variant's full model and train settings (defaults merged with its overrides) and sizes."""
+def _resolve(
+    config: StudyConfig, variant: VariantConfig, index: int, lines: "_Lines", vocab: int, budget: Budget | None
+) -> dict[str, Any]:
+    """A variant's full model and train settings (defaults merged with its overrides) and sizes,
+    solved to meet the budget (one size of the study's)."""
     merged = {**config.model, **variant.model, "vocab_size": vocab}
     own = ("variants", index)
     if isinstance(config.data, TaskConfig):  # a task fixes the sequence length too
@@ -198,14 +244,16 @@ def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_L
         built = build_model(model, device="meta")
     except AblateError as e:
         raise AblateError(f"{lines.at(model_loc(('mixer',)))}: variant {variant.name!r}: {e}") from None
-    if config.budget is None and variant.scale:
+    if budget is None and variant.scale:
         raise AblateError(f"{lines.at(own + ('scale',))}: variants.{index}.scale: the study has no budget to meet")
-    if config.budget is not None:
+    if budget is not None:
         try:
-            model = solve(model, config.budget, variant.scale or "d_model")
+            model = solve(model, budget, variant.scale or "d_model")
         except AblateError as e:
             raise AblateError(f"{lines.at(own + ('scale',))}: variant {variant.name!r}: {e}") from None
         built = build_model(model, device="meta")
+    if train_cfg.tokens_per_param is not None:
+        train_cfg = _steps_from_tokens(train_cfg, {**config.train, **variant.train}, built, budget, train_loc, lines)
     return {
         "model": model,
         "train": train_cfg.model_dump(mode="json"),
@@ -214,6 +262,22 @@ def _resolve(config: StudyConfig, variant: VariantConfig, index: int, lines: "_L
         "flops_per_token": flops_per_token(built),
         "state_size": built.state_size(),
     }
+
+
+def _steps_from_tokens(
+    train_cfg: TrainConfig, written: dict, built: LanguageModel, budget: Budget | None, train_loc, lines: "_Lines"
+) -> TrainConfig:
+    """train with `steps` set so that the model sees tokens_per_param tokens per budgeted parameter
+    (the non-embedding count unless the budget counts the total)."""
+    if "steps" in written:
+        raise AblateError(f"{lines.at(train_loc(('steps',)))}: train.steps: give steps or tokens_per_param, not both")
+    counted = built.n_params(non_embedding=budget is None or budget.count == "non_embedding")
+    steps = max(1, round(train_cfg.tokens_per_param * counted / (train_cfg.batch_size * built.cfg.context)))
+    try:
+        return TrainConfig(**{**written, "steps": steps})
+    except ValidationError as e:
+        message = lines.explain(e, train_loc)
+        raise AblateError(f"{message} (steps {steps:,} from tokens_per_param)") from None
 
 
 class _Lines:
