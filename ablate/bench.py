@@ -2,8 +2,10 @@
 
 Per variant: tokens/s and ms/step over timed steps of the real Trainer (after warm-up steps),
 peak memory, training FLOPs per token from torch's FLOP counter, and the FLOP/s that makes,
-set against this machine's matmul peak measured by the same command. Speed does not depend
-on the text, so the batches are random tokens.
+set against this machine's matmul peak measured by the same command; and the bytes a step
+moves per token, and the bytes/s that makes, set against the memory bandwidth measured here.
+The two give the roofline: the tokens/s the slower of compute and memory allows. Speed does
+not depend on the text, so the batches are random tokens.
 """
 
 import multiprocessing
@@ -21,10 +23,11 @@ from ablate.config import TrainConfig
 from ablate.data.corpus import Corpus, in_memory
 from ablate.errors import AblateError
 from ablate.model import build_model
-from ablate.plan.flops import flops_per_token
+from ablate.plan.flops import bytes_per_token, flops_per_token
 from ablate.train.trainer import Trainer, seed_everything
 
 PEAK_SIZE = 2048  # the matmul whose speed is the peak: 2048³, fp32 on a CPU, bf16 on a GPU
+STREAM_SIZE = 1 << 25  # floats per array of the bandwidth triad: 128 MiB each, far beyond any cache
 
 
 def synchronize(device: torch.device) -> None:
@@ -45,6 +48,38 @@ def matmul_peak(device: torch.device, repeats: int = 10) -> float:
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * PEAK_SIZE**3 / best
+
+
+def stream_bandwidth(device: torch.device, repeats: int = 10) -> float:
+    """Bytes/s of STREAM's triad here (a = b + 3·c over fp32 arrays far larger than the caches:
+    two reads and a write per element), the best of `repeats`."""
+    b, c = torch.rand(STREAM_SIZE, device=device), torch.rand(STREAM_SIZE, device=device)
+    a = torch.empty_like(b)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.add(b, c, alpha=3.0, out=a)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 3 * a.numel() * a.element_size() / best
+
+
+def roofline(row: dict[str, Any], peak: float, bandwidth: float) -> dict[str, Any]:
+    """The row with its share of the matmul peak and of the stream bandwidth, and the tokens/s
+    the roofline allows: compute at the peak or memory at the bandwidth, whichever is slower."""
+    compute, memory = row["flops_per_token"] / peak, row["bytes_per_token"] / bandwidth  # seconds per token
+    seconds = max(compute, memory)
+    return {
+        **row,
+        "peak_flops_per_s": peak,
+        "fraction_of_peak": row["achieved_flops_per_s"] / peak,
+        "stream_bytes_per_s": bandwidth,
+        "fraction_of_bandwidth": row["achieved_bytes_per_s"] / bandwidth,
+        "roofline_tokens_per_s": 1 / seconds,
+        "bound_by": "memory" if memory > compute else "compute",
+        "fraction_of_roofline": row["tokens_per_s"] * seconds,  # of the whole machine's: copies share it
+    }
 
 
 @contextmanager
@@ -111,6 +146,7 @@ def measure(
         peak_bytes = peak()
     tokens = steps * cfg.batch_size * built.cfg.context
     flops = flops_per_token(build_model(model, device="meta"), training=True)
+    moved = bytes_per_token(build_model(model, device="meta"), cfg.batch_size)
     return {
         "variant": name,
         "mixer": built.cfg.mixer,
@@ -127,6 +163,8 @@ def measure(
         "peak_mem_bytes": peak_bytes,
         "flops_per_token": flops,
         "achieved_flops_per_s": flops * tokens / elapsed,
+        "bytes_per_token": moved,
+        "achieved_bytes_per_s": moved * tokens / elapsed,
         "train_loss": loss,
     }
 
@@ -169,6 +207,7 @@ def measure_parallel(
         "ms_per_step": max(r["ms_per_step"] for r in rows),
         "peak_mem_bytes": max(r["peak_mem_bytes"] for r in rows),
         "achieved_flops_per_s": sum(r["achieved_flops_per_s"] for r in rows),
+        "achieved_bytes_per_s": sum(r["achieved_bytes_per_s"] for r in rows),
     }
 
 
@@ -181,13 +220,14 @@ def _copy(name, model, train, steps, warmup, barrier, results, threads) -> None:
         results.put(f"{type(e).__name__}: {e}")
 
 
-def print_table(rows: list[dict], device: torch.device, peak: float, parallel: bool, console) -> None:
-    """The bench rows as a table, with what the peak and the FLOPs mean beneath it."""
+def print_table(rows: list[dict], device: torch.device, parallel: bool, console) -> None:
+    """The bench rows as a table, with what the peak, the bandwidth and the counts mean beneath it."""
     from rich.table import Table
 
     precision = "bf16" if device.type == "cuda" else "fp32"
     table = Table(title=f"bench on {device} ({rows[0]['threads']} threads), batch {rows[0]['batch_size']}")
     columns = ["variant", "non-emb params", "tokens/s", "ms/step", "peak mem", "FLOPs/token", "GFLOP/s", "of peak"]
+    columns += ["bytes/token", "GB/s", "of stream", "of roofline"]
     columns += ["×K copies", "vs one"] if parallel else []
     for col in columns:
         table.add_column(col, justify="left" if col == "variant" else "right")
@@ -201,14 +241,22 @@ def print_table(rows: list[dict], device: torch.device, peak: float, parallel: b
             f"{r['flops_per_token'] / 1e6:,.2f} M",
             f"{r['achieved_flops_per_s'] / 1e9:,.1f}",
             f"{r['fraction_of_peak']:.1%}",
+            f"{r['bytes_per_token'] / 1e6:,.2f} MB",
+            f"{r['achieved_bytes_per_s'] / 1e9:,.1f}",
+            f"{r['fraction_of_bandwidth']:.1%}",
+            f"{r['fraction_of_roofline']:.1%} ({r['bound_by']})",
         ]
         if parallel:
             cells += [str(r["parallel"]), f"{r['speedup_over_single']:.2f}×"]
         table.add_row(*cells)
     console.print(table)
+    r = rows[0]
     print(
-        f"peak: a {PEAK_SIZE}³ {precision} matmul here runs at {peak / 1e9:,.1f} GFLOP/s; FLOPs/token: one "
-        "training step's matrix products (torch's counter, attention dense) plus 3× the declared element-wise work"
+        f"peak: a {PEAK_SIZE}³ {precision} matmul here runs at {r['peak_flops_per_s'] / 1e9:,.1f} GFLOP/s; stream: "
+        f"a triad over 128 MiB arrays moves {r['stream_bytes_per_s'] / 1e9:,.1f} GB/s; FLOPs/token: one training "
+        "step's matrix products (torch's counter, attention dense) plus 3× the declared element-wise work; "
+        "bytes/token: every operation's inputs and outputs, read and written once (unfused); roofline: the "
+        "tokens/s of the slower of the two at peak and stream rate (bound by that one)"
     )
     if device.type == "cpu":
         print("peak mem on a CPU: the process's peak resident size, interpreter and libraries included")

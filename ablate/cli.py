@@ -546,7 +546,7 @@ def _bench(args) -> int:
         train["batch_size"] = args.batch_size
     targets = _bench_targets(args, overrides, train)
     device = device_named(args.device)
-    peak = bench.matmul_peak(device)
+    peak, bandwidth = bench.matmul_peak(device), bench.stream_bandwidth(device)
     rows = []
     for name, model, train_cfg in targets:
         if args.parallel > 1:
@@ -555,15 +555,14 @@ def _bench(args) -> int:
             row["speedup_over_single"] = row["tokens_per_s"] / row["single_tokens_per_s"]
         else:
             row = bench.measure(name, model, train_cfg, args.steps, args.warmup)
-        row["peak_flops_per_s"] = peak
-        row["fraction_of_peak"] = row["achieved_flops_per_s"] / peak
+        row = bench.roofline(row, peak, bandwidth)
         rows.append(row)
         if not args.json:
             print(f"{name}: {row['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    bench.print_table(rows, device, peak, args.parallel > 1, _console())
+    bench.print_table(rows, device, args.parallel > 1, _console())
     return 0
 
 

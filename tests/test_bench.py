@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import ablate
 from ablate.cli import main
+from ablate.plan.flops import ByteCounter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reference
@@ -34,6 +35,26 @@ def test_bench_json_has_the_documented_fields_with_positive_values(capsys):
         assert r["achieved_flops_per_s"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"])
         assert r["fraction_of_peak"] == pytest.approx(r["achieved_flops_per_s"] / r["peak_flops_per_s"])
         assert r["ms_per_step"] == pytest.approx(1000 * 2 * 16 / r["tokens_per_s"])  # batch 2 × context 16
+
+
+def test_bench_sets_the_bytes_moved_against_the_measured_bandwidth(capsys):
+    (r,) = _bench_json(capsys, "--variant", "mha")
+    assert r["achieved_bytes_per_s"] == pytest.approx(r["bytes_per_token"] * r["tokens_per_s"])
+    assert r["fraction_of_bandwidth"] == pytest.approx(r["achieved_bytes_per_s"] / r["stream_bytes_per_s"])
+    seconds = max(r["flops_per_token"] / r["peak_flops_per_s"], r["bytes_per_token"] / r["stream_bytes_per_s"])
+    assert r["roofline_tokens_per_s"] == pytest.approx(1 / seconds)
+    assert r["fraction_of_roofline"] == pytest.approx(r["tokens_per_s"] / r["roofline_tokens_per_s"])
+    assert r["bound_by"] == "memory"  # so small a model moves far more than it computes
+    assert 1e8 < r["stream_bytes_per_s"] < 1e13
+
+
+def test_the_byte_counter_counts_each_operations_inputs_and_outputs_and_no_views():
+    a, b = torch.empty(4, 8, device="meta"), torch.empty(8, 2, device="meta")
+    with ByteCounter() as counter:
+        a.view(2, 16).t().unsqueeze(0)  # views move nothing
+        a @ b  # reads 32 + 16 floats, writes 8
+        torch.exp(a)  # reads 32, writes 32
+    assert counter.total == 4 * (32 + 16 + 8 + 32 + 32)
 
 
 def test_bench_parallel_copies_add_up(capsys):
