@@ -89,6 +89,14 @@ def test_predictions_beyond_the_measured_sizes_are_flagged():
     assert out["where"] == "EXTRAPOLATED 12.5× beyond the largest measured"
 
 
+def test_a_floor_the_sizes_do_not_pin_down_is_said_to_sit_on_its_bound():
+    # a law whose floor lies below 0: the fit holds E at 0, its bound
+    out = fit(drawn({"pure": Law(-1.0, 30.0, 0.1), "floored": Law(2.0, 60.0, 0.4)}), "val_loss", [], replicates=20)
+    notes = scaling.bound_notes(out)
+    assert len(notes) == 2 and all(n.startswith("pure against ") for n in notes)  # both axes
+    assert "E sits on its bound (0)" in notes[0]
+
+
 def test_fewer_than_three_sizes_give_no_law():
     assert fit_law(np.array([1e5, 1e5, 2e5]), np.array([3.0, 3.1, 2.9])) is None
 

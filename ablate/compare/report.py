@@ -220,7 +220,11 @@ def _html(c: Comparison, answer: Path | None, images: list[Path], ui: str | None
     variants = ([columns[i] for i in keep] + ["runs"], [[r[i] for i in keep] + [links[r[0]]] for r in rows])
     laws = (
         [
-            ("Scaling laws", cells.laws(c.scaling), "fitted per variant; 95% bootstrap intervals over seeds"),
+            (
+                "Scaling laws",
+                cells.laws(c.scaling),
+                " ".join(["fitted per variant; 95% bootstrap intervals over seeds.", *scaling.bound_notes(c.scaling)]),
+            ),
             ("Where the laws cross", cells.crossings(c.scaling), "EXTRAPOLATED: beyond the measured sizes"),
             ("Predicted by the laws", cells.predictions(c.scaling), "EXTRAPOLATED: beyond the measured sizes")
             if len(c.scaling.predictions)
@@ -246,7 +250,9 @@ def _html(c: Comparison, answer: Path | None, images: list[Path], ui: str | None
         if len(c.checks)
         else None,
     ]
-    tables = "".join(f"<h2>{title}</h2><p>{about}</p>{_table(table)}" for title, table, about in filter(None, sections))
+    tables = "".join(
+        f"<h2>{title}</h2><p>{html.escape(about)}</p>{_table(table)}" for title, table, about in filter(None, sections)
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(c.study)}: {html.escape(c.metric)}</title>
 <style>

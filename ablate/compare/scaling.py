@@ -158,7 +158,19 @@ def _law_row(variant: str, axis: str, own: pd.DataFrame, law: Law | None, reps: 
         row[name] = getattr(law, name) if law else np.nan
         row[f"{name}_low"], row[f"{name}_high"] = np.percentile(values, [2.5, 97.5]) if len(values) else (np.nan,) * 2
     row["rmse"] = float(np.sqrt(np.mean((law(own[axis]) - own["loss"]) ** 2))) if law else np.nan
+    row["E_on_bound"] = law is not None and not 0 < law.E < own["loss"].min()
     return row
+
+
+def bound_notes(s: Scaling) -> list[str]:
+    """A line for each law whose floor E sits on its bound (0, or the lowest loss measured): the
+    points do not pin the floor down, and A and α are those of the bounded fit."""
+    return [
+        f"{r.variant} against {AXES[r.axis]}: E sits on its bound ({r.E:.4g}); the sizes measured do not "
+        "identify the floor, so A and α are those of a law with the floor held there"
+        for r in s.laws.itertuples(index=False)
+        if r.E_on_bound
+    ]
 
 
 def crossing(f: Law, g: Law, lo: float, hi: float) -> float | None:
