@@ -146,7 +146,7 @@ def measure(
         peak_bytes = peak()
     tokens = steps * cfg.batch_size * built.cfg.context
     flops = flops_per_token(build_model(model, device="meta"), training=True)
-    moved = bytes_per_token(build_model(model, device="meta"), cfg.batch_size)
+    moved = bytes_per_token(build_model(model, device="meta"), cfg.batch_size)  # fresh: no gradients to add to
     return {
         "variant": name,
         "mixer": built.cfg.mixer,

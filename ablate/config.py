@@ -223,8 +223,8 @@ class Budget(BaseModel):
     def _one_target(self):
         if (self.params is None) == (self.flops_per_token is None):
             raise ValueError("a budget sets exactly one of params and flops_per_token")
-        given = self.params if self.params is not None else self.flops_per_token
-        if isinstance(given, list):
+        if self.scaling:
+            given = self._given
             if len(given) < 2 or any(a >= b for a, b in pairwise(given)):
                 raise ValueError(f"a list of sizes needs two or more, in increasing order; got {given}")
             labels = [size_label(size) for size in given]
@@ -233,14 +233,17 @@ class Budget(BaseModel):
         return self
 
     @property
+    def _given(self) -> float | list[float]:
+        return self.params if self.params is not None else self.flops_per_token
+
+    @property
     def scaling(self) -> bool:
         """Whether the budget is a list of sizes (a scaling study)."""
-        return isinstance(self.params if self.params is not None else self.flops_per_token, list)
+        return isinstance(self._given, list)
 
     @property
     def sizes(self) -> list[float]:
-        given = self.params if self.params is not None else self.flops_per_token
-        return given if isinstance(given, list) else [given]
+        return self._given if self.scaling else [self._given]
 
     def at(self, size: float) -> "Budget":
         """This budget at one of its sizes."""
@@ -250,7 +253,7 @@ class Budget(BaseModel):
     def target(self) -> float:
         if self.scaling:
             raise ValueError("a list of sizes has no single target; take one with at(size)")
-        return self.params if self.params is not None else self.flops_per_token
+        return self._given
 
     def describe(self) -> str:
         sizes = ", ".join(f"{size:,.0f}" for size in self.sizes)
@@ -265,6 +268,11 @@ def size_label(size: float) -> str:
         if size >= scale:
             return f"{size / scale:.4g}{unit}"
     return f"{size:.4g}"
+
+
+def sized_name(name: str, size: float) -> str:
+    """A variant at one size of a scaling study: mha@50k."""
+    return f"{name}@{size_label(size)}"
 
 
 # train keys a search may not touch: they define the budget and the bookkeeping, not the recipe
@@ -452,7 +460,7 @@ class StudyConfig(BaseModel):
             raise ValueError(f"variant names must be unique, got {names}")
         named = [name for pair in self.contrasts for name in pair]
         named += [n for e in self.expect for n in (e.variant, e.against) if n is not None]
-        sized = [f"{n}@{size_label(s)}" for n in names for s in self.budget.sizes] if self.scaling else []
+        sized = [sized_name(n, s) for n in names for s in self.budget.sizes] if self.scaling else []
         for name in named:
             if name not in names + sized:
                 raise ValueError(f"{name!r} is not a variant{did_you_mean(name, names + sized)}")

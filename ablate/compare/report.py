@@ -73,6 +73,7 @@ def plot_scaling(c: Comparison, path: Path) -> Path:
     the seeds), each variant's fitted law over its measured range, and the 95% band of the
     bootstrap laws; dashed on to the pair crossings found beyond the measured range."""
     s = c.scaling
+    laws = s.laws.set_index(["variant", "axis"])
     fig, axes = plt.subplots(1, len(scaling.AXES), figsize=(12, 4.6), squeeze=False)
     for ax, axis in zip(axes[0], scaling.AXES):
         far = s.crossings.loc[s.crossings["axis"] == axis, "at"].max()
@@ -86,7 +87,7 @@ def plot_scaling(c: Comparison, path: Path) -> Path:
             if reps:
                 low, high = np.percentile([r(xs) for r in reps], [2.5, 97.5], axis=0)
                 ax.fill_between(xs, low, high, color=colour, alpha=0.1, linewidth=0)
-            law = s.laws.set_index(["variant", "axis"]).loc[(variant, axis)]
+            law = laws.loc[(variant, axis)]
             if not math.isnan(law["E"]):
                 fitted = scaling.Law(law["E"], law["A"], law["alpha"])
                 ax.plot(xs, fitted(xs), color=colour, label=f"{variant}: α={law['alpha']:.2f}")

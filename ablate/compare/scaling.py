@@ -47,9 +47,11 @@ def fit_law(x: np.ndarray, y: np.ndarray) -> Law | None:
     best = int(np.argmin(grid))
     low, high = ALPHAS[max(best - 1, 0)], ALPHAS[min(best + 1, len(ALPHAS) - 1)]
     refined = minimize_scalar(lambda a: _fits(np.array([a]), u, y)[0][0], bounds=(low, high), method="bounded").x
-    alpha = refined if _fits(np.array([refined]), u, y)[0][0] <= grid[best] else ALPHAS[best]
-    _, E, B = (float(v[0]) for v in _fits(np.array([alpha]), u, y))
-    return Law(E, B * ref**alpha, float(alpha))  # B·(x/ref)^(−α) = (B·ref^α)·x^(−α)
+    candidates = np.array([refined, ALPHAS[best]])  # the refinement, unless the grid point fits better
+    errors, Es, Bs = _fits(candidates, u, y)
+    pick = 0 if errors[0] <= errors[1] else 1
+    alpha = float(candidates[pick])
+    return Law(float(Es[pick]), float(Bs[pick]) * ref**alpha, alpha)  # B·(x/ref)^(−α) = (B·ref^α)·x^(−α)
 
 
 def _fits(alphas: np.ndarray, u: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from ablate.config import (
     VariantConfig,
     first_error,
     known_keys,
-    size_label,
+    sized_name,
 )
 from ablate.data.corpus import source_files
 from ablate.data.corpus import vocab_size as data_vocab_size
@@ -141,19 +141,19 @@ def sized(config: StudyConfig) -> StudyConfig:
     baseline is the baseline at the largest size."""
     if not config.scaling:
         return config
-    sizes = [size_label(size) for size in config.budget.sizes]
+    sizes = config.budget.sizes
     base = config.baseline or config.variants[0].name
-    baseline = f"{base}@{sizes[-1]}"
+    baseline = sized_name(base, sizes[-1])
 
     def each_size(a: str, b: str | None) -> list[tuple[str, str]]:
         """The pair at every size; as written where either names a size (b: the baseline's)."""
         if "@" in a or "@" in (b or ""):
             return [(a, b or baseline)]
-        return [(f"{a}@{s}", f"{b or base}@{s}") for s in sizes]
+        return [(sized_name(a, s), sized_name(b or base, s)) for s in sizes]
 
     return config.model_copy(
         update={
-            "variants": [v.model_copy(update={"name": f"{v.name}@{s}"}) for v in config.variants for s in sizes],
+            "variants": [v.model_copy(update={"name": sized_name(v.name, s)}) for v in config.variants for s in sizes],
             "contrasts": [pair for a, b in config.contrasts for pair in each_size(a, b)],
             "expect": [
                 e.model_copy(update={"variant": variant, "against": against})
@@ -174,7 +174,7 @@ def _plan(config: StudyConfig, lines: "_Lines", vocab: int) -> list[Trial]:
             resolved["search"] = _search(config, variant, index, resolved["train"], lines)
             name, scaled = variant.name, None
             if config.scaling:
-                name, scaled = f"{variant.name}@{size_label(size)}", variant.name
+                name, scaled = sized_name(variant.name, size), variant.name
             trials += [
                 Trial(variant=name, seed=seed, scaled=scaled, size=size if scaled else None, **resolved)
                 for seed in config.seeds
