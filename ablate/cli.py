@@ -137,6 +137,9 @@ def _add_compare(sub) -> None:
         "--check", action="store_true", help="exit 1 when one of the study's expectations (expect:) does not hold"
     )
     compare.add_argument(
+        "--wide", action="store_true", help="every column in the terminal (default: the decisive ones, 120 wide)"
+    )
+    compare.add_argument(
         "--no-report", action="store_true", help="skip the plots and report.html (default: RESULTS/STUDY/)"
     )
     direction = compare.add_mutually_exclusive_group()
@@ -165,6 +168,13 @@ def _add_ui(sub) -> None:
     ui.add_argument("--study", help="the study the URL opens on (default: the one that ran last)")
     ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     ui.add_argument("--workers", type=_positive, default=1, help="MLflow server worker processes (default 1)")
+    ui.add_argument(
+        "--optuna",
+        action="store_true",
+        help="Optuna's dashboard on the search storage instead: history, importances, parallel coordinates "
+        '(pip install "ablate[dashboard]")',
+    )
+    ui.add_argument("--storage", help="with --optuna: the Optuna storage URL (default: sqlite:///RESULTS/optuna.db)")
     _store_options(ui)
     ui.set_defaults(func=_ui)
 
@@ -471,13 +481,16 @@ def _compare(args) -> int:
     elif args.scaling:
         console.print_scaling(found, _console())
     else:
-        console.print_comparison(found, _console())
+        console.print_comparison(found, _console(), args.wide)
     return 1 if args.check and not found.checks["held"].all() else 0
 
 
 def _ui(args) -> int:
     from ablate import tracking, ui
 
+    port = args.port or ui.free_port()
+    if args.optuna:
+        return _optuna_ui(args, port)
     _results, uri = _store(args)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise AblateError(f"no store at {uri} yet: run a study first")
@@ -486,7 +499,21 @@ def _ui(args) -> int:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise AblateError(f"no study named {name!r} in {uri}")
-    return ui.serve(uri, tracking.runs_page(experiment.experiment_id), f"study {name}", args.port, args.workers)
+    page = tracking.runs_page(experiment.experiment_id, view=tracking.VIEW_TAG in experiment.tags)
+    print(f"study {name}; store {uri}", file=sys.stderr)
+    return ui.serve(ui.mlflow_server(uri, port, args.workers), port, "/health", page, "MLflow UI")
+
+
+def _optuna_ui(args, port: int) -> int:
+    """optuna-dashboard on the study's search storage (each variant's search is study NAME/VARIANT)."""
+    from ablate import ui
+    from ablate.run.prepare import default_storage
+
+    storage = args.storage or default_storage(args.results)
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        raise AblateError(f"no Optuna storage at {storage} yet: run a study with a search first")
+    print(f"Optuna storage {storage}: each variant's search is the study STUDY/VARIANT", file=sys.stderr)
+    return ui.serve(ui.optuna_dashboard(storage, port), port, "/api/meta", "/dashboard", "Optuna dashboard")
 
 
 AUDIT_SHAPE = {

@@ -1,5 +1,6 @@
 """The backbone every variant shares: embedding, blocks of mixer + optional FFN, norm, tied head."""
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +26,9 @@ class Block(nn.Module):
         if self.ffn is not None:
             x = x + self.ffn(rms_norm(x))
         return x
+
+
+BlockObserver = Callable[[int, Block, torch.Tensor, torch.Tensor], None]
 
 
 class LanguageModel(nn.Module):
@@ -59,14 +63,19 @@ class LanguageModel(nn.Module):
             if isinstance(module, registry.Mixer):
                 module.reset_parameters()
 
-    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, observe: "BlockObserver | None" = None) -> torch.Tensor:
         """The normed last hidden states, which the tied head maps to logits. With embed_norm (the
-        seed's recipe) the embedding is normed before the first block."""
+        seed's recipe) the embedding is normed before the first block. `observe(i, block, x_in,
+        x_out)` sees each block's residual stream as the block receives and leaves it: the one
+        walk the diagnostics measure, so that they see what the model computes."""
         x = self.embed(idx)
         if self.cfg.embed_norm:
             x = rms_norm(x)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            y = block(x)
+            if observe is not None:
+                observe(i, block, x, y)
+            x = y
         return rms_norm(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ablate.config import DataConfig, TaskConfig
 from ablate.errors import AblateError
 
 if TYPE_CHECKING:  # the schema reads a planned study; importing it would import torch
@@ -20,6 +21,22 @@ TAG = "ablate."
 # MLflow 3's UI opens an experiment in its GenAI mode unless told otherwise: the experiment's kind
 # (a tag the UI reads) and the `workflowType` of a UI link say that a study trains models
 MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}
+# The runs table `ablate ui` opens on. MLflow's UI loads a view shared under the experiment tag
+# mlflow.sharedViewState.KEY when its link says viewStateShareKey=KEY: its search, its order and
+# its columns, in the order given. This one shows the final trials flat (no search trials, no
+# parent runs to expand), sorted by variant, with what a comparison reads first.
+VIEW_KEY = "ablate-trials"
+VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
+VIEW_COLUMNS = {  # column → its width in pixels: narrow enough that the metrics are on the first screen
+    "params.`variant`": 100,
+    "params.`seed`": 60,
+    "metrics.`val_loss`": 90,
+    "metrics.`val_accuracy`": 100,
+    "params.`n_params_non_embedding`": 120,
+    "params.`flops_per_token`": 110,
+    "metrics.`mean_tokens_per_s`": 120,
+    "attributes.`Dataset`": 170,
+}
 
 
 def tracking_uri(results: Path, explicit: str | None = None) -> str:
@@ -48,9 +65,28 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
     return {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else str(value)}
 
 
-def runs_page(exp_id: str) -> str:
-    """The MLflow UI's path (after its address) of an experiment's runs table, in model-training mode."""
-    return f"/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+def runs_view() -> dict[str, Any]:
+    """The shared view of a study's runs table, as the MLflow UI stores one (search facets and UI state)."""
+    return {
+        "searchFilter": f"tags.`{TAG}phase` = 'final'",
+        "orderByKey": "params.`variant`",
+        "orderByAsc": True,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "selectedColumns": list(VIEW_COLUMNS),
+        "columnOrder": list(VIEW_COLUMNS),
+        "columnWidths": VIEW_COLUMNS,
+        "runsExpanded": {},
+    }
+
+
+def runs_page(exp_id: str, view: bool = True) -> str:
+    """The MLflow UI's path (after its address) of an experiment's runs table, in model-training
+    mode, on the study's view (`runs_view`) unless the experiment predates it."""
+    shared = f"viewStateShareKey={VIEW_KEY}&" if view else ""
+    return f"/#/experiments/{exp_id}/runs?{shared}workflowType=machine_learning"
 
 
 def run_page(exp_id: str, run_id: str) -> str:
@@ -108,6 +144,30 @@ def trial_params(study: "Study", trial: "Trial", meta: dict, device: str) -> dic
     }
 
 
+def dataset(meta: dict, data: DataConfig | TaskConfig):
+    """A study's data as an MLflow Dataset: a task by its name and generator, a corpus by its
+    files (or the Python standard library), with the tokenizer and the sizes as its profile."""
+    from mlflow.entities import Dataset
+
+    if isinstance(data, TaskConfig):
+        name, kind, source = data.task, "generated", {"task": data.task, "seed": data.seed}
+        profile = {"vocab_size": data.vocab, "seq_len": data.seq_len, "n_train": data.n_train, "n_val": data.n_val}
+    else:
+        where = data.train or data.source
+        name, kind = Path(where).name, "python-stdlib" if where == "stdlib" else "local"
+        source = {"uri": where} if data.train is None else {"train": data.train, "val": data.val}
+        tokenizer = data.tokenizer if data.is_text else "none (token ids)"
+        profile = {"tokenizer": tokenizer, "vocab_size": meta["vocab_size"]}
+        profile |= {k: meta[k] for k in ("n_train_tokens", "n_val_tokens") if k in meta}
+    return Dataset(
+        name=name,
+        digest=meta["fingerprint"],
+        source_type=kind,
+        source=json.dumps(source),
+        profile=json.dumps(profile),
+    )
+
+
 class Tracker:
     def __init__(self, uri: str, results: Path):
         self.uri, self.results = uri, results
@@ -134,6 +194,7 @@ class Tracker:
         self.client.set_experiment_tag(exp_id, TAG + "budget", json.dumps(budget))
         for key, value in MODEL_TRAINING.items():
             self.client.set_experiment_tag(exp_id, key, value)
+        self.client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(runs_view()))
         return exp_id
 
     def experiment_id(self, name: str) -> str:
@@ -165,6 +226,15 @@ class Tracker:
             return found[0].info.run_id
         nest = {"mlflow.parentRunId": parent_id} if parent_id else {}
         return self.client.create_run(exp_id, run_name=name, tags={TAG + "role": role, **tags, **nest}).info.run_id
+
+    def log_dataset(self, run_id: str, meta: dict, data) -> None:
+        """The run's data as an MLflow dataset input (the runs table's Dataset column, the run
+        page's Datasets): named by its source, its digest the data's fingerprint, its profile
+        the tokenizer and the token counts."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        used = DatasetInput(dataset(meta, data), [InputTag("mlflow.data.context", "train")])
+        self.client.log_inputs(run_id, datasets=[used])
 
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -1,32 +1,46 @@
-"""The MLflow UI on a store: `mlflow server` started in a session of its own, its URL printed
-once it answers, and every process of it stopped together however this ends."""
+"""The study's web UIs: the MLflow UI on the results store (`mlflow server`) and Optuna's
+dashboard on the search storage (`optuna-dashboard`), each started in a session of its own, its
+URL printed once it answers, and every process of it stopped together however this ends."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from ablate.errors import AblateError
 
 START_S = 180  # a busy machine takes tens of seconds to import and start the server
 
 
-def serve(uri: str, page: str, what: str, port: int = 0, workers: int = 1) -> int:
-    """Serve the store until Ctrl-C, SIGTERM or the server's own end; print base URL + page."""
-    port = port or free_port()
+def mlflow_server(uri: str, port: int, workers: int) -> list[str]:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    return cmd + ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+
+
+def optuna_dashboard(storage: str, port: int) -> list[str]:
+    """optuna-dashboard, from `pip install "ablate[dashboard]"`."""
+    found = shutil.which("optuna-dashboard") or shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise AblateError('--optuna needs optuna-dashboard: pip install "ablate[dashboard]"')
+    return [found, storage, "--host", "127.0.0.1", "--port", str(port), "--quiet"]
+
+
+def serve(cmd: list[str], port: int, health: str, page: str, what: str) -> int:
+    """Run the server until Ctrl-C, SIGTERM or its own end; print its address + page once
+    `health` answers."""
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # one viewer needs no job consumers
     server = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=sys.stderr)  # stdout: the URL alone
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until_served(f"{base}/health", server)
-        print(f"MLflow UI: {base}{page}", flush=True)
-        print(f"({what}; store {uri}; Ctrl-C stops it)", flush=True)
+        wait_until_served(f"{base}{health}", server)
+        print(f"{what}: {base}{page}", flush=True)
+        print("(Ctrl-C stops it)", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0
@@ -43,9 +57,9 @@ def wait_until_served(url: str, server: subprocess.Popen) -> None:
                 return
         except OSError:
             if server.poll() is not None:
-                raise AblateError(f"the MLflow server exited (code {server.returncode}) before it answered") from None
+                raise AblateError(f"the server exited (code {server.returncode}) before it answered") from None
             if time.monotonic() > deadline:
-                raise AblateError(f"the MLflow server did not answer {url} within {START_S} s") from None
+                raise AblateError(f"the server did not answer {url} within {START_S} s") from None
             time.sleep(0.25)
 
 

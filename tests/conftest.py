@@ -1,3 +1,6 @@
+import os
+import shutil
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -38,3 +41,51 @@ def own_store(monkeypatch):
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     return prepare(DataConfig(**TINY_DATA), tmp_path_factory.mktemp("cache"))
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for `ablate` subprocesses, without the MLFLOW_TRACKING_URI that
+    mlflow.set_tracking_uri exports in this process."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """The tiny study, with a contrast, run once by the installed `ablate` command into a fresh
+    results dir (the tests that read it share it: it is the slowest thing they need)."""
+    import mlflow
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    study = write_study(tmp, TINY_STUDY + "contrasts: [[aft, mha]]\n")
+    results = tmp / "results"
+    proc = subprocess.run(
+        ["ablate", "run", str(study), "--results", str(results)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=clean_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    return study, results, proc.stdout
+
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+WINDOW = {"width": 1400, "height": 1000}
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's), driven by playwright. Without it the test skips, unless
+    ABLATE_REQUIRE_BROWSER=1 (set by .ci/run)."""
+    if CHROMIUM is None:
+        if os.environ.get("ABLATE_REQUIRE_BROWSER") == "1":
+            pytest.fail("ABLATE_REQUIRE_BROWSER=1 but no Chromium here (apt-get install chromium)")
+        pytest.skip("no Chromium here (apt-get install chromium); CI sets ABLATE_REQUIRE_BROWSER=1")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield chromium
+        chromium.close()

@@ -7,6 +7,7 @@ import torch
 
 import ablate
 from ablate.config import TrainConfig
+from ablate.nn.layers import rms_norm
 from ablate.train.diagnostics import attention_entropy, effective_rank, per_block
 from ablate.train.trainer import Trainer, seed_everything
 
@@ -61,6 +62,31 @@ def test_per_block_reports_rank_for_every_block_and_entropy_where_there_is_atten
     out = per_block(model, torch.randint(0, 512, (4, 48)))
     assert sorted(out) == ["attn_entropy/block1", "rank/block0", "rank/block1"]
     assert 1 <= out["rank/block0"] <= MODEL["d_model"] and 0 < out["attn_entropy/block1"] <= math.log(48)
+
+
+def test_per_block_measures_the_stream_each_block_receives_in_the_models_own_forward():
+    """Forward hooks record what each block really gets and gives when the model runs; with the
+    embedding norm on, a walk that skipped it would measure other numbers (the embedding here is
+    scaled far from unit RMS, so that norming it matters)."""
+    model = ablate.build_model({**MODEL, "n_layers": 2, "embed_norm": True})
+    with torch.no_grad():
+        model.embed.weight.mul_(40.0)
+    seen = {}
+    hooks = [
+        block.register_forward_hook(lambda _, args, out, i=i: seen.__setitem__(i, (args[0], out)))
+        for i, block in enumerate(model.blocks)
+    ]
+    idx = torch.randint(0, 512, (4, 48))
+    model(idx)
+    for hook in hooks:
+        hook.remove()
+    out = per_block(model, idx)
+    for i, (x_in, x_out) in seen.items():
+        assert out[f"rank/block{i}"] == pytest.approx(effective_rank(x_out.flatten(0, 1)))
+        probs = model.blocks[i].mixer.attention_probs(rms_norm(x_in))
+        assert out[f"attn_entropy/block{i}"] == pytest.approx(attention_entropy(probs))
+    skipped_norm = effective_rank(model.blocks[0](model.embed(idx)).flatten(0, 1))
+    assert skipped_norm != pytest.approx(out["rank/block0"])
 
 
 def test_trainer_logs_gradient_norms_per_block_and_the_clipped_fraction(corpus):

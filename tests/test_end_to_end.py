@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -16,32 +15,7 @@ import scipy.stats
 
 import ablate
 from ablate.cli import main
-from tests.conftest import TINY_STUDY, write_study
-
-
-def clean_env() -> dict[str, str]:
-    """The environment for `ablate` subprocesses, without the MLFLOW_TRACKING_URI that
-    mlflow.set_tracking_uri exports in this process."""
-    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """The tiny study run once by the installed `ablate` command into a fresh results dir."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    study = write_study(tmp, TINY_STUDY)
-    results = tmp / "results"
-    proc = subprocess.run(
-        ["ablate", "run", str(study), "--results", str(results)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=clean_env(),
-    )
-    assert proc.returncode == 0, proc.stderr
-    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
-    return study, results, proc.stdout
+from tests.conftest import TINY_STUDY, clean_env, write_study
 
 
 def trial_runs(experiment: str):
@@ -148,7 +122,7 @@ def test_compare_shows_the_counted_params_the_shape_and_the_flops_of_each_varian
         )
         assert (row["n_layers"], row["d_model"]) == (1, 32)
         assert row["flops_per_token"] == float(run["params.flops_per_token"])
-    assert main(["compare", "--results", str(results), "--study", "tiny", "--no-report"]) == 0
+    assert main(["compare", "--results", str(results), "--study", "tiny", "--no-report", "--wide"]) == 0
     out = capsys.readouterr().out
     assert "params non-emb" in out and "layers×d" in out and "FLOPs/tok" in out and "1×32" in out
     assert f"{rows['mha']['budgeted']:,.0f}" in out
@@ -161,9 +135,9 @@ def test_compare_writes_plots_and_a_self_contained_report(finished, capsys):
     assert "report.html" in capsys.readouterr().err
     folder = results / "tiny"
     page = (folder / "report.html").read_text()
-    assert "<table" in page and page.count("data:image/png;base64,") == 3 and 'src="http' not in page
+    assert "<table" in page and page.count("data:image/png;base64,") == 4 and 'src="http' not in page
     assert "ci95_low" not in page and "p_welch" not in page  # formatted as in the terminal
-    for png in ("val_loss_curves.png", "val_loss_intervals.png", "rank_by_depth.png"):
+    for png in ("val_loss_contrasts.png", "val_loss_curves.png", "val_loss_intervals.png", "rank_by_depth.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     study_run = client.search_runs(
@@ -172,7 +146,13 @@ def test_compare_writes_plots_and_a_self_contained_report(finished, capsys):
     logged = {a.path for a in client.list_artifacts(study_run[0].info.run_id, "report")}
     assert logged == {
         f"report/{name}"
-        for name in ("report.html", "val_loss_curves.png", "val_loss_intervals.png", "rank_by_depth.png")
+        for name in (
+            "report.html",
+            "val_loss_contrasts.png",
+            "val_loss_curves.png",
+            "val_loss_intervals.png",
+            "rank_by_depth.png",
+        )
     }
 
 
@@ -295,7 +275,10 @@ def test_ui_prints_the_studys_url_once_its_one_worker_server_answers(finished):
     try:
         line = ui.stdout.readline()
         # the study's runs table, in model-training mode (MLflow 3 opens GenAI mode otherwise)
-        pattern = r"MLflow UI: (http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs\?workflowType=machine_learning$"
+        pattern = (
+            r"MLflow UI: (http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs"
+            r"\?viewStateShareKey=ablate-trials&workflowType=machine_learning$"
+        )
         base, experiment = re.match(pattern, line.strip()).groups()
         # printed only once the server answers: the first request succeeds, no retries
         body = urllib.request.urlopen(f"{base}/ajax-api/2.0/mlflow/experiments/get?experiment_id={experiment}")
@@ -509,7 +492,7 @@ def test_a_budgeted_study_labels_what_its_budget_held_equal(tmp_path, capsys, ow
     trials = [r for r in runs if "ablate.role" not in r.data.tags]
     assert {r.data.params["budget"] for r in trials} == {"8,000 non-embedding parameters"}
     capsys.readouterr()
-    assert main(["compare", "--results", str(results), "--no-report"]) == 0
+    assert main(["compare", "--results", str(results), "--no-report", "--wide"]) == 0
     out = capsys.readouterr().out
     assert "params non-emb (budget)" in out and "FLOPs/tok" in out
     counted = {int(r.data.params["n_params_non_embedding"]) for r in trials}

@@ -1,12 +1,18 @@
 """The report page: the study's answer (its contrasts) first, tables formatted as in the terminal,
 curves and ranks one panel per family, and every variant's runs within reach."""
 
+import io
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+from rich.console import Console
 
-from ablate.compare import build, report
+from ablate.compare import build, console, report
+from ablate.config import StudyConfig
+from ablate.plan.study import sized
 from tests.test_compare import BASE, PAIRED, frame
 
 WORSE = [v + 0.3 for v in BASE]  # worse than BASE, seed by seed
@@ -14,8 +20,9 @@ VARIANTS = {"mha": BASE, "mha-no-ffn": WORSE, "aft": PAIRED, "aft-no-ffn": BASE}
 CONTRASTS = [["mha-no-ffn", "mha"], ["aft-no-ffn", "aft"]]
 
 
-def study(contrasts=CONTRASTS):
-    runs = frame({name: ([0, 1, 2, 3, 4], values) for name, values in VARIANTS.items()})
+def study(contrasts=CONTRASTS, metric="val_loss", variants=VARIANTS):
+    runs = frame({name: ([0, 1, 2, 3, 4], values) for name, values in variants.items()})
+    runs["metrics.val_accuracy"] = 1 - runs["metrics.val_loss"] / 10
     runs["run_id"] = [f"run{i:02d}" for i in range(len(runs))]
     runs["experiment_id"] = "7"
     runs["tags.ablate.family"] = runs["tags.ablate.variant"].str.removesuffix("-no-ffn")
@@ -24,18 +31,19 @@ def study(contrasts=CONTRASTS):
     history = pd.DataFrame(
         [
             {"variant": name, "seed": str(seed), "step": step, "value": 7.6 - step / 100 - values[seed] / 10}
-            for name, values in VARIANTS.items()
+            for name, values in variants.items()
             for seed in range(5)
             for step in range(0, 301, 30)
         ]
     )
+    curves = {metric: history.assign(value=1 - history["value"] / 10), "val_loss": history}
     tags = {
-        "ablate.variants": json.dumps(list(VARIANTS)),
-        "ablate.baseline": "mha",
+        "ablate.variants": json.dumps(list(variants)),
+        "ablate.baseline": next(iter(variants)),
         "ablate.contrasts": json.dumps(contrasts),
         "ablate.budget": json.dumps({"params": 294912, "count": "non_embedding"}),
     }
-    return build("ffn", tags, runs, history, "val_loss", None, lower=True)
+    return build("ffn", tags, runs, curves, metric, None, lower=metric == "val_loss")
 
 
 @pytest.fixture
@@ -74,12 +82,38 @@ def test_without_a_ui_the_run_ids_are_shown(tmp_path):
 def test_curves_and_ranks_have_one_panel_per_family(tmp_path):
     c = study()
     assert report.families(c) == {"mha": ["mha", "mha-no-ffn"], "aft": ["aft", "aft-no-ffn"]}
-    for plot in (report.plot_curves, report.plot_rank):
-        path = plot(c, tmp_path / f"{plot.__name__}.png")
+    for path in (report.plot_curves(c, "val_loss", tmp_path / "curves.png"), report.plot_rank(c, tmp_path / "r.png")):
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_study_compared_on_accuracy_draws_its_accuracy_curves_and_val_loss_beside(tmp_path):
+    names = [p.name for p in report.write(study(metric="val_accuracy"), tmp_path)]
+    assert names.index("val_accuracy_curves.png") < names.index("val_loss_curves.png")
+    assert [p.name for p in report.write(study(), tmp_path / "loss")].count("val_loss_curves.png") == 1
 
 
 def test_a_study_without_contrasts_has_no_contrast_plot_or_section(tmp_path):
     written = report.write(study(contrasts=[]), tmp_path)
     assert "val_loss_contrasts.png" not in [p.name for p in written]
     assert "Contrasts" not in written[-1].read_text()
+
+
+def test_the_terminal_table_fits_120_columns_one_line_a_row_and_wide_shows_every_column():
+    """The four longest variant names of the shipped studies, not-converged marks and a leak mark."""
+    shipped = [sized(StudyConfig(**yaml.safe_load(path.read_text()))) for path in Path("studies").glob("*.yaml")]
+    names = sorted({v.name for config in shipped for v in config.variants}, key=len)[-4:]
+    long = dict(zip(names, VARIANTS.values()))
+    c = study(contrasts=[[names[1], names[0]], [names[3], names[2]]], variants=long)
+    c.table.loc[3, "causal"] = "no"
+    out = io.StringIO()
+    console.print_comparison(c, Console(file=out, width=120))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines if "│" in line or "━" in line) <= 120
+    rows = [line.rstrip() for line in lines if "│" in line]
+    assert len(rows) == len(c.contrasts) + len(c.table)  # no row wraps onto a second line
+    assert all(row.endswith(("*", "*!")) for row in rows)  # the synthetic curves still fall
+    assert sum(row.endswith("!") for row in rows) == 2  # the leaking variant's row and its contrast
+    wide = io.StringIO()
+    console.print_comparison(c, Console(file=wide, width=400), wide=True)
+    for column in ("failed", "std", "median", "MDE", "test", "effect", "causal"):
+        assert column in wide.getvalue()

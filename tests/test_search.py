@@ -1,6 +1,10 @@
 """Optuna search per variant: pruning, the best setting reused by the final phase, resuming."""
 
 import json
+import re
+import subprocess
+import sys
+import urllib.request
 
 import mlflow
 import optuna
@@ -9,7 +13,7 @@ import pytest
 from ablate.cli import main
 from ablate.config import SearchConfig
 from ablate.run import search
-from tests.conftest import TINY_STUDY, write_study
+from tests.conftest import TINY_STUDY, WINDOW, clean_env, write_study
 
 SEARCH = """\
 search:
@@ -127,3 +131,32 @@ def test_the_tpe_sampler_searches_after_its_random_start(tmp_path, own_store):
     trials = optuna_study(results).trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert len({t.params["lr"] for t in trials}) == 4 and all(1e-5 <= t.params["lr"] <= 0.3 for t in trials)
+
+
+def test_ui_optuna_serves_the_dashboard_on_the_search_storage(searched, browser):
+    """`ablate ui --optuna`: Optuna's own dashboard lists each variant's search, and its page
+    draws the search's trials."""
+    _, results, _ = searched
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ablate.cli", "ui", "--optuna", "--results", str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        url = re.match(r"Optuna dashboard: (http://\S+/dashboard)$", server.stdout.readline().strip()).group(1)
+        studies = json.load(urllib.request.urlopen(url.replace("/dashboard", "/api/studies")))["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["tiny/mha"]
+        page = browser.new_page(viewport=WINDOW)
+        page.goto(url)
+        page.wait_for_selector("text=tiny/mha", timeout=60_000)
+        page.screenshot(path=str(results / "optuna-dashboard.png"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_ui_optuna_without_a_storage_is_one_line(tmp_path, capsys):
+    assert main(["ui", "--optuna", "--results", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("ablate: error: no Optuna storage at sqlite:///")

@@ -54,7 +54,7 @@ class Comparison:
     baseline: str
     lower: bool
     budget: dict | None
-    history: pd.DataFrame  # the val-loss curves
+    curves: dict[str, pd.DataFrame]  # metric → its learning curves: the compared metric's and val_loss's
     notes: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
     scaling: laws.Scaling | None = None  # a scaling study's laws (of a loss)
@@ -70,8 +70,9 @@ def gather(
     runs, set_aside = store.latest_per_seed(runs)
     if check and not json.loads(tags.get("ablate.expect", "[]")):
         raise AblateError(f"--check: study {name!r} declares no expectations (expect: in its YAML)")
-    history = store.curves(tracking.client(uri), runs)
-    comparison = build(name, tags, runs, history, metric, baseline, lower, failed, at)
+    client = tracking.client(uri)
+    curves = {m: store.curves(client, runs, m) for m in dict.fromkeys([metric, store.CURVE_METRIC])}
+    comparison = build(name, tags, runs, curves, metric, baseline, lower, failed, at)
     if set_aside:
         comparison.notes.insert(
             0, f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)"
@@ -83,15 +84,15 @@ def build(
     name: str,
     tags: dict[str, str],
     runs: pd.DataFrame,
-    history: pd.DataFrame,
+    curves: dict[str, pd.DataFrame],
     metric: str,
     baseline: str | None,
     lower: bool,
     failed: dict[str, int] | None = None,
     at: list[float] = (),
 ) -> Comparison:
-    """The comparison of a study's final runs (one per variant and seed) and their curves; `tags`
-    are the study experiment's (baseline, variant order, contrasts, expectations, budget)."""
+    """The comparison of a study's final runs (one per variant and seed) and their curves (metric →
+    curves, val_loss's among them: convergence is judged on it); `tags` are the study experiment's (baseline, variant order, contrasts, expectations, budget)."""
     failed = failed or {}
     order = json.loads(tags.get("ablate.variants", "[]"))
     table = summarize(runs, metric, baseline or tags.get("ablate.baseline"), order, lower, failed)
@@ -99,7 +100,7 @@ def build(
     contrasts = pairs_table(runs, metric, json.loads(tags.get("ablate.contrasts", "[]")), lower)
     expected = json.loads(tags.get("ablate.expect", "[]"))
     checks = expectations(runs, expected, baseline, lambda m: lower_is_better(m, None))
-    table = table.merge(convergence(history, *store.loss_scale(runs)), on="variant", how="left")
+    table = table.merge(convergence(curves[store.CURVE_METRIC], *store.loss_scale(runs)), on="variant", how="left")
     budget = json.loads(tags.get("ablate.budget", "null"))
     table = table.merge(shapes(runs, budget), on="variant", how="left")
     scaling_study = "tags.ablate.scaled" in runs and runs["tags.ablate.scaled"].notna().any()
@@ -109,7 +110,7 @@ def build(
         notes.append("failed runs (diverged or out of memory): " + ", ".join(f"{v} {n}" for v, n in failed.items()))
     if small := small_samples(table):
         notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
-    comparison = Comparison(name, runs, table, contrasts, checks, metric, baseline, lower, budget, history, notes)
+    comparison = Comparison(name, runs, table, contrasts, checks, metric, baseline, lower, budget, curves, notes)
     comparison.facts = _facts(comparison, size)
     if size is not None and lower:
         pairs = _scaling_pairs(runs, contrasts, baseline)

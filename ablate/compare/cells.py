@@ -51,6 +51,48 @@ def variants(c: Comparison) -> Table:
     return columns, rows
 
 
+# The decisive columns, for a terminal of 120 columns (`ablate compare --wide` prints every column):
+# three decimals, and a mark after the verdict for what qualifies it.
+NOT_CONVERGED, LEAKS = "*", "!"
+MARKS = f"{NOT_CONVERGED} not converged, {LEAKS} leaks (not causal)"
+
+
+def brief_contrasts(c: Comparison) -> Table:
+    columns = ["contrast", "n", "Δ [95% CI]", "p (Holm)", "verdict"]
+    rows = [
+        [f"{r.variant} vs {r.against}", str(r.n), _brief_diff(r), number(r.p_holm), _mark(r.verdict, c, r)]
+        for r in c.contrasts.itertuples(index=False)
+    ]
+    return columns, rows
+
+
+def brief_variants(c: Comparison) -> Table:
+    columns = ["variant", "n", "mean [95% CI]", "Δ [95% CI]", "p (Holm)", "verdict"]  # Δ: against the baseline
+    rows = []
+    for r in c.table.itertuples(index=False):
+        mean = "-" if math.isnan(r.mean) else f"{r.mean:.3f} [{_3(r.ci95_low)}, {_3(r.ci95_high)}]"
+        baseline = r.variant == c.baseline or r.n == 0
+        diff, p = ("-", "-") if baseline else (_brief_diff(r), number(r.p_holm))
+        rows.append([r.variant, str(r.n), mean, diff, p, _mark(r.verdict, c, r)])
+    return columns, rows
+
+
+def _brief_diff(r) -> str:
+    return "-" if math.isnan(r.diff) else f"{r.diff:+.3f} [{_3(r.diff_ci_low, '+')}, {_3(r.diff_ci_high, '+')}]"
+
+
+def _3(value: float, sign: str = "") -> str:
+    return "-" if math.isnan(value) else f"{value:{sign}.3f}"
+
+
+def _mark(verdict: str, c: Comparison, r) -> str:
+    """The verdict with a mark for each variant it concerns that has not converged or leaks."""
+    names = {r.variant, getattr(r, "against", None)}
+    table = c.table[c.table["variant"].isin(names)]
+    marks = NOT_CONVERGED * bool(table["converged"].eq(False).any()) + LEAKS * bool(table["causal"].eq("no").any())
+    return f"{verdict} {marks}" if marks else verdict
+
+
 def expectations(c: Comparison) -> Table:
     columns = ["expectation", "metric", "expected", "verdict", "p (Holm)", "held"]
     rows = [

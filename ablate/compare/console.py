@@ -10,13 +10,16 @@ from ablate.compare.stats import POWER
 HELD = {"yes": "[green]yes[/green]", "NO": "[red]NO[/red]"}
 
 
-def print_comparison(c: Comparison, console: Console) -> None:
-    """The contrasts, the table against the baseline and the expectations, then the facts beside them."""
+def print_comparison(c: Comparison, console: Console, wide: bool = False) -> None:
+    """The contrasts, the table against the baseline and the expectations, then the facts beside
+    them; the decisive columns only, unless `wide`."""
     better = "lower" if c.lower else "higher"
+    contrasts, variants = (cells.contrasts, cells.variants) if wide else (cells.brief_contrasts, cells.brief_variants)
     if len(c.contrasts):
-        console.print(_table(f"{c.study}: contrasts, {c.metric} ({better} is better)", cells.contrasts(c)))
-    title = f"{c.study}: {c.metric} ({better} is better), against {c.baseline}"
-    console.print(_table(title, cells.variants(c)))
+        console.print(_table(f"{c.study}: contrasts, {c.metric} ({better} is better)", contrasts(c), wide))
+    console.print(_table(f"{c.study}: {c.metric} ({better} is better), against {c.baseline}", variants(c), wide))
+    if not wide:
+        print(f"marks: {cells.MARKS}; every column: ablate compare --wide")
     if len(c.checks):
         columns, rows = cells.expectations(c)
         console.print(_table(f"{c.study}: expectations", (columns, [[*r[:-1], HELD[r[-1]]] for r in rows])))
@@ -48,11 +51,11 @@ def print_scaling(c: Comparison, console: Console) -> None:
     )
 
 
-def _table(title: str, table: cells.Table) -> Table:
+def _table(title: str, table: cells.Table, edge: bool = True) -> Table:
     columns, rows = table
-    out = Table(title=title)
+    out = Table(title=title, show_edge=edge)
     for col in columns:
-        out.add_column(col, justify="left" if col in cells.LEFT else "right")
+        out.add_column(col, justify="left" if col in cells.LEFT else "right", no_wrap=not edge)
     for row in rows:
         out.add_row(*row)
     return out

@@ -21,7 +21,6 @@ from matplotlib.ticker import FormatStrFormatter
 
 from ablate import tracking
 from ablate.compare import Comparison, cells, scaling
-from ablate.compare.runs import CURVE_METRIC
 from ablate.compare.stats import POWER
 
 RANK = "metrics.rank/block"
@@ -124,14 +123,14 @@ def plot_intervals(c: Comparison, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_curves(c: Comparison, path: Path) -> Path:
-    """One panel per family: each variant's val loss at every eval, mean over seeds, with a band
+def plot_curves(c: Comparison, metric: str, path: Path) -> Path:
+    """One panel per family: each variant's metric at every eval, mean over seeds, with a band
     from the lowest to the highest seed."""
-    grouped = families(c)
+    grouped, history = families(c), c.curves[metric]
     fig, axes = _panels(len(grouped), sharey=True)
     for ax, (family, variants) in zip(axes, grouped.items()):
         for variant in variants:
-            by_step = c.history[c.history["variant"] == variant].groupby("step")["value"]
+            by_step = history[history["variant"] == variant].groupby("step")["value"]
             if not by_step.ngroups:
                 continue
             mean = by_step.mean()
@@ -140,7 +139,7 @@ def plot_curves(c: Comparison, path: Path) -> Path:
         ax.set(title=family, xlabel="step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
-    axes[0].set_ylabel(f"{CURVE_METRIC}: mean, min–max band")
+    axes[0].set_ylabel(f"{metric}: mean, min–max band")
     return _save(fig, path)
 
 
@@ -192,8 +191,9 @@ def write(c: Comparison, folder: Path, ui: str | None = None) -> list[Path]:
     images = [plot_intervals(c, folder / f"{c.metric}_intervals.png")]
     if c.scaling is not None:  # a scaling study's answer is its laws: first
         answer, images = plot_scaling(c, folder / f"{c.metric}_scaling.png"), [p for p in (answer, *images) if p]
-    if not c.history.empty:
-        images.append(plot_curves(c, folder / f"{CURVE_METRIC}_curves.png"))
+    for metric, history in c.curves.items():  # the compared metric's, then val_loss's where that is another
+        if not history.empty:
+            images.append(plot_curves(c, metric, folder / f"{metric}_curves.png"))
     if (rank := plot_rank(c, folder / "rank_by_depth.png")) is not None:
         images.append(rank)
     page = folder / "report.html"

@@ -1,5 +1,5 @@
 """A study's runs as the comparison reads them from MLflow: the finished final trials, the failed
-seeds, the newest run of each seed, and the val-loss curves."""
+seeds, the newest run of each seed, and the learning curves."""
 
 import math
 
@@ -9,7 +9,7 @@ import pandas as pd
 from ablate import tracking
 from ablate.errors import AblateError
 
-CURVE_METRIC = "val_loss"
+CURVE_METRIC = "val_loss"  # the curve convergence is judged on, drawn beside the compared metric's
 
 
 def study_runs(uri: str, study: str | None) -> tuple[str, dict[str, str], pd.DataFrame, dict[str, int]]:
@@ -49,12 +49,12 @@ def latest_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return newest, len(runs) - len(newest)
 
 
-def curves(client, runs: pd.DataFrame) -> pd.DataFrame:
-    """The val-loss history of every run: columns variant, seed, step, value."""
+def curves(client, runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The metric's history in every run: columns variant, seed, step, value."""
     rows = [
         {"variant": run["tags.ablate.variant"], "seed": run["tags.ablate.seed"], "step": m.step, "value": m.value}
         for _, run in runs.iterrows()
-        for m in client.get_metric_history(run["run_id"], CURVE_METRIC)
+        for m in client.get_metric_history(run["run_id"], metric)
     ]
     return pd.DataFrame(rows, columns=["variant", "seed", "step", "value"])
 

@@ -311,6 +311,7 @@ class TrialRunner:
         number = tags.get(tracking.TAG + "optuna_trial")
         name = f"{trial.variant}-search{number}" if number is not None else f"{trial.variant}-seed{trial.seed}"
         run = p.tracker.start(p.exp_id, name, tags, params, parent_id=p.parents[trial.variant])
+        p.tracker.log_dataset(run.run_id, p.data.meta, p.study.config.data)
         run.text(p.study.text, "study.yaml")
         return run
 

@@ -36,16 +36,18 @@ def attention_entropy(probs: torch.Tensor) -> float:
 @torch.no_grad()
 def per_block(model, idx: torch.Tensor) -> dict[str, float]:
     """On one batch: `rank/blockI`, the effective rank of the (B·T, d_model) representations
-    after block I, and `attn_entropy/blockI` for blocks whose mixer has an attention map."""
+    after block I, and `attn_entropy/blockI` for blocks whose mixer has an attention map; both
+    on the residual stream the model's own forward walk hands each block."""
     out = {}
-    x = model.embed(idx)
-    for i, block in enumerate(model.blocks):
+
+    def observe(i: int, block, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
         mixer = block.mixer
-        probs = None if mixer.adds_residual else mixer.attention_probs(rms_norm(x))
+        probs = None if mixer.adds_residual else mixer.attention_probs(rms_norm(x_in))
         if probs is not None:
             out[f"attn_entropy/block{i}"] = attention_entropy(probs)
-        x = block(x)
-        out[f"rank/block{i}"] = effective_rank(x.flatten(0, 1).float())
+        out[f"rank/block{i}"] = effective_rank(x_out.flatten(0, 1).float())
+
+    model.hidden(idx, observe)
     return out
 
 
