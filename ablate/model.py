@@ -27,6 +27,10 @@ class Block(nn.Module):
             x = x + self.ffn(rms_norm(x))
         return x
 
+    def residual_maps(self) -> list[nn.Linear]:
+        """The maps whose outputs are added to the residual stream: the mixer's, and the FFN's last."""
+        return self.mixer.residual_maps() + ([self.ffn.w_out] if self.ffn is not None else [])
+
 
 BlockObserver = Callable[[int, Block, torch.Tensor, torch.Tensor], None]
 
@@ -45,8 +49,8 @@ class LanguageModel(nn.Module):
 
         `seed` (the seed's): every matrix of a linear map and the embedding uniform in ±√3/√fan_in
         (standard deviation 1/√fan_in, fan_in its input width), no residual scaling; any other
-        parameter (a position bias) zero. `gpt2`: N(0, 0.02) for everything, residual output
-        maps scaled by 1/√(2·layers)."""
+        parameter (a position bias) zero. `gpt2`: N(0, 0.02) for everything, the maps each block
+        declares as residual outputs (`Block.residual_maps`) at 0.02/√(2·layers)."""
         if self.cfg.init == "seed":
             for p in self.parameters():
                 nn.init.zeros_(p)
@@ -55,9 +59,9 @@ class LanguageModel(nn.Module):
                     bound = 3**0.5 * module.weight.size(1) ** -0.5
                     nn.init.uniform_(module.weight, -bound, bound)
         else:
-            residual_std = 0.02 / (2 * self.cfg.n_layers) ** 0.5
-            for name, p in self.named_parameters():
-                std = residual_std if name.endswith(("out.weight", "w_out.weight")) else 0.02
+            residual = {id(m.weight) for block in self.blocks for m in block.residual_maps()}
+            for p in self.parameters():
+                std = 0.02 / (2 * self.cfg.n_layers) ** 0.5 if id(p) in residual else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
         for module in self.modules():
             if isinstance(module, registry.Mixer):

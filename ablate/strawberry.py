@@ -97,7 +97,8 @@ def ablate_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
 def load_strawberry(checkpoint: str | Path | dict[str, Any], *, scope: str = "batch") -> LanguageModel:
     """ablate's model with a Strawberry checkpoint's weights: `model(idx)` gives the seed model's
     logits. The model takes the checkpoint's dtype, so that its weights are the checkpoint's to the
-    bit. `scope` is the published `batch` (which leaks across the batch), unless asked otherwise."""
+    bit (its rotary tables stay float64, as in every model). `scope` is the published `batch`
+    (which leaks across the batch), unless asked otherwise."""
     checkpoint = read_checkpoint(checkpoint)
     try:
         model = build_model(model_config(checkpoint["hyperparams"], scope))
@@ -105,8 +106,6 @@ def load_strawberry(checkpoint: str | Path | dict[str, Any], *, scope: str = "ba
         err = e.errors()[0]
         raise AblateError(f"the checkpoint's hyperparams: {err['loc'][0]}: {err['msg']}") from None
     state = ablate_state(checkpoint["model"], model.state_dict())
-    dtype = state["embed.weight"].dtype
-    if dtype != model.embed.weight.dtype:  # only then: `to` would round the float64 rotary tables too
-        model.to(dtype)
+    model.to(state["embed.weight"].dtype)
     model.load_state_dict(state)
     return model

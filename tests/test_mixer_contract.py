@@ -1,5 +1,6 @@
-"""The contract a mixer meets, checked for every registered one: what adding one file to
-ablate/mixers/ must satisfy. Each rule says why it exists; a broken mixer is told which."""
+"""The contract a mixer meets (stated once, in `ablate.mixers.registry.Mixer`'s docstring),
+checked for every registered one: what adding one file to architectures/ must satisfy. A
+broken mixer is told which rule it breaks."""
 
 import pytest
 import torch
@@ -62,6 +63,7 @@ def violations(name: str) -> list[str]:
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     if dead:
         found.append(f"gradients: no gradient reaches {', '.join(dead)}")
+    found += _residual_maps(model)
     for option in registry.mixer_options(name, {}):
         try:
             registry.mixer_options(name, {option: object()})
@@ -72,7 +74,27 @@ def violations(name: str) -> list[str]:
     return found
 
 
-SHIPPED = [n for n in ablate.variants() if registry.mixer_class(n).__module__.startswith("ablate.mixers.")]
+def _residual_maps(model) -> list[str]:
+    """The declared residual maps are the mixer's own linear maps, and silence it when zeroed
+    (a mixer that runs its own residual steps then returns its input): every output path is
+    declared, so the GPT-2 init scales them all."""
+    mixer = model.blocks[0].mixer
+    maps = mixer.residual_maps()
+    own = [m for m in mixer.modules() if isinstance(m, torch.nn.Linear)]
+    if not maps or not all(any(m is o for o in own) for m in maps):
+        return [f"residual maps: residual_maps() must return the mixer's own nn.Linear maps, got {maps}"]
+    x = torch.randn(1, CONTEXT, SHAPE["d_model"])
+    with torch.no_grad():
+        for m in maps:
+            m.weight.zero_()
+        y = mixer(x)
+    left = (y - x if mixer.adds_residual else y).abs().max().item()
+    if left > 0:
+        return [f"residual maps: with its declared maps zeroed the output still moves by {left:.1e}; declare them all"]
+    return []
+
+
+SHIPPED = [n for n in ablate.variants() if registry.mixer_class(n).__module__.startswith("ablate.architectures.")]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -88,6 +110,9 @@ class _Forgetful(Mixer):
         self.proj = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.decay = decay
 
+    def residual_maps(self):
+        return [self.proj]
+
     def forward(self, x):
         weights = self.decay ** torch.arange(x.size(1), 0, -1, dtype=x.dtype, device=x.device)
         running = torch.cumsum(torch.sigmoid(x) * torch.exp(x.tanh()) * weights[:, None], dim=1) / weights[:, None]
@@ -95,15 +120,20 @@ class _Forgetful(Mixer):
 
 
 class _Branching(Mixer):
-    """A branch on the data's values, and an option nobody annotated."""
+    """A branch on the data's values, an option nobody annotated, and a second output path
+    (`skip`) that it does not declare as a residual map."""
 
     def __init__(self, cfg, layer_idx, *, scale=2):
         super().__init__()
         self.proj = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.skip = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.scale = scale
 
+    def residual_maps(self):
+        return [self.proj]
+
     def forward(self, x):
-        return self.proj(x) * self.scale if x.mean() > 0 else self.proj(x)
+        return (self.proj(x) * self.scale if x.mean() > 0 else self.proj(x)) + self.skip(x)
 
     def elementwise_flops(self, T):
         return 2 * self.proj.in_features  # the mean, and the scale: declared honestly
@@ -122,5 +152,5 @@ def test_a_broken_mixer_is_told_which_rules_it_breaks(scratch_registry):
     assert [v.split(":")[0] for v in forgetful] == ["flops"]
     assert "declares 0 per token" in forgetful[0]
     branching = violations("test-branching")
-    assert [v.split(":")[0] for v in branching] == ["meta", "options"]
-    assert "meta device" in branching[0] and "scale=" in branching[1]
+    assert [v.split(":")[0] for v in branching] == ["meta", "residual maps", "options"]
+    assert "meta device" in branching[0] and "declare them all" in branching[1] and "scale=" in branching[2]

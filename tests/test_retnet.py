@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ablate
-from ablate.mixers.retnet import chunkwise, decays, parallel, recurrent
+from ablate.architectures.retnet import chunkwise, decays, parallel, recurrent
 
 
 def test_forms_agree_on_raw_tensors():

@@ -37,6 +37,19 @@ def test_a_saved_checkpoint_loads_from_its_path_with_its_weights(tmp_path):
     assert model.cfg.mixer_options["scope"] == "batch" and not model.causal
 
 
+def test_a_float32_checkpoint_looked_at_in_float64_gives_the_float64_logits():
+    """`.double()` on a loaded float32 checkpoint, even after a `.float()`: the
+    rotary tables are float64 still, so the logits are those of the float64 model with the same
+    (float32-exact) weights, to float64 rounding."""
+    checkpoint = seed_checkpoint(SMALL, dtype=torch.float32, seed=2)
+    model = ablate.load_strawberry(checkpoint).float().double()
+    exact = {k: v.double() for k, v in checkpoint["model"].items()}
+    idx = torch.randint(0, SMALL["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = model(idx)
+    torch.testing.assert_close(got, reference_logits(exact, SMALL, idx, "batch"), atol=1e-10, rtol=0)
+
+
 SMALL = {**PUBLISHED, "vocab_size": 20, "n_embd": 8, "n_qkv": 12, "n_ffn": 16, "n_head": 2}
 
 

@@ -146,7 +146,7 @@ def test_warmup_longer_than_training_is_refused():
         TrainConfig(steps=10, warmup=20)
 
 
-SHIPPED = [name for name in ablate.variants() if mixer_class(name).__module__.startswith("ablate.mixers.")]
+SHIPPED = [name for name in ablate.variants() if mixer_class(name).__module__.startswith("ablate.architectures.")]
 
 
 @pytest.mark.parametrize("mixer", SHIPPED)  # not the test-only mixers some test modules register

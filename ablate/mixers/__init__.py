@@ -1,2 +1,2 @@
-"""Sequence mixers, one family per file; each module registers its mixers on import, and
-`registry` finds them by name."""
+"""The registry (name → mixer class) and the contract every mixer satisfies (`registry.Mixer`).
+The mixers themselves live in the top-level `architectures/`, installed as `ablate.architectures`."""

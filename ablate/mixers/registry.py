@@ -1,5 +1,5 @@
-"""Name → mixer class. Each other module of this package (one mixer family per file) registers
-its mixers on import."""
+"""Name → mixer class. Each module of `ablate.architectures` (the top-level `architectures/`,
+one mixer family per file) registers its mixers on import."""
 
 import importlib
 import inspect
@@ -15,18 +15,37 @@ _MIXERS: dict[str, type["Mixer"]] = {}
 
 
 class Mixer(nn.Module):
-    """A sequence mixer: built as `Mixer(cfg, layer_idx, **options)`, called as `forward(x) -> y`.
+    """A sequence mixer, and the contract every one meets (`tests/test_mixer_contract.py` checks
+    each registered mixer against it and names the rule a broken one breaks).
 
-    x and y are (B, T, d_model); x arrives already normed by the block, which adds y to
-    its residual stream. `cfg` is the model's ModelConfig and `layer_idx` the block's
-    index (a layer schedule such as hybrid uses it); options are the keyword-only
-    arguments of the subclass's constructor, which are also what a study may set under
-    `mixer_options`.
+    Built as `Mixer(cfg, layer_idx, **options)`, called as `forward(x) -> y`, x and y of shape
+    (B, T, d_model). x arrives normed by the block, which adds y to its residual stream. `cfg`
+    is the model's ModelConfig, `layer_idx` the block's index (a layer schedule such as hybrid
+    uses it); the options are the constructor's keyword-only arguments, which are also what a
+    study may set under `mixer_options`.
 
-    `causal` is False for a mixer that knowingly sees the future or other sequences
-    (the audit still measures it). `adds_residual` is True for a mixer that runs several
-    residual steps itself: the block then passes it the raw residual stream and takes
-    its output as the new stream.
+    The rules:
+    - **meta**: the forward runs on the meta device, without data (planning, the budget solver
+      and the FLOP count build every trial that way), so it never branches on a tensor's values;
+    - **flops**: `elementwise_flops(T)` declares, per token, the element-wise work (pointwise
+      ops, reductions, scans, softmax) that torch's FLOP counter does not see, within a factor
+      of 4 of what the forward does: a mixer that under-declares would look cheap to an
+      iso-FLOP budget;
+    - **causal**: the output at t depends on positions ≤ t of its own sequence only, unless the
+      mixer says `causal = False` (a class attribute, or per instance when an option decides);
+      the audit measures it either way;
+    - **gradients**: every parameter gets a non-zero gradient;
+    - **options**: every option is annotated with its type, so that a wrong value in a study is
+      a one-line error naming the option;
+    - **residual maps**: `residual_maps()` returns the linear maps whose outputs reach the
+      residual stream (zeroing them silences the mixer); the GPT-2 init scales them by
+      1/√(2·layers).
+
+    Optional: `state_size()` (numbers per sequence a decoder carries, None when that grows with
+    the sequence), `attention_probs(x)` (the softmax attention map, for diagnostics), and
+    `reset_parameters()` for parameters the backbone's draw does not suit (gains at 1).
+    `adds_residual = True` marks a mixer that runs several residual steps itself: the block then
+    passes it the raw stream and takes its output as the new stream.
     """
 
     name: str = ""
@@ -38,6 +57,10 @@ class Mixer(nn.Module):
         """Per token at context T: element-wise work (exp, cumulative sums, softmax) that
         torch's FLOP counter, which counts matrix products, does not see. A declared estimate."""
         return 0.0
+
+    def residual_maps(self) -> list[nn.Linear]:
+        """The linear maps whose outputs the mixer hands to the residual stream."""
+        return [self.out]
 
     def state_size(self) -> int | None:
         """Numbers per sequence a decoder carries from token to token; None when it grows with the sequence."""
@@ -68,11 +91,10 @@ def register(name: str):
 
 
 def _load_families() -> None:
-    from ablate import mixers
+    from ablate import architectures
 
-    for module in pkgutil.iter_modules(mixers.__path__):
-        if module.name != "registry":
-            importlib.import_module(f"ablate.mixers.{module.name}")
+    for module in pkgutil.iter_modules(architectures.__path__):
+        importlib.import_module(f"ablate.architectures.{module.name}")
 
 
 def variants() -> list[str]:

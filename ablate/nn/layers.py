@@ -26,22 +26,44 @@ def rotary_angles(head_dim: int, context: int, base: float = 10000.0) -> torch.T
     return torch.outer(torch.arange(context, dtype=torch.float64), inv_freq)
 
 
-class Rotary(nn.Module):
-    """Rotary position embedding for (B, H, T, d) tensors: each pair (x_2j, x_2j+1) at position t
-    turned by the angle t·base^(-2j/d). Tables are buffers, not parameters.
-
-    Written as x·C + swap(x)·S, C = (cos, cos) and S = (−sin, sin) per pair and swap exchanging
-    the two of each pair: the same numbers as (x1·cos − x2·sin, x1·sin + x2·cos) to the last
-    bit, in fewer element-wise passes. The tables are float64 and cast to the input's dtype, so
-    a float64 model rotates exactly.
-    """
+class _Float64Tables(nn.Module):
+    """Rotation tables (buffers `cos` and `sin`, not parameters) kept in float64 whatever the model
+    is cast to: they move with the model's device, are cast to the input's dtype where used, and
+    a model cast to a low precision and back (`.half().double()`) still rotates exactly."""
 
     def __init__(self, head_dim: int, context: int):
         super().__init__()
-        angles = rotary_angles(head_dim, context)
+        self.head_dim, self.context = head_dim, context
+        cos, sin = self.tables(None)  # on the default device, meta where a model is only measured
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def tables(self, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def angles(self, device: torch.device | None) -> torch.Tensor:
+        angles = rotary_angles(self.head_dim, self.context)
+        return angles if device is None else angles.to(device)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.cos, self.sin = self.tables(self.cos.device)
+        return self
+
+
+class Rotary(_Float64Tables):
+    """Rotary position embedding for (B, H, T, d) tensors: each pair (x_2j, x_2j+1) at position t
+    turned by the angle t·base^(-2j/d).
+
+    Written as x·C + swap(x)·S, C = (cos, cos) and S = (−sin, sin) per pair and swap exchanging
+    the two of each pair: the same numbers as (x1·cos − x2·sin, x1·sin + x2·cos) to the last
+    bit, in fewer element-wise passes.
+    """
+
+    def tables(self, device):
+        angles = self.angles(device)
         cos, sin = angles.cos(), angles.sin()
-        self.register_buffer("cos", torch.stack((cos, cos), dim=-1).flatten(-2), persistent=False)
-        self.register_buffer("sin", torch.stack((-sin, sin), dim=-1).flatten(-2), persistent=False)
+        return torch.stack((cos, cos), dim=-1).flatten(-2), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.size(-2)
@@ -49,16 +71,14 @@ class Rotary(nn.Module):
         return x * self.cos[:T].to(x.dtype) + swapped * self.sin[:T].to(x.dtype)
 
 
-class HalfSplitRotary(nn.Module):
+class HalfSplitRotary(_Float64Tables):
     """The seed's rotary form for (B, H, T, d) tensors: the two halves x1, x2 of each head's d
     turned by −θ, y1 = x1·cos + x2·sin, y2 = −x1·sin + x2·cos, angles t·base^(−2i/d). Not a
     relabelling of `Rotary` where the projection weights are generated from the input."""
 
-    def __init__(self, head_dim: int, context: int):
-        super().__init__()
-        angles = rotary_angles(head_dim, context)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+    def tables(self, device):
+        angles = self.angles(device)
+        return angles.cos(), angles.sin()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.size(-2)

@@ -51,6 +51,9 @@ class Hybrid(Mixer):
     def elementwise_flops(self, T):
         return self.mixer.elementwise_flops(T)
 
+    def residual_maps(self):
+        return self.mixer.residual_maps()
+
     def attention_probs(self, x):
         return self.mixer.attention_probs(x)
 
