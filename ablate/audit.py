@@ -5,23 +5,24 @@ by any token of another sequence j ≠ i. The audit changes exactly those tokens
 reports the largest logit change it saw; above TOLERANCE the model leaks.
 """
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
+from ablate.config import ModelConfig
 from ablate.errors import AblateError
+from ablate.mixers import registry
 from ablate.model import LanguageModel, build_model
+from ablate.tracking.schema import Metric
 
 TOLERANCE = 1e-5  # float32, as the spec fixes it
 PREFIX_POSITIONS = 16  # per window: the positions prefix_val_loss predicts
 
 
-def max_leak(model_dict: dict[str, Any], batch: int = 3, seed: int = 0) -> float:
+def max_leak(model: ModelConfig, batch: int = 3, seed: int = 0) -> float:
     """Largest logit change at positions that must not see the perturbed tokens, for a model
-    freshly built (from `seed`) from its dict."""
+    freshly built (from `seed`)."""
     torch.manual_seed(seed)
-    return model_leak(build_model(model_dict), batch, seed)
+    return model_leak(build_model(model), batch, seed)
 
 
 @torch.no_grad()
@@ -42,6 +43,34 @@ def model_leak(model: LanguageModel, batch: int = 3, seed: int = 0) -> float:
     others = idx.clone()  # every other sequence of the batch changes
     others[1:] = torch.randint(0, vocab, (batch - 1, T), generator=g).to(device)
     return max(leak, (model(others)[0] - logits[0]).abs().max().item())
+
+
+AUDIT_SHAPE = {  # `ablate audit --variant NAME`: a registered mixer at a small shape
+    "vocab_size": 256,
+    "context": 64,
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "qkv_dim": 32,
+    "ffn_dim": 64,
+}
+
+
+def audit_mixer(name: str) -> float:
+    """The largest leak of a registered mixer at AUDIT_SHAPE (an unknown name: an error with a suggestion)."""
+    registry.mixer_class(name)
+    return max_leak(ModelConfig(mixer=name, **AUDIT_SHAPE))
+
+
+def print_table(leaks: dict[str, float], console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"causality audit (tolerance {TOLERANCE:g})")
+    for col in ("variant", "causal", "largest logit change"):
+        table.add_column(col, justify="right" if col.startswith("largest") else "left")
+    for name, leak in leaks.items():
+        table.add_row(name, "yes" if is_causal(leak) else "NO", f"{leak:.2e}")
+    console.print(table)
 
 
 def is_causal(leak: float) -> bool:
@@ -88,6 +117,6 @@ def prefix_losses(model: LanguageModel, x: torch.Tensor, y: torch.Tensor) -> dic
     model.train(was_training)
     target = y[:, positions].flatten()
     return {
-        "prefix_val_loss": F.cross_entropy(prefix.float().flatten(0, 1), target).item(),
-        "val_loss_at_prefix_positions": F.cross_entropy(teacher.flatten(0, 1), target).item(),
+        Metric.PREFIX_VAL_LOSS: F.cross_entropy(prefix.float().flatten(0, 1), target).item(),
+        Metric.VAL_LOSS_AT_PREFIX_POSITIONS: F.cross_entropy(teacher.flatten(0, 1), target).item(),
     }

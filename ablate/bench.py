@@ -14,18 +14,21 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ablate.config import TrainConfig
+from ablate.config import ModelConfig, TrainConfig
 from ablate.data.corpus import Corpus, in_memory
-from ablate.errors import AblateError
+from ablate.errors import AblateError, did_you_mean
 from ablate.model import build_model
 from ablate.plan.flops import bytes_per_token, flops_per_token
+from ablate.train.evaluation import device_named
 from ablate.train.trainer import Trainer, seed_everything
 
+DEFAULT_VARIANTS = ("mha", "aft-simple", "retention")
 PEAK_SIZE = 2048  # the matmul whose speed is the peak: 2048³, fp32 on a CPU, bf16 on a GPU
 STREAM_SIZE = 1 << 25  # floats per array of the bandwidth triad: 128 MiB each, far beyond any cache
 
@@ -117,17 +120,73 @@ def _random_tokens(vocab_size: int, context: int, batch_size: int, eval_batches:
     return in_memory(train, val, vocab_size, "random tokens")
 
 
+Target = tuple[str, ModelConfig, TrainConfig]  # a variant's name, its model and its train settings
+
+
+def targets(study: Path | None, names: list[str], overrides: dict[str, Any], train: dict[str, Any]) -> list[Target]:
+    """What to bench: a study's planned variants (all, or those named), or registered mixers at the
+    default shape (the Strawberry seed's); `overrides` (model settings) and `train` on top of
+    each, checked as a study's are."""
+    from pydantic import ValidationError
+
+    from ablate.plan import study as study_mod
+    from ablate.plan.explain import first_error
+
+    if study is not None:
+        planned = study_mod.load(study)
+        first = {t.variant: t for t in reversed(planned.trials)}
+        unknown = [n for n in names if n not in first]
+        if unknown:
+            raise AblateError(f"--variant {unknown[0]!r} is not a variant of {planned.name}: {', '.join(first)}")
+        names = names or list(dict.fromkeys(t.variant for t in planned.trials))
+        chosen = [(n, first[n].model.model_dump(), first[n].train.model_dump()) for n in names]
+    else:
+        chosen = [(n, {"mixer": n}, {}) for n in names or DEFAULT_VARIANTS]
+    out = []
+    for name, model, base in chosen:
+        train_cfg = TrainConfig(**{**base, **train})
+        try:
+            built = study_mod.model_for({**model, **overrides}, train_cfg.batch_size, train_cfg.device)
+        except ValidationError as e:
+            loc, msg = first_error(e)
+            if msg == "unknown key":
+                msg += did_you_mean(str(loc[-1]), ModelConfig.model_fields)
+            raise AblateError(f"{name}: model{''.join(f'.{p}' for p in loc)}: {msg}") from None
+        except AblateError as e:
+            raise AblateError(f"{name}: {e}") from None
+        out.append((name, built.cfg, train_cfg))
+    return out
+
+
+def run(chosen: list[Target], steps: int, warmup: int, parallel: int, device: str, progress) -> list[dict[str, Any]]:
+    """Each target benched (as `parallel` copies at once, and alone, when parallel > 1) with
+    this machine's matmul peak and stream bandwidth beside it; `progress(row)` sees each row."""
+    where = device_named(device)
+    peak, bandwidth = matmul_peak(where), stream_bandwidth(where)
+    rows = []
+    for name, model, train_cfg in chosen:
+        if parallel > 1:
+            row = measure_parallel(name, model, train_cfg, steps, warmup, parallel)
+            row["single_tokens_per_s"] = measure(name, model, train_cfg, steps, warmup)["tokens_per_s"]
+            row["speedup_over_single"] = row["tokens_per_s"] / row["single_tokens_per_s"]
+        else:
+            row = measure(name, model, train_cfg, steps, warmup)
+        rows.append(roofline(row, peak, bandwidth))
+        progress(rows[-1])
+    return rows
+
+
 def measure(
     name: str,
-    model: dict[str, Any],
-    train: dict[str, Any],
+    model: ModelConfig,
+    train: TrainConfig,
     steps: int,
     warmup: int,
     barrier=None,
 ) -> dict[str, Any]:
     """Train `warmup` steps, then time `steps` more; one result row. With `barrier`, wait on it
     between the two, so that parallel copies time the same stretch of wall clock."""
-    cfg = TrainConfig(**{**train, "steps": warmup + steps, "warmup": 0})
+    cfg = TrainConfig(**{**train.model_dump(), "steps": warmup + steps, "warmup": 0})
     seed_everything(0)
     built = build_model(model)
     corpus = _random_tokens(built.cfg.vocab_size, built.cfg.context, cfg.batch_size, cfg.eval_batches)
@@ -170,7 +229,7 @@ def measure(
 
 
 def measure_parallel(
-    name: str, model: dict[str, Any], train: dict[str, Any], steps: int, warmup: int, copies: int
+    name: str, model: ModelConfig, train: TrainConfig, steps: int, warmup: int, copies: int
 ) -> dict[str, Any]:
     """`copies` trainings of the same variant at once, each in its own process (on a GPU they
     share it; on a CPU they share its cores, split evenly): their total tokens/s."""

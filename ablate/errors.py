@@ -11,6 +11,10 @@ class AblateError(Exception):
     """A problem with the user's input (study, data, store) rather than a bug."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, ended as Ctrl-C ends a study: the runs in flight KILLED, their claims handed back."""
+
+
 def first_line(e: BaseException) -> str:
     """What an exception says, in one line (its type when it says nothing)."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

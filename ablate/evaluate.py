@@ -11,42 +11,42 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from ablate import audit, sample, strawberry, tracking
-from ablate.config import DataConfig, TrainConfig
+from ablate import audit, sample, strawberry
+from ablate.config import DataConfig
 from ablate.errors import AblateError
-from ablate.train.trainer import Trainer
+from ablate.tracking.records import flatten
+from ablate.tracking.schema import Metric, Param, Role, Tag
+from ablate.tracking.store import Tracker
+from ablate.train import evaluation
 
-ROLE_IMPORT, ROLE_EVAL = "import", "evaluation"
 
-
-def import_strawberry(tracker: tracking.Tracker, path: Path, experiment: str) -> str:
+def import_strawberry(tracker: Tracker, path: Path, experiment: str) -> str:
     """Record a Strawberry checkpoint as a finished run (scope batch, as published); its run id."""
     checkpoint = strawberry.read_checkpoint(path)
     model = strawberry.load_strawberry(checkpoint).float()
-    model_dict = model.cfg.model_dump()
     stats = checkpoint.get("stats") if isinstance(checkpoint.get("stats"), dict) else {}
     tags = {
-        tracking.TAG + "role": ROLE_IMPORT,
-        tracking.TAG + "source_checkpoint": str(path.resolve()),
-        tracking.TAG + "causal": str(model.causal).lower(),
+        Tag.ROLE: Role.IMPORT,
+        Tag.SOURCE_CHECKPOINT: str(path.resolve()),
+        Tag.CAUSAL: str(model.causal).lower(),
     }
     params = {
-        **tracking.flatten("model", model_dict),
-        **tracking.flatten("hyperparams", checkpoint["hyperparams"]),
+        **flatten(Param.MODEL, model.cfg.model_dump()),
+        **flatten("hyperparams", checkpoint["hyperparams"]),
         "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "n_params": str(model.n_params()),
-        "n_params_non_embedding": str(model.n_params(non_embedding=True)),
+        Param.N_PARAMS: str(model.n_params()),
+        Param.N_PARAMS_NON_EMBEDDING: str(model.n_params(non_embedding=True)),
         **({"checkpoint_step": str(stats["step"])} if "step" in stats else {}),
     }
     run = tracker.start(tracker.experiment_id(experiment), f"strawberry-{path.stem}", tags, params)
     reported = {  # the seed's own estimates, from its leaking forward pass
-        f"reported_{split}_loss": float(losses[-1])
+        Metric.REPORTED.format(split): float(losses[-1])
         for split, losses in (stats.get("loss") or {}).items()
         if split in ("train", "val") and len(losses)
     }
     if reported:
         run.metrics(int(stats.get("step", 0)), reported)
-    sample.save(run, model, model_dict, tokenizer=None)
+    sample.save(run, model, model.cfg, tokenizer=None)
     run.end("FINISHED")
     return run.run_id
 
@@ -79,8 +79,8 @@ def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: P
             "tokenized as the model was trained; a text file would need the model's own tokenizer"
         )
     corpus = open_source(config, results / "cache", base)
-    trained_on = client.get_run(run_id).data.tags.get(tracking.TAG + "data_fingerprint")
-    if data is None and trained_on != corpus.meta["fingerprint"]:
+    trained_on = client.get_run(run_id).data.tags.get(Tag.DATA_FINGERPRINT)
+    if data is None and trained_on != corpus.meta.fingerprint:
         raise AblateError(f"run {run_id} trained on other data than its study names (run with --data?): give --data")
     return corpus
 
@@ -88,27 +88,27 @@ def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: P
 def evaluate(model, corpus, batch_size: int, batches: int, device: str) -> dict[str, float]:
     """val_loss and val_accuracy; max_leak from the audit; for a leaking model, prefix_val_loss
     (each position predicted from its own prefix alone) and the teacher-forced loss beside it."""
-    if corpus.meta["vocab_size"] > model.cfg.vocab_size:
+    if corpus.meta.vocab_size > model.cfg.vocab_size:
         raise AblateError(
-            f"the data's vocabulary ({corpus.meta['vocab_size']}) is larger than the model's ({model.cfg.vocab_size})"
+            f"the data's vocabulary ({corpus.meta.vocab_size}) is larger than the model's ({model.cfg.vocab_size})"
         )
+    model.to(evaluation.device_named(device))
     leak = audit.model_leak(model)
-    config = TrainConfig(steps=1, warmup=0, batch_size=batch_size, eval_batches=batches, device=device)
-    trainer = Trainer(model, corpus, config, seed=0)
-    metrics = trainer.evaluate() | {"max_leak": leak}
+    val = corpus.val_batches(model.cfg.context, batch_size, batches)
+    metrics = evaluation.evaluate(model, val) | {Metric.MAX_LEAK: leak}
     if not audit.is_causal(leak):
-        metrics |= trainer.evaluate_prefixes()
+        metrics |= evaluation.prefix_losses(model, val[0])
     return metrics
 
 
-def log_evaluation(tracker: tracking.Tracker, run_id: str, metrics: dict[str, float], params: dict[str, str]) -> str:
+def log_evaluation(tracker: Tracker, run_id: str, metrics: dict[str, float], params: dict[str, str]) -> str:
     """An evaluation run in the evaluated run's experiment, nested under it; its run id."""
     source = tracker.client.get_run(run_id)
     tags = {
-        tracking.TAG + "role": ROLE_EVAL,
-        tracking.TAG + "evaluates": run_id,
-        tracking.TAG + "causal": str(audit.is_causal(metrics["max_leak"])).lower(),
-        tracking.TAG + "max_leak": f"{metrics['max_leak']:.3e}",
+        Tag.ROLE: Role.EVALUATION,
+        Tag.EVALUATES: run_id,
+        Tag.CAUSAL: str(audit.is_causal(metrics[Metric.MAX_LEAK])).lower(),
+        Tag.MAX_LEAK: f"{metrics[Metric.MAX_LEAK]:.3e}",
     }
     run = tracker.start(source.info.experiment_id, f"eval-{source.info.run_name}", tags, params, parent_id=run_id)
     run.metrics(0, metrics)
@@ -121,3 +121,20 @@ def load_model(client, run_id: str):
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = sample.load(client, run_id, Path(tmp))
     return model
+
+
+def print_result(metrics: dict[str, float]) -> None:
+    """`ablate eval`'s lines: the losses, and what the audit says they are worth."""
+    print(f"val_loss {metrics[Metric.VAL_LOSS]:.4f}   val_accuracy {metrics[Metric.VAL_ACCURACY]:.4f}")
+    if Metric.PREFIX_VAL_LOSS not in metrics:
+        print(f"audit: causal (largest logit change {metrics[Metric.MAX_LEAK]:.1e} where none may move)")
+        return
+    print(
+        f"audit: LEAKS (a logit moved by {metrics[Metric.MAX_LEAK]:.2e} when only tokens it must not see changed): "
+        "its teacher-forced losses are not next-token losses"
+    )
+    print(
+        f"prefix_val_loss {metrics[Metric.PREFIX_VAL_LOSS]:.4f} (honest: each position from its own prefix alone)   "
+        f"val_loss_at_prefix_positions {metrics[Metric.VAL_LOSS_AT_PREFIX_POSITIONS]:.4f} (teacher-forced, same "
+        "positions)"
+    )

@@ -1,6 +1,6 @@
 """The backbone every variant shares: embedding, blocks of mixer + optional FFN, norm, tied head."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -104,14 +104,12 @@ class LanguageModel(nn.Module):
         return total - self.embed.weight.numel() if non_embedding else total
 
 
-def resolved(cfg: ModelConfig) -> dict[str, Any]:
-    """The config as a plain dict with every mixer option's default filled in."""
-    return {**cfg.model_dump(), "mixer_options": registry.mixer_options(cfg.mixer, cfg.mixer_options)}
-
-
-def build_model(model: dict[str, Any], device: str | torch.device | None = None) -> LanguageModel:
-    """Build the language model a model dict describes (see ModelConfig for its keys)."""
-    cfg = ModelConfig(**model)
-    cfg = cfg.model_copy(update={"mixer_options": resolved(cfg)["mixer_options"]})
+def build_model(cfg: ModelConfig | Mapping[str, Any], device: str | torch.device | None = None) -> LanguageModel:
+    """Build the language model a ModelConfig describes; its `cfg` is that config with every
+    mixer option's default filled in (each option checked against its type). A mapping of
+    ModelConfig's keys, the Python API's convenience, is validated into one first."""
+    if not isinstance(cfg, ModelConfig):
+        cfg = ModelConfig(**cfg)
+    cfg = cfg.model_copy(update={"mixer_options": registry.mixer_options(cfg.mixer, cfg.mixer_options)})
     with torch.device(device or "cpu"):
         return LanguageModel(cfg)

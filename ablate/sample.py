@@ -1,17 +1,17 @@
 """`ablate sample`: text from a finished run's model, loaded from its MLflow artifacts.
 
-Each final trial logs `model/config.json` (the model dict), `model/weights.pt` and, for text
+Each final trial logs `model/config.json` (its ModelConfig), `model/weights.pt` and, for text
 corpora, `model/tokenizer.json`. Generation recomputes the forward pass over the last
 `context` tokens for every new token, so every mixer, a chunked retention included, sees its
 input exactly as in training: the same model, the same chunking from the window's start.
 """
 
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 
+from ablate.config import ModelConfig
 from ablate.data.tokenize import EOT
 from ablate.errors import AblateError
 from ablate.model import LanguageModel, build_model
@@ -19,15 +19,15 @@ from ablate.model import LanguageModel, build_model
 ARTIFACTS = "model"
 
 
-def save(run, model: LanguageModel, model_dict: dict, tokenizer: Path | None) -> None:
+def save(run, model: LanguageModel, cfg: ModelConfig, tokenizer: Path | None) -> None:
     """Log what `load` needs as artifacts of the run."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "config.json").write_text(json.dumps(model_dict, indent=2))
+        (folder / "config.json").write_text(cfg.model_dump_json(indent=2))
         torch.save(model.state_dict(), folder / "weights.pt")
         if tokenizer is not None:
             (folder / "tokenizer.json").write_bytes(tokenizer.read_bytes())
-        run.client.log_artifacts(run.run_id, str(folder), artifact_path=ARTIFACTS)
+        run.artifacts(folder, ARTIFACTS)
 
 
 def load(client, run_id: str, folder: Path):
@@ -43,7 +43,7 @@ def load(client, run_id: str, folder: Path):
     if not {"config.json", "weights.pt"} <= names:
         raise AblateError(f"run {run_id} has no saved model: only finished final trials keep theirs")
     local = Path(client.download_artifacts(run_id, ARTIFACTS, str(folder)))
-    model = build_model(json.loads((local / "config.json").read_text()))
+    model = build_model(ModelConfig.model_validate_json((local / "config.json").read_text()))
     model.load_state_dict(torch.load(local / "weights.pt", map_location="cpu", weights_only=True))
     tokenizer = Tokenizer.from_file(str(local / "tokenizer.json")) if (local / "tokenizer.json").exists() else None
     return model.eval(), tokenizer

@@ -24,11 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference
 
-from ablate import bench, tracking
+from ablate import bench
 from ablate.config import TrainConfig
 from ablate.data.corpus import Corpus, in_memory
 from ablate.model import build_model
 from ablate.plan.flops import flops_per_token
+from ablate.tracking.store import Tracker
 from ablate.train.trainer import Trainer
 
 SHAPE = reference.Shape()
@@ -95,7 +96,7 @@ def main() -> None:
     print(f"mha at the seed shape: {flops / 1e6:.2f} MFLOPs per training token; {args.steps} timed steps per run")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        tracker = tracking.Tracker(f"sqlite:///{out / 'mlflow.db'}", out)
+        tracker = Tracker(f"sqlite:///{out / 'mlflow.db'}", out)
         exp_id = tracker.experiment("bench", "mha", ["mha"])
         for compile in {"both": (False, True), "eager": (False,), "compiled": (True,)}[args.mode]:
             label = "compiled" if compile else "eager"

@@ -49,25 +49,22 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONUNBUFFERED": "1"}
 
 
+def run_ablate(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The installed `ablate` command, run to its end, its output captured."""
+    return subprocess.run(
+        ["ablate", *args], check=False, capture_output=True, text=True, timeout=timeout, env=clean_env()
+    )
+
+
 @pytest.fixture(scope="session")
 def finished(tmp_path_factory):
     """The tiny study, with a contrast, run once by the installed `ablate` command into a fresh
     results dir (the tests that read it share it: it is the slowest thing they need)."""
-    import mlflow
-
     tmp = tmp_path_factory.mktemp("e2e")
     study = write_study(tmp, TINY_STUDY + "contrasts: [[aft, mha]]\n")
     results = tmp / "results"
-    proc = subprocess.run(
-        ["ablate", "run", str(study), "--results", str(results)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=clean_env(),
-    )
+    proc = run_ablate("run", str(study), "--results", str(results))
     assert proc.returncode == 0, proc.stderr
-    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     return study, results, proc.stdout
 
 

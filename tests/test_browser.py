@@ -21,18 +21,20 @@ COLUMNS += ("mean_tokens_per_s", "Dataset")
 
 
 @pytest.fixture(scope="module")
-def ui(finished):
+def ui(finished, tmp_path_factory):
     """`ablate ui` on the finished tiny study: the URL it printed, and the server's address."""
     _, results, _ = finished
+    log = tmp_path_factory.mktemp("ui") / "server.log"
     server = subprocess.Popen(
         [sys.executable, "-m", "ablate.cli", "ui", "--results", str(results), "--study", "tiny"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         text=True,
         env=clean_env(),
     )
     try:
         url = server.stdout.readline().strip().removeprefix("MLflow UI: ")
+        assert url.startswith("http://"), f"ablate ui printed no URL: {log.read_text()[-2000:]}"
         yield url, re.match(r"http://[^/]+", url).group(0)
     finally:
         server.terminate()

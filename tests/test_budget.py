@@ -6,7 +6,7 @@ import pytest
 
 from ablate.config import Budget, ModelConfig
 from ablate.errors import AblateError
-from ablate.model import build_model, resolved
+from ablate.model import build_model
 from ablate.plan import study as study_mod
 from ablate.plan.budget import solve
 from ablate.plan.flops import flops_per_token
@@ -25,7 +25,7 @@ def test_every_ffn_necessity_trial_is_within_one_percent_of_its_budget():
         assert abs(counted - budget.params) <= 0.01 * budget.params, trial.variant
     # the families whose layers are all 4·qkv·d + 3·ffn·d land exactly (but for mha's gain per head and
     # layer) at the width written in the study
-    exact = {t.variant: t.model["d_model"] for t in study.trials if 0 <= t.n_params_non_embedding - budget.params < 32}
+    exact = {t.variant: t.model.d_model for t in study.trials if 0 <= t.n_params_non_embedding - budget.params < 32}
     assert {"mha", "mha-no-ffn", "aft", "aft-no-ffn", "hybrid", "hybrid-heads"} <= set(exact)
     assert exact["mha"] == 64
 
@@ -33,17 +33,15 @@ def test_every_ffn_necessity_trial_is_within_one_percent_of_its_budget():
 @pytest.mark.parametrize("scale", ["d_model", "n_layers", "ffn_dim", "qkv_dim"])
 @pytest.mark.parametrize("count", ["total", "non_embedding"])
 def test_each_scale_meets_a_parameter_budget(scale, count):
-    model = resolved(
-        ModelConfig(mixer="mha", vocab_size=512, context=32, d_model=32, n_layers=2, n_heads=2, qkv_dim=32)
-    )
+    model = ModelConfig(mixer="mha", vocab_size=512, context=32, d_model=32, n_layers=2, n_heads=2, qkv_dim=32)
     budget = Budget(params=120_000, count=count, tolerance=0.01)
     solved = solve(model, budget, scale)
     built = build_model(solved)
     assert abs(built.n_params(count == "non_embedding") - 120_000) <= 1200
-    assert solved["qkv_dim"] % solved["n_heads"] == 0
-    assert solved["d_model"] % solved["n_heads"] == 0
+    assert solved.qkv_dim % solved.n_heads == 0
+    assert solved.d_model % solved.n_heads == 0
     untouched = {"d_model", "n_layers", "ffn_dim", "qkv_dim"} - {scale, "ffn_dim" if scale != "ffn_dim" else "qkv_dim"}
-    assert all(solved[k] == model[k] for k in untouched)
+    assert all(getattr(solved, k) == getattr(model, k) for k in untouched)
 
 
 def test_an_unreachable_budget_names_the_variant_and_the_closest_count(tmp_path):
@@ -67,7 +65,7 @@ def test_an_unreachable_budget_names_the_variant_and_the_closest_count(tmp_path)
     closest = int(message.split("the closest reachable is ")[1].split(" ")[0].replace(",", ""))
     layers = int(message.split("n_layers=")[1].split(",")[0])
     ffn_dim = int(message.split("ffn_dim=")[1].rstrip(")"))
-    shape = resolved(model.model_copy(update={"n_layers": layers, "ffn_dim": ffn_dim}))
+    shape = model.model_copy(update={"n_layers": layers, "ffn_dim": ffn_dim})
     assert build_model(shape).n_params(non_embedding=True) == closest
     assert abs(closest - 1_000_000) / 1_000_000 > 0.001
 

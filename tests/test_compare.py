@@ -13,14 +13,15 @@ from ablate.compare.stats import d_z, detectable, hedges_g, holm
 from ablate.compare.tables import (
     convergence,
     expectations,
-    lower_is_better,
     pairs_table,
     shapes,
     small_samples,
     summarize,
     unequal_cost,
 )
+from ablate.config import Budget, Expectation
 from ablate.errors import AblateError
+from ablate.tracking.schema import lower_is_better
 
 BASE = [4.71, 4.68, 4.75, 4.70, 4.73]  # seeds 0-4
 PAIRED = [4.65, 4.66, 4.69, 4.61, 4.70]  # seeds 0-4: paired with the baseline
@@ -184,9 +185,9 @@ def test_expectations_hold_or_fail():
     runs = frame({"base": (seeds, BASE), "paired": (seeds, PAIRED), "twin": (seeds, [v + 1e-4 for v in BASE])})
     runs.loc[runs["tags.ablate.variant"] == "twin", "metrics.val_loss"] += [0.002, -0.001, 0.001, -0.002, 0.0]
     expected = [
-        {"variant": "paired", "against": None, "metric": "val_loss", "verdict": "better"},
-        {"variant": "twin", "against": "base", "metric": "val_loss", "verdict": "same"},
-        {"variant": "paired", "against": "twin", "metric": "val_loss", "verdict": "worse"},
+        Expectation(variant="paired", verdict="better"),
+        Expectation(variant="twin", against="base", verdict="same"),
+        Expectation(variant="paired", against="twin", verdict="worse"),
     ]
     checks = expectations(runs, expected, "base", lambda metric: True)
     assert list(checks["held"]) == [True, True, False]
@@ -246,18 +247,18 @@ def test_the_table_shows_what_the_budget_held_equal_and_says_what_it_did_not():
             ]
         ]
     )
-    by_params = shapes(runs, {"params": 163_840, "count": "non_embedding"}).set_index("variant")
+    by_params = shapes(runs, Budget(params=163_840, count="non_embedding")).set_index("variant")
     assert list(by_params["budgeted"]) == [163_840, 163_840]  # not the totals, which differ by the embeddings
     assert set(by_params["budgeted_as"]) == {"non-embedding params (the study's budget)"}
     assert (by_params.loc["retention-no-ffn", "n_layers"], by_params.loc["retention-no-ffn", "d_model"]) == (4, 96)
-    line = unequal_cost(by_params.reset_index(), {"params": 163_840, "count": "non_embedding"})
+    line = unequal_cost(by_params.reset_index(), Budget(params=163_840, count="non_embedding"))
     assert line.startswith("forward FLOPs/token differ by up to 27% across variants (mha 1,000,000, retention-no-ffn")
-    assert set(shapes(runs, {"params": 294_912, "count": "total"})["budgeted_as"]) == {
+    assert set(shapes(runs, Budget(params=294_912, count="total"))["budgeted_as"]) == {
         "total params (the study's budget)"
     }
-    by_flops = shapes(runs.assign(**{"params.flops_per_token": "1000000"}), {"flops_per_token": 1e6})
+    by_flops = shapes(runs.assign(**{"params.flops_per_token": "1000000"}), Budget(flops_per_token=1e6))
     assert list(by_flops["budgeted"]) == [1e6, 1e6]
-    assert unequal_cost(by_flops, {"flops_per_token": 1e6}) is None  # equal non-embedding params too
+    assert unequal_cost(by_flops, Budget(flops_per_token=1e6)) is None  # equal non-embedding params too
     assert set(shapes(runs, None)["budgeted_as"]) == {"non-embedding params"}  # no budget: labelled as such
 
 

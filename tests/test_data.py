@@ -18,17 +18,17 @@ def test_text_corpus_is_built_once_then_loaded_from_cache(tmp_path):
     first = prepare(cfg, tmp_path / "cache")
     again = prepare(cfg, tmp_path / "cache")
     assert first.built and not again.built
-    assert first.meta["fingerprint"] == again.meta["fingerprint"]
+    assert first.meta.fingerprint == again.meta.fingerprint
     assert (first.directory / "tokenizer.json").exists()
     assert first.train.dtype == np.uint16 and int(first.train.max()) < 300
-    assert first.meta["n_train_tokens"] > 10 * first.meta["n_val_tokens"] > 0
-    assert 0 < first.meta["unigram_entropy"] < np.log(300)
+    assert first.meta.n_train_tokens > 10 * first.meta.n_val_tokens > 0
+    assert 0 < first.meta.unigram_entropy < np.log(300)
 
 
 def test_relative_sources_are_read_from_the_study_directory(tmp_path):
     (tmp_path / "corpus.txt").write_text("some words and more words " * 2000)
     corpus = prepare(DataConfig(source="corpus.txt", vocab_size=300), tmp_path / "cache", base_dir=tmp_path)
-    assert corpus.meta["files"] == 1
+    assert corpus.meta.files == 1
 
 
 def test_token_arrays_are_used_as_they_are(tmp_path):
@@ -105,7 +105,7 @@ def test_char_tokens_are_the_texts_sorted_characters_and_the_tail_is_val(tmp_pat
     chars = sorted(set(TEXT))
     expected = np.array([chars.index(c) for c in TEXT])
     n = len(TEXT)
-    assert corpus.vocab_size == corpus.meta["vocab_size"] == len(chars)
+    assert corpus.vocab_size == corpus.meta.vocab_size == len(chars)
     assert np.array_equal(corpus.train, expected[: int(n * 0.9)]) and np.array_equal(
         corpus.val, expected[int(n * 0.9) :]
     )

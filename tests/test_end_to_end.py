@@ -4,6 +4,7 @@ import json
 import math
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -15,18 +16,29 @@ import scipy.stats
 
 import ablate
 from ablate.cli import main
-from tests.conftest import TINY_STUDY, clean_env, write_study
+from ablate.tracking.store import study_frame
+from tests.conftest import TINY_STUDY, clean_env, run_ablate, write_study
 
 
-def trial_runs(experiment: str):
+def store_of(results: Path) -> str:
+    return f"sqlite:///{results / 'mlflow.db'}"
+
+
+def all_runs(uri: str, experiment: str):
+    """Every run of the experiment, as mlflow.search_runs lays them out (read from this store,
+    whatever the process's tracking URI)."""
+    return study_frame(uri, mlflow.MlflowClient(uri).get_experiment_by_name(experiment).experiment_id)
+
+
+def trial_runs(uri: str, experiment: str):
     """The study's trial runs, without the parent runs that group them."""
-    runs = mlflow.search_runs(experiment_names=[experiment])
+    runs = all_runs(uri, experiment)
     return runs[runs["tags.ablate.role"].isna()]
 
 
 def test_run_logs_one_finished_run_per_trial(finished):
     study, results, stdout = finished
-    runs = trial_runs("tiny")
+    runs = trial_runs(store_of(finished[1]), "tiny")
     assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
     assert set(runs["tags.ablate.phase"]) == {"final"}
     pairs = sorted(zip(runs["tags.ablate.variant"], runs["tags.ablate.seed"]))
@@ -39,7 +51,7 @@ def test_run_logs_one_finished_run_per_trial(finished):
     assert set(runs["params.budget"]) == {"none"}  # the tiny study sets no budget
     assert set(runs.loc[runs["tags.ablate.variant"] == "aft", "params.state_size"]) == {"96"}  # 3 sums × 32 channels
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(store_of(results))
     run_id = runs["run_id"].iloc[0]
     assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [0, 15, 30]  # 0: the untrained model
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(5, 31, 5))
@@ -53,7 +65,7 @@ def test_run_logs_one_finished_run_per_trial(finished):
 
 
 def test_variant_parents_hold_their_aggregates_and_every_run_the_tags_to_group_by(finished):
-    runs = mlflow.search_runs(experiment_names=["tiny"])
+    runs = all_runs(store_of(finished[1]), "tiny")
     trials, parents = runs[runs["tags.ablate.role"].isna()], runs[runs["tags.ablate.role"] == "variant"]
     assert sorted(parents["tags.ablate.variant"]) == ["aft", "mha"]
     for _, parent in parents.iterrows():
@@ -70,7 +82,7 @@ def test_variant_parents_hold_their_aggregates_and_every_run_the_tags_to_group_b
 
 def test_runs_carry_the_contrasts_of_their_variant(tmp_path):
     from ablate.plan import study
-    from ablate.tracking import grouping_tags
+    from ablate.tracking.records import grouping_tags
 
     path = write_study(tmp_path, TINY_STUDY + "contrasts: [[aft, mha]]\n")
     planned = study.load(path)
@@ -82,7 +94,7 @@ def test_compare_json_means_equal_the_runs(finished, capsys):
     _, results, _ = finished
     assert main(["compare", "--results", str(results), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    runs = trial_runs("tiny")
+    runs = trial_runs(store_of(finished[1]), "tiny")
     assert [r["variant"] for r in rows] == ["mha", "aft"]  # the study's order; mha is the baseline
     for row in rows:
         values = runs.loc[runs["tags.ablate.variant"] == row["variant"], "metrics.val_loss"]
@@ -114,7 +126,7 @@ def test_compare_shows_the_counted_params_the_shape_and_the_flops_of_each_varian
     _, results, _ = finished
     assert main(["compare", "--results", str(results), "--study", "tiny", "--format", "json", "--no-report"]) == 0
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
-    runs = trial_runs("tiny")
+    runs = trial_runs(store_of(finished[1]), "tiny")
     for variant, row in rows.items():
         run = runs[runs["tags.ablate.variant"] == variant].iloc[0]
         assert row["budgeted"] == int(run["params.n_params_non_embedding"]) and row["budgeted_as"] == (
@@ -158,16 +170,10 @@ def test_compare_writes_plots_and_a_self_contained_report(finished, capsys):
 
 def test_rerun_skips_finished_trials(finished):
     study, results, _ = finished
-    proc = subprocess.run(
-        ["ablate", "run", str(study), "--results", str(results)],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-    )
+    proc = run_ablate("run", str(study), "--results", str(results))
     assert proc.returncode == 0, proc.stderr
     assert "4 of 4 trials already finished" in proc.stdout
-    assert len(trial_runs("tiny")) == 4
+    assert len(trial_runs(store_of(finished[1]), "tiny")) == 4
 
 
 # `ablate` with Python's Ctrl-C handler installed first: a suite started in the background inherits
@@ -182,7 +188,11 @@ ABLATE_WITH_CTRL_C = [
 ]
 
 
-def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_ctrl_c_or_sigterm_marks_the_runs_killed_hands_the_claims_back_and_a_rerun_finishes(tmp_path, sig, code, said):
+    """SIGTERM (what schedulers, `timeout` and systemd send) ends a study as Ctrl-C does."""
     study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 400"))
     proc = subprocess.Popen(
         [*ABLATE_WITH_CTRL_C, "run", str(study), "--results", str(tmp_path / "results")],
@@ -194,22 +204,20 @@ def test_ctrl_c_marks_the_run_killed_and_exits_130(tmp_path):
     for line in proc.stdout:
         if line.startswith("trial 1/4"):
             break
-    proc.send_signal(signal.SIGINT)  # during the second trial
+    proc.send_signal(sig)  # during the second trial
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == code and said in err and "Traceback" not in err
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     statuses = [r.info.status for r in runs if "ablate.role" not in r.data.tags]
     assert statuses.count("FINISHED") == 1 and set(statuses) <= {"FINISHED", "KILLED"}
     assert {r.info.status for r in runs if "ablate.role" in r.data.tags} == {"KILLED"}  # the parents too
+    claims = sqlite3.connect(tmp_path / "results" / "optuna.db").execute("select state from ablate_claims")
+    assert "running" not in {state for (state,) in claims}  # handed back: open for whoever comes next
 
-    rerun = subprocess.run(  # and a rerun finishes the study, logging no eval twice
-        ["ablate", "run", str(study), "--results", str(tmp_path / "results")],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-    )
+    rerun = run_ablate(
+        "run", str(study), "--results", str(tmp_path / "results")
+    )  # and a rerun finishes the study, logging no eval twice
     assert rerun.returncode == 0, rerun.stderr
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "attributes.status = 'FINISHED'")
     trials = [r for r in runs if "ablate.role" not in r.data.tags]
@@ -248,11 +256,10 @@ def test_smoke_form_trains_one_seed_for_20_steps_into_its_own_experiment(tmp_pat
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["run", str(study), "--smoke", "--results", str(tmp_path / "results"), "--tracking-uri", uri]) == 0
     capsys.readouterr()
-    mlflow.set_tracking_uri(uri)
-    runs = trial_runs("tiny-smoke")
+    runs = trial_runs(uri, "tiny-smoke")
     assert sorted(runs["tags.ablate.variant"]) == ["aft", "mha"] and set(runs["tags.ablate.seed"]) == {"0"}
     assert set(runs["params.train.steps"]) == {"20"} and set(runs["status"]) == {"FINISHED"}
-    assert mlflow.get_experiment_by_name("tiny") is None  # the real study's experiment stays untouched
+    assert mlflow.MlflowClient(uri).get_experiment_by_name("tiny") is None  # the real study's stays untouched
 
 
 def test_variants_lists_every_mixer_with_a_description(capsys):
@@ -415,8 +422,7 @@ def test_shakespeare_char_runs_on_a_text_given_by_path(tmp_path, capsys):
     ]
     study = Path(__file__).resolve().parents[1] / "studies" / "shakespeare_char.yaml"
     assert main(["run", str(study), "--smoke", "--data", str(text), *store]) == 0
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
-    (run,) = [r for _, r in trial_runs("shakespeare_char-smoke").iterrows()]
+    (run,) = [r for _, r in trial_runs(store_of(tmp_path / "results"), "shakespeare_char-smoke").iterrows()]
     assert run["params.data.tokenizer"] == "char" and run["params.data.split"] == "tail"
     assert int(run["params.model.vocab_size"]) == len(set(text.read_text()))
     capsys.readouterr()
@@ -449,7 +455,7 @@ def test_eval_of_a_finished_trial_reproduces_its_val_loss_and_audits_it(finished
 def _subcommands():
     import argparse
 
-    from ablate.cli import _parser
+    from ablate.cli import parser as _parser
 
     parser = _parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

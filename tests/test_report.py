@@ -2,7 +2,6 @@
 curves and ranks one panel per family, and every variant's runs within reach."""
 
 import io
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,8 +10,9 @@ import yaml
 from rich.console import Console
 
 from ablate.compare import build, console, report
-from ablate.config import StudyConfig
+from ablate.config import Budget, StudyConfig
 from ablate.plan.study import sized
+from ablate.tracking.records import StudyRecord
 from tests.test_compare import BASE, PAIRED, frame
 
 WORSE = [v + 0.3 for v in BASE]  # worse than BASE, seed by seed
@@ -37,13 +37,14 @@ def study(contrasts=CONTRASTS, metric="val_loss", variants=VARIANTS):
         ]
     )
     curves = {metric: history.assign(value=1 - history["value"] / 10), "val_loss": history}
-    tags = {
-        "ablate.variants": json.dumps(list(variants)),
-        "ablate.baseline": next(iter(variants)),
-        "ablate.contrasts": json.dumps(contrasts),
-        "ablate.budget": json.dumps({"params": 294912, "count": "non_embedding"}),
-    }
-    return build("ffn", tags, runs, curves, metric, None, lower=metric == "val_loss")
+    record = StudyRecord(
+        study="ffn",
+        variants=list(variants),
+        baseline=next(iter(variants)),
+        contrasts=contrasts,
+        budget=Budget(params=294912, count="non_embedding"),
+    )
+    return build(record, runs, curves, metric, None, lower=metric == "val_loss")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from ablate.cli import main
 from ablate.config import TrainConfig
 from ablate.model import build_model
 from ablate.train.trainer import Trainer, seed_everything
-from tests.conftest import TINY_STUDY, clean_env, write_study
+from tests.conftest import TINY_STUDY, clean_env, run_ablate, write_study
 
 TRAIN = {"steps": 40, "batch_size": 4, "warmup": 4, "eval_every": 10, "eval_batches": 2, "log_every": 3}
 MODEL = {"mixer": "mha", "vocab_size": 512, "context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "qkv_dim": 32}
@@ -110,13 +110,7 @@ def test_kill_9_mid_trial_then_rerun_resumes_the_same_run_to_the_same_loss(tmp_p
         (saved,) = (results / "checkpoints").glob("*.pt")
         saved.write_bytes(saved.read_bytes()[:1000])
 
-    rerun = subprocess.run(
-        ["ablate", "run", str(study), "--results", str(results)],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-    )
+    rerun = run_ablate("run", str(study), "--results", str(results))
     assert rerun.returncode == 0, rerun.stderr
     client, runs = store(results)
     if damaged:

@@ -126,8 +126,8 @@ def test_a_list_budget_plans_every_variant_at_every_size(tmp_path):
     for t in study.trials:
         assert t.n_params_non_embedding == pytest.approx(t.size, rel=0.03)
         assert t.scaled == t.variant.split("@")[0]
-        if t.model["ffn"]:  # width keeps ffn_dim at 4·d_model (up to the finer step that meets the budget)
-            assert abs(t.model["ffn_dim"] - 4 * t.model["d_model"]) <= 8 * 4
+        if t.model.ffn:  # width keeps ffn_dim at 4·d_model (up to the finer step that meets the budget)
+            assert abs(t.model.ffn_dim - 4 * t.model.d_model) <= 8 * 4
     assert study.config.contrasts == [("aft@8k", "mha@8k"), ("aft@16k", "mha@16k"), ("aft@32k", "mha@32k")]
     expected = [(e.variant, e.against) for e in study.config.expect]
     assert expected == [("aft@8k", "mha@8k"), ("aft@16k", "mha@16k"), ("aft@32k", "mha@32k"), ("mha@32k", "mha@8k")]
@@ -160,8 +160,8 @@ def test_tokens_per_param_sets_each_sizes_steps(tmp_path):
     text = SCALING.replace("steps: 30,", "tokens_per_param: 20,")
     study = load(write_study(tmp_path, text))
     for t in study.trials:
-        assert t.train["steps"] == round(20 * t.n_params_non_embedding / (8 * 32))
-    assert len({t.train["steps"] for t in study.trials if t.variant.startswith("mha")}) == 3
+        assert t.train.steps == round(20 * t.n_params_non_embedding / (8 * 32))
+    assert len({t.train.steps for t in study.trials if t.variant.startswith("mha")}) == 3
 
 
 def test_steps_and_tokens_per_param_together_are_refused(tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ablate.config import TASKS, TaskConfig
-from ablate.data.tasks import IGNORE, TaskData, generate, memorization_table
+from ablate.config import TaskConfig
+from ablate.data.tasks import IGNORE, TASKS, TaskData, generate, memorization_table
 from ablate.errors import AblateError
 from ablate.plan import study as study_mod
 
@@ -141,7 +141,7 @@ def test_no_shortcut_beats_the_chance_level(task):
     cfg = TaskConfig(task=task, vocab=64, n_val=2000, **TASK_SETTINGS[task])
     data = TaskData(cfg)
     x, y = data.val_examples()
-    chance = data.meta["chance_accuracy"]
+    chance = data.meta.chance_accuracy
     assert 0 < chance < 0.6
     for name, accuracy in _shortcuts(cfg, x, y).items():
         assert accuracy <= chance + 0.03, f"{task}: the '{name}' shortcut scores {accuracy:.3f}, chance {chance:.3f}"
@@ -158,12 +158,12 @@ def test_the_shortcut_oracles_catch_a_task_that_gives_answers_away():
 
 
 def test_chance_levels_follow_their_formulas():
-    mqar = TaskData(TaskConfig(task="mqar", num_kv_pairs=4, seq_len=32, n_val=16)).meta["chance_accuracy"]
+    mqar = TaskData(TaskConfig(task="mqar", num_kv_pairs=4, seq_len=32, n_val=16)).meta.chance_accuracy
     assert mqar == 0.25
     copy = TaskData(TaskConfig(task="selective_copy", num_tokens_to_copy=4, seq_len=16, n_val=8)).meta
-    assert copy["chance_accuracy"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)  # 1/tokens left, 4 to 1
+    assert copy.chance_accuracy == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)  # 1/tokens left, 4 to 1
     cfg = TaskConfig(task="in_context_recall", num_keys=2, seq_len=64, n_val=64)
-    assert 0.5 < TaskData(cfg).meta["chance_accuracy"] < 0.53  # both keys seen, but for the earliest answers
+    assert 0.5 < TaskData(cfg).meta.chance_accuracy < 0.53  # both keys seen, but for the earliest answers
 
 
 def test_training_batches_are_fresh_and_val_is_fixed():
@@ -186,7 +186,7 @@ def test_a_task_sets_the_models_vocabulary_and_context(tmp_path):
         "model: {d_model: 16, n_heads: 2, qkv_dim: 16, ffn: false}\nvariants:\n  - {name: a, model: {mixer: mha}}\n"
     )
     (trial,) = study_mod.load(path).trials
-    assert (trial.model["vocab_size"], trial.model["context"]) == (32, 24)
+    assert (trial.model.vocab_size, trial.model.context) == (32, 24)
 
 
 @pytest.mark.parametrize(

@@ -18,25 +18,27 @@ intervals and crossings (`scaling`).
 `tables.render` as csv, markdown or json, `report` as plots and one HTML page.
 """
 
-import json
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ablate import tracking
 from ablate.compare import runs as store
 from ablate.compare import scaling as laws
+from ablate.compare.runs import VARIANT
 from ablate.compare.tables import (
     convergence,
     expectations,
-    lower_is_better,
     pairs_table,
     shapes,
     small_samples,
     summarize,
     unequal_cost,
 )
+from ablate.config import Budget
 from ablate.errors import AblateError
+from ablate.tracking import store as tracking_store
+from ablate.tracking.records import StudyRecord
+from ablate.tracking.schema import Param, Tag, lower_is_better, param_column, tag_column
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Comparison:
     metric: str
     baseline: str
     lower: bool
-    budget: dict | None
+    budget: Budget | None
     curves: dict[str, pd.DataFrame]  # metric → its learning curves: the compared metric's and val_loss's
     notes: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
@@ -66,13 +68,13 @@ def gather(
     """The study (default: the latest) compared on metric against the baseline (default: the
     study's); with check, a study that declares no expectations is an error. A scaling study's
     laws are also evaluated at the sizes `at` (non-embedding parameters)."""
-    name, tags, runs, failed = store.study_runs(uri, study)
+    record, runs, failed = store.study_runs(uri, study)
     runs, set_aside = store.latest_per_seed(runs)
-    if check and not json.loads(tags.get("ablate.expect", "[]")):
-        raise AblateError(f"--check: study {name!r} declares no expectations (expect: in its YAML)")
-    client = tracking.client(uri)
+    if check and not record.expect:
+        raise AblateError(f"--check: study {record.study!r} declares no expectations (expect: in its YAML)")
+    client = tracking_store.client(uri)
     curves = {m: store.curves(client, runs, m) for m in dict.fromkeys([metric, store.CURVE_METRIC])}
-    comparison = build(name, tags, runs, curves, metric, baseline, lower, failed, at)
+    comparison = build(record, runs, curves, metric, baseline, lower, failed, at)
     if set_aside:
         comparison.notes.insert(
             0, f"{set_aside} older runs of a variant and seed set aside (the newest of each counts)"
@@ -81,8 +83,7 @@ def gather(
 
 
 def build(
-    name: str,
-    tags: dict[str, str],
+    record: StudyRecord,
     runs: pd.DataFrame,
     curves: dict[str, pd.DataFrame],
     metric: str,
@@ -92,25 +93,25 @@ def build(
     at: list[float] = (),
 ) -> Comparison:
     """The comparison of a study's final runs (one per variant and seed) and their curves (metric →
-    curves, val_loss's among them: convergence is judged on it); `tags` are the study experiment's (baseline, variant order, contrasts, expectations, budget)."""
+    curves, val_loss's among them: convergence is judged on it), read with the study's record
+    (variant order, baseline, contrasts, expectations, budget)."""
     failed = failed or {}
-    order = json.loads(tags.get("ablate.variants", "[]"))
-    table = summarize(runs, metric, baseline or tags.get("ablate.baseline"), order, lower, failed)
-    baseline = baseline or tags.get("ablate.baseline") or table["variant"].iloc[0]
-    contrasts = pairs_table(runs, metric, json.loads(tags.get("ablate.contrasts", "[]")), lower)
-    expected = json.loads(tags.get("ablate.expect", "[]"))
-    checks = expectations(runs, expected, baseline, lambda m: lower_is_better(m, None))
+    table = summarize(runs, metric, baseline or record.baseline, record.variants, lower, failed)
+    baseline = baseline or record.baseline
+    contrasts = pairs_table(runs, metric, record.contrasts, lower)
+    checks = expectations(runs, record.expect, baseline, lower_is_better)
     table = table.merge(convergence(curves[store.CURVE_METRIC], *store.loss_scale(runs)), on="variant", how="left")
-    budget = json.loads(tags.get("ablate.budget", "null"))
-    table = table.merge(shapes(runs, budget), on="variant", how="left")
-    scaling_study = "tags.ablate.scaled" in runs and runs["tags.ablate.scaled"].notna().any()
-    size = runs.groupby("tags.ablate.variant")["tags.ablate.size"].first() if scaling_study else None
+    table = table.merge(shapes(runs, record.budget), on="variant", how="left")
+    scaled, sized = tag_column(Tag.SCALED), tag_column(Tag.SIZE)
+    size = runs.groupby(VARIANT)[sized].first() if scaled in runs and runs[scaled].notna().any() else None
     notes = []
     if failed:
         notes.append("failed runs (diverged or out of memory): " + ", ".join(f"{v} {n}" for v, n in failed.items()))
     if small := small_samples(table):
         notes.append(f"fewer than 3 runs for {', '.join(small)}: their intervals and tests say little")
-    comparison = Comparison(name, runs, table, contrasts, checks, metric, baseline, lower, budget, curves, notes)
+    comparison = Comparison(
+        record.study, runs, table, contrasts, checks, metric, baseline, lower, record.budget, curves, notes
+    )
     comparison.facts = _facts(comparison, size)
     if size is not None and lower:
         pairs = _scaling_pairs(runs, contrasts, baseline)
@@ -121,7 +122,7 @@ def build(
 def _scaling_pairs(runs: pd.DataFrame, contrasts: pd.DataFrame, baseline: str) -> list[tuple[str, str]]:
     """The pairs of variants (as written) whose laws are compared: the study's contrasts, then
     every variant against the baseline."""
-    written = runs.groupby("tags.ablate.variant")["tags.ablate.scaled"].first()
+    written = runs.groupby(VARIANT)[tag_column(Tag.SCALED)].first()
     pairs = [(written[a], written[b]) for a, b in zip(contrasts["variant"], contrasts["against"])]
     pairs += [(v, written[baseline]) for v in written.unique() if v != written[baseline]]
     return list(dict.fromkeys(pairs))
@@ -131,7 +132,7 @@ def _facts(c: Comparison, size: pd.Series | None) -> list[str]:
     """Lines a reader needs beside the table: the chance level, a cost the budget did not hold
     equal (among the variants of one size, in a scaling study), and which variants did not converge."""
     facts = []
-    chance = c.runs.get("params.data.chance_accuracy")
+    chance = c.runs.get(param_column(Param.CHANCE_ACCURACY))
     if chance is not None and chance.notna().any():
         level = float(chance.dropna().astype(float).iloc[0])
         facts.append(f"chance level of val_accuracy: {level:.4f} (the best guess without the capability tested)")

@@ -19,19 +19,23 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FormatStrFormatter
 
-from ablate import tracking
 from ablate.compare import Comparison, cells, scaling
+from ablate.compare.runs import SEED, VARIANT
 from ablate.compare.stats import POWER
+from ablate.tracking import store
+from ablate.tracking.schema import Metric, Param, Tag, metric_column, param_column, tag_column
+from ablate.tracking.views import run_page
 
-RANK = "metrics.rank/block"
+RANK = metric_column(Metric.RANK)
 VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}  # anything else: grey
 OFF_THE_PAGE = ("std", "median", "test")  # columns of cells.variants the page leaves to csv, json and the terminal
 
 
 def families(c: Comparison) -> dict[str, list[str]]:
     """Mixer family → its variants, in table order (a variant's family is its mixer)."""
-    column = "tags.ablate.family" if "tags.ablate.family" in c.runs else "params.model.mixer"
-    of = c.runs.groupby("tags.ablate.variant")[column].first() if column in c.runs else pd.Series(dtype=object)
+    family, mixer = tag_column(Tag.FAMILY), param_column(f"{Param.MODEL}.mixer")
+    column = family if family in c.runs else mixer
+    of = c.runs.groupby(VARIANT)[column].first() if column in c.runs else pd.Series(dtype=object)
     grouped: dict[str, list[str]] = {}
     for variant in c.table["variant"]:
         grouped.setdefault(str(of.get(variant, variant)), []).append(variant)
@@ -111,7 +115,7 @@ def plot_intervals(c: Comparison, path: Path) -> Path:
     err = [table["mean"] - table["ci95_low"], table["ci95_high"] - table["mean"]]
     ax.errorbar(table["mean"], y, xerr=err, fmt="o", capsize=4, label="mean, 95% CI")
     for row, variant in zip(y, table["variant"]):
-        seeds = c.runs.loc[c.runs["tags.ablate.variant"] == variant, f"metrics.{c.metric}"].dropna()
+        seeds = c.runs.loc[c.runs[VARIANT] == variant, metric_column(c.metric)].dropna()
         ax.scatter(seeds, [row - 0.2] * len(seeds), s=12, color="black", alpha=0.6, zorder=3)
     ax.scatter([], [], s=12, color="black", alpha=0.6, label="one seed")
     baseline = table.loc[table["variant"] == c.baseline, "mean"].iloc[0]
@@ -154,7 +158,7 @@ def plot_rank(c: Comparison, path: Path) -> Path | None:
     fig, axes = _panels(len(grouped), sharey=True)
     for ax, (family, variants) in zip(axes, grouped.items()):
         for variant in variants:
-            means = c.runs.loc[c.runs["tags.ablate.variant"] == variant, columns].mean().dropna()
+            means = c.runs.loc[c.runs[VARIANT] == variant, columns].mean().dropna()
             if not means.empty:
                 ax.plot([int(col.removeprefix(RANK)) for col in means.index], means.values, marker="o", label=variant)
         ax.set(title=family, xlabel="block (0: the first)")
@@ -204,10 +208,9 @@ def write(c: Comparison, folder: Path, ui: str | None = None) -> list[Path]:
 def log(client, c: Comparison, written: list[Path]) -> bool:
     """Log the report's files to the study's parent run; False for stores written before there
     were parent runs."""
-    parent = tracking.study_run(client, c.runs["experiment_id"].iloc[0])
+    parent = store.study_run(client, c.runs["experiment_id"].iloc[0])
     if parent is not None:
-        for path in written:
-            client.log_artifact(parent, str(path), artifact_path="report")
+        store.log_files(client, parent, written, "report")
     return parent is not None
 
 
@@ -215,44 +218,8 @@ def _html(c: Comparison, answer: Path | None, images: list[Path], ui: str | None
     """One page, readable offline: the images are inlined as data URIs."""
     direction = "lower" if c.lower else "higher"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in c.notes + c.facts)
-    columns, rows = cells.variants(c)
-    keep = [i for i, name in enumerate(columns) if name not in OFF_THE_PAGE]
-    links = _run_links(c, ui)
-    variants = ([columns[i] for i in keep] + ["runs"], [[r[i] for i in keep] + [links[r[0]]] for r in rows])
-    laws = (
-        [
-            (
-                "Scaling laws",
-                cells.laws(c.scaling),
-                " ".join(["fitted per variant; 95% bootstrap intervals over seeds.", *scaling.bound_notes(c.scaling)]),
-            ),
-            ("Where the laws cross", cells.crossings(c.scaling), "EXTRAPOLATED: beyond the measured sizes"),
-            ("Predicted by the laws", cells.predictions(c.scaling), "EXTRAPOLATED: beyond the measured sizes")
-            if len(c.scaling.predictions)
-            else None,
-        ]
-        if c.scaling is not None
-        else []
-    )
-    sections = laws + [
-        (
-            "Contrasts: the study's questions",
-            cells.contrasts(c),
-            "each pair tested paired by seed, Holm over the contrasts",
-        )
-        if len(c.contrasts)
-        else None,
-        (
-            f"Every variant against {c.baseline}",
-            variants,
-            "Holm over the table; std, median and the test used: ablate compare",
-        ),
-        ("Expectations (controls)", cells.expectations(c), "each control's verdict, Holm over the expectations")
-        if len(c.checks)
-        else None,
-    ]
     tables = "".join(
-        f"<h2>{title}</h2><p>{html.escape(about)}</p>{_table(table)}" for title, table, about in filter(None, sections)
+        f"<h2>{title}</h2><p>{html.escape(about)}</p>{_table(table)}" for title, table, about in _sections(c, ui)
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(c.study)}: {html.escape(c.metric)}</title>
@@ -279,6 +246,32 @@ power at Holm's strictest level.</p>
 """
 
 
+def _sections(c: Comparison, ui: str | None) -> list[tuple[str, cells.Table, str]]:
+    """The page's tables, each with its title and what it holds: a scaling study's laws first,
+    then the contrasts, every variant against the baseline, and the expectations."""
+    columns, rows = cells.variants(c)
+    keep = [i for i, name in enumerate(columns) if name not in OFF_THE_PAGE]
+    links = _run_links(c, ui)
+    variants = ([columns[i] for i in keep] + ["runs"], [[r[i] for i in keep] + [links[r[0]]] for r in rows])
+    sections = []
+    if c.scaling is not None:
+        bounds = " ".join(["fitted per variant; 95% bootstrap intervals over seeds.", *scaling.bound_notes(c.scaling)])
+        sections += [("Scaling laws", cells.laws(c.scaling), bounds)]
+        sections += [("Where the laws cross", cells.crossings(c.scaling), "EXTRAPOLATED: beyond the measured sizes")]
+        if len(c.scaling.predictions):
+            predicted = cells.predictions(c.scaling)
+            sections += [("Predicted by the laws", predicted, "EXTRAPOLATED: beyond the measured sizes")]
+    if len(c.contrasts):
+        about = "each pair tested paired by seed, Holm over the contrasts"
+        sections += [("Contrasts: the study's questions", cells.contrasts(c), about)]
+    about = "Holm over the table; std, median and the test used: ablate compare"
+    sections += [(f"Every variant against {c.baseline}", variants, about)]
+    if len(c.checks):
+        about = "each control's verdict, Holm over the expectations"
+        sections += [("Expectations (controls)", cells.expectations(c), about)]
+    return sections
+
+
 def _table(table: cells.Table) -> str:
     columns, rows = table
     text = [col in cells.LEFT or col == "runs" for col in columns]
@@ -301,13 +294,13 @@ def _run_links(c: Comparison, ui: str | None) -> dict[str, str]:
     """variant → its runs, one per seed: links into the MLflow UI when its address is known, else
     the run ids (`ablate ui` opens the store; a run's page is /#/experiments/EXP/runs/RUN_ID)."""
     out = {variant: "-" for variant in c.table["variant"]}
-    for variant, group in c.runs.groupby("tags.ablate.variant"):
+    for variant, group in c.runs.groupby(VARIANT):
         items = []
-        group = group.sort_values("tags.ablate.seed", key=lambda seeds: seeds.astype(int))
-        for seed, run, exp in zip(group["tags.ablate.seed"], group["run_id"], group["experiment_id"]):
+        group = group.sort_values(SEED, key=lambda seeds: seeds.astype(int))
+        for seed, run, exp in zip(group[SEED], group["run_id"], group["experiment_id"]):
             label = f"seed {seed}"
             if ui:
-                items.append(f'<a href="{html.escape(ui + tracking.run_page(exp, run))}">{label}</a>')
+                items.append(f'<a href="{html.escape(ui + run_page(exp, run))}">{label}</a>')
             else:
                 items.append(f"{label}: <code>{run}</code>")
         runs = f"{len(items)} run" + "s" * (len(items) != 1)

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq, minimize_scalar
 
+from ablate.tracking.schema import Param, Tag, metric_column, param_column, tag_column
+
 BOOTSTRAP = 1000
 MAX_ALPHA = 4.0
 ALPHAS = np.geomspace(1e-3, MAX_ALPHA, 240)
@@ -72,16 +74,17 @@ def _fits(alphas: np.ndarray, u: np.ndarray, y: np.ndarray) -> tuple[np.ndarray,
 def points(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per run of a scaling study: variant (as written), size, seed, both x axes, the metric."""
     steps, batch, context = (
-        runs[f"params.{k}"].astype(float) for k in ("train.steps", "train.batch_size", "model.context")
+        runs[param_column(k)].astype(float)
+        for k in (f"{Param.TRAIN}.steps", f"{Param.TRAIN}.batch_size", f"{Param.MODEL}.context")
     )
     return pd.DataFrame(
         {
-            "variant": runs["tags.ablate.scaled"],
-            "size": runs["tags.ablate.size"].astype(float),
-            "seed": runs["tags.ablate.seed"].astype(int),
-            "params": runs["params.n_params_non_embedding"].astype(float),
-            "flops": TRAIN_FLOPS * runs["params.flops_per_token"].astype(float) * steps * batch * context,
-            "loss": runs[f"metrics.{metric}"].astype(float),
+            "variant": runs[tag_column(Tag.SCALED)],
+            "size": runs[tag_column(Tag.SIZE)].astype(float),
+            "seed": runs[tag_column(Tag.SEED)].astype(int),
+            "params": runs[param_column(Param.N_PARAMS_NON_EMBEDDING)].astype(float),
+            "flops": TRAIN_FLOPS * runs[param_column(Param.FLOPS_PER_TOKEN)].astype(float) * steps * batch * context,
+            "loss": runs[metric_column(metric)].astype(float),
         }
     ).dropna(subset=["loss"])
 

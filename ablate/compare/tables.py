@@ -7,22 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 
+from ablate.compare.runs import SEED, VARIANT
 from ablate.compare.stats import ALPHA, against, describe, detectable, holm, verdict
+from ablate.config import Budget, Expectation
 from ablate.errors import AblateError
-
-HIGHER_IS_BETTER = {"accuracy", "tokens_per_s", "mean_tokens_per_s"}
-LOWER_IS_BETTER = {"train_time_s"}
-
-
-def lower_is_better(metric: str, given: bool | None) -> bool:
-    """The direction of a metric: as given, else known for losses, accuracy and speed."""
-    if given is not None:
-        return given
-    if metric in HIGHER_IS_BETTER or metric.endswith("accuracy"):
-        return False
-    if metric in LOWER_IS_BETTER or "loss" in metric:
-        return True
-    raise AblateError(f"is a higher {metric!r} better or worse? say --higher-is-better or --lower-is-better")
+from ablate.tracking.schema import Param, Tag, metric_column, param_column, tag_column
 
 
 def summarize(
@@ -36,13 +25,13 @@ def summarize(
     """The comparison table: one row per variant (see the module docstring); `failed` counts
     each variant's failed seeds, and a variant whose every run failed gets a row of its own."""
     failed = failed or {}
-    column = f"metrics.{metric}"
+    column = metric_column(metric)
     if column not in runs:
         known = sorted(
             c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()
         )
         raise AblateError(f"no metric {metric!r} in these runs; logged metrics: {', '.join(known)}")
-    variants = runs["tags.ablate.variant"]
+    variants = runs[VARIANT]
     present = set(variants) | set(failed)
     order = [v for v in (order or []) if v in present] + sorted(present - set(order or []))
     baseline = baseline or order[0]
@@ -70,11 +59,11 @@ def summarize(
 
 
 SHAPE = {  # column of the table ← the run's param
-    "n_params": "n_params",
-    "n_params_non_embedding": "n_params_non_embedding",
-    "n_layers": "model.n_layers",
-    "d_model": "model.d_model",
-    "flops_per_token": "flops_per_token",
+    "n_params": Param.N_PARAMS,
+    "n_params_non_embedding": Param.N_PARAMS_NON_EMBEDDING,
+    "n_layers": f"{Param.MODEL}.n_layers",
+    "d_model": f"{Param.MODEL}.d_model",
+    "flops_per_token": Param.FLOPS_PER_TOKEN,
 }
 
 
@@ -85,24 +74,23 @@ BUDGETED = {
 }
 
 
-def budgeted(budget: dict | None) -> str:
+def budgeted(budget: Budget | None) -> str:
     """The column (of SHAPE) a study's budget held equal; the non-embedding count without one."""
-    budget = budget or {}
-    if budget.get("flops_per_token"):
+    if budget is not None and budget.flops_per_token is not None:
         return "flops_per_token"
-    return "n_params" if budget.get("count") == "total" else "n_params_non_embedding"
+    return "n_params" if budget is not None and budget.count == "total" else "n_params_non_embedding"
 
 
-def shapes(runs: pd.DataFrame, budget: dict | None) -> pd.DataFrame:
+def shapes(runs: pd.DataFrame, budget: Budget | None) -> pd.DataFrame:
     """Per variant, what was built: both parameter counts, layers, width and forward FLOPs per
     token, and `budgeted`, the quantity the study's budget matched (the non-embedding count
     when the study has no budget), so that a reader compares what was held equal."""
     kind = budgeted(budget)
     rows = []
-    for variant, group in runs.groupby("tags.ablate.variant", sort=False):
+    for variant, group in runs.groupby(VARIANT, sort=False):
         row = {"variant": variant}
         for column, param in SHAPE.items():
-            given = group.get(f"params.{param}", pd.Series(dtype=object)).dropna()
+            given = group.get(param_column(param), pd.Series(dtype=object)).dropna()
             row[column] = float(given.iloc[0]) if len(given) else np.nan
         rows.append(row)
     table = pd.DataFrame(rows, columns=["variant", *SHAPE])
@@ -111,7 +99,7 @@ def shapes(runs: pd.DataFrame, budget: dict | None) -> pd.DataFrame:
     return table
 
 
-def unequal_cost(table: pd.DataFrame, budget: dict | None, size: pd.Series | None = None) -> str | None:
+def unequal_cost(table: pd.DataFrame, budget: Budget | None, size: pd.Series | None = None) -> str | None:
     """A line when what the budget did not hold equal differs by more than 10% across variants
     (of one size, given each variant's `size`): FLOPs per token at matched parameters (a no-FFN
     stack costs more compute per parameter), or parameters at matched FLOPs."""
@@ -165,7 +153,7 @@ def small_samples(table: pd.DataFrame) -> list[str]:
 
 def _causal(group: pd.DataFrame) -> str:
     """'no' when any run of the variant failed the audit: its loss is not an honest next-token loss."""
-    tags = group.get("tags.ablate.causal")
+    tags = group.get(tag_column(Tag.CAUSAL))
     if tags is None or tags.isna().all():
         return "unknown"
     return "no" if (tags == "false").any() else "yes"
@@ -184,8 +172,8 @@ def render(table: pd.DataFrame, fmt: str) -> str:
 
 def values(runs: pd.DataFrame, variant: str, metric: str) -> pd.Series:
     """The variant's final values of the metric, indexed by seed."""
-    group = runs[runs["tags.ablate.variant"] == variant]
-    return group.set_index(group["tags.ablate.seed"].astype(int))[f"metrics.{metric}"].dropna().astype(float)
+    group = runs[runs[VARIANT] == variant]
+    return group.set_index(group[SEED].astype(int))[metric_column(metric)].dropna().astype(float)
 
 
 def pairs_table(runs: pd.DataFrame, metric: str, pairs: list[tuple[str, str]], lower: bool = True) -> pd.DataFrame:
@@ -201,19 +189,19 @@ def pairs_table(runs: pd.DataFrame, metric: str, pairs: list[tuple[str, str]], l
     return table
 
 
-def expectations(runs: pd.DataFrame, expected: list[dict], baseline: str, lower_of) -> pd.DataFrame:
-    """Each expectation {variant, against (default the baseline), metric, verdict} tested, Holm over
+def expectations(runs: pd.DataFrame, expected: list[Expectation], baseline: str, lower_of) -> pd.DataFrame:
+    """Each expectation (variant, against: default the baseline, metric, verdict) tested, Holm over
     the expectations of each metric, and whether the verdict reached is the one expected
     ('same' is held by "no significant difference")."""
     frames = []
-    for metric in dict.fromkeys(e["metric"] for e in expected):
-        mine = [e for e in expected if e["metric"] == metric]
-        if f"metrics.{metric}" not in runs:
+    for metric in dict.fromkeys(e.metric for e in expected):
+        mine = [e for e in expected if e.metric == metric]
+        if metric_column(metric) not in runs:
             raise AblateError(f"an expectation names metric {metric!r}, which these runs did not log")
-        pairs = [(e["variant"], e.get("against") or baseline) for e in mine]
+        pairs = [(e.variant, e.against or baseline) for e in mine]
         table = pairs_table(runs, metric, pairs, lower_of(metric))
         table.insert(0, "metric", metric)
-        table["expected"] = [e["verdict"] for e in mine]
+        table["expected"] = [e.verdict for e in mine]
         frames.append(table)
     if not frames:
         return pd.DataFrame(columns=["metric", "variant", "against", "verdict", "expected", "held"])

@@ -9,6 +9,7 @@ import torch
 
 from ablate.config import DataConfig, TaskConfig
 from ablate.data.corpus import prepare
+from ablate.data.meta import DataMeta
 from ablate.data.tasks import TaskData
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # inputs and targets, (B, T) each
@@ -17,7 +18,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # inputs and targets, (B, T) each
 class DataSource(Protocol):
     """What training and evaluation need of data."""
 
-    meta: dict  # source, fingerprint, vocab_size, unigram_entropy, ...: logged with every run
+    meta: DataMeta  # logged with every run
     tokenizer_path: Path | None  # saved beside a trained model; None where tokens are not text
 
     def describe(self) -> str: ...

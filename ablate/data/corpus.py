@@ -11,7 +11,6 @@ arrays are written once to a cache directory and memory-mapped from there on.
 
 import glob
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,7 @@ import torch
 from ablate import processes
 from ablate.config import DataConfig
 from ablate.data import tokenize
+from ablate.data.meta import DataMeta
 from ablate.data.tokenize import token_dtype
 from ablate.errors import AblateError, full_disk
 
@@ -40,7 +40,7 @@ class Corpus:
     train: np.ndarray
     val: np.ndarray
     vocab_size: int
-    meta: dict
+    meta: DataMeta
     directory: Path | None  # its cache entry; None for tokens that were never cached
     built: bool  # False when it came from the cache
 
@@ -52,9 +52,9 @@ class Corpus:
     def describe(self) -> str:
         m = self.meta
         return (
-            f"data: {m['source']} — {m['n_train_tokens']:,} train / {m['n_val_tokens']:,} val tokens, "
-            f"vocab {m['vocab_size']}, fingerprint {m['fingerprint']}; tokenizer and splits "
-            f"{'built' if self.built else 'loaded from cache'} (build took {m['build_s']:.1f}s)"
+            f"data: {m.source} — {m.n_train_tokens:,} train / {m.n_val_tokens:,} val tokens, "
+            f"vocab {m.vocab_size}, fingerprint {m.fingerprint}; tokenizer and splits "
+            f"{'built' if self.built else 'loaded from cache'} (build took {m.build_s:.1f}s)"
         )
 
     def batches(self, context: int, batch_size: int, seed: int, device=None) -> "Batches":
@@ -66,21 +66,21 @@ class Corpus:
 
 def in_memory(train: np.ndarray, val: np.ndarray, vocab_size: int, source: str) -> Corpus:
     """A corpus of token arrays already in memory (the bench's random tokens): no cache, no tokenizer."""
-    meta = {**_token_meta(source, train, val, vocab_size), "build_s": 0.0}
-    return Corpus(train, val, vocab_size, meta, directory=None, built=True)
+    return Corpus(train, val, vocab_size, _token_meta(source, train, val, vocab_size), directory=None, built=True)
 
 
-def _token_meta(source: str, train: np.ndarray, val: np.ndarray, vocab_size: int) -> dict:
+def _token_meta(source: str, train: np.ndarray, val: np.ndarray, vocab_size: int, **more) -> DataMeta:
     """What a run logs of its data: where it came from, its sizes, fingerprint and unigram entropy."""
-    return {
-        "source": source,
-        "vocab_size": vocab_size,
-        "n_train_tokens": int(train.size),
-        "n_val_tokens": int(val.size),
-        "fingerprint": fingerprint(train, val),
-        "unigram_entropy": unigram_entropy(train, vocab_size),
-        "python_version": platform.python_version(),
-    }
+    return DataMeta(
+        source=source,
+        vocab_size=vocab_size,
+        n_train_tokens=int(train.size),
+        n_val_tokens=int(val.size),
+        fingerprint=fingerprint(train, val),
+        unigram_entropy=unigram_entropy(train, vocab_size),
+        python_version=platform.python_version(),
+        **more,
+    )
 
 
 def stdlib_files() -> list[Path]:
@@ -157,11 +157,11 @@ def prepare(cfg: DataConfig, cache_root: Path, base_dir: Path = Path(".")) -> Co
     built = not (directory / "meta.json").exists()
     if built:
         _build(cfg, files, directory)
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = DataMeta.model_validate_json((directory / "meta.json").read_text())
     return Corpus(
         train=np.load(directory / "train.npy", mmap_mode="r"),
         val=np.load(directory / "val.npy", mmap_mode="r"),
-        vocab_size=meta["vocab_size"],
+        vocab_size=meta.vocab_size,
         meta=meta,
         directory=directory,
         built=built,
@@ -189,15 +189,14 @@ def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
         else:
             tokens, tokenizer = tokenize.TOKENIZERS[cfg.tokenizer](docs, vocab)
         train, val = split(tokens, cfg.val_fraction) if cfg.split == "pieces" else split_tail(tokens, cfg.val_fraction)
-    meta = {**_token_meta(cfg.source, train, val, vocab), "files": len(files)}
-    meta["build_s"] = round(time.perf_counter() - start, 3)
+    meta = _token_meta(cfg.source, train, val, vocab, files=len(files), build_s=round(time.perf_counter() - start, 3))
     try:
         _write(directory, train, val, tokenizer, meta)
     except OSError as e:
         raise AblateError(f"cannot write the data cache under {directory.parent}: {e.strerror or e}") from e
 
 
-def _write(directory: Path, train: np.ndarray, val: np.ndarray, tokenizer, meta: dict) -> None:
+def _write(directory: Path, train: np.ndarray, val: np.ndarray, tokenizer, meta: DataMeta) -> None:
     """Write the cache entry into a temporary folder, then rename it into place: a build cut
     off midway leaves no entry, and its folder is removed by a later `prepare`."""
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +206,7 @@ def _write(directory: Path, train: np.ndarray, val: np.ndarray, tokenizer, meta:
         np.save(tmp / "val.npy", val)
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "meta.json").write_text(meta.model_dump_json(indent=2))
         try:
             os.replace(tmp, directory)
         except OSError:  # another process finished the same build first

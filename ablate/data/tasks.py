@@ -45,6 +45,8 @@ import torch
 
 from ablate.config import TaskConfig
 from ablate.data.corpus import unigram_entropy
+from ablate.data.meta import DataMeta
+from ablate.errors import AblateError, did_you_mean
 from ablate.nn.loss import IGNORE_INDEX as IGNORE
 
 # Each generator returns the sequence of seq_len + 1 tokens and the answers: the token to be
@@ -52,6 +54,22 @@ from ablate.nn.loss import IGNORE_INDEX as IGNORE
 # answers[1:]). An answer is the next token of the sequence, except in mqar, where it is
 # never written into the input.
 Generator = Callable[[TaskConfig, np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
+# Each task's rules: what it needs of the settings, as the first unmet need in words (None: all met).
+Rules = Callable[[TaskConfig], str | None]
+
+
+@dataclass(frozen=True)
+class Task:
+    generate: Generator
+    rules: Rules
+
+
+def _mqar_rules(cfg: TaskConfig) -> str | None:
+    if 4 * cfg.num_kv_pairs > cfg.seq_len:
+        return f"mqar needs seq_len ≥ 4·num_kv_pairs = {4 * cfg.num_kv_pairs}, got {cfg.seq_len}"
+    if cfg.num_kv_pairs >= cfg.vocab // 2:
+        return f"mqar needs vocab > 2·num_kv_pairs + 1 = {2 * cfg.num_kv_pairs + 1}, got {cfg.vocab}"
+    return None
 
 
 def _mqar(cfg: TaskConfig, rng: np.random.Generator, n: int):
@@ -70,6 +88,26 @@ def _mqar(cfg: TaskConfig, rng: np.random.Generator, n: int):
         tokens[i, where] = keys[order]
         answers[i, where + 1] = values[order]
     return tokens, answers
+
+
+def _pairs_rules(cfg: TaskConfig) -> str | None:
+    if 2 * cfg.num_keys + 1 > cfg.vocab:
+        return (
+            f"{cfg.task} needs vocab ≥ 2·num_keys + 1 (distinct values), got vocab {cfg.vocab}, num_keys {cfg.num_keys}"
+        )
+    return None
+
+
+def _noisy_rules(cfg: TaskConfig) -> str | None:
+    if 2 * cfg.num_keys + cfg.noise_vocab + 1 > cfg.vocab:
+        return f"noisy_recall needs vocab ≥ 2·num_keys + noise_vocab + 1, got {cfg.vocab}"
+    return _pairs_rules(cfg)
+
+
+def _memorization_rules(cfg: TaskConfig) -> str | None:
+    if cfg.num_keys + 2 > cfg.vocab:
+        return f"memorization needs vocab ≥ num_keys + 2, got vocab {cfg.vocab}, num_keys {cfg.num_keys}"
+    return None
 
 
 def _pairs(cfg: TaskConfig, rng: np.random.Generator, n: int, table: np.ndarray | None = None, noise: bool = False):
@@ -98,6 +136,16 @@ def _pairs(cfg: TaskConfig, rng: np.random.Generator, n: int, table: np.ndarray 
     return tokens, np.where(scored, tokens, IGNORE)
 
 
+def _fuzzy_rules(cfg: TaskConfig) -> str | None:
+    if cfg.k_motif_size + cfg.v_motif_size > cfg.seq_len:
+        return "fuzzy_recall needs seq_len ≥ k_motif_size + v_motif_size"
+    if cfg.num_keys >= cfg.vocab // 2:
+        return (
+            f"fuzzy_recall needs vocab > 2·num_keys (distinct motifs), got vocab {cfg.vocab}, num_keys {cfg.num_keys}"
+        )
+    return None
+
+
 def _fuzzy(cfg: TaskConfig, rng: np.random.Generator, n: int):
     T, K, V, km, vm = cfg.seq_len + 1, cfg.num_keys, cfg.vocab, cfg.k_motif_size, cfg.v_motif_size
     half = V // 2
@@ -116,6 +164,14 @@ def _fuzzy(cfg: TaskConfig, rng: np.random.Generator, n: int):
             seen.add(k)
             t += len(pair)
     return tokens, np.where(scored, tokens, IGNORE)
+
+
+def _selective_copy_rules(cfg: TaskConfig) -> str | None:
+    if 2 * cfg.num_tokens_to_copy + 1 > cfg.seq_len:
+        return f"selective_copy needs seq_len ≥ 2·num_tokens_to_copy + 1, got {cfg.seq_len}"
+    if cfg.num_tokens_to_copy > cfg.vocab - 2:
+        return f"selective_copy needs vocab ≥ num_tokens_to_copy + 2 (distinct tokens), got {cfg.vocab}"
+    return None
 
 
 def _selective_copy(cfg: TaskConfig, rng: np.random.Generator, n: int):
@@ -139,19 +195,28 @@ def memorization_table(cfg: TaskConfig) -> np.ndarray:
     return np.random.default_rng([cfg.seed, 1]).integers(cfg.num_keys + 1, cfg.vocab, size=cfg.num_keys + 1)
 
 
-GENERATORS: dict[str, Generator] = {
-    "mqar": _mqar,
-    "in_context_recall": _pairs,
-    "noisy_recall": lambda cfg, rng, n: _pairs(cfg, rng, n, noise=True),
-    "fuzzy_recall": _fuzzy,
-    "selective_copy": _selective_copy,
-    "memorization": lambda cfg, rng, n: _pairs(cfg, rng, n, table=memorization_table(cfg)),
+TASKS: dict[str, Task] = {  # a new task: its generator and its rules, here
+    "mqar": Task(_mqar, _mqar_rules),
+    "in_context_recall": Task(_pairs, _pairs_rules),
+    "noisy_recall": Task(lambda cfg, rng, n: _pairs(cfg, rng, n, noise=True), _noisy_rules),
+    "fuzzy_recall": Task(_fuzzy, _fuzzy_rules),
+    "selective_copy": Task(_selective_copy, _selective_copy_rules),
+    "memorization": Task(lambda cfg, rng, n: _pairs(cfg, rng, n, table=memorization_table(cfg)), _memorization_rules),
 }
+
+
+def check(cfg: TaskConfig) -> None:
+    """Refuse a task that does not exist, or settings it cannot run with (an AblateError naming why)."""
+    if cfg.task not in TASKS:
+        raise AblateError(f"unknown task {cfg.task!r}{did_you_mean(cfg.task, TASKS)}; tasks: {', '.join(TASKS)}")
+    problem = TASKS[cfg.task].rules(cfg)
+    if problem is not None:
+        raise AblateError(problem)
 
 
 def generate(cfg: TaskConfig, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n examples: inputs (n, seq_len) and targets (n, seq_len), IGNORE where not scored."""
-    tokens, answers = GENERATORS[cfg.task](cfg, rng, n)
+    tokens, answers = TASKS[cfg.task].generate(cfg, rng, n)
     return torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(answers[:, 1:].copy())
 
 
@@ -211,26 +276,26 @@ class TaskData:
     """What the Trainer and the runner need of a data source, for a synthetic task."""
 
     cfg: TaskConfig
-    meta: dict = field(default_factory=dict)
+    meta: DataMeta = field(init=False)
     tokenizer_path = None  # token ids are the task's own: there is no text to tokenize
 
     def __post_init__(self):
         x, y = self.val_examples()
         answers = y[y != IGNORE].numpy()
-        self.meta = {
-            "source": f"task {self.cfg.task}",
-            "fingerprint": hashlib.sha256(self.cfg.model_dump_json().encode()).hexdigest()[:16],
-            "unigram_entropy": unigram_entropy(answers, self.cfg.vocab),
-            "chance_accuracy": chance_accuracy(self.cfg, x, y),
-            "python_version": platform.python_version(),
-            "vocab_size": self.cfg.vocab,
-        }
+        self.meta = DataMeta(
+            source=f"task {self.cfg.task}",
+            fingerprint=hashlib.sha256(self.cfg.model_dump_json().encode()).hexdigest()[:16],
+            unigram_entropy=unigram_entropy(answers, self.cfg.vocab),
+            chance_accuracy=chance_accuracy(self.cfg, x, y),
+            python_version=platform.python_version(),
+            vocab_size=self.cfg.vocab,
+        )
 
     def describe(self) -> str:
         train = f"{self.cfg.n_train:,} train examples" if self.cfg.n_train else "fresh train examples every step"
         return (
             f"data: task {self.cfg.task} — {train}, {self.cfg.n_val:,} val examples of {self.cfg.seq_len} tokens, "
-            f"vocab {self.cfg.vocab}, fingerprint {self.meta['fingerprint']}"
+            f"vocab {self.cfg.vocab}, fingerprint {self.meta.fingerprint}"
         )
 
     def val_examples(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,13 +1,10 @@
 """Equal budgets: solve each variant's free dimension so that every trial has the same
 parameter count (or forward FLOPs per token), within a tolerance."""
 
-import json
 import math
 from collections.abc import Callable
-from functools import lru_cache
-from typing import Any
 
-from ablate.config import Budget
+from ablate.config import Budget, ModelConfig
 from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.plan.flops import flops_per_token
@@ -17,22 +14,26 @@ FINE_SPREAD = 4  # the finer dimension is tried at this many primary steps eithe
 MAX_STEPS = 1 << 14  # a dimension is never searched beyond 2^14 steps
 
 
-def measure(budget: Budget, model: dict[str, Any]) -> float | None:
-    """The budgeted quantity of a model dict; None when the dict does not build."""
-    return _measure(json.dumps(model, sort_keys=True), budget.params is not None, budget.count == "non_embedding")
+_MEASURED: dict[tuple[str, str], float | None] = {}  # (a model's JSON, what) → the count, None: it does not build
 
 
-@lru_cache(maxsize=4096)
-def _measure(model_json: str, params: bool, non_embedding: bool) -> float | None:
-    try:
-        model = build_model(json.loads(model_json), device="meta")
-    except (AblateError, ValueError):
-        return None
-    return model.n_params(non_embedding) if params else flops_per_token(model)
+def measure(budget: Budget, model: ModelConfig) -> float | None:
+    """The budgeted quantity of a model; None when the model does not build. Each is measured
+    (on the meta device) once per process, however many probes ask for it."""
+    what = "flops" if budget.params is None else budget.count
+    key = (model.model_dump_json(), what)
+    if key not in _MEASURED:
+        try:
+            built = build_model(model, device="meta")
+        except (AblateError, ValueError):
+            _MEASURED[key] = None
+        else:
+            _MEASURED[key] = flops_per_token(built) if what == "flops" else built.n_params(what == "non_embedding")
+    return _MEASURED[key]
 
 
-def solve(model: dict[str, Any], budget: Budget, scale: str) -> dict[str, Any]:
-    """The model dict with `scale` (and, if needed, a finer width) set to meet the budget.
+def solve(model: ModelConfig, budget: Budget, scale: str) -> ModelConfig:
+    """The model with `scale` (and, if needed, a finer width) set to meet the budget.
 
     Every budgeted quantity grows with every dimension, so each is found by bisection. The
     primary dimension moves in multiples of n_heads for d_model (of lcm(n_heads, 8) for qkv_dim,
@@ -42,7 +43,7 @@ def solve(model: dict[str, Any], budget: Budget, scale: str) -> dict[str, Any]:
     when there is no FFN or ffn_dim is the primary) moves in multiples of 8, tried at the primary
     values up to FINE_SPREAD steps either side, nearest first: the first within the tolerance wins.
     """
-    if scale == "ffn_dim" and not model["ffn"]:
+    if scale == "ffn_dim" and not model.ffn:
         raise AblateError("scale ffn_dim needs an FFN (ffn: true)")
     grown, primary = _grower(model, scale), "d_model" if scale == "width" else scale
     step = _step(model, primary)
@@ -50,9 +51,9 @@ def solve(model: dict[str, Any], budget: Budget, scale: str) -> dict[str, Any]:
     best = min((c for c in (lo_side, hi_side) if c is not None), key=lambda c: _error(budget, c), default=None)
     if best is not None and _error(budget, best) <= budget.tolerance:
         return best
-    fine = "ffn_dim" if model["ffn"] and scale != "ffn_dim" else "qkv_dim"
+    fine = "ffn_dim" if model.ffn and scale != "ffn_dim" else "qkv_dim"
     if fine != scale:
-        middle = (lo_side or hi_side)[primary] // step
+        middle = getattr(lo_side or hi_side, primary) // step
         nearest_first = sorted(
             range(max(1, middle - FINE_SPREAD), middle + FINE_SPREAD + 2), key=lambda k: abs(k - middle)
         )
@@ -69,47 +70,44 @@ def solve(model: dict[str, Any], budget: Budget, scale: str) -> dict[str, Any]:
         raise AblateError(
             f"cannot reach {budget.describe()} within {budget.tolerance:.1%} by scaling {scale}"
             f"{'' if fine == scale else f' and {fine}'}: the closest reachable is {reached:,.0f} "
-            f"({_error(budget, best):+.1%}, {primary}={best[primary]}{'' if fine == scale else f', {fine}={best[fine]}'})"
+            f"({_error(budget, best):+.1%}, {primary}={getattr(best, primary)}"
+            f"{'' if fine == scale else f', {fine}={getattr(best, fine)}'})"
         )
     return best
 
 
-def _grower(model: dict[str, Any], scale: str) -> Callable[[int], dict[str, Any]]:
+def _grower(model: ModelConfig, scale: str) -> Callable[[int], ModelConfig]:
     """k → the model with its scaled dimension at k steps (see `solve`)."""
     if scale != "width":
         step = _step(model, scale)
-        return lambda k: {**model, scale: k * step}
-    heads, step = model["n_heads"], _step(model, "d_model")
-    qkv_ratio, ffn_ratio = model["qkv_dim"] / model["d_model"], model["ffn_dim"] / model["d_model"]
+        return lambda k: model.model_copy(update={scale: k * step})
+    heads, step = model.n_heads, _step(model, "d_model")
+    qkv_ratio, ffn_ratio = model.qkv_dim / model.d_model, model.ffn_dim / model.d_model
 
-    def at(k: int) -> dict[str, Any]:
+    def at(k: int) -> ModelConfig:
         d = k * step
-        return {
-            **model,
-            "d_model": d,
-            "qkv_dim": max(1, round(qkv_ratio * d / heads)) * heads,
-            "ffn_dim": max(1, round(ffn_ratio * d)),
-        }
+        qkv, ffn = max(1, round(qkv_ratio * d / heads)) * heads, max(1, round(ffn_ratio * d))
+        return model.model_copy(update={"d_model": d, "qkv_dim": qkv, "ffn_dim": ffn})
 
     return at
 
 
-def _step(model: dict[str, Any], dim: str) -> int:
+def _step(model: ModelConfig, dim: str) -> int:
     if dim == "n_layers":
         return 1
     if dim == "ffn_dim":
         return FINE_STEP
     if dim == "qkv_dim":  # divisible by heads, and by 8 as a fine dimension
-        return math.lcm(model["n_heads"], FINE_STEP)
-    return model["n_heads"]
+        return math.lcm(model.n_heads, FINE_STEP)
+    return model.n_heads
 
 
-def _error(budget: Budget, model: dict[str, Any] | None) -> float:
+def _error(budget: Budget, model: ModelConfig | None) -> float:
     value = measure(budget, model) if model is not None else None
     return float("inf") if value is None else abs(value - budget.target) / budget.target
 
 
-def _neighbours(budget: Budget, at: Callable[[int], dict[str, Any]]):
+def _neighbours(budget: Budget, at: Callable[[int], ModelConfig]):
     """The model at the largest step k at or below the target, and at the next one up (either None
     where no such model builds)."""
 

@@ -35,12 +35,16 @@ def available_bytes(device: str) -> tuple[int, str]:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
 
 
+class DoesNotFit(AblateError):
+    """A trial's sizes would not fit in the memory here."""
+
+
 def check_fits(model, batch_size: int, device: str) -> None:
     need = train_bytes(model, batch_size)
     have, what = available_bytes(device)
     if need > have:
         sizes = ", ".join(f"{k} {getattr(model, k):,}" for k in ("vocab_size", "context", "d_model", "n_layers"))
-        raise AblateError(
+        raise DoesNotFit(
             f"model sizes ({sizes}) with train.batch_size {batch_size:,} need about {need / 2**30:,.1f} GiB "
             f"to train (estimated: parameters, optimizer state, activations), more than the "
             f"{have / 2**30:,.1f} GiB of {what} here"

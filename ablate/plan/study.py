@@ -6,37 +6,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from ablate.config import (
     Budget,
     DataConfig,
     ModelConfig,
-    SearchConfig,
     StudyConfig,
     TaskConfig,
     TrainConfig,
     VariantConfig,
-    first_error,
-    known_keys,
     sized_name,
 )
+from ablate.data import tasks
 from ablate.data.corpus import source_files
 from ablate.data.corpus import vocab_size as data_vocab_size
-from ablate.errors import AblateError, did_you_mean
-from ablate.model import LanguageModel, build_model, resolved
+from ablate.errors import AblateError
+from ablate.model import LanguageModel, build_model
 from ablate.plan.budget import solve
+from ablate.plan.explain import Document
 from ablate.plan.flops import flops_per_token
-from ablate.plan.resources import check_fits
+from ablate.plan.resources import DoesNotFit, check_fits
+from ablate.plan.search import SearchConfig, check_space
 
 
 @dataclass
 class Trial:
     variant: str
     seed: int
-    model: dict[str, Any]
-    train: dict[str, Any]
+    model: ModelConfig  # every mixer option's default filled in
+    train: TrainConfig
     n_params: int
     n_params_non_embedding: int
     flops_per_token: float
@@ -45,11 +44,27 @@ class Trial:
     scaled: str | None = None  # in a scaling study: the variant as written (this one is NAME@SIZE) ...
     size: float | None = None  # ... and the budget's size it was solved at
 
-    def key(self, data: DataConfig) -> str:
+    def key(self, data: DataConfig | TaskConfig) -> str:
         """Identifies the trial's whole configuration: a rerun skips trials already finished."""
-        spec = {"data": data.model_dump(), "variant": self.variant, "seed": self.seed, "model": self.model}
-        spec["train"] = self.train
+        spec = {"data": data.model_dump(), "variant": self.variant, "seed": self.seed, "model": self.model.model_dump()}
+        spec["train"] = self.train.model_dump(mode="json")
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The trial as `ablate plan --json` prints it: each model as `build_model` takes it."""
+        searched = self.search.model_dump(mode="json", by_alias=True, exclude_none=True) if self.search else None
+        return {
+            "variant": self.variant,
+            "seed": self.seed,
+            "model": self.model.model_dump(mode="json"),
+            "n_params": self.n_params,
+            "n_params_non_embedding": self.n_params_non_embedding,
+            "flops_per_token": self.flops_per_token,
+            "state_size": self.state_size,
+            "search": searched,
+            "scaled": self.scaled,
+            "size": self.size,
+        }
 
 
 @dataclass
@@ -110,7 +125,7 @@ def load(path: str | Path, smoke_form: bool = False, data_source: str | None = N
         text = path.read_text()
     except OSError as e:
         raise AblateError(f"{path}: cannot read study ({e.strerror})") from None
-    lines = _Lines(path, text)
+    lines = Document(path, text)
     document = lines.mapping
     if data_source is not None:
         if isinstance(document.get("data"), dict) and "task" in document["data"]:
@@ -121,7 +136,13 @@ def load(path: str | Path, smoke_form: bool = False, data_source: str | None = N
     except ValidationError as e:
         raise AblateError(lines.explain(e)) from None
     vocab = config.data.vocab_size
-    if isinstance(config.data, DataConfig):
+    if isinstance(config.data, TaskConfig):
+        try:
+            tasks.check(config.data)
+        except AblateError as e:
+            where = ("data", "task") if config.data.task not in tasks.TASKS else ("data",)
+            raise AblateError(f"{lines.at(where)}: {'.'.join(where)}: {e}") from None
+    else:
         try:
             vocab = data_vocab_size(config.data, source_files(config.data, path.parent))
         except AblateError as e:
@@ -165,7 +186,7 @@ def sized(config: StudyConfig) -> StudyConfig:
     )
 
 
-def _plan(config: StudyConfig, lines: "_Lines", vocab: int) -> list[Trial]:
+def _plan(config: StudyConfig, lines: Document, vocab: int) -> list[Trial]:
     trials = []
     for index, variant in enumerate(config.variants):
         for size in config.budget.sizes if config.budget is not None else [None]:
@@ -183,7 +204,7 @@ def _plan(config: StudyConfig, lines: "_Lines", vocab: int) -> list[Trial]:
 
 
 def _search(
-    config: StudyConfig, variant: VariantConfig, index: int, train: dict[str, Any], lines: "_Lines"
+    config: StudyConfig, variant: VariantConfig, index: int, train: TrainConfig, lines: Document
 ) -> SearchConfig | None:
     """The variant's search: its own `search` merged over the study's, none for `search: false`."""
     if variant.search is False or (variant.search is None and config.search is None):
@@ -193,70 +214,88 @@ def _search(
     where = ("variants", index, "search") if own else ("search",)
     try:
         search = SearchConfig(**merged)
-        search.check(train)
+        check_space(search, train)
     except ValidationError as e:
         raise AblateError(f"{lines.explain(e, lambda loc: where + loc)} (variant {variant.name!r})") from None
     return search
 
 
-def _resolve(
-    config: StudyConfig, variant: VariantConfig, index: int, lines: "_Lines", vocab: int, budget: Budget | None
-) -> dict[str, Any]:
-    """A variant's full model and train settings (defaults merged with its overrides) and sizes,
-    solved to meet the budget (one size of the study's)."""
+@dataclass
+class _Place:
+    """Where in the study file a variant's merged settings come from: its own section, else the
+    study's (a key neither sets, a default, is placed in the study's section)."""
+
+    config: StudyConfig
+    variant: VariantConfig
+    index: int
+
+    @property
+    def own(self) -> tuple:
+        return ("variants", self.index)
+
+    def model(self, loc: tuple) -> tuple:
+        task = isinstance(self.config.data, TaskConfig)
+        if not loc:
+            return self.own + ("model",)
+        if loc[0] == "vocab_size":
+            return ("data", "vocab" if task else "vocab_size")
+        if loc[0] == "context" and task:
+            return ("data", "seq_len")
+        return (self.own if loc[0] in self.variant.model or loc[0] not in self.config.model else ()) + ("model",) + loc
+
+    def train(self, loc: tuple) -> tuple:
+        return (self.own if not loc or loc[0] in self.variant.train else ()) + ("train",) + loc
+
+
+def _model_settings(place: _Place, lines: Document, vocab: int) -> dict[str, Any]:
+    """The variant's model settings over the study's, with the data's vocabulary (and a task's
+    sequence length as the context)."""
+    config, variant = place.config, place.variant
     merged = {**config.model, **variant.model, "vocab_size": vocab}
-    own = ("variants", index)
     if isinstance(config.data, TaskConfig):  # a task fixes the sequence length too
         if merged.get("context", config.data.seq_len) != config.data.seq_len:
-            where = own if "context" in variant.model else ()
+            where = place.own if "context" in variant.model else ()
             raise AblateError(
                 f"{lines.at(where + ('model', 'context'))}: model.context: a task sets it (data.seq_len "
                 f"{config.data.seq_len}); leave it out"
             )
         merged["context"] = config.data.seq_len
+    return merged
 
-    def model_loc(loc: tuple) -> tuple:
-        if not loc:
-            return own + ("model",)
-        if loc[0] == "vocab_size":
-            return ("data", "vocab" if isinstance(config.data, TaskConfig) else "vocab_size")
-        if loc[0] == "context" and isinstance(config.data, TaskConfig):
-            return ("data", "seq_len")
-        return (own if loc[0] in variant.model or loc[0] not in config.model else ()) + ("model",) + loc
 
-    def train_loc(loc: tuple) -> tuple:  # a key neither sets (a default) is the study's train section's
-        return (own if not loc or loc[0] in variant.train else ()) + ("train",) + loc
-
+def _resolve(
+    config: StudyConfig, variant: VariantConfig, index: int, lines: Document, vocab: int, budget: Budget | None
+) -> dict[str, Any]:  # Trial's fields but its variant and seed
+    """A variant's full model and train settings (defaults merged with its overrides) and sizes,
+    solved to meet the budget (one size of the study's)."""
+    place = _Place(config, variant, index)
+    written = {**config.train, **variant.train}
     try:
-        model_cfg = ModelConfig(**merged)
+        train_cfg = TrainConfig(**written)
     except ValidationError as e:
-        raise AblateError(lines.explain(e, model_loc)) from None
+        raise AblateError(lines.explain(e, place.train)) from None
     try:
-        train_cfg = TrainConfig(**{**config.train, **variant.train})
+        built = model_for(_model_settings(place, lines, vocab), train_cfg.batch_size, train_cfg.device)
     except ValidationError as e:
-        raise AblateError(lines.explain(e, train_loc)) from None
-    try:
-        check_fits(model_cfg, train_cfg.batch_size, train_cfg.device)
+        raise AblateError(lines.explain(e, place.model)) from None
+    except DoesNotFit as e:
+        raise AblateError(f"{lines.at(place.model(('d_model',)))}: variant {variant.name!r}: {e}") from None
     except AblateError as e:
-        raise AblateError(f"{lines.at(model_loc(('d_model',)))}: variant {variant.name!r}: {e}") from None
-    try:
-        model = resolved(model_cfg)
-        built = build_model(model, device="meta")
-    except AblateError as e:
-        raise AblateError(f"{lines.at(model_loc(('mixer',)))}: variant {variant.name!r}: {e}") from None
+        raise AblateError(f"{lines.at(place.model(('mixer',)))}: variant {variant.name!r}: {e}") from None
+    model, scale_at = built.cfg, lines.at(place.own + ("scale",))
     if budget is None and variant.scale:
-        raise AblateError(f"{lines.at(own + ('scale',))}: variants.{index}.scale: the study has no budget to meet")
+        raise AblateError(f"{scale_at}: variants.{index}.scale: the study has no budget to meet")
     if budget is not None:
         try:
             model = solve(model, budget, variant.scale or "d_model")
         except AblateError as e:
-            raise AblateError(f"{lines.at(own + ('scale',))}: variant {variant.name!r}: {e}") from None
+            raise AblateError(f"{scale_at}: variant {variant.name!r}: {e}") from None
         built = build_model(model, device="meta")
     if train_cfg.tokens_per_param is not None:
-        train_cfg = _steps_from_tokens(train_cfg, {**config.train, **variant.train}, built, budget, train_loc, lines)
+        train_cfg = _steps_from_tokens(train_cfg, written, built, budget, place.train, lines)
     return {
         "model": model,
-        "train": train_cfg.model_dump(mode="json"),
+        "train": train_cfg,
         "n_params": built.n_params(),
         "n_params_non_embedding": built.n_params(non_embedding=True),
         "flops_per_token": flops_per_token(built),
@@ -264,8 +303,17 @@ def _resolve(
     }
 
 
+def model_for(settings: dict[str, Any], batch_size: int, device: str) -> LanguageModel:
+    """The model the settings describe, built on the meta device: validated (a ValidationError,
+    for the caller to place), checked to fit in memory here (DoesNotFit) and its mixer's options
+    checked (AblateError). Planning a study and benching a mixer check a model the same way."""
+    cfg = ModelConfig(**settings)
+    check_fits(cfg, batch_size, device)
+    return build_model(cfg, device="meta")
+
+
 def _steps_from_tokens(
-    train_cfg: TrainConfig, written: dict, built: LanguageModel, budget: Budget | None, train_loc, lines: "_Lines"
+    train_cfg: TrainConfig, written: dict, built: LanguageModel, budget: Budget | None, train_loc, lines: Document
 ) -> TrainConfig:
     """train with `steps` set so that the model sees tokens_per_param tokens per budgeted parameter
     (the non-embedding count unless the budget counts the total)."""
@@ -278,58 +326,3 @@ def _steps_from_tokens(
     except ValidationError as e:
         message = lines.explain(e, train_loc)
         raise AblateError(f"{message} (steps {steps:,} from tokens_per_param)") from None
-
-
-class _Lines:
-    """The YAML document as plain data, plus the line of every key, for error messages."""
-
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.load(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            raise AblateError(f"{where}: invalid YAML: {e.problem or e.context}") from None
-        except yaml.YAMLError as e:
-            raise AblateError(f"{path}: invalid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise AblateError(f"{path}: a study must be a YAML mapping with name, variants, ...")
-        self.mapping = data
-        self.line: dict[tuple, int] = {}
-        self._index(node, ())
-
-    def _index(self, node, loc: tuple) -> None:
-        self.line[loc] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if loc + (key.value,) in self.line:  # YAML's loaders keep the last value silently
-                    dotted = ".".join(str(p) for p in loc + (key.value,))
-                    first = self.line[loc + (key.value,)]
-                    raise AblateError(
-                        f"{self.path}:{key.start_mark.line + 1}: {dotted}: duplicate key (first at line {first})"
-                    )
-                self._index(value, loc + (key.value,))
-                self.line[loc + (key.value,)] = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._index(item, loc + (i,))
-
-    def at(self, loc: tuple) -> str:
-        """'file:line' for the deepest part of loc that the document has."""
-        for n in range(len(loc), -1, -1):
-            if loc[:n] in self.line:
-                return f"{self.path}:{self.line[loc[:n]]}"
-        return str(self.path)
-
-    def explain(self, error: ValidationError, locate=lambda loc: loc) -> str:
-        """The first validation error as one line: file:line: dotted.key: problem."""
-        loc, msg = first_error(error)
-        if loc[:1] == ("data",) and loc[1:2] in (("corpus",), ("task",)):
-            loc = loc[:1] + loc[2:]  # the tag of data's kind is not a key of the document
-        loc = locate(loc)
-        key = ".".join(str(p) for p in loc) or "(study)"
-        if msg == "unknown key":
-            msg += did_you_mean(str(loc[-1]), known_keys(loc[:-1], self.mapping))
-        return f"{self.at(loc)}: {key}: {msg}"

@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablate import audit, processes, tracking
+from ablate import audit, processes
 from ablate.data import DataSource, open_source
 from ablate.errors import AblateError
 from ablate.plan.study import Study
 from ablate.run import claims, search
 from ablate.run.claims import Claim, WorkList
+from ablate.run.workers import Stores
+from ablate.tracking import records
+from ablate.tracking.schema import Role, Tag
+from ablate.tracking.store import Tracker
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -26,7 +30,7 @@ class PreparedStudy:
     study: Study
     leaks: dict[str, float]  # variant → the audit's largest leak
     data: DataSource
-    tracker: tracking.Tracker
+    tracker: Tracker
     exp_id: str
     parents: dict[str, str]  # "study" and each variant → its parent run
     storage: str
@@ -35,9 +39,7 @@ class PreparedStudy:
     checkpoints: Path
 
 
-def prepare(
-    study: Study, results: Path, uri: str, storage: str | None, checkpoints: Path | None, console
-) -> PreparedStudy:
+def prepare(study: Study, stores: Stores, console) -> PreparedStudy:
     """Audit and prepare the data (either may refuse the study before any store is touched),
     then create the stores and parent runs once, whichever worker comes first (several
     processes creating SQLite tables at once would crash)."""
@@ -48,46 +50,40 @@ def prepare(
         f"audit: {len(leaks) - len(leaky)} of {len(leaks)} variants causal"
         + (f"; leaking (allowed by allow_leaky): {', '.join(leaky)}" if leaky else "")
     )
-    data = open_source(study.config.data, results / "cache", study.path.parent)
+    data = open_source(study.config.data, stores.results / "cache", study.path.parent)
     console.print(data.describe())
 
-    results.mkdir(parents=True, exist_ok=True)
-    storage = storage or default_storage(results)
-    checkpoints = checkpoints or results / "checkpoints"
-    work = WorkList(storage, study.name)
+    stores.results.mkdir(parents=True, exist_ok=True)
+    work = WorkList(stores.storage, study.name)
     first = claim_first(work, "setup")
-    rdb = search.storage(storage)
-    tracker = tracking.Tracker(uri, results)
+    rdb = search.storage(stores.storage)
+    tracker = Tracker(stores.uri, stores.results)
     exp_id, parents = _experiment(study, tracker)
     if first is not None:
         work.end(first, claims.DONE)
     known = next((row.run_id for row in work.rows().values() if row.run_id), None)
     if known is not None and tracker.lifecycle(known) is None:
         raise AblateError(
-            f"the study database {storage} lists runs that the MLflow store {uri} has never had: the two "
+            f"the study database {stores.storage} lists runs that the MLflow store {stores.uri} has never had: the two "
             "no longer belong together (one was deleted or replaced); delete both, or start with a fresh --results"
         )
-    for path in remove_stray_checkpoints(checkpoints, tracker):  # safe for any worker: a live one's are kept
+    for path in remove_stray_checkpoints(stores.checkpoints, tracker):  # safe for any worker: a live one's are kept
         console.print(f"removed {path}: nothing can resume it", soft_wrap=True)
-    return PreparedStudy(study, leaks, data, tracker, exp_id, parents, storage, rdb, work, checkpoints)
+    return PreparedStudy(study, leaks, data, tracker, exp_id, parents, stores.storage, rdb, work, stores.checkpoints)
 
 
-def _experiment(study: Study, tracker: tracking.Tracker) -> tuple[str, dict[str, str]]:
+def _experiment(study: Study, tracker: Tracker) -> tuple[str, dict[str, str]]:
     """The study's MLflow experiment, its parent run and one parent run per variant."""
-    config = study.config
-    expect = [e.model_dump() for e in config.expect]
-    budget = config.budget.model_dump() if config.budget else None
-    names = [v.name for v in config.variants]
-    exp_id = tracker.experiment(study.name, study.baseline, names, config.contrasts, expect, budget)
-    parents = {"study": tracker.parent(exp_id, "study", study.name, {tracking.TAG + "study": study.name})}
-    for name in names:
-        tags = {tracking.TAG + "variant": name}
-        parents[name] = tracker.parent(exp_id, "variant", name, tags, parents["study"])
-        tracker.tag(parents[name], tracking.grouping_tags(study, name))
+    exp_id = tracker.experiment(study.name, records.experiment_tags(study))
+    parents = {"study": tracker.parent(exp_id, Role.STUDY, study.name, {Tag.STUDY: study.name})}
+    for variant in study.config.variants:
+        name = variant.name
+        parents[name] = tracker.parent(exp_id, Role.VARIANT, name, {Tag.VARIANT: name}, parents["study"])
+        tracker.tag(parents[name], records.grouping_tags(study, name))
     return exp_id, parents
 
 
-def remove_stray_checkpoints(folder: Path, tracker: tracking.Tracker) -> list[Path]:
+def remove_stray_checkpoints(folder: Path, tracker: Tracker) -> list[Path]:
     """Checkpoints nothing can resume (their run was deleted, or the store was replaced) and
     the temporary files of saves cut off by a dead process: removed, and returned."""
     stray = [p for p in folder.glob("*.pt") if tracker.lifecycle(p.stem) != "active"]
@@ -95,10 +91,6 @@ def remove_stray_checkpoints(folder: Path, tracker: tracking.Tracker) -> list[Pa
     for path in stray:
         path.unlink(missing_ok=True)
     return stray
-
-
-def default_storage(results: Path) -> str:
-    return f"sqlite:///{results.resolve() / 'optuna.db'}"
 
 
 def claim_first(work: WorkList, unit: str) -> Claim | None:

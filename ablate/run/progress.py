@@ -2,16 +2,17 @@
 ETA from the pace measured so far) and the summary table when it ends."""
 
 import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ablate.plan.study import Study
+from ablate.tracking.schema import Metric
 
 if TYPE_CHECKING:  # trial imports this module for its bars
-    from ablate.run.trial import Outcome
+    from ablate.run.schedule import StudyRun
+    from ablate.run.workers import Stores
 
 PROGRESS_COLUMNS = (
     TextColumn("{task.description}"),
@@ -56,32 +57,24 @@ def clock(seconds: float | None) -> str:
     return "-" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
 
 
-def print_summary(
-    study: Study,
-    meta: dict,
-    outcomes: "list[Outcome]",
-    results: Path,
-    uri: str,
-    elapsed: float,
-    console,
-    store_args: str,
-) -> None:
-    """Every final trial in one table, what to compare its losses with, and where to look next."""
+def print_summary(study: Study, run: "StudyRun", stores: "Stores", hint: str, console) -> None:
+    """Every final trial in one table, what to compare its losses with, and where to look next
+    (`hint`: the store flags to repeat in the commands shown)."""
     table = Table(title=f"study {study.name}")
-    leaky = any("prefix_val_loss" in o.metrics for o in outcomes)
+    leaky = any(Metric.PREFIX_VAL_LOSS in o.metrics for o in run.outcomes)
     columns = ["variant", "seed", "params (non-emb)", "val_loss"] + ["prefix_val_loss"] * leaky + ["tokens/s", "status"]
     for col in columns:
         table.add_column(col, justify="left" if col in ("variant", "status") else "right")
-    for o in outcomes:
+    for o in run.outcomes:
         m = o.metrics
-        prefix = [f"{m['prefix_val_loss']:.4f}" if "prefix_val_loss" in m else "-"] * leaky
+        prefix = [f"{m[Metric.PREFIX_VAL_LOSS]:.4f}" if Metric.PREFIX_VAL_LOSS in m else "-"] * leaky
         table.add_row(
             o.trial.variant,
             str(o.trial.seed),
             f"{o.trial.n_params:,} ({o.trial.n_params_non_embedding:,})",
-            f"{m['val_loss']:.4f}" if m else "-",
+            f"{m[Metric.VAL_LOSS]:.4f}" if m else "-",
             *prefix,
-            f"{m['mean_tokens_per_s']:,.0f}" if m else "-",
+            f"{m[Metric.MEAN_TOKENS_PER_S]:,.0f}" if m else "-",
             o.status.lower() + (f": {o.reason}" if o.reason else ""),
         )
     console.print(table)
@@ -91,19 +84,18 @@ def print_summary(
             "(the honest next-token loss; val_loss is teacher-forced and sees what it must not)"
         )
     console.print(
-        f"unigram entropy of the train tokens: {meta['unigram_entropy']:.4f} nats/token "
+        f"unigram entropy of the train tokens: {run.meta.unigram_entropy:.4f} nats/token "
         "(the loss of a model that ignores context; val losses should sit far below it)"
     )
-    if "chance_accuracy" in meta:
+    if run.meta.chance_accuracy is not None:
         console.print(
-            f"chance level of val_accuracy: {meta['chance_accuracy']:.4f} "
+            f"chance level of val_accuracy: {run.meta.chance_accuracy:.4f} "
             "(the best guess without the capability the task tests)"
         )
-    console.print(f"study wall time: {elapsed:.0f}s")
-    console.print(
-        f"results: {uri}" + ("" if not uri.startswith("sqlite") else f" (artifacts under {results / 'artifacts'})")
-    )
-    console.print(f"compare: ablate compare{store_args} --study {study.name} --metric val_loss")
+    console.print(f"study wall time: {run.seconds:.0f}s")
+    local = stores.uri.startswith("sqlite")
+    console.print(f"results: {stores.uri}" + (f" (artifacts under {stores.results / 'artifacts'})" if local else ""))
+    console.print(f"compare: ablate compare{hint} --study {study.name} --metric val_loss")
     if study.config.expect:
-        console.print(f"check:   ablate compare{store_args} --study {study.name} --check  (the study's expectations)")
-    console.print(f"browse:  ablate ui{store_args}")
+        console.print(f"check:   ablate compare{hint} --study {study.name} --check  (the study's expectations)")
+    console.print(f"browse:  ablate ui{hint}")

@@ -2,22 +2,22 @@
 trials, then final trials) from the study's work list until every unit has ended."""
 
 import contextlib
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from ablate import errors, tracking
-from ablate.errors import AblateError
+from ablate import errors
+from ablate.data.meta import DataMeta
 from ablate.plan.study import Study, Trial
 from ablate.run import claims
 from ablate.run.prepare import POLL_S, PreparedStudy, prepare
-from ablate.run.progress import PROGRESS_COLUMNS, print_summary
+from ablate.run.progress import PROGRESS_COLUMNS
 from ablate.run.trial import Outcome, Status, TrialRunner
+from ablate.run.workers import Stores, WorkerSpec, spawn
+from ablate.tracking.schema import Metric, Tag
 
 
 @dataclass
@@ -44,50 +44,41 @@ def units(study: Study) -> list[Unit]:
     return out
 
 
+@dataclass
+class StudyRun:
+    """How a study's run ended: every final trial's outcome, as the store has it."""
+
+    outcomes: list[Outcome]
+    meta: DataMeta
+    seconds: float
+    interrupted: KeyboardInterrupt | None = None  # Ctrl-C, or SIGTERM (errors.Terminated)
+
+
 def run_study(
-    study: Study,
-    results: Path,
-    uri: str,
-    console: Console | None = None,
-    store_args: str = "",
-    storage: str | None = None,
-    checkpoints: Path | None = None,
-    workers: int = 1,
-    worker_command: list[str] | None = None,
-) -> list[Outcome]:
-    """Set the study up, then work through it in this process (workers=1) or in `workers`
-    processes started with worker_command; print the summary of every final trial."""
-    console = console or Console()
+    study: Study, stores: Stores, console: Console, workers: int = 1, spec: WorkerSpec | None = None
+) -> StudyRun:
+    """Set the study up, then work through it in this process (workers=1) or in `workers` local
+    worker processes started from `spec`; end its parent runs as it ended. Ctrl-C or SIGTERM
+    ends it as interrupted (the trials in flight KILLED, their claims handed back)."""
     start = time.perf_counter()
-    prepared = prepare(study, results, uri, storage, checkpoints, console)
+    prepared = prepare(study, stores, console)
     try:
         if workers == 1:
             work(prepared, console)
         else:
-            _spawn(worker_command, workers, console)
-        outcomes = store_outcomes(prepared)
-    except KeyboardInterrupt:
-        print_summary(
-            study,
-            prepared.data.meta,
-            store_outcomes(prepared),
-            results,
-            uri,
-            time.perf_counter() - start,
-            console,
-            store_args,
-        )
+            spawn(spec, workers, console)
+    except KeyboardInterrupt as stop:
         _end_parents(prepared, Status.KILLED)
-        raise
+        return StudyRun(store_outcomes(prepared), prepared.data.meta, time.perf_counter() - start, stop)
     except BaseException as e:
         with contextlib.suppress(Exception):  # a broken store cannot take it; the error itself is reported
             _end_parents(prepared, Status.FAILED, errors.said(e))
         raise
+    outcomes = store_outcomes(prepared)
     log_aggregates(prepared, outcomes)
     ended = all(o.status not in (Status.PENDING, Status.KILLED) for o in outcomes)
     _end_parents(prepared, Status.FINISHED if ended else Status.KILLED)
-    print_summary(study, prepared.data.meta, outcomes, results, uri, time.perf_counter() - start, console, store_args)
-    return outcomes
+    return StudyRun(outcomes, prepared.data.meta, time.perf_counter() - start)
 
 
 def log_aggregates(prepared: PreparedStudy, outcomes: list[Outcome]) -> None:
@@ -99,36 +90,22 @@ def log_aggregates(prepared: PreparedStudy, outcomes: list[Outcome]) -> None:
         finished = [o.metrics for o in outcomes if o.trial.variant == variant.name and o.status == Status.FINISHED]
         if not finished:
             continue
-        values = {"n_seeds": len(finished)}
+        values = {Metric.N_SEEDS: len(finished)}
         for name in set.intersection(*(set(m) for m in finished)):
             got = describe(np.array([m[name] for m in finished], dtype=float))
-            values |= {name: got["mean"], f"{name}_ci95_low": got["ci95_low"], f"{name}_ci95_high": got["ci95_high"]}
+            values |= {
+                name: got["mean"],
+                name + Metric.CI95_LOW: got["ci95_low"],
+                name + Metric.CI95_HIGH: got["ci95_high"],
+            }
         prepared.tracker.log_final(prepared.parents[variant.name], {k: v for k, v in values.items() if np.isfinite(v)})
 
 
 def _end_parents(prepared: PreparedStudy, status: Status, reason: str = "") -> None:
     for run_id in prepared.parents.values():
         if reason:
-            prepared.tracker.client.set_tag(run_id, tracking.TAG + "failure", reason)
+            prepared.tracker.tag(run_id, {Tag.FAILURE: reason})
         prepared.tracker.set_status(run_id, status.value)
-
-
-def _spawn(command: list[str], n: int, console) -> None:
-    """Start n `ablate worker` processes (each in its own session, so that Ctrl-C reaches them
-    once, forwarded from here) and wait for them all."""
-    procs = [subprocess.Popen(command, start_new_session=True) for _ in range(n)]
-    console.print(f"workers: started {n} (pids {', '.join(str(p.pid) for p in procs)})")
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(2)  # SIGINT: each marks its run KILLED and lets go of its claim
-        for p in procs:
-            p.wait()
-        raise
-    if bad := [c for c in codes if c != 0]:
-        raise AblateError(f"{len(bad)} of {n} workers exited with an error (codes {bad}); rerun to resume")
 
 
 def work(prepared: PreparedStudy, console, live: bool = True) -> list[Outcome]:
@@ -151,7 +128,7 @@ def work(prepared: PreparedStudy, console, live: bool = True) -> list[Outcome]:
             progress.console.print(
                 f"{ended} of {len(finals)} trials already finished in the store; running the other {len(finals) - ended}"
             )
-        steps = sum(u.trial.train["steps"] for u in finals if not claims.has_ended(rows, u.name))
+        steps = sum(u.trial.train.steps for u in finals if not claims.has_ended(rows, u.name))
         runner.overall = progress.add_task("study", total=steps, loss="-", speed="-", eta="-")
         outcomes = []
         while todo:
@@ -163,19 +140,29 @@ def work(prepared: PreparedStudy, console, live: bool = True) -> list[Outcome]:
                     continue
                 if (claim := prepared.work.claim(unit.name)) is not None:
                     runner.queued = [
-                        (u.trial.model["mixer"], u.trial.train["steps"])
+                        (u.trial.model.mixer, u.trial.train.steps)
                         for u in todo
                         if u.trial is not None and u is not unit and u.name not in rows
                     ]
-                    if unit.trial is None:
-                        outcomes.append(runner.search(unit.variant, unit.slot, claim))
-                    else:
-                        outcomes.append(runner.final(unit.trial, unit.index, claim))
+                    outcomes.append(_run_unit(runner, unit, claim, prepared))
                     break
             else:
                 if todo:
                     time.sleep(POLL_S)  # the rest is held by other workers
     return outcomes
+
+
+def _run_unit(runner: TrialRunner, unit: Unit, claim: claims.Claim, prepared: PreparedStudy) -> Outcome:
+    """One claimed unit run; stopped before its run was open (Ctrl-C, SIGTERM, a bug), the claim
+    is handed back for whoever comes next (once its run is open, the runner lets go of both)."""
+    try:
+        if unit.trial is None:
+            return runner.search(unit.variant, unit.slot, claim)
+        return runner.final(unit.trial, unit.index, claim)
+    except BaseException:
+        with contextlib.suppress(Exception):  # a store failing too must not hide the first error
+            prepared.work.end(claim, claims.OPEN)
+        raise
 
 
 def store_outcomes(prepared: PreparedStudy) -> list[Outcome]:
@@ -190,10 +177,9 @@ def store_outcomes(prepared: PreparedStudy) -> list[Outcome]:
             state = Status.FAILED if row is not None and row.state == claims.FAILED else Status.PENDING
             out.append(Outcome(unit.trial, state, reason=(row.detail or "") if row is not None else ""))
             continue
-        run = prepared.tracker.client.get_run(row.run_id)
-        status = Status(run.info.status) if row.state != claims.OPEN else Status.KILLED
+        stored, metrics, failure = prepared.tracker.outcome(row.run_id)
+        status = Status(stored) if row.state != claims.OPEN else Status.KILLED
         if row.state == claims.RUNNING:
             status = Status.RUNNING
-        metrics = run.data.metrics if status == Status.FINISHED else {}
-        out.append(Outcome(unit.trial, status, metrics, run.data.tags.get(tracking.TAG + "failure", "")))
+        out.append(Outcome(unit.trial, status, metrics if status == Status.FINISHED else {}, failure))
     return out

@@ -12,8 +12,11 @@ import itertools
 import warnings
 from typing import Any
 
-from ablate.config import SearchConfig
+from ablate.plan.search import Distribution, SearchConfig
 from ablate.run.claims import HEARTBEAT_S, STALE_AFTER_S, retry_races
+
+RUN_ID = "ablate.run_id"  # Optuna user attr: the MLflow run of a search trial (kept by a retry)
+FAILURE = "ablate.failure"  # Optuna user attr: why a search trial failed
 
 
 def sampler(config: SearchConfig, n_existing: int, slot: int = 0):
@@ -103,3 +106,73 @@ def retry(study, rdb, number: int) -> None:
     frozen = study.get_trials(deepcopy=False)[number]
     if frozen.state == TrialState.RUNNING and rdb.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL):
         retry_callback()(study, study.get_trials(deepcopy=False)[number])
+
+
+def suggest(trial, name: str, distribution: Distribution) -> Any:
+    """The trial's value for one searched key, drawn from its distribution."""
+    if distribution.kind == "choice":
+        return trial.suggest_categorical(name, distribution.choice)
+    if distribution.kind == "int":
+        return trial.suggest_int(name, *distribution.integer)
+    return trial.suggest_float(name, *distribution.values, log=distribution.kind == "loguniform")
+
+
+class SearchTrial:
+    """One trial of a variant's search: asked of its Optuna study (a trial whose worker is gone,
+    queued again, first), its point of the space drawn, reported to on each eval, told how it
+    ended."""
+
+    def __init__(self, name: str, rdb, config: SearchConfig, slot: int, lost_trial: int | None = None):
+        self.rdb = rdb
+        self.study = open_study(name, rdb, config, slot)
+        if lost_trial is not None:
+            retry(self.study, rdb, lost_trial)
+        with warnings.catch_warnings():  # ask/tell with our own heartbeat thread, not optimize()
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            self.trial = self.study.ask()
+        self.params = {key: suggest(self.trial, key, d) for key, d in config.space.items()}
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run an earlier attempt at this trial began (a retry keeps the user attrs)."""
+        return self.trial.user_attrs.get(RUN_ID)
+
+    def remember_run(self, run_id: str) -> None:
+        self.trial.set_user_attr(RUN_ID, run_id)
+
+    def beat(self) -> None:
+        self.rdb.record_heartbeat(self.trial._trial_id)
+
+    def should_prune(self, step: int, val_loss: float) -> bool:
+        """Report an eval; whether the pruner gives the trial up."""
+        self.trial.report(val_loss, step)
+        return self.trial.should_prune()
+
+    def tell(self, val_loss: float | None, pruned: bool = False, failure: str = "") -> str:
+        """End the trial: pruned, complete (with its val loss) or failed (with why); Optuna's
+        name of the state it ended in."""
+        from optuna.trial import TrialState
+
+        if pruned:
+            self.study.tell(self.trial, state=TrialState.PRUNED)
+            return "PRUNED"
+        if val_loss is not None:
+            self.study.tell(self.trial, val_loss)
+            return "COMPLETE"
+        self.trial.set_user_attr(FAILURE, failure)
+        self.study.tell(self.trial, state=TrialState.FAIL)
+        return "FAIL"
+
+
+def best(name: str, rdb) -> dict[str, Any] | None:
+    """The best setting the variant's search found; None when no trial completed."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=rdb)
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return None
+    return study.best_trial.params

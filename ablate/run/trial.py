@@ -4,25 +4,25 @@ shared Trainer and resumed from the run and checkpoint an earlier holder of its 
 
 import contextlib
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from rich.progress import Progress
 
-from ablate import audit, sample, tracking
-from ablate.config import TrainConfig
+from ablate import audit, sample
 from ablate.model import build_model
+from ablate.plan.search import search_train, with_params
 from ablate.plan.study import Trial
 from ablate.run import claims, search
 from ablate.run.claims import Claim
 from ablate.run.prepare import PreparedStudy
 from ablate.run.progress import Pace, clock
+from ablate.tracking import records
+from ablate.tracking.schema import Metric, Phase, Tag
+from ablate.tracking.store import RunLog
 from ablate.train.checkpoint import DamagedCheckpoint
 from ablate.train.trainer import Diverged, Trainer, seed_everything
-
-STATE = tracking.TAG + "optuna_state"  # the Optuna state a search trial's run ended in
-RUN_ID = "ablate.run_id"  # Optuna user attr: the MLflow run of a search trial (kept by a retry)
 
 
 class Status(str, Enum):
@@ -32,7 +32,7 @@ class Status(str, Enum):
     SKIPPED = "SKIPPED"  # finished before this store had a work list
     PRUNED = "PRUNED"  # a search trial its pruner stopped
     FAILED = "FAILED"  # diverged, out of memory, or a search that completed no trial
-    KILLED = "KILLED"  # let go of (Ctrl-C): a rerun resumes it
+    KILLED = "KILLED"  # let go of (Ctrl-C, SIGTERM): a rerun resumes it
     LOST = "LOST"  # taken over by another worker
     RUNNING = "RUNNING"
     PENDING = "PENDING"
@@ -55,6 +55,21 @@ class Lost(Exception):
 
 
 @dataclass
+class Job:
+    """One training of a trial into a run, and what watches it."""
+
+    trial: Trial
+    label: str
+    tags: dict[str, str]
+    claim: Claim
+    on_eval: Callable[[int, float], None] | None = None  # sees each eval's val loss; may raise Pruned
+    run_id: str | None = None  # the run an earlier attempt began, when the claim does not say
+    on_run: Callable[[str], None] | None = None  # told the run's id once it is open
+    beat: Callable[[], None] | None = None  # beaten with the claim's heartbeat
+    keep_model: bool = False  # a finished run logs its model and tokenizer (for `ablate sample`)
+
+
+@dataclass
 class TrialRunner:
     """Trains one unit into one MLflow run, resuming the run and checkpoint an earlier holder left."""
 
@@ -68,202 +83,140 @@ class TrialRunner:
         """The index-th of the study's final trials, with its variant's best searched setting."""
         p = self.prepared
         if trial.search is not None:
-            best = self.best(trial.variant)
+            best = search.best(f"{p.study.name}/{trial.variant}", p.rdb)
             if best is None:
                 reason = "its search completed no trial, so there is no setting to train with"
                 p.work.end(claim, claims.FAILED, reason)
                 self.progress.console.print(f"{trial.variant} seed {trial.seed}: failed: {reason}")
                 return Outcome(trial, Status.FAILED, reason=reason)
-            trial = replace(trial, train={**trial.train, **best})
+            p.tracker.tag(p.parents[trial.variant], {Tag.BEST + key: str(value) for key, value in best.items()})
+            trial = replace(trial, train=with_params(trial.train, best))
         done = p.tracker.finished_trials(p.exp_id).get(trial.key(p.study.config.data))
         if done is not None and claim.run_id is None:  # finished before this store had a work list
             p.work.note(claim, run_id=done[0])
             p.work.end(claim, claims.DONE)
             return Outcome(trial, Status.SKIPPED, done[1])
         label = f"trial {index}/{len(p.study.trials)} {trial.variant} seed {trial.seed}"
-        outcome = self.train(trial, label, {tracking.TAG + "phase": "final"}, claim, keep_model=True)
+        outcome = self.train(Job(trial, label, {Tag.PHASE: Phase.FINAL}, claim, keep_model=True))
         if outcome.status == Status.FINISHED:
-            self.progress.console.print(f"{label}: val_loss {outcome.metrics['val_loss']:.4f}")
+            self.progress.console.print(f"{label}: val_loss {outcome.metrics[Metric.VAL_LOSS]:.4f}")
         return outcome
 
-    def best(self, variant: str) -> dict | None:
-        """The variant's best searched setting (tagged on its parent run); None when no search trial completed."""
-        import optuna
-
-        p = self.prepared
-        study = optuna.load_study(study_name=f"{p.study.name}/{variant}", storage=p.rdb)
-        if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-            return None
-        best = study.best_trial
-        for key, value in best.params.items():  # tags, not params: a resumed search may find a better value
-            p.tracker.client.set_tag(p.parents[variant], f"{tracking.TAG}best.{key}", str(value))
-        return best.params
-
     def search(self, variant: str, slot: int, claim: Claim) -> Outcome:
-        """One search trial: ask Optuna for a trial (a queued retry of a lost one first), train it
-        with the pruner watching each eval, tell Optuna how it ended."""
+        """One search trial: train the point of the space Optuna asks for, with the pruner
+        watching each eval; tell Optuna how it ended and tag its run with that."""
         p = self.prepared
-        config = p.study.searches[variant]
-        name = f"{p.study.name}/{variant}"
-        study = search.open_study(name, p.rdb, config, slot)
-        if claim.optuna_trial is not None:
-            search.retry(study, p.rdb, claim.optuna_trial)  # its worker is gone: queue it again
-        with warnings.catch_warnings():  # ask/tell with our own heartbeat thread, not optimize()
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
-        p.work.note(claim, optuna_trial=trial.number)
-        params = {key: d.suggest(trial, key) for key, d in config.space.items()}
+        config, name = p.study.searches[variant], f"{p.study.name}/{variant}"
+        attempt = search.SearchTrial(name, p.rdb, config, slot, claim.optuna_trial)
+        p.work.note(claim, optuna_trial=attempt.number)
         base = next(t for t in p.study.trials if t.variant == variant)
-        base = replace(base, seed=p.study.config.seeds[0])  # every search trial sees the same data and init
-        label = f"search {variant} #{trial.number}"
+        # every search trial sees the same data and initialisation: the study's first seed
+        trial = replace(base, seed=p.study.config.seeds[0], train=search_train(config, base.train, attempt.params))
 
         def report(step: int, val_loss: float) -> None:
-            trial.report(val_loss, step)
-            if trial.should_prune():
+            if attempt.should_prune(step, val_loss):
                 raise Pruned
 
-        tags = {
-            tracking.TAG + "phase": "search",
-            tracking.TAG + "optuna_study": name,
-            tracking.TAG + "optuna_trial": str(trial.number),
-        }
-        outcome = self.train(
-            replace(base, train=config.train(base.train, params)),
-            label,
-            tags,
-            claim,
-            on_eval=report,
-            run_id=trial.user_attrs.get(RUN_ID),
-            on_run=lambda run_id: trial.set_user_attr(RUN_ID, run_id),
-            beat=lambda: p.rdb.record_heartbeat(trial._trial_id),
-        )
+        tags = {Tag.PHASE: Phase.SEARCH, Tag.OPTUNA_STUDY: name, Tag.OPTUNA_TRIAL: str(attempt.number)}
+        label = f"search {variant} #{attempt.number}"
+        job = Job(trial, label, tags, claim, report, attempt.run_id, attempt.remember_run, attempt.beat)
+        outcome = self.train(job)
         if outcome.status != Status.LOST:  # a lost trial goes on in the worker that took it over
-            said = self._tell(study, trial, outcome)
-            setting = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            val_loss = outcome.metrics[Metric.VAL_LOSS] if outcome.status == Status.FINISHED else None
+            state = attempt.tell(val_loss, pruned=outcome.status == Status.PRUNED, failure=outcome.reason)
+            p.tracker.tag(outcome.metrics["run_id"], {Tag.OPTUNA_STATE: state})
+            said = {"COMPLETE": f"val_loss {val_loss or 0:.4f}", "PRUNED": "pruned"}.get(
+                state, f"failed: {outcome.reason}"
+            )
+            setting = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in attempt.params.items()
+            )
             self.progress.console.print(f"{label}: {setting} → {said}")
         return outcome
 
-    def _tell(self, study, trial, outcome: Outcome) -> str:
-        """Tell Optuna how the search trial ended, tag its run with that state; say it in words."""
-        from optuna.trial import TrialState
-
-        if outcome.status == Status.PRUNED:
-            study.tell(trial, state=TrialState.PRUNED)
-            state, said = "PRUNED", "pruned"
-        elif outcome.status == Status.FINISHED:
-            study.tell(trial, outcome.metrics["val_loss"])
-            state, said = "COMPLETE", f"val_loss {outcome.metrics['val_loss']:.4f}"
-        else:
-            trial.set_user_attr("ablate.failure", outcome.reason)
-            study.tell(trial, state=TrialState.FAIL)
-            state, said = "FAIL", f"failed: {outcome.reason}"
-        self.prepared.tracker.client.set_tag(outcome.metrics["run_id"], STATE, state)
-        return said
-
-    def train(
-        self,
-        trial: Trial,
-        label: str,
-        tags: dict[str, str],
-        claim: Claim,
-        on_eval=None,
-        run_id: str | None = None,
-        on_run=None,
-        beat=None,
-        keep_model: bool = False,
-    ) -> Outcome:
-        """Train the trial into its run: a new one, or the one an earlier holder of the claim (or
-        of the Optuna trial) began, continued from its checkpoint. on_eval(step, val_loss) may
-        raise Pruned. Diverging (or out of GPU memory) fails the trial, not the study. With
-        keep_model, a finished run logs its model and tokenizer (for `ablate sample`)."""
-        p = self.prepared
+    def train(self, job: Job) -> Outcome:
+        """Train the job's trial into its run: a new one, or the one an earlier holder of the claim
+        (or of the Optuna trial) began, continued from its checkpoint. Diverging (or out of GPU
+        memory) fails the trial, not the study; Ctrl-C or SIGTERM lets it go for a rerun."""
+        p, trial = self.prepared, job.trial
         seed_everything(trial.seed)
         model = build_model(trial.model)
-        trainer = Trainer(model, p.data, TrainConfig(**trial.train), trial.seed, prefix_eval=not self._causal(trial))
-        run = self._open_run(trial, tags, trainer, run_id or claim.run_id, label)
-        p.work.note(claim, run_id=run.run_id)
-        if on_run is not None:
-            on_run(run.run_id)
-        checkpoint = p.checkpoints / f"{run.run_id}.pt"
-        task = self.progress.add_task(
-            label, total=trainer.cfg.steps, loss="-", speed="-", eta="-", completed=trainer.step
-        )
-        final, reason = {"run_id": run.run_id}, ""
+        causal = audit.is_causal(p.leaks[trial.variant])
+        trainer = Trainer(model, p.data, trial.train, trial.seed, prefix_eval=not causal)
+        run = self._open_run(job, trainer)
+        task = self.progress.add_task(job.label, total=trial.train.steps, loss="-", speed="-", eta="-")
+        try:
+            return self._fit(job, trainer, run, task)
+        finally:
+            self.progress.remove_task(task)
+
+    def _fit(self, job: Job, trainer: Trainer, run: RunLog, task: int) -> Outcome:
+        p, trial, reason = self.prepared, job.trial, ""
+        checkpoint, final = p.checkpoints / f"{run.run_id}.pt", {"run_id": run.run_id}
         first_step, started = trainer.step, time.perf_counter()
-        with claims.Heartbeat(p.work, claim, beat) as heartbeat:
-            on_metrics = self._reporter(trial, trainer, run, task, heartbeat, on_eval, (first_step, started))
+        with claims.Heartbeat(p.work, job.claim, job.beat) as heartbeat:
+            on_metrics = self._reporter(job, trainer, run, task, heartbeat, (first_step, started))
             try:
+                p.work.note(job.claim, run_id=run.run_id)
+                if job.on_run is not None:
+                    job.on_run(run.run_id)
+                self.progress.update(task, completed=trainer.step)
                 final |= trainer.fit(on_metrics, checkpoint)
-                if on_eval is None:
-                    self.pace.record(
-                        trial.model["mixer"], time.perf_counter() - started, trainer.cfg.steps - first_step
-                    )
-                run.metrics(trainer.cfg.steps, {k: final[k] for k in ("train_time_s", "mean_tokens_per_s")})
-                if keep_model:
-                    sample.save(run, model, trial.model, p.data.tokenizer_path)
+                if job.on_eval is None:
+                    self.pace.record(trial.model.mixer, time.perf_counter() - started, trainer.cfg.steps - first_step)
+                run.metrics(trainer.cfg.steps, {k: final[k] for k in (Metric.TRAIN_TIME_S, Metric.MEAN_TOKENS_PER_S)})
+                if job.keep_model:
+                    sample.save(run, trainer.model, trial.model, p.data.tokenizer_path)
                 status = Status.FINISHED
             except Pruned:
                 status = Status.PRUNED  # stopped on purpose: its curve up to here is kept
             except (Diverged, _oom()) as e:
-                status, reason = Status.FAILED, self._failed(e, trainer.step, run, label)
+                status, reason = Status.FAILED, self._failed(e, trainer.step, run, job.label)
             except Lost:
-                self.progress.remove_task(task)
-                self.progress.console.print(f"{label}: another worker took this trial over; leaving it to it")
+                self.progress.console.print(f"{job.label}: another worker took this trial over; leaving it to it")
                 return Outcome(trial, Status.LOST, final)
-            except BaseException as e:  # Ctrl-C, a bug or a failing disk: not the trial's fault, a rerun resumes it
-                self._let_go(run, claim, interrupted=isinstance(e, KeyboardInterrupt))
-                self.progress.remove_task(task)
+            except BaseException as e:  # Ctrl-C, SIGTERM, a bug or a failing disk: a rerun resumes it
+                self._let_go(run, job.claim, interrupted=isinstance(e, KeyboardInterrupt))
                 raise
         run.end(Status.FAILED.value if status == Status.FAILED else Status.FINISHED.value)
-        p.work.end(claim, claims.FAILED if status == Status.FAILED else claims.DONE, reason or None)
+        p.work.end(job.claim, claims.FAILED if status == Status.FAILED else claims.DONE, reason or None)
         checkpoint.unlink(missing_ok=True)
-        self.progress.remove_task(task)
         return Outcome(trial, status, final, reason)
 
-    def _causal(self, trial: Trial) -> bool:
-        return audit.is_causal(self.prepared.leaks[trial.variant])
-
-    def _open_run(
-        self, trial: Trial, tags: dict[str, str], trainer: Trainer, run_id: str | None, label: str
-    ) -> tracking.RunLog:
+    def _open_run(self, job: Job, trainer: Trainer) -> RunLog:
         """The run to train into: the earlier one with the trainer resumed from its checkpoint, or a
         new one (the earlier one deleted when it was cut off before its first checkpoint, or ended
         FAILED when its checkpoint is damaged: that file is set aside and training starts again)."""
-        p = self.prepared
+        p, run_id = self.prepared, job.run_id or job.claim.run_id
         run = p.tracker.resume(run_id) if run_id else None
         saved = p.checkpoints / f"{run_id}.pt"
         if run is not None and not saved.exists():  # cut off before its first checkpoint: nothing to keep
-            p.tracker.client.delete_run(run_id)
+            p.tracker.delete(run_id)
             run = None
-        restarted = ""
-        if run is not None:
-            try:
-                trainer.load(saved)
-            except DamagedCheckpoint as e:
-                aside = saved.with_name(f"{saved.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-                saved.rename(aside)
-                restarted = f"checkpoint of run {run_id} unreadable ({e}); set aside as {aside.name}"
-                run.tag(tracking.TAG + "failure", restarted)
-                run.end(Status.FAILED.value, flush=False)
-                run = None
-                self.progress.console.print(
-                    f"{label}: warning: {restarted}; training again from step 0 in a new run", soft_wrap=True
-                )
-            else:
-                run.tag(tracking.TAG + "resumed_from_step", str(trainer.step))
-                self.progress.console.print(f"{label}: resuming run {run_id} from step {trainer.step}")
-                return run
-        run = self._start(trial, tags, trainer)
-        if restarted:
-            run.tag(tracking.TAG + "restarted_from_step_0", restarted)
+        if run is None:
+            return self._start(job, trainer)
+        try:
+            trainer.load(saved)
+        except DamagedCheckpoint as e:
+            aside = saved.with_name(f"{saved.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            saved.rename(aside)
+            restarted = f"checkpoint of run {run_id} unreadable ({e}); set aside as {aside.name}"
+            run.tag(Tag.FAILURE, restarted)
+            run.end(Status.FAILED.value, flush=False)
+            self.progress.console.print(
+                f"{job.label}: warning: {restarted}; training again from step 0 in a new run", soft_wrap=True
+            )
+            run = self._start(job, trainer)
+            run.tag(Tag.RESTARTED, restarted)
+            return run
+        run.tag(Tag.RESUMED_FROM_STEP, str(trainer.step))
+        self.progress.console.print(f"{job.label}: resuming run {run_id} from step {trainer.step}")
         return run
 
-    def _reporter(
-        self, trial: Trial, trainer: Trainer, run: tracking.RunLog, task: int, heartbeat, on_eval, start: tuple
-    ):
+    def _reporter(self, job: Job, trainer: Trainer, run: RunLog, task: int, heartbeat, start: tuple):
         """The Trainer's callback: log to the run, move the bars, let the pruner see each eval.
         `start` is (step, time) where this process took the trial up: the rate so far counts from there."""
-        family, steps, (first_step, started) = trial.model["mixer"], trainer.cfg.steps, start
+        family, steps, (first_step, started) = job.trial.model.mixer, trainer.cfg.steps, start
         last_step = first_step
 
         def on_metrics(step: int, metrics: dict[str, float], kind: str) -> None:
@@ -272,46 +225,47 @@ class TrialRunner:
                 raise Lost
             run.record(step, metrics, kind)
             if kind != "log":  # an eval, or the one before training ("start"), which nothing prunes on
-                if kind == "eval" and on_eval is not None:
-                    on_eval(step, metrics["val_loss"])
+                if kind == "eval" and job.on_eval is not None:
+                    job.on_eval(step, metrics[Metric.VAL_LOSS])
                 return
-            now = {"loss": f"{metrics['train_loss']:.3f}", "speed": f"{metrics['tokens_per_s']:,.0f}"}
+            now = {"loss": f"{metrics[Metric.TRAIN_LOSS]:.3f}", "speed": f"{metrics[Metric.TOKENS_PER_S]:,.0f}"}
             rate = (time.perf_counter() - started) / (step - first_step) if step > first_step else None
             self.progress.update(task, completed=step, eta=clock(self.pace.eta(family, steps - step, rate, [])), **now)
-            if self.overall is not None and on_eval is None:  # the study bar counts final trials
+            if self.overall is not None and job.on_eval is None:  # the study bar counts final trials
                 left = self.pace.eta(family, steps - step, rate, self.queued)
                 self.progress.update(self.overall, advance=step - last_step, eta=clock(left), **now)
             last_step = step
 
         return on_metrics
 
-    def _failed(self, e: Exception, step: int, run: tracking.RunLog, label: str) -> str:
+    def _failed(self, e: Exception, step: int, run: RunLog, label: str) -> str:
         """A trial that diverged or ran out of GPU memory: tag its run with why and where; the reason."""
         reason = getattr(e, "reason", None) or f"CUDA out of memory: {e}".splitlines()[0]
         step = getattr(e, "step", step)
-        run.tag(tracking.TAG + "failure", reason)
-        run.tag(tracking.TAG + "failed_step", str(step))
+        run.tag(Tag.FAILURE, reason)
+        run.tag(Tag.FAILED_STEP, str(step))
         self.progress.console.print(f"{label}: failed: {reason} (step {step})")
         _free_gpu()
         return reason
 
-    def _let_go(self, run: tracking.RunLog, claim: Claim, interrupted: bool) -> None:
-        """End the run KILLED (Ctrl-C) or FAILED (a bug, a failing disk) and open the claim again for a
-        rerun. What is past the last checkpoint is logged again on resume; a store failing too must not
-        hide the first error."""
+    def _let_go(self, run: RunLog, claim: Claim, interrupted: bool) -> None:
+        """End the run KILLED (Ctrl-C, SIGTERM) or FAILED (a bug, a failing disk) and open the claim
+        again for a rerun. What is past the last checkpoint is logged again on resume; a store
+        failing too must not hide the first error."""
         with contextlib.suppress(Exception):
             run.end(Status.KILLED.value if interrupted else Status.FAILED.value, flush=False)
         with contextlib.suppress(Exception):
             self.prepared.work.end(claim, claims.OPEN)
 
-    def _start(self, trial: Trial, tags: dict[str, str], trainer: Trainer) -> tracking.RunLog:
-        p = self.prepared
-        tags = tracking.trial_tags(p.study, trial, p.data.meta, p.leaks[trial.variant]) | tags
-        params = tracking.trial_params(p.study, trial, p.data.meta, str(trainer.device))
-        number = tags.get(tracking.TAG + "optuna_trial")
+    def _start(self, job: Job, trainer: Trainer) -> RunLog:
+        p, trial = self.prepared, job.trial
+        leak = p.leaks[trial.variant]
+        tags = records.trial_tags(p.study, trial, p.data.meta, audit.is_causal(leak), leak) | job.tags
+        params = records.trial_params(p.study, trial, p.data.meta, str(trainer.device))
+        number = job.tags.get(Tag.OPTUNA_TRIAL)
         name = f"{trial.variant}-search{number}" if number is not None else f"{trial.variant}-seed{trial.seed}"
         run = p.tracker.start(p.exp_id, name, tags, params, parent_id=p.parents[trial.variant])
-        p.tracker.log_dataset(run.run_id, p.data.meta, p.study.config.data)
+        p.tracker.log_dataset(run.run_id, records.dataset(p.data.meta, p.study.config.data))
         run.text(p.study.text, "study.yaml")
         return run
 

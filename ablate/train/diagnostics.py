@@ -11,6 +11,7 @@ import math
 import torch
 
 from ablate.nn.layers import rms_norm
+from ablate.tracking.schema import Metric
 
 
 def effective_rank(h: torch.Tensor) -> float:
@@ -44,8 +45,8 @@ def per_block(model, idx: torch.Tensor) -> dict[str, float]:
         mixer = block.mixer
         probs = None if mixer.adds_residual else mixer.attention_probs(rms_norm(x_in))
         if probs is not None:
-            out[f"attn_entropy/block{i}"] = attention_entropy(probs)
-        out[f"rank/block{i}"] = effective_rank(x_out.flatten(0, 1).float())
+            out[f"{Metric.ATTN_ENTROPY}{i}"] = attention_entropy(probs)
+        out[f"{Metric.RANK}{i}"] = effective_rank(x_out.flatten(0, 1).float())
 
     model.hidden(idx, observe)
     return out

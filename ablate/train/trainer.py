@@ -7,29 +7,20 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ablate import audit
 from ablate.config import TrainConfig
 from ablate.data import DataSource
-from ablate.nn.loss import IGNORE_INDEX as IGNORE
+from ablate.tracking.schema import Metric
 from ablate.train import checkpoint, diagnostics
+from ablate.train.evaluation import autocast, device_named, evaluate, prefix_losses
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
 # "start" for the val metrics of the untrained model (step 0, before a fresh run's first step).
 Callback = Callable[[int, dict[str, float], str], None]
-
-
-def device_named(name: str) -> torch.device:
-    """A train config's `device`: "auto" is CUDA when there is one."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def keep_freed_memory() -> None:
@@ -114,7 +105,7 @@ class Trainer:
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in self.optimizers]
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.model_loss = torch.compile(self.model.loss) if cfg.compile else self.model.loss
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
+        self.autocast = autocast(self.device)
         # where training stands: saved in checkpoints, so that a resumed trial takes the same steps
         self.step, self.n_since, self.metrics, self.train_time_s = 0, 0, {}, 0.0
         self.loss_sum = torch.zeros((), device=self.device)
@@ -129,21 +120,9 @@ class Trainer:
         with self.autocast:
             return self.model_loss(x, y)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """val_loss and val_accuracy (the share of scored positions whose most likely token is
-        the target) over the val batches; positions with target IGNORE are not scored."""
-        self.model.eval()
-        loss = correct = count = 0.0
-        for x, y in self.val:
-            with self.autocast:
-                logits = self.forward(x).float()
-            scored = y != IGNORE
-            loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
-            correct += ((logits.argmax(-1) == y) & scored).sum()
-            count += scored.sum()
-        self.model.train()
-        return {"val_loss": float(loss / count), "val_accuracy": float(correct / count)}
+        """val_loss and val_accuracy over the val batches (`evaluation.evaluate`)."""
+        return evaluate(self.model, self.val, self.forward)
 
     def state_dict(self) -> dict:
         """Everything a resumed trial needs to take the same steps an uninterrupted one would."""
@@ -177,11 +156,6 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         self.load_state_dict(checkpoint.read(path, self.device))
-
-    def evaluate_prefixes(self) -> dict[str, float]:
-        """audit.prefix_losses on the first val batch, under the trainer's autocast."""
-        with self.autocast:
-            return audit.prefix_losses(self.model, *self.val[0])
 
     def _check(self, step: int, loss: float) -> None:
         if not math.isfinite(loss):
@@ -220,11 +194,11 @@ class Trainer:
         values = torch.cat([torch.stack([self.loss_sum, self.clipped, self.grad_norm]), self.block_grad_norms]).tolist()
         loss_sum, clipped, grad_norm, *blocks = values
         out = {
-            "train_loss": loss_sum / self.n_since,
-            "clipped_fraction": clipped / self.n_since,
-            "grad_norm": grad_norm,
+            Metric.TRAIN_LOSS: loss_sum / self.n_since,
+            Metric.CLIPPED_FRACTION: clipped / self.n_since,
+            Metric.GRAD_NORM: grad_norm,
         }
-        return out | {f"grad_norm/block{i}": v for i, v in enumerate(blocks)}
+        return out | {f"{Metric.BLOCK_GRAD_NORM}{i}": v for i, v in enumerate(blocks)}
 
     def fit(self, callback: Callback | None = None, checkpoint: Path | None = None) -> dict[str, float]:
         """Train up to cfg.steps from the current step (0, or a loaded checkpoint's); return the
@@ -243,9 +217,9 @@ class Trainer:
             if log:
                 now = time.perf_counter()
                 logged = self.read_train_metrics()
-                self._check(step, logged["train_loss"])
-                logged["lr"] = self.optimizers[0].param_groups[0]["lr"]
-                logged["tokens_per_s"] = self.n_since * tokens_per_step / (now - last)
+                self._check(step, logged[Metric.TRAIN_LOSS])
+                logged[Metric.LR] = self.optimizers[0].param_groups[0]["lr"]
+                logged[Metric.TOKENS_PER_S] = self.n_since * tokens_per_step / (now - last)
                 self.metrics |= logged
                 emit(step, logged, "log")
                 self.loss_sum.zero_()
@@ -254,11 +228,11 @@ class Trainer:
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 eval_start = time.perf_counter()
                 evaluated = self.evaluate()
-                if not math.isfinite(evaluated["val_loss"]):
-                    raise Diverged(step, f"val loss is {evaluated['val_loss']}")
+                if not math.isfinite(evaluated[Metric.VAL_LOSS]):
+                    raise Diverged(step, f"val loss is {evaluated[Metric.VAL_LOSS]}")
                 evaluated |= diagnostics.per_block(self.model, self.val[0][0])
                 if self.prefix_eval and step == cfg.steps:
-                    evaluated |= self.evaluate_prefixes()
+                    evaluated |= prefix_losses(self.model, self.val[0])
                 self.metrics |= evaluated
                 emit(step, evaluated, "eval")
                 evals = step // cfg.eval_every
@@ -267,7 +241,7 @@ class Trainer:
                 last += time.perf_counter() - eval_start  # keep eval (and checkpoint) time out of tokens/s
         elapsed = self.train_time_s + time.perf_counter() - self._started
         return {
-            **{k: v for k, v in self.metrics.items() if k not in ("lr", "tokens_per_s")},
-            "train_time_s": elapsed,
-            "mean_tokens_per_s": (cfg.steps - first + 1) * tokens_per_step / (time.perf_counter() - self._started),
+            **{k: v for k, v in self.metrics.items() if k not in (Metric.LR, Metric.TOKENS_PER_S)},
+            Metric.TRAIN_TIME_S: elapsed,
+            Metric.MEAN_TOKENS_PER_S: (cfg.steps - first + 1) * tokens_per_step / (time.perf_counter() - self._started),
         }

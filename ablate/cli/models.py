@@ -1,0 +1,212 @@
+"""Commands on models: bench, sample, import, eval, variants."""
+
+import json
+import sys
+from pathlib import Path
+
+from ablate.cli.common import check_writable, console, positive, store_hint, store_options, uri
+from ablate.errors import AblateError
+
+
+def add_commands(sub) -> None:
+    _bench_parser(sub)
+    _sample_parser(sub)
+    _import_parser(sub)
+    _eval_parser(sub)
+    _variants_parser(sub)
+
+
+def _bench_parser(sub) -> None:
+    bench = sub.add_parser(
+        "bench", help="time training steps per variant: tokens/s, memory, FLOPs/token, share of the matmul peak"
+    )
+    bench.add_argument("--study", type=Path, help="bench this study's variants at their planned shapes")
+    bench.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="a registered mixer (or, with --study, a variant of it); repeat for more (default: mha, aft-simple, retention)",
+    )
+    bench.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model setting for every variant (YAML value)",
+    )
+    bench.add_argument("--batch-size", type=positive, help="sequences per step (default: the study's, else 16)")
+    bench.add_argument("--steps", type=positive, default=20, help="timed steps (default 20)")
+    bench.add_argument("--warmup", type=positive, default=5, help="untimed steps first (default 5)")
+    bench.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when there is one (default: auto)"
+    )
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
+    bench.add_argument(
+        "--parallel", type=positive, default=1, metavar="K", help="K copies at once, in K processes (default 1)"
+    )
+    bench.add_argument("--threads", type=positive, help="torch threads (default: torch's choice)")
+    bench.add_argument("--json", action="store_true", help="a JSON list of result objects")
+    bench.set_defaults(func=bench_command)
+
+
+def _sample_parser(sub) -> None:
+    sample = sub.add_parser("sample", help="generate text from a finished trial's model (from its MLflow run)")
+    sample.add_argument("run_id", help="the MLflow run id of a finished final trial")
+    sample.add_argument("--prompt", default="", help="text to continue (token ids for token-array data; default: none)")
+    sample.add_argument("--tokens", type=positive, default=100, help="tokens to generate (default 100)")
+    sample.add_argument("--temperature", type=float, default=1.0, help="0 takes the most likely token (default 1)")
+    sample.add_argument("--top-k", type=positive, help="draw from the k most likely tokens only")
+    sample.add_argument("--seed", type=int, default=0, help="the sampling RNG's seed (default 0)")
+    sample.add_argument("--json", action="store_true", help="prompt and generated token ids and text as JSON")
+    store_options(sample)
+    sample.set_defaults(func=sample_command)
+
+
+def _import_parser(sub) -> None:
+    imp = sub.add_parser("import", help="record a model trained elsewhere as a finished run (with its model)")
+    imp.add_argument("kind", choices=("strawberry",), help="the checkpoint's format: strawberry (the seed's train.py)")
+    imp.add_argument("checkpoint", type=Path, help="the checkpoint file")
+    imp.add_argument(
+        "--study", default="strawberry-imports", help="MLflow experiment to record it in (default: strawberry-imports)"
+    )
+    store_options(imp)
+    imp.set_defaults(func=import_command)
+
+
+def _eval_parser(sub) -> None:
+    evaluate = sub.add_parser(
+        "eval",
+        help="val loss and accuracy of a run's model, its causality audit and, if it leaks, its honest prefix loss",
+    )
+    evaluate.add_argument("run_id", help="a finished final trial's or an imported checkpoint's MLflow run id")
+    evaluate.add_argument(
+        "--data",
+        metavar="STUDY_YAML_OR_TOKENS",
+        help="a study YAML (its data: corpus or task) or a token array (.npy, .bin); default: the run's own study's data",
+    )
+    evaluate.add_argument("--batch-size", type=positive, default=16, help="sequences per val batch (default 16)")
+    evaluate.add_argument("--batches", type=positive, default=20, help="val batches (default 20)")
+    evaluate.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when there is one (default: auto)"
+    )
+    evaluate.add_argument("--json", action="store_true", help="the metrics and the evaluation run id as JSON")
+    store_options(evaluate)
+    evaluate.set_defaults(func=eval_command)
+
+
+def _variants_parser(sub) -> None:
+    variants = sub.add_parser(
+        "variants", help="list the registered mixers: what a study's variant names as its model.mixer"
+    )
+    variants.add_argument("--json", action="store_true", help="the name and description of each, as JSON")
+    variants.set_defaults(func=variants_command)
+
+
+def bench_command(args) -> int:
+    """Bench each variant; print a table (or JSON) with the measured matmul peak beside it."""
+    import torch
+
+    from ablate import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise AblateError("--device cuda: no CUDA device is available here")
+    train = {"device": args.device, "compile": args.compile} | (
+        {"batch_size": args.batch_size} if args.batch_size else {}
+    )
+    chosen = bench.targets(args.study, args.variant, dict(_setting(text) for text in args.model), train)
+
+    def said(row) -> None:
+        if not args.json:
+            print(f"{row['variant']}: {row['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
+
+    rows = bench.run(chosen, args.steps, args.warmup, args.parallel, args.device, said)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        bench.print_table(rows, bench.device_named(args.device), args.parallel > 1, console())
+    return 0
+
+
+def _setting(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise AblateError(f"--model {text!r}: expected KEY=VALUE, e.g. --model n_layers=2")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise AblateError(f"--model {text!r}: the value is not valid YAML") from None
+
+
+def sample_command(args) -> int:
+    import tempfile
+
+    from ablate import sample
+    from ablate.tracking import store
+
+    if args.temperature < 0:
+        raise AblateError(f"--temperature must be 0 or more, got {args.temperature}")
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer = sample.load(store.client(uri(args)), args.run_id, Path(tmp))
+    prompt = sample.prompt_ids(tokenizer, args.prompt)
+    if max(prompt) >= model.cfg.vocab_size or min(prompt) < 0:
+        raise AblateError(f"--prompt: token ids must lie in 0..{model.cfg.vocab_size - 1}")
+    ids = sample.generate(model, prompt, args.tokens, args.temperature, args.top_k, args.seed)
+    text = tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
+    if args.json:
+        print(json.dumps({"prompt_ids": prompt, "generated_ids": ids, "text": text}))
+    else:
+        print(args.prompt + (text if tokenizer is not None else " " + text))
+    return 0
+
+
+def import_command(args) -> int:
+    from ablate import evaluate
+    from ablate.tracking.store import Tracker
+
+    check_writable(args.results)
+    run_id = evaluate.import_strawberry(Tracker(uri(args), args.results), args.checkpoint, args.study)
+    print(f"imported {args.checkpoint} as run {run_id} in experiment {args.study}")
+    print(f"next: ablate eval {run_id} --data STUDY.yaml|TOKENS.bin{store_hint(args)}")
+    return 0
+
+
+def eval_command(args) -> int:
+    import tempfile
+
+    from ablate import evaluate
+    from ablate.tracking.store import Tracker
+
+    tracker = Tracker(uri(args), args.results)
+    model = evaluate.load_model(tracker.client, args.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = evaluate.eval_data(
+            tracker.client, args.run_id, args.data, model.cfg.vocab_size, args.results, Path(tmp)
+        )
+    metrics = evaluate.evaluate(model, corpus, args.batch_size, args.batches, args.device)
+    params = {"data.source": corpus.meta.source, "data.fingerprint": corpus.meta.fingerprint}
+    params |= {"batch_size": str(args.batch_size), "batches": str(args.batches)}
+    eval_id = evaluate.log_evaluation(tracker, args.run_id, metrics, params)
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, "evaluation_run_id": eval_id, **metrics}))
+    else:
+        print(corpus.describe())
+        evaluate.print_result(metrics)
+        print(f"logged as evaluation run {eval_id}, nested under run {args.run_id}")
+    return 0
+
+
+def variants_command(args) -> int:
+    from ablate.mixers import registry
+
+    rows = [{"name": n, "description": registry.mixer_class(n).description} for n in registry.variants()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['description']}")
+    return 0

@@ -1,0 +1,115 @@
+"""Commands on a study file: run, worker, plan, audit."""
+
+import json
+import os
+from pathlib import Path
+
+from ablate.cli.common import (
+    SMOKE_HELP,
+    check_writable,
+    console,
+    data_option,
+    positive,
+    store_hint,
+    uri,
+    work_options,
+)
+from ablate.errors import AblateError
+
+
+def add_commands(sub) -> None:
+    run = sub.add_parser("run", help="train every trial of a study and log it to MLflow")
+    work_options(run)
+    run.add_argument("--workers", type=positive, default=1, help="worker processes on this machine (default 1)")
+    run.set_defaults(func=run_command)
+
+    worker = sub.add_parser("worker", help="join a study: train the units of work nobody else has claimed")
+    work_options(worker)
+    worker.add_argument("--threads", type=positive, help="torch threads (default: torch's choice)")
+    worker.add_argument("--no-progress", action="store_true", help="plain lines instead of live progress bars")
+    worker.set_defaults(func=worker_command)
+
+    plan = sub.add_parser("plan", help="show the trials a study would run, with parameter counts")
+    plan.add_argument("study", type=Path, help="the study's YAML file")
+    plan.add_argument(
+        "--json", action="store_true", help="the planned trials as JSON (each model as build_model takes it)"
+    )
+    plan.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    data_option(plan)
+    plan.set_defaults(func=plan_command)
+
+    audit = sub.add_parser("audit", help="check that models are causal: perturb future tokens and other sequences")
+    audit.add_argument("study", type=Path, nargs="?", help="audit every variant of this study")
+    audit.add_argument("--variant", action="append", default=[], help="audit a registered mixer at a small shape")
+    data_option(audit)
+    audit.set_defaults(func=audit_command)
+
+
+def _stores(args):
+    from ablate.run.workers import Stores
+
+    check_writable(args.results)
+    return Stores.at(args.results, uri(args), args.storage, args.checkpoints)
+
+
+def run_command(args) -> int:
+    from ablate.plan import study as study_mod
+    from ablate.run.progress import print_summary
+    from ablate.run.schedule import run_study
+    from ablate.run.workers import WorkerSpec
+
+    study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)  # all checked before writing
+    stores = _stores(args)
+    spec = WorkerSpec(args.study, stores, args.smoke, Path(args.data) if args.data else None)
+    out = console()
+    run = run_study(study, stores, out, args.workers, spec)
+    print_summary(study, run, stores, store_hint(args), out)
+    if run.interrupted is not None:
+        raise run.interrupted
+    return 0
+
+
+def worker_command(args) -> int:
+    """One worker of a study: the stores are made by whoever comes first; units are claimed one by one."""
+    from ablate.plan import study as study_mod
+    from ablate.run.prepare import prepare
+    from ablate.run.schedule import work
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)
+    out = console()
+    outcomes = work(prepare(study, _stores(args), out), out, live=not args.no_progress)
+    out.print(f"worker {os.getpid()}: ran {len(outcomes)} units of {study.name}; no unit left to claim")
+    return 0
+
+
+def plan_command(args) -> int:
+    from ablate.plan import study as study_mod
+    from ablate.plan.show import print_plan
+
+    study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)
+    if args.json:
+        print(json.dumps({"study": study.name, "trials": [t.as_dict() for t in study.trials]}, indent=2))
+    else:
+        print_plan(study, console())
+    return 0
+
+
+def audit_command(args) -> int:
+    """Exit 1 when a model leaks, unless the study says allow_leaky: true."""
+    from ablate import audit
+    from ablate.plan import study as study_mod
+
+    if not args.study and not args.variant:
+        raise AblateError("audit what? give a study file or --variant NAME")
+    leaks, allowed = {}, False
+    if args.study:
+        study = study_mod.load(args.study, data_source=args.data)
+        leaks, allowed = audit.audit_study(study), study.config.allow_leaky
+    for name in args.variant:
+        leaks[name] = audit.audit_mixer(name)
+    audit.print_table(leaks, console())
+    return 1 if audit.leaking(leaks) and not allowed else 0

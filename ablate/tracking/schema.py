@@ -1,0 +1,116 @@
+"""The MLflow schema: the name of every tag, param and metric ablate writes, used by every writer
+and every reader, so that searching one constant finds both. No MLflow here: the trainer and the
+study schema use the names too."""
+
+from ablate.errors import AblateError
+
+
+class Tag:
+    """Run tags; `STUDY` and `RECORD` are also the study experiment's."""
+
+    STUDY = "ablate.study"  # a run's study; on an experiment it marks an ablate study
+    RECORD = "ablate.study_record"  # the experiment's StudyRecord (JSON): what compare needs of the study
+    ROLE = "ablate.role"  # a run that is not a trial (Role), else absent
+    VARIANT = "ablate.variant"
+    SEED = "ablate.seed"
+    TRIAL_KEY = "ablate.trial_key"  # the hash of the trial's whole configuration: what a rerun skips
+    PHASE = "ablate.phase"  # Phase
+    FAMILY = "ablate.family"  # the variant's mixer
+    FFN = "ablate.ffn"  # whether its blocks have an FFN
+    CONTRAST = "ablate.contrast"  # the study's contrasts the variant is part of
+    CAUSAL = "ablate.causal"
+    MAX_LEAK = "ablate.max_leak"
+    DATA_FINGERPRINT = "ablate.data_fingerprint"
+    PYTHON_VERSION = "ablate.python_version"
+    SCALED = "ablate.scaled"  # in a scaling study: the variant as written (the run's is NAME@SIZE)
+    SIZE = "ablate.size"  # ... and the budget's size it was solved at
+    FAILURE = "ablate.failure"  # why a run failed
+    FAILED_STEP = "ablate.failed_step"
+    RESUMED_FROM_STEP = "ablate.resumed_from_step"
+    RESTARTED = "ablate.restarted_from_step_0"  # an unreadable checkpoint was set aside
+    OPTUNA_STUDY = "ablate.optuna_study"
+    OPTUNA_TRIAL = "ablate.optuna_trial"
+    OPTUNA_STATE = "ablate.optuna_state"  # the Optuna state a search trial's run ended in
+    BEST = "ablate.best."  # + a searched key, on a variant's parent run: the search's best value
+    SOURCE_CHECKPOINT = "ablate.source_checkpoint"  # an import's file
+    EVALUATES = "ablate.evaluates"  # an evaluation's run
+
+
+class Role:
+    STUDY, VARIANT = "study", "variant"  # the parent runs that group a study's trials
+    IMPORT, EVALUATION = "import", "evaluation"
+
+
+class Phase:
+    FINAL, SEARCH = "final", "search"
+
+
+class Param:
+    VARIANT = "variant"
+    SEED = "seed"
+    N_PARAMS = "n_params"
+    N_PARAMS_NON_EMBEDDING = "n_params_non_embedding"
+    FLOPS_PER_TOKEN = "flops_per_token"
+    STATE_SIZE = "state_size"
+    BUDGET = "budget"  # the size the budget held equal, in words
+    DEVICE = "device"
+    DATA_FINGERPRINT = "data.fingerprint"
+    UNIGRAM_ENTROPY = "data.unigram_entropy"
+    CHANCE_ACCURACY = "data.chance_accuracy"
+    MODEL = "model"  # prefix: model.d_model, model.n_layers, ... (every ModelConfig key)
+    TRAIN = "train"  # prefix: train.steps, train.lr, ... (every TrainConfig key)
+    DATA = "data"  # prefix: data.source, ... (every key of the study's data section)
+
+
+class Metric:
+    VAL_LOSS = "val_loss"
+    VAL_ACCURACY = "val_accuracy"
+    TRAIN_LOSS = "train_loss"
+    LR = "lr"
+    TOKENS_PER_S = "tokens_per_s"
+    MEAN_TOKENS_PER_S = "mean_tokens_per_s"
+    TRAIN_TIME_S = "train_time_s"
+    GRAD_NORM = "grad_norm"
+    CLIPPED_FRACTION = "clipped_fraction"
+    PREFIX_VAL_LOSS = "prefix_val_loss"  # a leaking model's honest loss
+    VAL_LOSS_AT_PREFIX_POSITIONS = "val_loss_at_prefix_positions"
+    MAX_LEAK = "max_leak"
+    N_SEEDS = "n_seeds"  # on a variant's parent, beside each metric's mean over its seeds ...
+    CI95_LOW, CI95_HIGH = "_ci95_low", "_ci95_high"  # ... and its interval: METRIC + suffix
+    RANK = "rank/block"  # + block index: effective rank after the block
+    ATTN_ENTROPY = "attn_entropy/block"  # + block index
+    BLOCK_GRAD_NORM = "grad_norm/block"  # + block index
+    REPORTED = "reported_{}_loss"  # an import's own estimates: train, val
+
+
+def tag_column(name: str) -> str:
+    """The column of a tag in `mlflow.search_runs`'s frame."""
+    return f"tags.{name}"
+
+
+def param_column(name: str) -> str:
+    return f"params.{name}"
+
+
+def metric_column(name: str) -> str:
+    return f"metrics.{name}"
+
+
+def quoted(name: str) -> str:
+    """A name as MLflow's search syntax and its UI's column keys quote it."""
+    return f"`{name}`"
+
+
+HIGHER_IS_BETTER = {Metric.TOKENS_PER_S, Metric.MEAN_TOKENS_PER_S}  # and every accuracy
+LOWER_IS_BETTER = {Metric.TRAIN_TIME_S}  # and every loss
+
+
+def lower_is_better(metric: str, given: bool | None = None) -> bool:
+    """The direction of a metric: as given, else known for losses, accuracy and speed."""
+    if given is not None:
+        return given
+    if metric in HIGHER_IS_BETTER or metric.endswith("accuracy"):
+        return False
+    if metric in LOWER_IS_BETTER or "loss" in metric:
+        return True
+    raise AblateError(f"is a higher {metric!r} better or worse? say --higher-is-better or --lower-is-better")

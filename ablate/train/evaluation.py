@@ -1,0 +1,50 @@
+"""The evaluation every model gets, the same in training and in `ablate eval`: val loss and val
+accuracy over a fixed set of batches, and, for a model that leaks, its honest prefix loss."""
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from ablate import audit
+from ablate.nn.loss import IGNORE_INDEX as IGNORE
+from ablate.tracking.schema import Metric
+
+
+def device_named(name: str) -> torch.device:
+    """A train config's `device`: "auto" is CUDA when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model, batches: list, forward=None) -> dict[str, float]:
+    """val_loss and val_accuracy (the share of scored positions whose most likely token is the
+    target) over the batches, on the model's device; positions with target IGNORE are not
+    scored. `forward`: the model as it runs (compiled), if not the model itself."""
+    device, forward = model.embed.weight.device, model if forward is None else forward
+    was_training = model.training
+    model.eval()
+    loss = correct = count = 0.0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast(device):
+            logits = forward(x).float()
+        scored = y != IGNORE
+        loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        correct += ((logits.argmax(-1) == y) & scored).sum()
+        count += scored.sum()
+    model.train(was_training)
+    return {Metric.VAL_LOSS: float(loss / count), Metric.VAL_ACCURACY: float(correct / count)}
+
+
+def prefix_losses(model, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """audit.prefix_losses on one batch, under the device's autocast."""
+    with autocast(model.embed.weight.device):
+        return audit.prefix_losses(model, *batch)

@@ -1,0 +1,61 @@
+"""The manual holds together: the README is a README, the docs site builds with no broken link
+or page left out of its navigation, and every `ablate` command the README and the docs show
+parses with the real command line."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablate.cli import parser
+
+PAGES = [Path("README.md"), *sorted(Path("docs").glob("*.md"))]
+
+
+def test_the_readme_is_a_readme():
+    assert len(Path("README.md").read_text().splitlines()) <= 250
+
+
+def test_the_docs_site_builds_strictly(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"NO_MKDOCS_2_WARNING": "1", "PATH": ""},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "site" / "index.html").exists()
+
+
+def commands() -> list[tuple[str, str]]:
+    """(page, command line) of every `ablate ...` line in a shell block of the README and the docs."""
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", page.read_text(), re.DOTALL):
+            for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
+                if line.startswith("ablate "):
+                    found.append((str(page), line))
+                elif " && ablate " in line:
+                    found.append((str(page), "ablate " + line.split(" && ablate ", 1)[1]))
+    return found
+
+
+def test_the_docs_show_commands():
+    pages = {page for page, _ in commands()}
+    assert {"README.md", "docs/commands.md", "docs/index.md"} <= pages
+
+
+@pytest.mark.parametrize(("page", "line"), commands())
+def test_every_command_shown_parses(page, line):
+    argv = shlex.split(line, comments=True)[1:]
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:
+        if argv == ["--version"] and e.code == 0:
+            return
+        raise AssertionError(f"{page}: `{line}` does not parse") from None
+    assert callable(args.func)
