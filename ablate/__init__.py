@@ -8,9 +8,14 @@ from importlib import import_module
 from importlib.metadata import version
 
 __version__ = version("ablate")
-__all__ = ["__version__", "build_model", "load_strawberry", "variants"]
+__all__ = ["__version__", "build_model", "load_nanogpt", "load_strawberry", "variants"]
 
-_HOMES = {"build_model": "ablate.model", "load_strawberry": "ablate.strawberry", "variants": "ablate.mixers.registry"}
+_HOMES = {
+    "build_model": "ablate.model",
+    "load_nanogpt": "ablate.nanogpt",
+    "load_strawberry": "ablate.strawberry",
+    "variants": "ablate.mixers.registry",
+}
 
 
 def __getattr__(name: str):

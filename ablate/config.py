@@ -35,13 +35,41 @@ def _safe_name(value: str) -> str:
     return value
 
 
+# A backbone preset: the switches it sets, each overridable in the same `model:` section.
+PRESETS: dict[str, dict[str, Any]] = {
+    "strawberry": {},  # the seed's (ModelConfig's defaults): see the fields below
+    # GPT-2 as nanoGPT writes it, biases off as its train.py sets them (`bias: true`: on, norms' too)
+    "nanogpt": {
+        "pos": "learned",
+        "norm": "layer",
+        "qk_norm": False,
+        "ffn_type": "gelu",
+        "init": "gpt2",
+        "embed_norm": False,
+    },
+    # a strong small backbone of the kind nanochat and modded-nanogpt train: the seed's rotary,
+    # QK-norm and normed embedding, with an untied head, ReLU² and zero-started residual maps
+    "modern": {"tie_embeddings": False, "ffn_type": "relu2", "init": "modern"},
+}
+# a study's backbone where its model section names no preset (ModelConfig's own defaults, which
+# saved models load with, stay the seed's); chosen by measurement, see docs/backbones.md
+DEFAULT_PRESET = "strawberry"
+# switches added after the first studies ran: left out of a trial's key at their defaults, so that a
+# study of the seed's backbone keeps its keys (and resumes) across their arrival
+LATER_SWITCHES = ("pos", "norm", "norm_bias", "tie_embeddings", "bias", "dropout", "qk_norm")
+
+
 class ModelConfig(BaseModel):
-    """Exactly the dict `build_model` takes (and `ablate plan --json` prints per trial)."""
+    """A model, as `build_model` takes it (and `ablate plan --json` prints per trial); its
+    defaults are the seed's backbone, which `preset` replaces with another's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mixer: str
     mixer_options: dict[str, Any] = Field(default_factory=dict)
+    preset: Literal["strawberry", "nanogpt", "modern"] | None = Field(
+        None, description="a backbone's switches at once (PRESETS); the keys given beside it win"
+    )
     vocab_size: StrictInt = Field(8192, gt=1)
     context: StrictInt = Field(256, gt=0)
     d_model: StrictInt = Field(96, gt=0)
@@ -50,9 +78,35 @@ class ModelConfig(BaseModel):
     qkv_dim: StrictInt = Field(384, gt=0, validate_default=True)  # so that n_heads alone is checked against it
     ffn: bool = True
     ffn_dim: StrictInt = Field(384, gt=0)
-    ffn_type: Literal["swiglu", "gelu"] = "swiglu"
-    init: Literal["seed", "gpt2"] = "seed"
-    embed_norm: bool = True  # RMS-norm the embedding output before the first block, as the seed does
+    ffn_type: Literal["swiglu", "gelu", "relu2"] = "swiglu"
+    init: Literal["seed", "gpt2", "modern"] = "seed"
+    embed_norm: bool = Field(True, description="norm the embedding output before the first block, as the seed does")
+    pos: Literal["rope", "learned", "none"] = Field(
+        "rope", description="rope: rotary in the attention mixers; learned: GPT-2's position embedding; none"
+    )
+    norm: Literal["rms", "layer"] = Field("rms", description="rms: without a weight; layer: LayerNorm, with one")
+    norm_bias: bool = Field(False, description="LayerNorm's bias (default: as `bias`)")
+    tie_embeddings: bool = Field(True, description="the head is the embedding; false: a head of its own")
+    bias: bool = Field(False, description="biases in the backbone's and mha's linear maps")
+    dropout: float = Field(0.0, ge=0, lt=1, description="after the embedding, the attention weights, each output")
+    qk_norm: bool = Field(True, description="the attention mixers norm q and k (mha with a gain per head)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        """The preset's switches under the keys given; LayerNorm's bias following `bias`."""
+        if not isinstance(data, dict):
+            return data
+        data = {**PRESETS.get(data.get("preset") or "strawberry", {}), **data}
+        if "norm_bias" not in data and data.get("norm") == "layer":
+            data["norm_bias"] = data.get("bias", False)
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.norm_bias and self.norm != "layer":
+            raise ValueError("norm_bias needs norm: layer (an RMS norm here has no weight and no bias)")
+        return self
 
     @field_validator("qkv_dim")
     @classmethod
@@ -65,6 +119,10 @@ class ModelConfig(BaseModel):
     @property
     def head_dim(self) -> int:
         return self.qkv_dim // self.n_heads
+
+    def switches(self) -> dict[str, Any]:
+        """The backbone's switches, as a preset sets them."""
+        return {k: getattr(self, k) for k in ("ffn_type", "init", "embed_norm", *LATER_SWITCHES)}
 
 
 class TrainConfig(BaseModel):

@@ -11,41 +11,58 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from ablate import audit, sample, strawberry
+from ablate import audit, nanogpt, sample, strawberry
 from ablate.config import DataConfig
 from ablate.errors import AblateError
+from ablate.model import LanguageModel
 from ablate.tracking.records import flatten
 from ablate.tracking.schema import Metric, Param, Role, Tag
 from ablate.tracking.store import Tracker
 from ablate.train import evaluation
 
 
-def import_strawberry(tracker: Tracker, path: Path, experiment: str) -> str:
-    """Record a Strawberry checkpoint as a finished run (scope batch, as published); its run id."""
+def _strawberry(path: Path) -> tuple[LanguageModel, dict[str, str], int, dict[str, float]]:
+    """A Strawberry checkpoint (scope batch, as published): its model, its hyperparams and step,
+    and the seed's own last loss estimates (from its leaking forward pass)."""
     checkpoint = strawberry.read_checkpoint(path)
-    model = strawberry.load_strawberry(checkpoint).float()
     stats = checkpoint.get("stats") if isinstance(checkpoint.get("stats"), dict) else {}
-    tags = {
-        Tag.ROLE: Role.IMPORT,
-        Tag.SOURCE_CHECKPOINT: str(path.resolve()),
-        Tag.CAUSAL: str(model.causal).lower(),
-    }
-    params = {
-        **flatten(Param.MODEL, model.cfg.model_dump()),
-        **flatten("hyperparams", checkpoint["hyperparams"]),
-        "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        Param.N_PARAMS: str(model.n_params()),
-        Param.N_PARAMS_NON_EMBEDDING: str(model.n_params(non_embedding=True)),
-        **({"checkpoint_step": str(stats["step"])} if "step" in stats else {}),
-    }
-    run = tracker.start(tracker.experiment_id(experiment), f"strawberry-{path.stem}", tags, params)
-    reported = {  # the seed's own estimates, from its leaking forward pass
+    reported = {
         Metric.REPORTED.format(split): float(losses[-1])
         for split, losses in (stats.get("loss") or {}).items()
         if split in ("train", "val") and len(losses)
     }
+    params = flatten("hyperparams", checkpoint["hyperparams"])
+    return strawberry.load_strawberry(checkpoint), params, int(stats.get("step", 0)), reported
+
+
+def _nanogpt(path: Path) -> tuple[LanguageModel, dict[str, str], int, dict[str, float]]:
+    """A nanoGPT checkpoint: its model, its model_args and iteration, and its best val loss."""
+    checkpoint = nanogpt.read_checkpoint(path)
+    best = checkpoint.get("best_val_loss")
+    reported = {Metric.REPORTED.format("val"): float(best)} if best is not None else {}
+    params = flatten("model_args", checkpoint["model_args"])
+    return nanogpt.load_nanogpt(checkpoint), params, int(checkpoint.get("iter_num", 0)), reported
+
+
+IMPORTERS = {"strawberry": _strawberry, "nanogpt": _nanogpt}
+
+
+def import_checkpoint(tracker: Tracker, kind: str, path: Path, experiment: str) -> str:
+    """Record another trainer's checkpoint as a finished run with its model (for eval and sample);
+    its run id."""
+    model, params, step, reported = IMPORTERS[kind](path)
+    model = model.float()
+    tags = {Tag.ROLE: Role.IMPORT, Tag.SOURCE_CHECKPOINT: str(path.resolve()), Tag.CAUSAL: str(model.causal).lower()}
+    params |= {
+        **flatten(Param.MODEL, model.cfg.model_dump()),
+        "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "checkpoint_step": str(step),
+        Param.N_PARAMS: str(model.n_params()),
+        Param.N_PARAMS_NON_EMBEDDING: str(model.n_params(non_embedding=True)),
+    }
+    run = tracker.start(tracker.experiment_id(experiment), f"{kind}-{path.stem}", tags, params)
     if reported:
-        run.metrics(int(stats.get("step", 0)), reported)
+        run.metrics(step, reported)
     sample.save(run, model, model.cfg, tokenizer=None)
     run.end("FINISHED")
     return run.run_id

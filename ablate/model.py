@@ -1,4 +1,6 @@
-"""The backbone every variant shares: embedding, blocks of mixer + optional FFN, norm, tied head."""
+"""The backbone every variant shares: token (and position) embedding, blocks of mixer + optional
+FFN, a final norm and the head. Its switches (positions, norm, tying, biases, FFN type, dropout,
+initialisation) are ModelConfig's; a preset sets several at once."""
 
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -9,22 +11,30 @@ from torch import nn
 
 from ablate.config import ModelConfig
 from ablate.mixers import registry
-from ablate.nn.layers import FFNS, rms_norm
+from ablate.nn.layers import ffn, norm
 from ablate.nn.loss import linear_cross_entropy
 
 
+def dropout(cfg: ModelConfig) -> nn.Module:
+    """nanoGPT's dropout where the config asks for it; nothing (not even a no-op call) where not."""
+    return nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()
+
+
 class Block(nn.Module):
-    """Pre-norm residual block: x + mixer(norm(x)), then x + ffn(norm(x)) unless ffn is off."""
+    """Pre-norm residual block: x + drop(mixer(norm(x))), then x + drop(ffn(norm(x))) unless ffn is off."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.mixer = registry.mixer_class(cfg.mixer)(cfg, layer_idx, **cfg.mixer_options)
-        self.ffn = FFNS[cfg.ffn_type](cfg.d_model, cfg.ffn_dim) if cfg.ffn else None
+        self.norm1 = norm(cfg.norm, cfg.d_model, cfg.norm_bias)
+        self.ffn = ffn(cfg.ffn_type, cfg.d_model, cfg.ffn_dim, cfg.bias) if cfg.ffn else None
+        self.norm2 = norm(cfg.norm, cfg.d_model, cfg.norm_bias) if cfg.ffn else None
+        self.drop = dropout(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mixer(x) if self.mixer.adds_residual else x + self.mixer(rms_norm(x))
+        x = self.mixer(x) if self.mixer.adds_residual else x + self.drop(self.mixer(self.norm1(x)))
         if self.ffn is not None:
-            x = x + self.ffn(rms_norm(x))
+            x = x + self.drop(self.ffn(self.norm2(x)))
         return x
 
     def residual_maps(self) -> list[nn.Linear]:
@@ -40,54 +50,79 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embed = nn.Embedding(cfg.context, cfg.d_model) if cfg.pos == "learned" else None
+        self.embed_norm = norm(cfg.norm, cfg.d_model, cfg.norm_bias) if cfg.embed_norm else None
+        self.drop = dropout(cfg)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.reset_parameters()
+        self.final_norm = norm(cfg.norm, cfg.d_model, cfg.norm_bias)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if not self.embed.weight.is_meta:  # a model built only to be measured holds no values to draw
+            self.reset_parameters()
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The output map: the embedding itself when tied."""
+        return self.embed.weight if self.head is None else self.head.weight
 
     def reset_parameters(self) -> None:
-        """The draw `cfg.init` names, then each mixer's own `reset_parameters` for what that draw
-        does not suit (gains).
+        """The draw `cfg.init` names, norms at weight 1 and bias 0, then each mixer's own
+        `reset_parameters` for what that draw does not suit (gains).
 
-        `seed` (the seed's): every matrix of a linear map and the embedding uniform in ±√3/√fan_in
-        (standard deviation 1/√fan_in, fan_in its input width), no residual scaling; any other
-        parameter (a position bias) zero. `gpt2`: N(0, 0.02) for everything, the maps each block
-        declares as residual outputs (`Block.residual_maps`) at 0.02/√(2·layers)."""
-        if self.cfg.init == "seed":
+        `seed` (the seed's): every matrix of a linear map and every embedding uniform in
+        ±√3/√fan_in (standard deviation 1/√fan_in, fan_in its input width), no residual
+        scaling; any other parameter (a bias) zero. `gpt2`: N(0, 0.02) for everything but the
+        linear maps' biases (zero), the maps each block declares as residual outputs
+        (`Block.residual_maps`) at 0.02/√(2·layers). `modern`: the seed's draw with the residual
+        output maps at zero, as modded-nanogpt and nanochat start them, so that each block starts
+        as the identity. (Their head starts at zero too; with it, mha stayed at chance on MQAR
+        for 700 steps, docs/backbones.md, so here the head keeps its draw.)"""
+        residual = [m for block in self.blocks for m in block.residual_maps()]
+        linear = [m for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+        if self.cfg.init == "gpt2":
+            scaled = {id(m.weight) for m in residual}
+            for p in self.parameters():
+                nn.init.normal_(p, mean=0.0, std=0.02 / (2 * self.cfg.n_layers) ** 0.5 if id(p) in scaled else 0.02)
+            for m in linear:
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        else:
             for p in self.parameters():
                 nn.init.zeros_(p)
-            for module in self.modules():
-                if isinstance(module, (nn.Linear, nn.Embedding)):
-                    bound = 3**0.5 * module.weight.size(1) ** -0.5
-                    nn.init.uniform_(module.weight, -bound, bound)
-        else:
-            residual = {id(m.weight) for block in self.blocks for m in block.residual_maps()}
-            for p in self.parameters():
-                std = 0.02 / (2 * self.cfg.n_layers) ** 0.5 if id(p) in residual else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
+            for m in linear:
+                bound = 3**0.5 * m.weight.size(1) ** -0.5
+                nn.init.uniform_(m.weight, -bound, bound)
+        if self.cfg.init == "modern":
+            for m in residual:
+                nn.init.zeros_(m.weight)
         for module in self.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
             if isinstance(module, registry.Mixer):
                 module.reset_parameters()
 
     def hidden(self, idx: torch.Tensor, observe: "BlockObserver | None" = None) -> torch.Tensor:
-        """The normed last hidden states, which the tied head maps to logits. With embed_norm (the
-        seed's recipe) the embedding is normed before the first block. `observe(i, block, x_in,
+        """The normed last hidden states, which the head maps to logits. `observe(i, block, x_in,
         x_out)` sees each block's residual stream as the block receives and leaves it: the one
         walk the diagnostics measure, so that they see what the model computes."""
         x = self.embed(idx)
-        if self.cfg.embed_norm:
-            x = rms_norm(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(idx.size(1), device=idx.device))
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             y = block(x)
             if observe is not None:
                 observe(i, block, x, y)
             x = y
-        return rms_norm(x)
+        return self.final_norm(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.hidden(idx), self.embed.weight)
+        return F.linear(self.hidden(idx), self.head_weight)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; in training the logits are never formed whole."""
-        return linear_cross_entropy(self.hidden(idx).flatten(0, 1), self.embed.weight, targets.flatten())
+        return linear_cross_entropy(self.hidden(idx).flatten(0, 1), self.head_weight, targets.flatten())
 
     @property
     def causal(self) -> bool:
@@ -100,8 +135,14 @@ class LanguageModel(nn.Module):
         return None if None in sizes else sum(sizes)
 
     def n_params(self, non_embedding: bool = False) -> int:
+        """Every parameter; non_embedding: all but the token and position embeddings and an
+        untied head (the embedding-like tables, which grow with the vocabulary and the context)."""
         total = sum(p.numel() for p in self.parameters())
-        return total - self.embed.weight.numel() if non_embedding else total
+        return total - self.embedding_params() if non_embedding else total
+
+    def embedding_params(self) -> int:
+        tables = [self.embed, self.pos_embed, self.head]
+        return sum(m.weight.numel() for m in tables if m is not None)
 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any], device: str | torch.device | None = None) -> LanguageModel:

@@ -5,14 +5,13 @@ A Strawberry checkpoint is what the seed's train.py saves: {"model": state_dict,
 so its weights map one to one onto ablate's names and give the seed's logits.
 """
 
-import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import ValidationError
 
-from ablate.errors import AblateError, first_line
+from ablate import checkpoints
+from ablate.errors import AblateError
 from ablate.model import LanguageModel, build_model
 
 # the seed's hyperparameter → ablate's model key (r_layer goes to the mixer's recurrence)
@@ -37,20 +36,10 @@ BLOCK_WEIGHTS = {
     "swiglu.swiglu.weight": "ffn.w_in.weight",
     "swiglu.out.weight": "ffn.w_out.weight",
 }
-COMPILED_PREFIX = "_orig_mod."
 
 
 def read_checkpoint(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint dict, from a path (read on the CPU, tensors and plain data only) or as given."""
-    if not isinstance(checkpoint, dict):
-        try:
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-            raise AblateError(f"cannot read the checkpoint {checkpoint}: {first_line(e)}") from e
-    for key in ("model", "hyperparams"):
-        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get(key), dict):
-            raise AblateError(f"not a Strawberry checkpoint: it has no {key!r} dict")
-    return checkpoint
+    return checkpoints.read(checkpoint, "Strawberry", ("model", "hyperparams"))
 
 
 def model_config(hyperparams: dict[str, Any], scope: str = "batch") -> dict[str, Any]:
@@ -71,27 +60,12 @@ def model_config(hyperparams: dict[str, Any], scope: str = "batch") -> dict[str,
     }
 
 
-def ablate_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The seed's state dict under ablate's names, checked against ablate's `expected` state dict;
-    one-line errors name an unknown, missing, misshapen or untied key."""
-    state = {k.removeprefix(COMPILED_PREFIX): v for k, v in state.items()}
+def weight_names(n_layers: int) -> dict[str, str]:
+    """The seed's weight names → ablate's; the seed ties its unembedding to the embedding."""
     names = {"embed.weight": "embed.weight", "unembed.weight": "embed.weight"}
-    for key in expected:
-        if key.startswith("blocks."):
-            n, ours = key.split(".", 2)[1:]
-            names |= {f"blocks.{n}.{theirs}": key for theirs, mine in BLOCK_WEIGHTS.items() if mine == ours}
-    for key in state:
-        if key not in names:
-            raise AblateError(f"unknown key {key!r} in the checkpoint's model")
-    for key in names:
-        if key not in state:
-            raise AblateError(f"the checkpoint's model lacks {key!r}")
-        got, want = tuple(state[key].shape), tuple(expected[names[key]].shape)
-        if got != want:
-            raise AblateError(f"the checkpoint's {key!r} has shape {got}; its hyperparams give {want}")
-    if not torch.equal(state["embed.weight"], state["unembed.weight"]):
-        raise AblateError("embed.weight and unembed.weight differ; the seed ties them")
-    return {names[key]: tensor for key, tensor in state.items()}
+    for n in range(n_layers):
+        names |= {f"blocks.{n}.{theirs}": f"blocks.{n}.{ours}" for theirs, ours in BLOCK_WEIGHTS.items()}
+    return names
 
 
 def load_strawberry(checkpoint: str | Path | dict[str, Any], *, scope: str = "batch") -> LanguageModel:
@@ -105,7 +79,7 @@ def load_strawberry(checkpoint: str | Path | dict[str, Any], *, scope: str = "ba
     except ValidationError as e:
         err = e.errors()[0]
         raise AblateError(f"the checkpoint's hyperparams: {err['loc'][0]}: {err['msg']}") from None
-    state = ablate_state(checkpoint["model"], model.state_dict())
+    state = checkpoints.renamed(checkpoint["model"], weight_names(model.cfg.n_layers), model.state_dict())
     model.to(state["embed.weight"].dtype)
     model.load_state_dict(state)
     return model

@@ -63,7 +63,9 @@ class Hybrid(Mixer):
 
 @register("hybrid-heads")
 class HybridHeads(Mixer):
-    """One layer whose heads are split: `aft_heads` run aft-simple, the rest windowed softmax attention."""
+    """One layer whose heads are split: `aft_heads` run aft-simple, the rest windowed softmax attention.
+
+    The attention heads take rotary and QK-norm where the backbone says so (`pos`, `qk_norm`)."""
 
     def __init__(self, cfg, layer_idx, *, aft_heads: int | None = None, window: int = 64):
         super().__init__()
@@ -75,7 +77,8 @@ class HybridHeads(Mixer):
         self.n_heads, self.aft_heads, self.window = cfg.n_heads, aft_heads, window
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
-        self.rotary = Rotary(cfg.head_dim, cfg.context)
+        self.rotary = Rotary(cfg.head_dim, cfg.context) if cfg.pos == "rope" else None
+        self.qk_norm = cfg.qk_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -85,7 +88,10 @@ class HybridHeads(Mixer):
             k[:, :, :a].flatten(2), v[:, :, :a].flatten(2)
         )
         q, k, v = (t[:, :, a:].transpose(1, 2) for t in (q, k, v))  # (B, H - a, T, d)
-        q, k = rms_norm(self.rotary(q)), rms_norm(self.rotary(k))
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        if self.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
         local_part = softmax_attention(q, k, v, self.window).transpose(1, 2).flatten(2)
         return self.out(torch.cat([global_part, local_part], dim=-1))
 

@@ -14,16 +14,22 @@ from ablate.nn.layers import Rotary, attention_probs, attention_softmax_flops, r
 
 @register("mha")
 class MultiHeadAttention(Mixer):
-    """Causal softmax attention (rotary, QK-norm); `window` makes it sliding-window local."""
+    """Causal softmax attention (rotary, QK-norm); `window` makes it sliding-window local.
+
+    Rotary and QK-norm apply where both the option and the backbone say so (`pos: rope`,
+    `qk_norm: true`); the backbone's `bias` gives the maps biases and its `dropout` drops
+    attention weights in training. Without rotary and QK-norm, and with biases, this is
+    GPT-2's attention."""
 
     def __init__(self, cfg, layer_idx, *, window: int | None = None, rope: bool = True, qk_norm: bool = True):
         super().__init__()
         check_int(window, "mha window", allow_none=True)
-        self.n_heads, self.qk_norm, self.window = cfg.n_heads, qk_norm, window
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
-        self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
-        self.rotary = Rotary(cfg.head_dim, cfg.context) if rope else None
-        self.qk_gain = nn.Parameter(torch.ones(cfg.n_heads)) if qk_norm else None
+        self.n_heads, self.window, self.dropout = cfg.n_heads, window, cfg.dropout
+        self.qk_norm = qk_norm and cfg.qk_norm
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=cfg.bias)
+        self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=cfg.bias)
+        self.rotary = Rotary(cfg.head_dim, cfg.context) if rope and cfg.pos == "rope" else None
+        self.qk_gain = nn.Parameter(torch.ones(cfg.n_heads)) if self.qk_norm else None
 
     def reset_parameters(self) -> None:
         if self.qk_gain is not None:
@@ -41,7 +47,7 @@ class MultiHeadAttention(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        y = softmax_attention(*self.heads(x), self.window)
+        y = softmax_attention(*self.heads(x), self.window, self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
     def attention_probs(self, x):

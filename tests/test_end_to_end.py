@@ -60,6 +60,7 @@ def test_run_logs_one_finished_run_per_trial(finished):
     assert str(results / "artifacts" / "tiny") in runs["artifact_uri"].iloc[0]
 
     assert "unigram entropy" in stdout and "ablate compare" in stdout
+    assert re.search(r"start-up: [\d.]+s from the command to its first training step \(building the data", stdout)
     # the study bar shows the running trial's loss and speed, not empty fields
     assert re.search(r"study .* step 120/120 loss \d\.\d{3} [\d,]+ tok/s .* ETA 0:00:00", stdout)
 

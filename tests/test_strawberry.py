@@ -67,9 +67,12 @@ def _broken(change):
         (lambda c: c["model"].update({"blocks.2.swiglu.out.weight": torch.zeros(1)}), "'blocks.2.swiglu.out.weight'"),
         (
             lambda c: c["model"].update({"blocks.0.retain.w_attn_out": torch.zeros(8, 9, dtype=torch.float64)}),
-            "'blocks.0.retain.w_attn_out' has shape (8, 9); its hyperparams give (8, 8)",
+            "'blocks.0.retain.w_attn_out' has shape (8, 9); its hyperparameters give (8, 8)",
         ),
-        (lambda c: c["model"].update({"unembed.weight": torch.zeros(20, 8)}), "differ; the seed ties them"),
+        (
+            lambda c: c["model"].update({"unembed.weight": torch.zeros(20, 8)}),
+            "embed.weight and unembed.weight differ; the model ties them",
+        ),
         (lambda c: c["hyperparams"].pop("r_layer"), "lack 'r_layer'"),
         (lambda c: c["hyperparams"].update({"n_kv_head": 2}), "unknown Strawberry hyperparameter 'n_kv_head'"),
         (lambda c: c["hyperparams"].update({"n_head": 5}), "qkv_dim 12 is not divisible by n_heads 5"),

@@ -64,11 +64,13 @@ def _sample_parser(sub) -> None:
 
 def _import_parser(sub) -> None:
     imp = sub.add_parser("import", help="record a model trained elsewhere as a finished run (with its model)")
-    imp.add_argument("kind", choices=("strawberry",), help="the checkpoint's format: strawberry (the seed's train.py)")
-    imp.add_argument("checkpoint", type=Path, help="the checkpoint file")
     imp.add_argument(
-        "--study", default="strawberry-imports", help="MLflow experiment to record it in (default: strawberry-imports)"
+        "kind",
+        choices=("strawberry", "nanogpt"),
+        help="the checkpoint's format: strawberry (the seed's train.py) or nanogpt (nanoGPT's ckpt.pt)",
     )
+    imp.add_argument("checkpoint", type=Path, help="the checkpoint file")
+    imp.add_argument("--study", help="MLflow experiment to record it in (default: KIND-imports)")
     store_options(imp)
     imp.set_defaults(func=import_command)
 
@@ -168,8 +170,9 @@ def import_command(args) -> int:
     from ablate.tracking.store import Tracker
 
     check_writable(args.results)
-    run_id = evaluate.import_strawberry(Tracker(uri(args), args.results), args.checkpoint, args.study)
-    print(f"imported {args.checkpoint} as run {run_id} in experiment {args.study}")
+    experiment = args.study or f"{args.kind}-imports"
+    run_id = evaluate.import_checkpoint(Tracker(uri(args), args.results), args.kind, args.checkpoint, experiment)
+    print(f"imported {args.checkpoint} as run {run_id} in experiment {experiment}")
     print(f"next: ablate eval {run_id} --data STUDY.yaml|TOKENS.bin{store_hint(args)}")
     return 0
 

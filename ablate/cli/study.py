@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from pathlib import Path
 
 from ablate.cli.common import (
@@ -53,6 +54,7 @@ def _stores(args):
 
 
 def run_command(args) -> int:
+    started = time.perf_counter()
     from ablate.plan import study as study_mod
     from ablate.run.progress import print_summary
     from ablate.run.schedule import run_study
@@ -62,7 +64,7 @@ def run_command(args) -> int:
     stores = _stores(args)
     spec = WorkerSpec(args.study, stores, args.smoke, Path(args.data) if args.data else None)
     out = console()
-    run = run_study(study, stores, out, args.workers, spec)
+    run = run_study(study, stores, out, args.workers, spec, since=started)
     print_summary(study, run, stores, store_hint(args), out)
     if run.interrupted is not None:
         raise run.interrupted

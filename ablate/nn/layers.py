@@ -87,11 +87,15 @@ class HalfSplitRotary(_Float64Tables):
         return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
 
 
-def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None) -> torch.Tensor:
-    """Causal softmax attention over (B, H, T, d); with `window`, position t sees t-window+1..t only."""
+def softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None, dropout: float = 0.0
+) -> torch.Tensor:
+    """Causal softmax attention over (B, H, T, d); with `window`, position t sees t-window+1..t only;
+    `dropout` on the attention weights (pass 0 outside training)."""
     if window is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q.size(-2), window, q.device))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+    mask = causal_mask(q.size(-2), window, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 def causal_mask(T: int, window: int | None, device) -> torch.Tensor:
@@ -120,28 +124,46 @@ def attention_softmax_flops(n_heads: int, T: int, window: int | None = None) -> 
 
 
 class SwiGLU(nn.Module):
-    """FFN (u ⊙ silu(g)) W_out with [u, g] = x W_in: 3·C·F parameters."""
+    """FFN (u ⊙ silu(g)) W_out with [u, g] = x W_in: 3·C·F weights."""
 
-    def __init__(self, d_model: int, ffn_dim: int):
+    def __init__(self, d_model: int, ffn_dim: int, bias: bool = False):
         super().__init__()
-        self.w_in = nn.Linear(d_model, 2 * ffn_dim, bias=False)
-        self.w_out = nn.Linear(ffn_dim, d_model, bias=False)
+        self.w_in = nn.Linear(d_model, 2 * ffn_dim, bias=bias)
+        self.w_out = nn.Linear(ffn_dim, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, g = self.w_in(x).chunk(2, dim=-1)
         return self.w_out(u * F.silu(g))
 
 
-class GeluMLP(nn.Module):
-    """The classic two-layer GELU MLP: 2·C·F parameters."""
+class MLP(nn.Module):
+    """The two-layer MLP, W_out act(x W_in): 2·C·F weights; GELU (GPT-2's, exact) or ReLU²
+    (Primer's, as nanochat and modded-nanogpt use it)."""
 
-    def __init__(self, d_model: int, ffn_dim: int):
+    def __init__(self, d_model: int, ffn_dim: int, bias: bool = False, act: str = "gelu"):
         super().__init__()
-        self.w_in = nn.Linear(d_model, ffn_dim, bias=False)
-        self.w_out = nn.Linear(ffn_dim, d_model, bias=False)
+        self.w_in = nn.Linear(d_model, ffn_dim, bias=bias)
+        self.w_out = nn.Linear(ffn_dim, d_model, bias=bias)
+        self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_out(F.gelu(self.w_in(x)))
+        h = self.w_in(x)
+        return self.w_out(F.gelu(h) if self.act == "gelu" else F.relu(h).square())
 
 
-FFNS = {"swiglu": SwiGLU, "gelu": GeluMLP}
+def ffn(kind: str, d_model: int, ffn_dim: int, bias: bool) -> nn.Module:
+    """The block's FFN of a ModelConfig's `ffn_type`."""
+    return SwiGLU(d_model, ffn_dim, bias) if kind == "swiglu" else MLP(d_model, ffn_dim, bias, act=kind)
+
+
+class RMSNorm(nn.Module):
+    """rms_norm as a module: no weight, as the seed has it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x)
+
+
+def norm(kind: str, width: int, bias: bool) -> nn.Module:
+    """The backbone's norm of a ModelConfig's `norm`: a weightless RMS norm, or LayerNorm (with
+    its weight, and its bias when asked)."""
+    return RMSNorm() if kind == "rms" else nn.LayerNorm(width, bias=bias)

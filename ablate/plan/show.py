@@ -33,6 +33,10 @@ def print_plan(study: Study, console) -> None:
     console.print(table)
     print("FLOPs/token: forward pass, matrix products counted by torch plus each mixer's declared element-wise work")
     print("state: numbers per sequence a decoder carries between tokens ('-': grows with the sequence)")
+    backbones = {t.variant: t.model for t in study.trials}
+    for variant, model in backbones.items():
+        switches = ", ".join(f"{k} {v}" for k, v in model.switches().items())
+        print(f"backbone {variant}: preset {model.preset}: {switches}")
     for variant, search in study.searches.items():
         print(f"search {variant}: {search.describe()}; its final seeds train with the best setting")
     print("model settings (mixer options, ffn type) in full: ablate plan --json")

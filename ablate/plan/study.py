@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ablate.config import (
+    DEFAULT_PRESET,
+    LATER_SWITCHES,
     Budget,
     DataConfig,
     ModelConfig,
@@ -46,9 +48,16 @@ class Trial:
 
     def key(self, data: DataConfig | TaskConfig) -> str:
         """Identifies the trial's whole configuration: a rerun skips trials already finished."""
-        spec = {"data": data.model_dump(), "variant": self.variant, "seed": self.seed, "model": self.model.model_dump()}
+        spec = {"data": data.model_dump(), "variant": self.variant, "seed": self.seed, "model": self._keyed_model()}
         spec["train"] = self.train.model_dump(mode="json")
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _keyed_model(self) -> dict[str, Any]:
+        """The model's settings as the key hashes them: the preset is a name for the switches
+        (which count), and a switch added later counts only away from its default."""
+        model = self.model.model_dump(exclude={"preset"})
+        defaults = {k: ModelConfig.model_fields[k].default for k in LATER_SWITCHES}
+        return {k: v for k, v in model.items() if not (k in defaults and v == defaults[k])}
 
     def as_dict(self) -> dict[str, Any]:
         """The trial as `ablate plan --json` prints it: each model as `build_model` takes it."""
@@ -251,7 +260,7 @@ def _model_settings(place: _Place, lines: Document, vocab: int) -> dict[str, Any
     """The variant's model settings over the study's, with the data's vocabulary (and a task's
     sequence length as the context)."""
     config, variant = place.config, place.variant
-    merged = {**config.model, **variant.model, "vocab_size": vocab}
+    merged = {"preset": DEFAULT_PRESET, **config.model, **variant.model, "vocab_size": vocab}
     if isinstance(config.data, TaskConfig):  # a task fixes the sequence length too
         if merged.get("context", config.data.seq_len) != config.data.seq_len:
             where = place.own if "context" in variant.model else ()

@@ -1,7 +1,9 @@
 """What every worker of a study shares, made once: the audited study, its data, its MLflow
 experiment and parent runs, the Optuna storage and the work list."""
 
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,18 +27,34 @@ POLL_S = 0.5  # how often an idle worker looks for work another worker may free
 
 @dataclass
 class PreparedStudy:
-    """What every worker of a study shares: the audited study, its data and its stores."""
+    """What every worker of a study shares: the audited study, its data and its stores.
+
+    The MLflow side (the store, the experiment, the parent runs) may still be being set up, in
+    the background, when training starts (`fresh`): reading `tracker`, `exp_id` or `parents`
+    waits for it."""
 
     study: Study
     leaks: dict[str, float]  # variant → the audit's largest leak
     data: DataSource
-    tracker: Tracker
-    exp_id: str
-    parents: dict[str, str]  # "study" and each variant → its parent run
+    tracking: "Deferred"  # → (Tracker, experiment id, {"study" and each variant: its parent run})
     storage: str
-    rdb: "RDBStorage"
+    rdb: "RDBStorage | None"  # None: no variant searches
     work: WorkList
     checkpoints: Path
+    fresh: bool  # a new MLflow store: no trial ran before, so none is to be skipped or resumed
+    first_step_at: float | None = None  # perf_counter() when this process began its first training step
+
+    @property
+    def tracker(self) -> Tracker:
+        return self.tracking.result()[0]
+
+    @property
+    def exp_id(self) -> str:
+        return self.tracking.result()[1]
+
+    @property
+    def parents(self) -> dict[str, str]:
+        return self.tracking.result()[2]
 
 
 def prepare(study: Study, stores: Stores, console) -> PreparedStudy:
@@ -54,13 +72,60 @@ def prepare(study: Study, stores: Stores, console) -> PreparedStudy:
     console.print(data.describe())
 
     stores.results.mkdir(parents=True, exist_ok=True)
+    fresh = stores.uri.startswith("sqlite:///") and not Path(stores.uri.removeprefix("sqlite:///")).exists()
     work = WorkList(stores.storage, study.name)
     first = claim_first(work, "setup")
-    rdb = search.storage(stores.storage)
-    tracker = Tracker(stores.uri, stores.results)
-    exp_id, parents = _experiment(study, tracker)
-    if first is not None:
-        work.end(first, claims.DONE)
+    rdb = search.storage(stores.storage) if study.searches else None  # Optuna only where a variant searches
+
+    def setup() -> tuple[Tracker, str, dict[str, str]]:
+        tracker = Tracker(stores.uri, stores.results)
+        exp_id, parents = _experiment(study, tracker)
+        if first is not None:
+            work.end(first, claims.DONE)
+        _check_stores(work, tracker, stores, console)
+        return tracker, exp_id, parents
+
+    # a fresh store is set up once the first trial trains (`Deferred.start`): MLflow's import and
+    # its database's creation take seconds; training waits for them only at its first eval
+    fresh = fresh and first is not None
+    tracking = Deferred(setup)
+    if not fresh:
+        tracking.result()
+    return PreparedStudy(study, leaks, data, tracking, stores.storage, rdb, work, stores.checkpoints, fresh)
+
+
+BACKGROUND_NAME = "ablate-mlflow"
+BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix=BACKGROUND_NAME)  # MLflow writes, in order
+
+
+class Deferred:
+    """Work run in the background once started (or once its result is first asked for). Asked
+    for from the background worker itself before it started, it runs there and then: waiting
+    for a job queued behind the one asking would never end."""
+
+    def __init__(self, fn):
+        self.fn, self.future = fn, None
+        self.lock = threading.Lock()
+
+    def start(self) -> Future:
+        with self.lock:
+            if self.future is None:
+                if threading.current_thread().name.startswith(BACKGROUND_NAME):
+                    self.future = Future()
+                    try:
+                        self.future.set_result(self.fn())
+                    except BaseException as e:  # noqa: BLE001 - raised again where the result is read
+                        self.future.set_exception(e)
+                else:
+                    self.future = BACKGROUND.submit(self.fn)
+            return self.future
+
+    def result(self):
+        return self.start().result()
+
+
+def _check_stores(work: WorkList, tracker: Tracker, stores: Stores, console) -> None:
+    """The work list and the MLflow store belong together; checkpoints nothing can resume go."""
     known = next((row.run_id for row in work.rows().values() if row.run_id), None)
     if known is not None and tracker.lifecycle(known) is None:
         raise AblateError(
@@ -69,7 +134,6 @@ def prepare(study: Study, stores: Stores, console) -> PreparedStudy:
         )
     for path in remove_stray_checkpoints(stores.checkpoints, tracker):  # safe for any worker: a live one's are kept
         console.print(f"removed {path}: nothing can resume it", soft_wrap=True)
-    return PreparedStudy(study, leaks, data, tracker, exp_id, parents, stores.storage, rdb, work, stores.checkpoints)
 
 
 def _experiment(study: Study, tracker: Tracker) -> tuple[str, dict[str, str]]:

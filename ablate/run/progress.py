@@ -93,6 +93,13 @@ def print_summary(study: Study, run: "StudyRun", stores: "Stores", hint: str, co
             "(the best guess without the capability the task tests)"
         )
     console.print(f"study wall time: {run.seconds:.0f}s")
+    if run.startup_s is not None:
+        built = (
+            f" (building the data's tokenizer and splits took {run.data_build_s:.1f}s of it)"
+            if run.data_build_s
+            else ""
+        )
+        console.print(f"start-up: {run.startup_s:.1f}s from the command to its first training step{built}")
     local = stores.uri.startswith("sqlite")
     console.print(f"results: {stores.uri}" + (f" (artifacts under {stores.results / 'artifacts'})" if local else ""))
     console.print(f"compare: ablate compare{hint} --study {study.name} --metric val_loss")

@@ -52,15 +52,23 @@ class StudyRun:
     meta: DataMeta
     seconds: float
     interrupted: KeyboardInterrupt | None = None  # Ctrl-C, or SIGTERM (errors.Terminated)
+    startup_s: float | None = None  # from the command's start to its first training step, in this process
+    data_build_s: float = 0.0  # of it, building the data (tokenizer and splits) where it was not cached
 
 
 def run_study(
-    study: Study, stores: Stores, console: Console, workers: int = 1, spec: WorkerSpec | None = None
+    study: Study,
+    stores: Stores,
+    console: Console,
+    workers: int = 1,
+    spec: WorkerSpec | None = None,
+    since: float | None = None,
 ) -> StudyRun:
     """Set the study up, then work through it in this process (workers=1) or in `workers` local
     worker processes started from `spec`; end its parent runs as it ended. Ctrl-C or SIGTERM
-    ends it as interrupted (the trials in flight KILLED, their claims handed back)."""
-    start = time.perf_counter()
+    ends it as interrupted (the trials in flight KILLED, their claims handed back). `since`: when
+    the command started (perf_counter), for the start-up time."""
+    start = since or time.perf_counter()
     prepared = prepare(study, stores, console)
     try:
         if workers == 1:
@@ -69,7 +77,9 @@ def run_study(
             spawn(spec, workers, console)
     except KeyboardInterrupt as stop:
         _end_parents(prepared, Status.KILLED)
-        return StudyRun(store_outcomes(prepared), prepared.data.meta, time.perf_counter() - start, stop)
+        return StudyRun(
+            store_outcomes(prepared), prepared.data.meta, time.perf_counter() - start, stop, **_startup(prepared, start)
+        )
     except BaseException as e:
         with contextlib.suppress(Exception):  # a broken store cannot take it; the error itself is reported
             _end_parents(prepared, Status.FAILED, errors.said(e))
@@ -78,7 +88,14 @@ def run_study(
     log_aggregates(prepared, outcomes)
     ended = all(o.status not in (Status.PENDING, Status.KILLED) for o in outcomes)
     _end_parents(prepared, Status.FINISHED if ended else Status.KILLED)
-    return StudyRun(outcomes, prepared.data.meta, time.perf_counter() - start)
+    return StudyRun(outcomes, prepared.data.meta, time.perf_counter() - start, **_startup(prepared, start))
+
+
+def _startup(prepared: PreparedStudy, start: float) -> dict[str, float | None]:
+    """How long the command took to its first training step, and the data's build within it."""
+    built = prepared.data.meta.build_s if getattr(prepared.data, "built", False) else 0.0
+    startup = prepared.first_step_at - start if prepared.first_step_at is not None else None
+    return {"startup_s": startup, "data_build_s": built}
 
 
 def log_aggregates(prepared: PreparedStudy, outcomes: list[Outcome]) -> None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from pathlib import Path
 
 from rich.progress import Progress
 
@@ -16,7 +17,7 @@ from ablate.plan.search import search_train, with_params
 from ablate.plan.study import Trial
 from ablate.run import claims, search
 from ablate.run.claims import Claim
-from ablate.run.prepare import PreparedStudy
+from ablate.run.prepare import Deferred, PreparedStudy
 from ablate.run.progress import Pace, clock
 from ablate.tracking import records
 from ablate.tracking.schema import Metric, Phase, Tag
@@ -91,7 +92,7 @@ class TrialRunner:
                 return Outcome(trial, Status.FAILED, reason=reason)
             p.tracker.tag(p.parents[trial.variant], {Tag.BEST + key: str(value) for key, value in best.items()})
             trial = replace(trial, train=with_params(trial.train, best))
-        done = p.tracker.finished_trials(p.exp_id).get(trial.key(p.study.config.data))
+        done = None if p.fresh else p.tracker.finished_trials(p.exp_id).get(trial.key(p.study.config.data))
         if done is not None and claim.run_id is None:  # finished before this store had a work list
             p.work.note(claim, run_id=done[0])
             p.work.end(claim, claims.DONE)
@@ -151,16 +152,21 @@ class TrialRunner:
             self.progress.remove_task(task)
 
     def _fit(self, job: Job, trainer: Trainer, run: RunLog, task: int) -> Outcome:
-        p, trial, reason = self.prepared, job.trial, ""
-        checkpoint, final = p.checkpoints / f"{run.run_id}.pt", {"run_id": run.run_id}
+        p, trial, reason, final = self.prepared, job.trial, "", {}
+
+        def checkpoint() -> Path:  # named by the run, which may still be opening when training starts
+            return p.checkpoints / f"{run.run_id}.pt"
+
         first_step, started = trainer.step, time.perf_counter()
         with claims.Heartbeat(p.work, job.claim, job.beat) as heartbeat:
             on_metrics = self._reporter(job, trainer, run, task, heartbeat, (first_step, started))
             try:
-                p.work.note(job.claim, run_id=run.run_id)
                 if job.on_run is not None:
                     job.on_run(run.run_id)
                 self.progress.update(task, completed=trainer.step)
+                p.first_step_at = p.first_step_at or time.perf_counter()
+                p.tracking.start()  # where the store is still to be set up: while this trial trains
+                run.start_opening()
                 final |= trainer.fit(on_metrics, checkpoint)
                 if job.on_eval is None:
                     self.pace.record(trial.model.mixer, time.perf_counter() - started, trainer.cfg.steps - first_step)
@@ -174,14 +180,14 @@ class TrialRunner:
                 status, reason = Status.FAILED, self._failed(e, trainer.step, run, job.label)
             except Lost:
                 self.progress.console.print(f"{job.label}: another worker took this trial over; leaving it to it")
-                return Outcome(trial, Status.LOST, final)
+                return Outcome(trial, Status.LOST, final | {"run_id": run.run_id})
             except BaseException as e:  # Ctrl-C, SIGTERM, a bug or a failing disk: a rerun resumes it
                 self._let_go(run, job.claim, interrupted=isinstance(e, KeyboardInterrupt))
                 raise
         run.end(Status.FAILED.value if status == Status.FAILED else Status.FINISHED.value)
         p.work.end(job.claim, claims.FAILED if status == Status.FAILED else claims.DONE, reason or None)
-        checkpoint.unlink(missing_ok=True)
-        return Outcome(trial, status, final, reason)
+        checkpoint().unlink(missing_ok=True)
+        return Outcome(trial, status, final | {"run_id": run.run_id}, reason)
 
     def _open_run(self, job: Job, trainer: Trainer) -> RunLog:
         """The run to train into: the earlier one with the trainer resumed from its checkpoint, or a
@@ -209,6 +215,7 @@ class TrialRunner:
             run = self._start(job, trainer)
             run.tag(Tag.RESTARTED, restarted)
             return run
+        p.work.note(job.claim, run_id=run_id)
         run.tag(Tag.RESUMED_FROM_STEP, str(trainer.step))
         self.progress.console.print(f"{job.label}: resuming run {run_id} from step {trainer.step}")
         return run
@@ -258,16 +265,25 @@ class TrialRunner:
             self.prepared.work.end(claim, claims.OPEN)
 
     def _start(self, job: Job, trainer: Trainer) -> RunLog:
-        p, trial = self.prepared, job.trial
-        leak = p.leaks[trial.variant]
-        tags = records.trial_tags(p.study, trial, p.data.meta, audit.is_causal(leak), leak) | job.tags
-        params = records.trial_params(p.study, trial, p.data.meta, str(trainer.device))
-        number = job.tags.get(Tag.OPTUNA_TRIAL)
-        name = f"{trial.variant}-search{number}" if number is not None else f"{trial.variant}-seed{trial.seed}"
-        run = p.tracker.start(p.exp_id, name, tags, params, parent_id=p.parents[trial.variant])
-        p.tracker.log_dataset(run.run_id, records.dataset(p.data.meta, p.study.config.data))
-        run.text(p.study.text, "study.yaml")
-        return run
+        """A new run for the trial, noted on its claim. In a fresh store a final trial's run opens
+        in the background (after the store itself), while the trial begins to train."""
+        p, trial, device = self.prepared, job.trial, str(trainer.device)
+
+        def opened() -> RunLog:
+            leak = p.leaks[trial.variant]
+            tags = records.trial_tags(p.study, trial, p.data.meta, audit.is_causal(leak), leak) | job.tags
+            params = records.trial_params(p.study, trial, p.data.meta, device)
+            number = job.tags.get(Tag.OPTUNA_TRIAL)
+            name = f"{trial.variant}-search{number}" if number is not None else f"{trial.variant}-seed{trial.seed}"
+            run = p.tracker.start(p.exp_id, name, tags, params, parent_id=p.parents[trial.variant])
+            p.tracker.log_dataset(run.run_id, records.dataset(p.data.meta, p.study.config.data))
+            run.text(p.study.text, "study.yaml")
+            p.work.note(job.claim, run_id=run.run_id)
+            return run
+
+        if p.fresh and job.on_run is None:  # after the store's setup: one background worker, in order
+            return RunLog.later(Deferred(opened))
+        return opened()
 
 
 def _oom():

@@ -154,11 +154,42 @@ class Tracker:
 class RunLog:
     """One MLflow run: buffered metrics, flushed in batches. A resumed run skips what it logged
     before it stopped (through `logged_through`): it resumes from its last checkpoint, which may
-    be older than its last flushed eval, and trains those steps again to the same values."""
+    be older than its last flushed eval, and trains those steps again to the same values.
 
-    def __init__(self, client, run_id: str, logged_through: int = -1):
-        self.client, self.run_id, self.logged_through = client, run_id, logged_through
+    A run may be opened later than it is first used (`later`): metrics are buffered meanwhile,
+    and whatever needs the run itself (a flush, a tag, its id) waits for it."""
+
+    def __init__(self, client, run_id: str | None, logged_through: int = -1):
+        self._client, self._run_id, self.logged_through = client, run_id, logged_through
+        self._opening = None
         self.pending: list = []
+
+    @classmethod
+    def later(cls, opening) -> "RunLog":
+        """The run that `opening` (with a `result()`: an opened RunLog) will give."""
+        run = cls(None, None)
+        run._opening = opening
+        return run
+
+    def start_opening(self) -> None:
+        """Let a run opened later begin to open now (in the background)."""
+        if self._opening is not None:
+            self._opening.start()
+
+    def _opened(self) -> None:
+        if self._opening is not None:
+            opened, self._opening = self._opening.result(), None
+            self._client, self._run_id = opened.client, opened.run_id
+
+    @property
+    def client(self):
+        self._opened()
+        return self._client
+
+    @property
+    def run_id(self) -> str:
+        self._opened()
+        return self._run_id
 
     def params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param

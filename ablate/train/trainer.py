@@ -200,10 +200,13 @@ class Trainer:
         }
         return out | {f"{Metric.BLOCK_GRAD_NORM}{i}": v for i, v in enumerate(blocks)}
 
-    def fit(self, callback: Callback | None = None, checkpoint: Path | None = None) -> dict[str, float]:
+    def fit(
+        self, callback: Callback | None = None, checkpoint: Path | Callable[[], Path] | None = None
+    ) -> dict[str, float]:
         """Train up to cfg.steps from the current step (0, or a loaded checkpoint's); return the
         final train and val loss and the throughput. With `checkpoint`, the state is saved there
-        every cfg.checkpoint_evals evals, after the callback has seen (and flushed) that eval."""
+        every cfg.checkpoint_evals evals, after the callback has seen (and flushed) that eval (a
+        callable gives the path when it is first needed)."""
         cfg, emit = self.cfg, callback or (lambda *_: None)
         tokens_per_step = cfg.batch_size * self.context
         first = self.step + 1
@@ -237,7 +240,7 @@ class Trainer:
                 emit(step, evaluated, "eval")
                 evals = step // cfg.eval_every
                 if checkpoint is not None and cfg.checkpoint_evals and evals % cfg.checkpoint_evals == 0:
-                    self.save(checkpoint)
+                    self.save(checkpoint() if callable(checkpoint) else checkpoint)
                 last += time.perf_counter() - eval_start  # keep eval (and checkpoint) time out of tokens/s
         elapsed = self.train_time_s + time.perf_counter() - self._started
         return {
