@@ -19,10 +19,10 @@ class BatchMean(Mixer):
 
     def __init__(self, cfg, layer_idx):
         super().__init__()
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.mean(dim=(0, 1), keepdim=True).expand_as(x))
+        return self.out(x.mean(dim=(0, 1), keepdim=True).expand_as(x))
 
 
 LEAKY_STUDY = TINY_STUDY.replace("mixer: aft-simple, ffn: false", "mixer: test-batch-mean").replace(

@@ -228,6 +228,26 @@ def test_ctrl_c_or_sigterm_marks_the_runs_killed_hands_the_claims_back_and_a_rer
         assert len(steps) == len(set(steps)) and max(steps) == 400
 
 
+def test_stopped_just_after_taking_a_claim_the_unit_is_handed_back(tmp_path, capsys, monkeypatch):
+    """Ctrl-C can land between the claim's write and the moment the scheduler holds it."""
+    from ablate.run import claims
+
+    taken = claims.WorkList.claim
+
+    def claim_then_stop(self, unit):
+        claim = taken(self, unit)
+        if unit.startswith("final/"):
+            raise KeyboardInterrupt
+        return claim
+
+    monkeypatch.setattr(claims.WorkList, "claim", claim_then_stop)
+    results = tmp_path / "results"
+    assert main(["run", str(write_study(tmp_path, TINY_STUDY)), "--results", str(results)]) == 130
+    capsys.readouterr()
+    states = sqlite3.connect(results / "optuna.db").execute("select unit, state from ablate_claims").fetchall()
+    assert [state for unit, state in states if unit.startswith("final/")] == ["open"]
+
+
 def test_plan_json_gives_the_model_dicts_build_model_takes(tmp_path, capsys):
     assert main(["plan", str(write_study(tmp_path, TINY_STUDY)), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)

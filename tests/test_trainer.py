@@ -32,10 +32,10 @@ class PeekNext(Mixer):
 
     def __init__(self, cfg, layer_idx):
         super().__init__()
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1))
+        return self.out(torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1))
 
 
 def _fit(corpus, seed, model=MODEL, prefix_eval=False, **train):

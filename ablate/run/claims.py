@@ -110,6 +110,16 @@ class WorkList:
                 == 1
             )
 
+    def release(self, unit: str) -> None:
+        """Open the unit again if this worker holds it: stopped while taking it up, it may hold a
+        claim it has not seen yet."""
+        with self.engine.begin() as c:
+            c.execute(
+                TABLE.update()
+                .where(self._row(unit), TABLE.c.worker == self.worker, TABLE.c.state == RUNNING)
+                .values(state=OPEN, worker=None)
+            )
+
     def beat(self, claim: Claim) -> bool:
         """Renew the heartbeat; False when the claim was taken over (this worker must stop)."""
         return self._update_if_held(claim, heartbeat=time.time())

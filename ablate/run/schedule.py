@@ -155,13 +155,8 @@ def work(prepared: PreparedStudy, console, live: bool = True) -> list[Outcome]:
             for unit in todo:
                 if unit.trial is not None and unit.variant in searching:
                     continue
-                if (claim := prepared.work.claim(unit.name)) is not None:
-                    runner.queued = [
-                        (u.trial.model.mixer, u.trial.train.steps)
-                        for u in todo
-                        if u.trial is not None and u is not unit and u.name not in rows
-                    ]
-                    outcomes.append(_run_unit(runner, unit, claim, prepared))
+                if (outcome := _claim_and_run(runner, unit, todo, rows)) is not None:
+                    outcomes.append(outcome)
                     break
             else:
                 if todo:
@@ -169,16 +164,25 @@ def work(prepared: PreparedStudy, console, live: bool = True) -> list[Outcome]:
     return outcomes
 
 
-def _run_unit(runner: TrialRunner, unit: Unit, claim: claims.Claim, prepared: PreparedStudy) -> Outcome:
-    """One claimed unit run; stopped before its run was open (Ctrl-C, SIGTERM, a bug), the claim
-    is handed back for whoever comes next (once its run is open, the runner lets go of both)."""
+def _claim_and_run(runner: TrialRunner, unit: Unit, todo: list[Unit], rows: dict) -> Outcome | None:
+    """Claim the unit and run it; None if another worker holds it or it has ended. Stopped
+    anywhere from the claim on (Ctrl-C, SIGTERM, a bug), the unit is handed back for whoever
+    comes next (once its run is open, the runner has let go of both already)."""
+    work = runner.prepared.work
     try:
+        if (claim := work.claim(unit.name)) is None:
+            return None
+        runner.queued = [
+            (u.trial.model.mixer, u.trial.train.steps)
+            for u in todo
+            if u.trial is not None and u is not unit and u.name not in rows
+        ]
         if unit.trial is None:
             return runner.search(unit.variant, unit.slot, claim)
         return runner.final(unit.trial, unit.index, claim)
     except BaseException:
         with contextlib.suppress(Exception):  # a store failing too must not hide the first error
-            prepared.work.end(claim, claims.OPEN)
+            work.release(unit.name)
         raise
 
 

@@ -192,6 +192,7 @@ class RunLog:
         return self._run_id
 
     def params(self, params: dict[str, str]) -> None:
+        self._opened()  # before any import of MLflow here: it may be importing in the background
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
@@ -199,10 +200,10 @@ class RunLog:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        from mlflow.entities import Metric as Value
-
+        """Buffered as plain tuples: MLflow is not imported here, since a run opened later is
+        importing it in the background (two threads importing one package may each see it half done)."""
         now = int(time.time() * 1000)
-        self.pending.extend(Value(k, float(v), now, step) for k, v in values.items())
+        self.pending.extend((k, float(v), now, step) for k, v in values.items())
 
     def record(self, step: int, values: dict[str, float], kind: str) -> None:
         """The Trainer's callback: buffer every metric, write them in one batch at each eval
@@ -214,8 +215,12 @@ class RunLog:
             self.flush()
 
     def flush(self) -> None:
-        for i in range(0, len(self.pending), 1000):  # and at most 1000 metrics
-            self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
+        self._opened()
+        from mlflow.entities import Metric as Value
+
+        values = [Value(*m) for m in self.pending]
+        for i in range(0, len(values), 1000):  # and at most 1000 metrics
+            self.client.log_batch(self.run_id, metrics=values[i : i + 1000])
         self.pending = []
 
     def tag(self, key: str, value: str) -> None:
