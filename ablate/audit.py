@@ -35,6 +35,8 @@ def model_leak(model: LanguageModel, batch: int = 3, seed: int = 0) -> float:
     device = model.embed.weight.device
     idx = torch.randint(0, vocab, (batch, T), generator=g).to(device)
     logits = model(idx)
+    if not torch.isfinite(logits).all():  # a change of NaN compares as no change
+        raise AblateError("the causality audit cannot be measured: the model's logits are NaN or inf")
     leak = 0.0
     for t in sorted({0, T // 2, max(T - 2, 0)}):  # everything after t changes in sequence 0
         changed = idx.clone()

@@ -1,13 +1,16 @@
 """Checkpoints of other trainers as ablate models: read safely, their weights renamed to
 ablate's and checked one by one, so that a wrong file is one line naming the key."""
 
-import pickle
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ablate.errors import AblateError, first_line
+
+if TYPE_CHECKING:
+    from ablate.model import LanguageModel
 
 COMPILED_PREFIX = "_orig_mod."  # the keys of a torch.compile'd model
 
@@ -18,8 +21,10 @@ def read(checkpoint: str | Path | dict[str, Any], kind: str, dicts: tuple[str, .
     if not isinstance(checkpoint, dict):
         try:
             checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-            raise AblateError(f"cannot read the checkpoint {checkpoint}: {first_line(e)}") from e
+        except Exception as e:
+            raise AblateError(
+                f"cannot read the checkpoint {checkpoint} (not a torch.save file?): {type(e).__name__}: {first_line(e)}"
+            ) from e
     for key in dicts:
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get(key), dict):
             raise AblateError(f"not a {kind} checkpoint: it has no {key!r} dict")
@@ -48,3 +53,29 @@ def renamed(
             raise AblateError(f"{theirs} and {key} differ; the model ties them")
         out[ours] = state[key]
     return out
+
+
+def loaded(
+    config: Mapping[str, Any], section: str, state: dict[str, torch.Tensor], names: Callable[[Any], dict[str, str]]
+) -> "LanguageModel":
+    """The model `config` (from the checkpoint's `section`) describes, holding the checkpoint's
+    weights `state` (named as `names(its ModelConfig)` maps them) in their dtype. The shapes are
+    checked on a model that holds no memory (device meta) first: hyperparameters that disagree
+    with the weights (a vocabulary of 10⁹) allocate nothing."""
+    from pydantic import ValidationError
+
+    from ablate.model import build_model
+
+    try:
+        shapes = build_model(config, device="meta")
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise AblateError(f"the checkpoint's {section}: {err['loc'][0]}: {err['msg']}") from None
+    state = renamed(state, names(shapes.cfg), shapes.state_dict())
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AblateError(f"the checkpoint's {key!r} holds NaN or inf: no model to evaluate")
+    model = build_model(shapes.cfg)
+    model.to(state["embed.weight"].dtype)
+    model.load_state_dict(state)
+    return model

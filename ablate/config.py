@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -157,7 +158,10 @@ class TrainConfig(BaseModel):
     )
     checkpoint_evals: StrictInt = Field(1, ge=0, description="write a checkpoint every this many evals (0: never)")
     tokens_per_param: float | None = Field(
-        None, gt=0, description="train each model on this many tokens per budgeted parameter (sets steps)"
+        None,
+        gt=0,
+        le=10_000,  # 500 times Chinchilla's 20: past it, a typo
+        description="train each model on this many tokens per budgeted parameter (sets steps)",
     )
 
     @field_validator("warmup")
@@ -167,6 +171,13 @@ class TrainConfig(BaseModel):
         if steps and warmup > steps:
             raise ValueError(f"warmup ({warmup}) is longer than steps ({steps})")
         return warmup
+
+    @field_validator("cooldown_frac")  # given only: its default is no setting
+    @classmethod
+    def _cooldown_needs_wsd(cls, cooldown_frac: float, info: ValidationInfo) -> float:
+        if info.data.get("schedule", "wsd") != "wsd":
+            raise ValueError(f"applies to schedule: wsd, not {info.data['schedule']} (it would do nothing)")
+        return cooldown_frac
 
 
 class DataConfig(BaseModel):
@@ -247,6 +258,18 @@ class Budget(BaseModel):
     flops_per_token: PositiveFloat | list[PositiveFloat] | None = None
     count: Literal["total", "non_embedding"] = "non_embedding"
     tolerance: float = Field(0.01, gt=0, lt=1, description="relative: 0.01 is within 1%")
+
+    @field_validator("params", "flops_per_token", mode="before")
+    @classmethod
+    def _positive_sizes(cls, given: Any, info: ValidationInfo) -> Any:
+        """Which entry is wrong and why (pydantic's union of a number and a list would say neither)."""
+        for i, size in enumerate(given if isinstance(given, list) else [given]):
+            entry = f"entry {i} ({size!r})" if isinstance(given, list) else repr(size)
+            if given is not None and (isinstance(size, bool) or not isinstance(size, int | float) or size <= 0):
+                raise ValueError(f"{entry} is not a positive number")
+            if info.field_name == "params" and given is not None and size != int(size):
+                raise ValueError(f"{entry} is not a whole number of parameters")
+        return given
 
     @model_validator(mode="after")
     def _one_target(self):
@@ -342,6 +365,34 @@ class Expectation(BaseModel):
         return metric
 
 
+def _compared(a: str, b: str | None, info: ValidationInfo) -> None:
+    """A contrast (a, b) or an expectation (b None: the baseline) names the study's variants; in
+    a scaling study both at one size each (NAME@SIZE) or both bare (at every size)."""
+    data = info.data
+    if "variants" not in data:  # refused already
+        return
+    names = [v.name for v in data["variants"]]
+    budget = data.get("budget")
+    sized = [sized_name(n, s) for n in names for s in budget.sizes] if budget is not None and budget.scaling else []
+    for name in (a, b):
+        if name is not None and name not in names + sized:
+            raise ValueError(f"{name!r} is not a variant{did_you_mean(name, names + sized)}")
+    if a == (b or data.get("baseline") or names[0]):
+        raise ValueError(f"{a!r} is compared with itself")
+    if sized and b is not None and ("@" in a) != ("@" in b):
+        raise ValueError(f"{a!r} against {b!r}: name a size on both sides (NAME@SIZE) or on neither (every size)")
+
+
+def _contrast(pair: tuple[str, str], info: ValidationInfo) -> tuple[str, str]:
+    _compared(*pair, info)
+    return pair
+
+
+def _expectation(e: "Expectation", info: ValidationInfo) -> "Expectation":
+    _compared(e.variant, e.against, info)
+    return e
+
+
 def _data_kind(value) -> str:
     has_task = isinstance(value, TaskConfig) or (isinstance(value, dict) and "task" in value)
     return "task" if has_task else "corpus"
@@ -363,12 +414,14 @@ class StudyConfig(BaseModel):
     search: dict[str, Any] | None = Field(None, description="an Optuna search for every variant (see SearchConfig)")
     baseline: str | None = None
     allow_leaky: bool = Field(False, description="train variants that fail the causality audit")
-    contrasts: list[tuple[str, str]] = Field(
+    contrasts: list[Annotated[tuple[str, str], AfterValidator(_contrast)]] = Field(
         default_factory=list,
         description="pairs [a, b]: a tested against b, paired by seed, Holm over the pairs; in a scaling study "
         "at every size, or at one where named NAME@SIZE",
     )
-    expect: list[Expectation] = Field(default_factory=list, description="verdicts the study should reach")
+    expect: list[Annotated[Expectation, AfterValidator(_expectation)]] = Field(
+        default_factory=list, description="verdicts the study should reach"
+    )
 
     _name = field_validator("name")(_safe_name)
 
@@ -382,15 +435,6 @@ class StudyConfig(BaseModel):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
-        named = [name for pair in self.contrasts for name in pair]
-        named += [n for e in self.expect for n in (e.variant, e.against) if n is not None]
-        sized = [sized_name(n, s) for n in names for s in self.budget.sizes] if self.scaling else []
-        for name in named:
-            if name not in names + sized:
-                raise ValueError(f"{name!r} is not a variant{did_you_mean(name, names + sized)}")
-        for a, b in self.contrasts + [(e.variant, e.against or self.baseline or names[0]) for e in self.expect]:
-            if a == b:
-                raise ValueError(f"{a!r} is compared with itself")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be unique, got {self.seeds}")
         if self.baseline is not None and self.baseline not in names:

@@ -47,10 +47,11 @@ def _nanogpt(path: Path) -> tuple[LanguageModel, dict[str, str], int, dict[str, 
 IMPORTERS = {"strawberry": _strawberry, "nanogpt": _nanogpt}
 
 
-def import_checkpoint(tracker: Tracker, kind: str, path: Path, experiment: str) -> str:
-    """Record another trainer's checkpoint as a finished run with its model (for eval and sample);
-    its run id."""
+def import_checkpoint(uri: str, results: Path, kind: str, path: Path, experiment: str) -> str:
+    """Record another trainer's checkpoint as a finished run with its model (for eval and sample)
+    in the store at `uri`, opened once the checkpoint has been read; its run id."""
     model, params, step, reported = IMPORTERS[kind](path)
+    tracker = Tracker(uri, results)
     model = model.float()
     tags = {Tag.ROLE: Role.IMPORT, Tag.SOURCE_CHECKPOINT: str(path.resolve()), Tag.CAUSAL: str(model.causal).lower()}
     params |= {
@@ -80,11 +81,11 @@ def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: P
                 f"run {run_id} records no data it trained on: give --data (a study YAML or a token array)"
             )
         study_file = Path(client.download_artifacts(run_id, "study.yaml", str(folder)))
+        base = Path(client.get_run(run_id).data.tags.get(Tag.STUDY_DIR, "."))  # where its relative paths start
         try:
-            config = study_mod.load(study_file).config.data
+            config = study_mod.load(study_file, base_dir=base).config.data
         except AblateError as e:
             raise AblateError(f"run {run_id}'s study names data this machine cannot read ({e}); give --data") from None
-        base = Path(".")
     elif Path(data).suffix in (".yaml", ".yml"):
         config, base = study_mod.load(data).config.data, Path(data).parent
     elif Path(data).suffix in (".npy", ".bin"):

@@ -10,11 +10,9 @@ ablate's names and give nanoGPT's logits.
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ablate import checkpoints
 from ablate.errors import AblateError
-from ablate.model import LanguageModel, build_model
+from ablate.model import LanguageModel
 
 ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")  # dropout too: training only
 # a block's parameters: nanoGPT's name → ablate's, under transformer.h.N. and blocks.N.
@@ -71,14 +69,6 @@ def load_nanogpt(checkpoint: str | Path | dict[str, Any]) -> LanguageModel:
     """ablate's model with a nanoGPT checkpoint's weights (in the checkpoint's dtype, to the
     bit): `model(idx)` gives nanoGPT's logits at every position."""
     checkpoint = read_checkpoint(checkpoint)
-    try:
-        model = build_model(model_config(checkpoint["model_args"]))
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise AblateError(f"the checkpoint's model_args: {err['loc'][0]}: {err['msg']}") from None
     state = {k: v for k, v in checkpoint["model"].items() if not k.endswith(".attn.bias")}  # a causal mask buffer
-    names = weight_names(model.cfg.n_layers, model.cfg.bias)
-    state = checkpoints.renamed(state, names, model.state_dict())
-    model.to(state["embed.weight"].dtype)
-    model.load_state_dict(state)
-    return model
+    names = lambda cfg: weight_names(cfg.n_layers, cfg.bias)
+    return checkpoints.loaded(model_config(checkpoint["model_args"]), "model_args", state, names)

@@ -8,11 +8,9 @@ so its weights map one to one onto ablate's names and give the seed's logits.
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ablate import checkpoints
 from ablate.errors import AblateError
-from ablate.model import LanguageModel, build_model
+from ablate.model import LanguageModel
 
 # the seed's hyperparameter → ablate's model key (r_layer goes to the mixer's recurrence)
 HYPERPARAMS = {
@@ -74,12 +72,5 @@ def load_strawberry(checkpoint: str | Path | dict[str, Any], *, scope: str = "ba
     bit (its rotary tables stay float64, as in every model). `scope` is the published `batch`
     (which leaks across the batch), unless asked otherwise."""
     checkpoint = read_checkpoint(checkpoint)
-    try:
-        model = build_model(model_config(checkpoint["hyperparams"], scope))
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise AblateError(f"the checkpoint's hyperparams: {err['loc'][0]}: {err['msg']}") from None
-    state = checkpoints.renamed(checkpoint["model"], weight_names(model.cfg.n_layers), model.state_dict())
-    model.to(state["embed.weight"].dtype)
-    model.load_state_dict(state)
-    return model
+    config = model_config(checkpoint["hyperparams"], scope)
+    return checkpoints.loaded(config, "hyperparams", checkpoint["model"], lambda cfg: weight_names(cfg.n_layers))

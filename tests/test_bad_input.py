@@ -206,6 +206,12 @@ def _write_bad(kind: str, folder: Path) -> str:
     if kind == "binary file":
         (folder / "data.txt").write_bytes(bytes(range(256)) * 40)
         return "data.txt"
+    if kind == "one character repeated":  # BPE merges it into a handful of tokens
+        (folder / "data.txt").write_text("a" * 20000)
+        return "data.txt"
+    if kind == "a val split shorter than the context":
+        np.save(folder / "data.npy", np.arange(2000) % 512)
+        return "data.npy, split: tail, val_fraction: 0.01"
     arrays = {
         "float ids": np.linspace(0, 10, 5000),
         "negative ids": np.arange(-10, 4990),
@@ -221,6 +227,8 @@ BAD_DATA = {
     "float ids": "must hold a 1-D integer token array",
     "negative ids": "holds token ids outside [0, data.vocab_size=512)",
     "ids beyond the vocabulary": "holds token ids outside [0, data.vocab_size=512)",
+    "one character repeated": "split has",
+    "a val split shorter than the context": "the val split has 20 tokens, too few for context 32",
 }
 
 
@@ -270,3 +278,26 @@ def test_a_broken_study_database_is_said_in_words(tmp_path, capsys, own_store):
     assert err.startswith("ablate: error: the study database (--storage") and err.count("\n") == 1
     assert "file is not a database" in err and "[SQL" not in err
     assert not (results / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    "argv", [["import", "strawberry", "x.pt"], ["compare"], ["ui"]], ids=["import", "compare", "ui"]
+)
+def test_every_command_that_names_a_study_refuses_a_name_that_leaves_the_store(argv, tmp_path, capsys):
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--study", "../evil name", "--results", str(results)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "a study name is 1-100 letters" in err
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("argv", [["compare"], ["ui"], ["eval", "some-run"], ["sample", "some-run"]])
+def test_a_command_that_reads_the_store_says_in_one_line_that_there_is_none_and_creates_none(
+    argv, tmp_path, capsys, own_store
+):
+    results = tmp_path / "results"
+    assert main([*argv, "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ablate: error: no results in {results}") and err.count("\n") == 1
+    assert not results.exists()

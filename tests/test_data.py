@@ -152,6 +152,12 @@ def test_a_char_vocabulary_smaller_than_the_text_is_refused(tmp_path):
         prepare(DataConfig(source=str(tmp_path / "t.txt"), tokenizer="char", vocab_size=10), tmp_path / "cache")
 
 
+def test_a_text_of_one_character_is_refused_as_data_not_as_a_vocab_size(tmp_path):
+    (tmp_path / "t.txt").write_text("a" * 1000)
+    with pytest.raises(AblateError, match=r"^data.source: the text has 1 distinct character"):
+        prepare(DataConfig(source=str(tmp_path / "t.txt"), tokenizer="char"), tmp_path / "cache")
+
+
 def test_builds_cut_off_by_a_dead_process_are_removed_by_the_next_prepare(tmp_path):
     import os
     import socket

@@ -473,6 +473,55 @@ def test_eval_of_a_finished_trial_reproduces_its_val_loss_and_audits_it(finished
     assert "no run 'no-such-run'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [(b"", "is empty"), (b"\x01\x00\x02", "holds 3 bytes, not a whole number of uint16 tokens")],
+    ids=["empty", "odd size"],
+)
+def test_a_broken_token_file_is_one_line_for_run_and_eval(content, said, finished, tmp_path, capsys):
+    _, results, _ = finished
+    tokens = tmp_path / "tokens.bin"
+    tokens.write_bytes(content)
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    trial = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`ablate.phase` = 'final'")[
+        0
+    ]
+    evals = len(client.search_runs([trial.info.experiment_id]))
+    assert (
+        main(["eval", trial.info.run_id, "--data", str(tokens), "--results", str(results), "--tracking-uri", uri]) == 2
+    )
+    fresh = tmp_path / "results"
+    assert main(["run", str(write_study(tmp_path, TINY_STUDY)), "--data", str(tokens), "--results", str(fresh)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(said in line for line in err)
+    assert len(client.search_runs([trial.info.experiment_id])) == evals and not (fresh / "mlflow.db").exists()
+
+
+def test_eval_without_data_finds_a_relative_data_source_from_anywhere(tmp_path, capsys, monkeypatch):
+    """A study's relative data.source starts from the study's folder, for eval as for run."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "text.txt").write_text("To be, or not to be, that is the question. " * 3000)
+    one = TINY_STUDY.replace("source: stdlib", "source: text.txt").replace("seeds: [0, 1]", "seeds: [0]")
+    study = write_study(folder, one.replace("  - {name: aft, model: {mixer: aft-simple, ffn: false}}\n", ""))
+    results = tmp_path / "results"
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    assert main(["run", str(study), "--results", str(results), "--tracking-uri", uri]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    client = mlflow.MlflowClient(uri)
+    trial = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`ablate.phase` = 'final'")[
+        0
+    ]
+    capsys.readouterr()
+    assert (
+        main(["eval", trial.info.run_id, "--batches", "2", "--json", "--results", str(results), "--tracking-uri", uri])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["val_loss"] > 0
+
+
 def _subcommands():
     import argparse
 

@@ -65,3 +65,47 @@ def test_import_of_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main(["import", "strawberry", str(tmp_path / "damaged.pt"), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "lacks 'blocks.0.retain.oa.weight'" in err and len(err.strip().splitlines()) == 1
+
+
+def _nan_weights(checkpoint):
+    checkpoint["model"]["blocks.0.retain.oa.weight"][0, 0] = float("nan")
+    return checkpoint
+
+
+def _huge_vocabulary(checkpoint):
+    checkpoint["hyperparams"]["vocab_size"] = 10**9  # the weights stay small: the shapes disagree
+    return checkpoint
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda c: "hello\n", "(not a torch.save file?)"),
+        (_nan_weights, "holds NaN or inf"),
+        (_huge_vocabulary, "its hyperparameters give (1000000000,"),
+    ],
+    ids=["text file", "NaN weights", "vocabulary of 1e9"],
+)
+def test_a_checkpoint_that_is_no_model_is_one_line_and_writes_nothing(damage, said, tmp_path, capsys):
+    from ablate.cli import main
+
+    damaged = damage(seed_checkpoint(SMALL))
+    path = tmp_path / "bad.pt"
+    path.write_text(damaged) if isinstance(damaged, str) else torch.save(damaged, path)
+    assert main(["import", "strawberry", str(path), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_audit_of_non_finite_logits_is_refused_not_reported_causal():
+    import ablate
+    from ablate import audit
+    from ablate.errors import AblateError
+
+    shape = {"mixer": "mha", "vocab_size": 32, "context": 16, "d_model": 16, "n_layers": 1, "n_heads": 2}
+    model = ablate.build_model({**shape, "qkv_dim": 16, "ffn_dim": 32})
+    with torch.no_grad():
+        model.embed.weight[3, 0] = float("nan")  # one token's row: the logits of some positions only
+    with pytest.raises(AblateError, match="logits are NaN or inf"):
+        audit.model_leak(model)

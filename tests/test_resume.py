@@ -182,6 +182,18 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path,
     assert rows["mha"]["failed"] == 0 and "failed runs (diverged or out of memory): hot 1" in captured.err
 
 
+def test_compare_of_a_study_whose_every_run_failed_says_so_with_a_reason(tmp_path, capsys):
+    study = write_study(tmp_path, TINY_STUDY.replace("log_every: 5", "log_every: 5, max_loss: 0.5"))
+    results = tmp_path / "results"
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    assert main(["run", str(study), "--results", str(results), "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--results", str(results), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "every run failed (aft 2 seed(s), mha 2 seed(s)); the first reason: train loss" in err
+    assert err.count("\n") == 1
+
+
 WORKERS_STUDY = (
     TINY_STUDY.replace("steps: 30", "steps: 20")
     .replace("seeds: [0, 1]", "seeds: [0, 1, 2]")

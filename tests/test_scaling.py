@@ -77,6 +77,15 @@ def test_a_crossing_beyond_the_measured_sizes_is_flagged_with_how_far():
     assert crossing(a, Law(3.0, 20.0, 0.5), 1e5, 1e7) is None  # beyond it a stays below
 
 
+def test_a_crossing_of_a_law_fitted_to_unconverged_points_is_no_finding():
+    a, b = Law(2.0, 199.0, 0.5), Law(2.4, 20.0, 0.5)  # a real crossing, inside the measured range
+    out = fit(drawn({"a": a, "b": b}), "val_loss", [("a", "b")], replicates=50, unconverged=frozenset({"b"}))
+    assert out.crossings.iloc[0]["where"] == "NO FINDING (b not converged): within the measured range"
+    assert dict(zip(out.laws["variant"], out.laws["converged"])) == {"a": True, "b": False}
+    (note,) = scaling.convergence_notes(out)
+    assert note.startswith("b: NOT CONVERGED") and "no crossing of it is a finding" in note
+
+
 def test_laws_that_never_cross_say_so():
     row = fit(drawn({"a": Law(2.0, 60.0, 0.4), "b": Law(2.5, 60.0, 0.4)}), "val_loss", [("b", "a")], replicates=100)
     row = row.crossings.iloc[0]

@@ -47,8 +47,15 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one `--help` away); its subcommands too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ablate", description="Architecture ablations for small language models.")
+    p = Parser(prog="ablate", description="Architecture ablations for small language models.")
     p.add_argument("--version", action="version", version=f"ablate {ablate.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for group in (study, results, models):

@@ -61,6 +61,15 @@ def uri(args) -> str:
     return tracking_uri(args.results, args.tracking_uri)
 
 
+def stored(args) -> str:
+    """The store of a command that reads one: checked first, so that asking an empty folder is one
+    quick line (opening a local store that is not there would create it)."""
+    found = uri(args)
+    if found.startswith("sqlite:///") and not Path(found.removeprefix("sqlite:///")).exists():
+        raise AblateError(f"no results in {args.results} (no store {found} yet): run a study first, or give --results")
+    return found
+
+
 def store_hint(args) -> str:
     """The store flags to repeat in the hints printed after a command."""
     out = "" if str(args.results) == os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS) else f" --results {args.results}"
@@ -87,3 +96,14 @@ def positive_number(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def study_name(text: str) -> str:
+    """A study (MLflow experiment) name as `ablate run` allows it: it names a folder of the store."""
+    from ablate.config import NAME
+
+    if not NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a study name is 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return text

@@ -4,7 +4,7 @@ import json
 import sys
 from pathlib import Path
 
-from ablate.cli.common import check_writable, console, positive, store_hint, store_options, uri
+from ablate.cli.common import check_writable, console, positive, store_hint, store_options, stored, study_name, uri
 from ablate.errors import AblateError
 
 
@@ -70,7 +70,7 @@ def _import_parser(sub) -> None:
         help="the checkpoint's format: strawberry (the seed's train.py) or nanogpt (nanoGPT's ckpt.pt)",
     )
     imp.add_argument("checkpoint", type=Path, help="the checkpoint file")
-    imp.add_argument("--study", help="MLflow experiment to record it in (default: KIND-imports)")
+    imp.add_argument("--study", type=study_name, help="MLflow experiment to record it in (default: KIND-imports)")
     store_options(imp)
     imp.set_defaults(func=import_command)
 
@@ -144,15 +144,16 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def sample_command(args) -> int:
+    if args.temperature < 0:
+        raise AblateError(f"--temperature must be 0 or more, got {args.temperature}")
+    where = stored(args)
     import tempfile
 
     from ablate import sample
     from ablate.tracking import store
 
-    if args.temperature < 0:
-        raise AblateError(f"--temperature must be 0 or more, got {args.temperature}")
     with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = sample.load(store.client(uri(args)), args.run_id, Path(tmp))
+        model, tokenizer = sample.load(store.client(where), args.run_id, Path(tmp))
     prompt = sample.prompt_ids(tokenizer, args.prompt)
     if max(prompt) >= model.cfg.vocab_size or min(prompt) < 0:
         raise AblateError(f"--prompt: token ids must lie in 0..{model.cfg.vocab_size - 1}")
@@ -167,23 +168,23 @@ def sample_command(args) -> int:
 
 def import_command(args) -> int:
     from ablate import evaluate
-    from ablate.tracking.store import Tracker
 
     check_writable(args.results)
     experiment = args.study or f"{args.kind}-imports"
-    run_id = evaluate.import_checkpoint(Tracker(uri(args), args.results), args.kind, args.checkpoint, experiment)
+    run_id = evaluate.import_checkpoint(uri(args), args.results, args.kind, args.checkpoint, experiment)
     print(f"imported {args.checkpoint} as run {run_id} in experiment {experiment}")
     print(f"next: ablate eval {run_id} --data STUDY.yaml|TOKENS.bin{store_hint(args)}")
     return 0
 
 
 def eval_command(args) -> int:
+    where = stored(args)
     import tempfile
 
     from ablate import evaluate
     from ablate.tracking.store import Tracker
 
-    tracker = Tracker(uri(args), args.results)
+    tracker = Tracker(where, args.results)
     model = evaluate.load_model(tracker.client, args.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = evaluate.eval_data(

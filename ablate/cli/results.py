@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablate.cli.common import console, positive, positive_number, store_options, uri
+from ablate.cli.common import console, positive, positive_number, store_options, stored, study_name
 from ablate.errors import AblateError
 
 COMPARE_TERMS = """terms (the glossary in docs/statistics.md says more):
@@ -28,7 +28,7 @@ def _compare_parser(sub) -> None:
         epilog=COMPARE_TERMS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    compare.add_argument("--study", help="study name (default: the one that ran last)")
+    compare.add_argument("--study", type=study_name, help="study name (default: the one that ran last)")
     compare.add_argument(
         "--metric", default="val_loss", help="the logged metric to compare, e.g. val_accuracy (default: val_loss)"
     )
@@ -97,7 +97,7 @@ def _ui_parser(sub) -> None:
     ui = sub.add_parser(
         "ui", help="start the MLflow UI on the store (127.0.0.1) and print its URL, on the study, once it answers"
     )
-    ui.add_argument("--study", help="the study the URL opens on (default: the one that ran last)")
+    ui.add_argument("--study", type=study_name, help="the study the URL opens on (default: the one that ran last)")
     ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     ui.add_argument("--workers", type=positive, default=1, help="MLflow server worker processes (default 1)")
     ui.add_argument(
@@ -112,13 +112,14 @@ def _ui_parser(sub) -> None:
 
 
 def compare_command(args) -> int:
+    where = stored(args)
     from ablate import compare
     from ablate.compare import console as draw
     from ablate.compare import report, tables
     from ablate.tracking import store
     from ablate.tracking.schema import lower_is_better
 
-    lower, where = lower_is_better(args.metric, args.lower_is_better), uri(args)
+    lower = lower_is_better(args.metric, args.lower_is_better)
     if args.at and not args.scaling:
         raise AblateError("--at: give it with --scaling (it evaluates the fitted laws)")
     found = compare.gather(where, args.study, args.metric, args.baseline, lower, args.check, args.at)
@@ -155,9 +156,7 @@ def ui_command(args) -> int:
     port = args.port or ui.free_port()
     if args.optuna:
         return _optuna_ui(args, port)
-    where = uri(args)
-    if where.startswith("sqlite:///") and not Path(where.removeprefix("sqlite:///")).exists():
-        raise AblateError(f"no store at {where} yet: run a study first")
+    where = stored(args)
     client = store.client(where)
     name = args.study or store.latest_study(client)
     experiment = client.get_experiment_by_name(name)

@@ -115,7 +115,9 @@ def build(
     comparison.facts = _facts(comparison, size)
     if size is not None and lower:
         pairs = _scaling_pairs(runs, contrasts, baseline)
-        comparison.scaling = laws.fit(laws.points(runs, metric), metric, pairs, at)
+        written = runs.groupby(VARIANT)[scaled].first()
+        late = frozenset(written[v] for v in table.loc[table["converged"].eq(False), "variant"] if v in written)
+        comparison.scaling = laws.fit(laws.points(runs, metric), metric, pairs, at, unconverged=late)
     return comparison
 
 

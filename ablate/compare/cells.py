@@ -137,7 +137,7 @@ def laws(s: Scaling) -> Table:
     columns = ["variant", "x", "sizes", "points", "E [95% CI]", "A [95% CI]", "α [95% CI]", "rmse"]
     rows = [
         [
-            r.variant,
+            r.variant if r.converged else f"{r.variant} (NOT CONVERGED)",
             AXES[r.axis],
             str(r.sizes),
             str(r.points),

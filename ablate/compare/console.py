@@ -38,7 +38,7 @@ def print_scaling(c: Comparison, console: Console) -> None:
     """A scaling study's fitted laws, the crossings of its pairs and any predictions asked for."""
     s = c.scaling
     console.print(_table(f"{c.study}: {s.metric} = E + A·x^(−α), fitted per variant", cells.laws(s)))
-    for note in scaling.bound_notes(s):
+    for note in scaling.convergence_notes(s) + scaling.bound_notes(s):
         print(note)
     if len(s.crossings):
         console.print(_table(f"{c.study}: where the fitted laws cross", cells.crossings(s)))

@@ -255,7 +255,8 @@ def _sections(c: Comparison, ui: str | None) -> list[tuple[str, cells.Table, str
     variants = ([columns[i] for i in keep] + ["runs"], [[r[i] for i in keep] + [links[r[0]]] for r in rows])
     sections = []
     if c.scaling is not None:
-        bounds = " ".join(["fitted per variant; 95% bootstrap intervals over seeds.", *scaling.bound_notes(c.scaling)])
+        notes = scaling.convergence_notes(c.scaling) + scaling.bound_notes(c.scaling)
+        bounds = " ".join(["fitted per variant; 95% bootstrap intervals over seeds.", *notes])
         sections += [("Scaling laws", cells.laws(c.scaling), bounds)]
         sections += [("Where the laws cross", cells.crossings(c.scaling), "EXTRAPOLATED: beyond the measured sizes")]
         if len(c.scaling.predictions):

@@ -33,9 +33,15 @@ def study_runs(uri: str, study: str | None) -> tuple[StudyRecord, pd.DataFrame, 
     if not runs.empty:
         runs = runs[store.final_trials(runs)]
     finished = runs[runs["status"] == "FINISHED"] if not runs.empty else runs
+    failed = failures(runs)
+    if finished.empty and failed:
+        counts = ", ".join(f"{variant} {n} seed(s)" for variant, n in failed.items())
+        reasons = runs.get(tag_column(Tag.FAILURE), pd.Series(dtype=str)).dropna()
+        why = f"; the first reason: {reasons.iloc[0]}" if len(reasons) else ""
+        raise AblateError(f"study {name!r}: every run failed ({counts}){why}")
     if finished.empty:
         raise AblateError(f"study {name!r} has no finished runs yet")
-    return record, finished, failures(runs)
+    return record, finished, failed
 
 
 def failures(runs: pd.DataFrame) -> dict[str, int]:

@@ -126,9 +126,11 @@ def fit(
     at: list[float] = (),
     replicates: int = BOOTSTRAP,
     seed: int = 0,
+    unconverged: frozenset[str] = frozenset(),
 ) -> Scaling:
     """Laws per variant on both axes, the crossing of each pair, and each law at the sizes `at`
-    (non-embedding parameters)."""
+    (non-embedding parameters). The laws of `unconverged` variants (some size did not converge)
+    are marked so, and a crossing of such a law is no finding."""
     drawn = resamples(pts, replicates, seed)
     laws, fitted, boot = [], {}, {}
     variants, losses = pts["variant"].to_numpy(), pts["loss"].to_numpy()
@@ -139,10 +141,10 @@ def fit(
             mine = (rows[variants[rows] == variant] for rows in drawn)
             reps = [r for r in (fit_law(xs[rows], losses[rows]) for rows in mine) if r is not None]
             fitted[variant, axis], boot[variant, axis] = law, reps
-            laws.append(_law_row(variant, axis, own, law, reps))
+            laws.append(_law_row(variant, axis, own, law, reps) | {"converged": variant not in unconverged})
     ranges = {(v, axis): (own[axis].min(), own[axis].max()) for v, own in pts.groupby("variant") for axis in AXES}
     crossings = pd.DataFrame(
-        [_crossing(a, b, axis, fitted, boot, ranges) for axis in AXES for a, b in pairs],
+        [_judged(_crossing(a, b, axis, fitted, boot, ranges), unconverged) for axis in AXES for a, b in pairs],
         columns=["axis", "variant", "against", "at", "ci_low", "ci_high", "share", "lower_beyond", "where"],
     )
     predictions = pd.DataFrame(
@@ -176,6 +178,24 @@ def bound_notes(s: Scaling) -> list[str]:
         for r in s.laws.itertuples(index=False)
         if r.E_on_bound
     ]
+
+
+def convergence_notes(s: Scaling) -> list[str]:
+    """A line for each variant whose law is fitted to points that did not converge."""
+    unconverged = s.laws.loc[~s.laws["converged"], "variant"].unique()
+    return [
+        f"{v}: NOT CONVERGED at some size (see its rows in the table); its law describes learning speed at this "
+        "budget, not how loss scales, and no crossing of it is a finding"
+        for v in unconverged
+    ]
+
+
+def _judged(row: dict, unconverged: frozenset[str]) -> dict:
+    """A crossing row, marked no finding where either law is fitted to unconverged points."""
+    late = [v for v in (row["variant"], row["against"]) if v in unconverged]
+    if not late:
+        return row
+    return row | {"where": f"NO FINDING ({', '.join(late)} not converged): {row['where']}"}
 
 
 def crossing(f: Law, g: Law, lo: float, hi: float) -> float | None:

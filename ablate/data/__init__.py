@@ -23,6 +23,9 @@ class DataSource(Protocol):
 
     def describe(self) -> str: ...
 
+    def check_context(self, context: int) -> None:
+        """Refuse (AblateError) a context the data cannot fill."""
+
     def batches(self, context: int, batch_size: int, seed: int, device=None) -> Iterator[Batch]:
         """Training batches, an endless stream whose order the seed fixes."""
 

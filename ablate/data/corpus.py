@@ -28,7 +28,7 @@ from ablate.config import DataConfig
 from ablate.data import tokenize
 from ablate.data.meta import DataMeta
 from ablate.data.tokenize import token_dtype
-from ablate.errors import AblateError, full_disk
+from ablate.errors import AblateError, first_line, full_disk
 
 CACHE_VERSION = 2
 BUILDING = ".building-"  # + owner + "-" + random: a cache entry being written
@@ -56,6 +56,15 @@ class Corpus:
             f"vocab {m.vocab_size}, fingerprint {m.fingerprint}; tokenizer and splits "
             f"{'built' if self.built else 'loaded from cache'} (build took {m.build_s:.1f}s)"
         )
+
+    def check_context(self, context: int) -> None:
+        """Both splits hold a window of context + 1 tokens: checked before any store is written."""
+        for name, tokens in (("train", self.train), ("val", self.val)):
+            if tokens.size <= context + 1:
+                raise AblateError(
+                    f"data.source: the {name} split has {tokens.size:,} tokens, too few for context {context} "
+                    "(more text, or a larger val_fraction)"
+                )
 
     def batches(self, context: int, batch_size: int, seed: int, device=None) -> "Batches":
         return Batches(self.train, context, batch_size, seed, device)
@@ -140,7 +149,10 @@ def vocab_size(cfg: DataConfig, files: list[Path], docs: list[str] | None = None
     if cfg.vocab_size is not None:
         return cfg.vocab_size
     if cfg.tokenizer == "char":
-        return len(tokenize.characters(docs if docs is not None else _read_documents(files, cfg.max_bytes)))
+        found = len(tokenize.characters(docs if docs is not None else _read_documents(files, cfg.max_bytes)))
+        if found < 2:
+            raise AblateError(f"data.source: the text has {found} distinct character(s); nothing to predict")
+        return found
     return 256 if cfg.tokenizer == "byte" else 8192
 
 
@@ -249,7 +261,15 @@ def _read_documents(files: list[Path], max_bytes: int | None) -> list[str]:
 
 
 def _load_token_array(path: Path, vocab_size: int, key: str = "source") -> np.ndarray:
-    tokens = np.load(path, mmap_mode="r") if path.suffix == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
+    size = path.stat().st_size
+    if size == 0:
+        raise AblateError(f"data.{key}: {path} is empty")
+    if path.suffix == ".bin" and size % 2:
+        raise AblateError(f"data.{key}: {path} holds {size:,} bytes, not a whole number of uint16 tokens")
+    try:
+        tokens = np.load(path, mmap_mode="r") if path.suffix == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
+    except (ValueError, EOFError, OSError) as e:
+        raise AblateError(f"data.{key}: {path} is not a readable .npy array: {first_line(e)}") from None
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise AblateError(f"data.{key}: {path} must hold a 1-D integer token array")
     if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):

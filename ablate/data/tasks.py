@@ -298,6 +298,9 @@ class TaskData:
             f"vocab {self.cfg.vocab}, fingerprint {self.meta.fingerprint}"
         )
 
+    def check_context(self, context: int) -> None:
+        """Nothing to check: the plan fits every model's context to the task's seq_len."""
+
     def val_examples(self) -> tuple[torch.Tensor, torch.Tensor]:
         return generate(self.cfg, np.random.default_rng([self.cfg.seed, 3]), self.cfg.n_val)
 

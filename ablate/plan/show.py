@@ -12,7 +12,7 @@ def print_plan(study: Study, console) -> None:
     )
     table = Table(title=title)
     columns = ("variant", "seed", "mixer", "layers", "d_model", "heads", "qkv", "ffn", "params", "non-emb")
-    for col in columns + ("FLOPs/token", "state"):
+    for col in columns + ("FLOPs/token", "state", "steps", "tokens"):
         table.add_column(col, justify="left" if col in ("variant", "mixer") else "right", no_wrap=True)
     for t in study.trials:
         m = t.model
@@ -29,10 +29,13 @@ def print_plan(study: Study, console) -> None:
             f"{t.n_params_non_embedding:,}",
             f"{t.flops_per_token:,.0f}",
             "-" if t.state_size is None else f"{t.state_size:,}",
+            f"{t.train.steps:,}",
+            f"{t.train.steps * t.train.batch_size * m.context:,}",
         )
     console.print(table)
     print("FLOPs/token: forward pass, matrix products counted by torch plus each mixer's declared element-wise work")
     print("state: numbers per sequence a decoder carries between tokens ('-': grows with the sequence)")
+    print("tokens: what the trial trains on (steps × batch × context)")
     backbones = {t.variant: t.model for t in study.trials}
     for variant, model in backbones.items():
         switches = ", ".join(f"{k} {v}" for k, v in model.switches().items())

@@ -123,13 +123,17 @@ def smoke(config: StudyConfig) -> StudyConfig:
     )
 
 
-def load(path: str | Path, smoke_form: bool = False, data_source: str | None = None) -> Study:
+def load(
+    path: str | Path, smoke_form: bool = False, data_source: str | None = None, base_dir: Path | None = None
+) -> Study:
     """Read, validate and plan a study; every problem is an AblateError naming file, line and key.
 
     With smoke_form, plan its smoke form (see `smoke`) once the study itself has validated.
     data_source replaces the study's `data.source` (a path from the working directory).
+    base_dir: where relative data paths start (default: the study's folder; a copy's is its original's).
     """
     path = Path(path)
+    base_dir = path.parent if base_dir is None else base_dir
     try:
         text = path.read_text()
     except OSError as e:
@@ -153,7 +157,7 @@ def load(path: str | Path, smoke_form: bool = False, data_source: str | None = N
             raise AblateError(f"{lines.at(where)}: {'.'.join(where)}: {e}") from None
     else:
         try:
-            vocab = data_vocab_size(config.data, source_files(config.data, path.parent))
+            vocab = data_vocab_size(config.data, source_files(config.data, base_dir))
         except AblateError as e:
             key = str(e).split(":")[0].removeprefix("data.")  # errors name their key: data.source, data.val, ...
             raise AblateError(f"{lines.at(('data', key))}: {e}") from None

@@ -70,6 +70,7 @@ def prepare(study: Study, stores: Stores, console) -> PreparedStudy:
     )
     data = open_source(study.config.data, stores.results / "cache", study.path.parent)
     console.print(data.describe())
+    data.check_context(max(t.model.context for t in study.trials))
 
     stores.results.mkdir(parents=True, exist_ok=True)
     fresh = stores.uri.startswith("sqlite:///") and not Path(stores.uri.removeprefix("sqlite:///")).exists()

@@ -80,6 +80,7 @@ def trial_tags(study: "Study", trial: "Trial", meta: "DataMeta", causal: bool, l
         Tag.SEED: str(trial.seed),
         Tag.TRIAL_KEY: trial.key(study.config.data),
         Tag.DATA_FINGERPRINT: meta.fingerprint,
+        Tag.STUDY_DIR: str(study.path.parent.resolve()),
         Tag.PYTHON_VERSION: meta.python_version,
         Tag.CAUSAL: str(causal).lower(),
         Tag.MAX_LEAK: f"{leak:.3e}",

@@ -21,6 +21,7 @@ class Tag:
     CAUSAL = "ablate.causal"
     MAX_LEAK = "ablate.max_leak"
     DATA_FINGERPRINT = "ablate.data_fingerprint"
+    STUDY_DIR = "ablate.study_dir"  # the folder a study's relative data paths start from (for ablate eval)
     PYTHON_VERSION = "ablate.python_version"
     SCALED = "ablate.scaled"  # in a scaling study: the variant as written (the run's is NAME@SIZE)
     SIZE = "ablate.size"  # ... and the budget's size it was solved at
