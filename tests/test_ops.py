@@ -1,0 +1,156 @@
+"""Every op of `ablate.nn.ops` against its paper's recurrence, written out here step by step in
+float64 (one sequence, one head, one token at a time): the chunked and the recurrent form agree
+with it to 1e-10, across chunk boundaries, from an initial state and to the final state. Each
+reference has a mutation (a decay one step late, a write without its correction, ...) that the
+ops must not match: the comparison can fail."""
+
+import math
+
+import pytest
+import torch
+
+from ablate.nn import ops
+
+B, T, H, K, V = 2, 13, 2, 4, 3
+TOL = 1e-10
+
+
+def draw(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, T, H, K, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
+    head_decay = -torch.rand(B, T, H, generator=g, dtype=torch.float64)  # log decays in (-1, 0]
+    channel_decay = -torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
+    beta = torch.rand(B, T, H, generator=g, dtype=torch.float64)
+    state = torch.randn(B, H, K, V, generator=g, dtype=torch.float64)
+    return q, k, v, head_decay, channel_decay, beta, state
+
+
+def each_head(step, q, k, v, *per_step, state=None, width=V):
+    """Run `step(S, q_t, k_t, v_t, *x_t) -> (S, o_t)` over every sequence and head, token by token
+    (S: K × width)."""
+    out = torch.zeros(B, T, H, V, dtype=torch.float64)
+    final = []
+    for b in range(B):
+        for h in range(H):
+            S = torch.zeros(K, width, dtype=torch.float64) if state is None else state[b, h].clone()
+            for t in range(T):
+                S, out[b, t, h] = step(S, q[b, t, h], k[b, t, h], v[b, t, h], *(x[b, t, h] for x in per_step))
+            final.append(S)
+    return out, torch.stack(final).view(B, H, *final[0].shape)
+
+
+def gla_step(scale, late=False):
+    def step(S, q, k, v, g):
+        decay = g.exp()[:, None] if g.dim() else g.exp()
+        S = S + torch.outer(k, v) if late else decay * S + torch.outer(k, v)
+        S = decay * S if late else S  # the mutation: the decay applied after the write
+        return S, scale * q @ S
+
+    return step
+
+
+def delta_step(scale, late=False, uncorrected=False):
+    def step(S, q, k, v, g, beta):
+        S = S if late else g.exp() * S
+        error = v if uncorrected else v - k @ S
+        S = S + beta * torch.outer(k, error)
+        S = g.exp() * S if late else S
+        return S, scale * q @ S
+
+    return step
+
+
+def close(a, b):
+    return (a - b).abs().max().item() < TOL
+
+
+@pytest.mark.parametrize("chunk_size", [4, 64])
+def test_gated_linear_attention_per_channel_and_per_head(chunk_size):
+    q, k, v, head_g, channel_g, _, state = draw()
+    scale = K**-0.5
+    for g, chunk, recurrent in [
+        (channel_g, ops.chunk_gla, ops.recurrent_gla),
+        (head_g, ops.chunk_simple_gla, ops.recurrent_simple_gla),
+    ]:
+        want, want_state = each_head(gla_step(scale), q, k, v, g, state=state)
+        wrong, _ = each_head(gla_step(scale, late=True), q, k, v, g, state=state)
+        kwargs = {"initial_state": state, "output_final_state": True}
+        got, got_state = chunk(q, k, v, g, chunk_size=chunk_size, **kwargs)
+        stepped, stepped_state = recurrent(q, k, v, g, **kwargs)
+        assert close(got, want) and close(got_state, want_state)
+        assert close(stepped, want) and close(stepped_state, want_state)
+        assert not close(got, wrong)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 64])
+def test_delta_rule_and_gated_delta_rule(chunk_size):
+    q, k, v, head_g, _, beta, state = draw(1)
+    k = torch.nn.functional.normalize(k, dim=-1)  # as DeltaNet feeds it: the update then contracts
+    scale = K**-0.5
+    for g, chunk, recurrent in [
+        (head_g, ops.chunk_gated_delta_rule, ops.recurrent_gated_delta_rule),
+        (torch.zeros_like(head_g), None, None),
+    ]:
+        want, want_state = each_head(delta_step(scale), q, k, v, g, beta, state=state)
+        kwargs = {"initial_state": state, "output_final_state": True}
+        if chunk is None:  # the ungated rule: g = 0
+            got, got_state = ops.chunk_delta_rule(q, k, v, beta, chunk_size=chunk_size, **kwargs)
+            stepped, stepped_state = ops.recurrent_delta_rule(q, k, v, beta, **kwargs)
+            wrong, _ = each_head(delta_step(scale, uncorrected=True), q, k, v, g, beta, state=state)
+        else:
+            got, got_state = chunk(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
+            stepped, stepped_state = recurrent(q, k, v, g, beta, **kwargs)
+            wrong, _ = each_head(delta_step(scale, late=True), q, k, v, g, beta, state=state)
+        assert close(got, want) and close(got_state, want_state)
+        assert close(stepped, want) and close(stepped_state, want_state)
+        assert not close(got, wrong)
+
+
+def test_linear_attention_normalised_and_not():
+    q, k, v, *_ = draw(2)
+    q, k = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1  # positive features
+
+    def normalised(S, q, k, v):  # S holds Σ kᵀv and, as its last column, Σ k
+        S = S + torch.outer(k, torch.cat([v, torch.ones(1, dtype=v.dtype)]))
+        return S, (q @ S[:, :-1]) / (q @ S[:, -1])
+
+    want, want_state = each_head(normalised, q, k, v, width=V + 1)
+    got, got_state = ops.chunk_linear_attn(q, k, v, output_final_state=True, chunk_size=4)
+    stepped, _ = ops.recurrent_linear_attn(q, k, v)
+    assert close(got, want) and close(stepped, want) and close(got_state, want_state)
+    plain, _ = ops.chunk_linear_attn(q, k, v, normalize=False, chunk_size=4)
+    assert not close(plain, want)  # the mutation: no normaliser
+    want_plain, _ = each_head(gla_step(K**-0.5), q, k, v, torch.zeros(B, T, H, dtype=torch.float64))
+    assert close(plain, want_plain)
+
+
+def test_based_parallel_and_recurrent_are_the_taylor_attention():
+    q, k, v, *_ = draw(3)
+    scale = K**-0.5
+    want = torch.zeros(B, T, H, V, dtype=torch.float64)
+    wrong = torch.zeros_like(want)
+    for b in range(B):
+        for h in range(H):
+            for t in range(T):
+                s = scale * k[b, : t + 1, h] @ q[b, t, h]
+                weights = 1 + s + s * s / 2
+                want[b, t, h] = weights @ v[b, : t + 1, h] / weights.sum()
+                first_order = 1 + s  # the mutation: the Taylor series cut one term short
+                wrong[b, t, h] = first_order @ v[b, : t + 1, h] / first_order.sum()
+    got, _ = ops.parallel_based(q, k, v)
+    stepped, state = ops.recurrent_based(q, k, v, output_final_state=True)
+    assert close(got, want) and close(stepped, want) and not close(got, wrong)
+    assert state.shape == (B, H, 1 + K + K * K, V + 1)
+
+
+def test_strong_decays_stay_finite_in_long_chunks():
+    """A decay of e^-30 per step over a chunk of 64: every factor the chunked form uses is a decay."""
+    q, k, v, head_g, channel_g, beta, _ = draw(4)
+    for o, _ in [
+        ops.chunk_simple_gla(q.float(), k.float(), v.float(), 30 * head_g.float()),
+        ops.chunk_gla(q.float(), k.float(), v.float(), 30 * channel_g.float(), chunk_size=64),
+        ops.chunk_gated_delta_rule(q.float(), k.float(), v.float(), 30 * head_g.float(), beta.float()),
+    ]:
+        assert torch.isfinite(o).all()
+    assert math.isfinite(ops.chunk_simple_gla(q, k, v, -1e4 * torch.ones_like(head_g))[0].abs().max().item())
