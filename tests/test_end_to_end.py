@@ -194,7 +194,7 @@ ABLATE_WITH_CTRL_C = [
 )
 def test_ctrl_c_or_sigterm_marks_the_runs_killed_hands_the_claims_back_and_a_rerun_finishes(tmp_path, sig, code, said):
     """SIGTERM (what schedulers, `timeout` and systemd send) ends a study as Ctrl-C does."""
-    study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 400"))
+    study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 250"))
     proc = subprocess.Popen(
         [*ABLATE_WITH_CTRL_C, "run", str(study), "--results", str(tmp_path / "results")],
         stdout=subprocess.PIPE,
@@ -225,7 +225,7 @@ def test_ctrl_c_or_sigterm_marks_the_runs_killed_hands_the_claims_back_and_a_rer
     assert len({(r.data.tags["ablate.variant"], r.data.tags["ablate.seed"]) for r in trials}) == len(trials) == 4
     for r in trials:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
-        assert len(steps) == len(set(steps)) and max(steps) == 400
+        assert len(steps) == len(set(steps)) and max(steps) == 250
 
 
 def test_stopped_just_after_taking_a_claim_the_unit_is_handed_back(tmp_path, capsys, monkeypatch):

@@ -74,6 +74,7 @@ def run_study(
         if workers == 1:
             work(prepared, console)
         else:
+            prepared.tracking.result()  # the store set up here, before the workers wait on it
             spawn(spec, workers, console)
     except KeyboardInterrupt as stop:
         _end_parents(prepared, Status.KILLED)
