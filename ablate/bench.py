@@ -139,7 +139,7 @@ def targets(study: Path | None, names: list[str], overrides: dict[str, Any], tra
         if unknown:
             raise AblateError(f"--variant {unknown[0]!r} is not a variant of {planned.name}: {', '.join(first)}")
         names = names or list(dict.fromkeys(t.variant for t in planned.trials))
-        chosen = [(n, first[n].model.model_dump(), first[n].train.model_dump()) for n in names]
+        chosen = [(n, first[n].model.model_dump(), first[n].train.model_dump(exclude_unset=True)) for n in names]
     else:
         chosen = [(n, {"mixer": n}, {}) for n in names or DEFAULT_VARIANTS]
     out = []
@@ -186,7 +186,7 @@ def measure(
 ) -> dict[str, Any]:
     """Train `warmup` steps, then time `steps` more; one result row. With `barrier`, wait on it
     between the two, so that parallel copies time the same stretch of wall clock."""
-    cfg = TrainConfig(**{**train.model_dump(), "steps": warmup + steps, "warmup": 0})
+    cfg = TrainConfig(**{**train.model_dump(exclude_unset=True), "steps": warmup + steps, "warmup": 0})
     seed_everything(0)
     built = build_model(model)
     corpus = _random_tokens(built.cfg.vocab_size, built.cfg.context, cfg.batch_size, cfg.eval_batches)

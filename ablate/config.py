@@ -54,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # a study's backbone where its model section names no preset (ModelConfig's own defaults, which
 # saved models load with, stay the seed's); chosen by measurement, see docs/backbones.md
-DEFAULT_PRESET = "strawberry"
+DEFAULT_PRESET = "modern"
 # switches added after the first studies ran: left out of a trial's key at their defaults, so that a
 # study of the seed's backbone keeps its keys (and resumes) across their arrival
 LATER_SWITCHES = ("pos", "norm", "norm_bias", "tie_embeddings", "bias", "dropout", "qk_norm")

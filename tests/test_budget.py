@@ -49,10 +49,10 @@ def test_an_unreachable_budget_names_the_variant_and_the_closest_count(tmp_path)
         tmp_path,
         """\
         name: tight
-        model: {context: 32, d_model: 32, n_layers: 2, n_heads: 2, qkv_dim: 32, ffn_dim: 64}
+        model: {preset: strawberry, context: 32, d_model: 32, n_layers: 2, n_heads: 2, qkv_dim: 32, ffn_dim: 64}
         variants:
           - {name: wide, model: {mixer: mha}, scale: n_layers}
-        budget: {params: 1000000, tolerance: 0.001}
+        budget: {params: 150000, tolerance: 0.001}
         """,
     )
     model = ModelConfig(mixer="mha", context=32, d_model=32, n_layers=2, n_heads=2, qkv_dim=32, ffn_dim=64)
@@ -60,14 +60,14 @@ def test_an_unreachable_budget_names_the_variant_and_the_closest_count(tmp_path)
         study_mod.load(path)
     message = str(error.value)
     assert "variant 'wide'" in message
-    assert "cannot reach 1,000,000 non-embedding parameters within 0.1% by scaling n_layers and ffn_dim" in message
+    assert "cannot reach 150,000 non-embedding parameters within 0.1% by scaling n_layers and ffn_dim" in message
     # the closest count it names is one that really exists
     closest = int(message.split("the closest reachable is ")[1].split(" ")[0].replace(",", ""))
     layers = int(message.split("n_layers=")[1].split(",")[0])
     ffn_dim = int(message.split("ffn_dim=")[1].rstrip(")"))
     shape = model.model_copy(update={"n_layers": layers, "ffn_dim": ffn_dim})
     assert build_model(shape).n_params(non_embedding=True) == closest
-    assert abs(closest - 1_000_000) / 1_000_000 > 0.001
+    assert abs(closest - 150_000) / 150_000 > 0.001
 
 
 def test_flops_per_token_is_twice_the_matmul_weights_plus_declared_work():

@@ -113,7 +113,7 @@ def test_fewer_than_three_sizes_give_no_law():
 SCALING = """\
 name: scal
 data: {source: stdlib, vocab_size: 512, max_bytes: 300000}
-model: {context: 32, d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, ffn_dim: 128}
+model: {preset: strawberry, context: 32, d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, ffn_dim: 128}
 train: {steps: 30, batch_size: 8, warmup: 5, eval_every: 15, eval_batches: 2, log_every: 5}
 budget: {params: [8000, 16000, 32000], tolerance: 0.03}
 variants:

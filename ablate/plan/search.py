@@ -95,12 +95,14 @@ class SearchConfig(BaseModel):
 def search_train(search: SearchConfig, base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     """A search trial's train settings: the variant's, the sampled values, the shorter budget."""
     steps = search.search_steps
-    return TrainConfig(**{**base.model_dump(), **params, "steps": steps, "eval_every": min(base.eval_every, steps)})
+    return TrainConfig(
+        **{**base.model_dump(exclude_unset=True), **params, "steps": steps, "eval_every": min(base.eval_every, steps)}
+    )
 
 
 def with_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     """The final trials' settings: the variant's, with the search's best values."""
-    return TrainConfig(**{**base.model_dump(), **params})
+    return TrainConfig(**{**base.model_dump(exclude_unset=True), **params})
 
 
 def check_space(search: SearchConfig, base: TrainConfig) -> None:
