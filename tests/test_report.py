@@ -118,3 +118,12 @@ def test_the_terminal_table_fits_120_columns_one_line_a_row_and_wide_shows_every
     console.print_comparison(c, Console(file=wide, width=400), wide=True)
     for column in ("failed", "std", "median", "MDE", "test", "effect", "causal"):
         assert column in wide.getvalue()
+
+
+def test_a_study_of_state_sizes_plots_its_metric_against_them(tmp_path):
+    c = study(metric="val_accuracy")
+    assert report.plot_state(c, tmp_path / "none.png") is None  # no family with two state sizes
+    sizes = {"mha": "None", "mha-no-ffn": "None", "aft": "96", "aft-no-ffn": "384"}
+    c.runs["params.state_size"] = c.runs["tags.ablate.variant"].map(sizes)
+    names = [p.name for p in report.write(c, tmp_path)]
+    assert "val_accuracy_by_state.png" in names

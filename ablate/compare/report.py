@@ -127,6 +127,36 @@ def plot_intervals(c: Comparison, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_state(c: Comparison, path: Path) -> Path | None:
+    """The metric against each model's recurrent state (numbers per sequence a decoder carries,
+    log scale), one line per family through its variants, each seed a dot: Zoology's and Based's
+    recall-against-state figure. A family whose state grows with the sequence (softmax
+    attention) is a dashed line at its best mean. None unless some family has two state sizes."""
+    column, metric = param_column(Param.STATE_SIZE), metric_column(c.metric)
+    if column not in c.runs:
+        return None
+    runs = c.runs.assign(state=pd.to_numeric(c.runs[column], errors="coerce"))  # "None": grows
+    grouped = {f: runs[runs[VARIANT].isin(vs)] for f, vs in families(c).items()}
+    if not any(rows["state"].nunique() >= 2 for rows in grouped.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for family, rows in grouped.items():
+        if rows["state"].isna().all():
+            means = rows.groupby(VARIANT)[metric].mean()
+            best = means.min() if c.lower else means.max()
+            ax.axhline(best, linestyle="--", color="grey", label=f"{family} (state grows with the sequence)")
+            continue
+        means = rows.groupby("state")[metric].mean().sort_index()
+        (line,) = ax.plot(means.index, means.values, marker="o", label=family)
+        ax.scatter(rows["state"], rows[metric], s=10, color=line.get_color(), alpha=0.5)
+    ax.set_xscale("log")
+    ax.set(xlabel="recurrent state (numbers per sequence)", ylabel=f"{c.metric}: each seed and the mean")
+    ax.set_title(f"{c.metric} against state size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    return _save(fig, path)
+
+
 def plot_curves(c: Comparison, metric: str, path: Path) -> Path:
     """One panel per family: each variant's metric at every eval, mean over seeds, with a band
     from the lowest to the highest seed."""
@@ -193,6 +223,8 @@ def write(c: Comparison, folder: Path, ui: str | None = None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     answer = plot_contrasts(c, folder / f"{c.metric}_contrasts.png")
     images = [plot_intervals(c, folder / f"{c.metric}_intervals.png")]
+    if (state := plot_state(c, folder / f"{c.metric}_by_state.png")) is not None:
+        images.append(state)
     if c.scaling is not None:  # a scaling study's answer is its laws: first
         answer, images = plot_scaling(c, folder / f"{c.metric}_scaling.png"), [p for p in (answer, *images) if p]
     for metric, history in c.curves.items():  # the compared metric's, then val_loss's where that is another

@@ -1,0 +1,88 @@
+"""deltanet and gated-deltanet: the delta rule (Schlag et al. 2021, arXiv:2102.11174; chunked as
+in Yang et al. 2024, arXiv:2406.06484) and Gated DeltaNet (Yang et al. 2024, arXiv:2412.06464).
+
+Per head, q and k swish-activated and L2-normalised, v swish-activated, a write strength
+β_t = sigmoid(W_β x_t) and, gated, a decay α_t = exp(−exp(A) · softplus(W_α x_t + b)):
+    S_t = α_t (I − β_t k_tᵀ k_t) S_{t-1} + β_t k_tᵀ v_t        o_t = q_t S_t / √d
+(the state's answer for k_t moves towards v_t by β_t: an error-correcting write); then
+y_t = W_out rms_norm(o_t), times swish(W_g x_t) in the gated form. A state of d × d per head.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn.layers import rms_norm
+from ablate.nn.ops import chunk_delta_rule, chunk_gated_delta_rule
+
+
+@register("deltanet")
+class DeltaNet(Mixer):
+    """The delta rule (Schlag et al. 2021; Yang et al. 2024): L2-normalised keys, a write strength β per token."""
+
+    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64):
+        super().__init__()
+        check_int(chunk_size, f"{self.name} chunk_size")
+        self.n_heads, self.chunk_size = cfg.n_heads, chunk_size
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
+        self.beta = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
+        self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v as (B, T, H, d) and β as (B, T, H)."""
+        B, T, _ = x.shape
+        q, k, v = F.silu(self.qkv(x)).view(B, T, 3, self.n_heads, -1).unbind(2)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, torch.sigmoid(self.beta(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        o, _ = chunk_delta_rule(*self.heads(x), chunk_size=self.chunk_size)
+        return self.out(rms_norm(o).reshape(B, T, -1))
+
+    def elementwise_flops(self, T):
+        """swish on q, k, v (4 each per element), two L2 norms (4), β's sigmoid, the chunk's causal
+        masks and triangular solve (one multiply-add per pair of a chunk's steps per channel), the
+        head norm (5)."""
+        C, L = self.out.in_features, min(self.chunk_size, T)
+        return 12 * C + 8 * C + 4 * self.n_heads + C * L + 5 * C
+
+    def state_size(self):
+        C = self.out.in_features
+        return C * (C // self.n_heads)
+
+
+@register("gated-deltanet")
+class GatedDeltaNet(DeltaNet):
+    """Gated DeltaNet (Yang et al. 2024): the delta rule with a decay per head set by the input, and an output gate."""
+
+    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64):
+        super().__init__(cfg, layer_idx, chunk_size=chunk_size)
+        self.alpha = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
+        self.A_log = nn.Parameter(torch.zeros(cfg.n_heads))
+        self.dt_bias = nn.Parameter(torch.zeros(cfg.n_heads))
+        self.out_gate = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
+
+    def reset_parameters(self) -> None:
+        """Decay rates spread over the heads, as Mamba-2 starts them: A from 1 to 16 and a step
+        size from 0.001 to 0.1 (geometric), with no random draw."""
+        H = self.A_log.numel()
+        with torch.no_grad():
+            self.A_log.copy_(torch.linspace(1, 16, H).log())
+            dt = torch.exp(torch.linspace(math.log(1e-3), math.log(0.1), H))
+            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v, beta = self.heads(x)
+        g = -self.A_log.exp() * F.softplus(self.alpha(x) + self.dt_bias)
+        o, _ = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size)
+        return self.out(rms_norm(o).reshape(B, T, -1) * F.silu(self.out_gate(x)))
+
+    def elementwise_flops(self, T):
+        """The delta rule's, plus the decay (softplus and scale, 6 per head, and the chunk's decay
+        ratios, 2 per pair of steps per head) and the swish gate (5 and its product)."""
+        L = min(self.chunk_size, T)
+        return super().elementwise_flops(T) + self.n_heads * (6 + 2 * L) + 6 * self.out.in_features

@@ -1,0 +1,52 @@
+"""gla: gated linear attention (Yang et al. 2023, arXiv:2312.06635).
+
+Per head, a decay per key channel that the input sets, through a low-rank gate:
+    α_t = exp(logsigmoid(W_up W_down x_t + b) / 16)        (16: GLA's gate normaliser)
+    S_t = diag(α_t) S_{t-1} + k_tᵀ v_t                     o_t = q_t S_t / √d
+    y_t = W_out (rms_norm(o_t) ⊙ swish(W_g x_t))           (norm per head)
+A state of d × d per head.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn.layers import rms_norm
+from ablate.nn.ops import chunk_gla
+
+GATE_NORMALIZER = 16.0  # the decay's log is logsigmoid / 16: close to 1, as GLA starts it
+
+
+@register("gla")
+class GatedLinearAttention(Mixer):
+    """Gated linear attention (Yang et al. 2023): a per-channel decay set by the input through a low-rank gate."""
+
+    def __init__(self, cfg, layer_idx, *, gate_rank: int = 16, chunk_size: int = 16):
+        super().__init__()
+        check_int(gate_rank, "gla gate_rank")
+        check_int(chunk_size, "gla chunk_size")
+        self.n_heads, self.chunk_size = cfg.n_heads, chunk_size
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
+        self.gate_down = nn.Linear(cfg.d_model, gate_rank, bias=False)
+        self.gate_up = nn.Linear(gate_rank, cfg.qkv_dim, bias=True)
+        self.out_gate = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
+        self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).unbind(2)
+        g = F.logsigmoid(self.gate_up(self.gate_down(x))).view(B, T, self.n_heads, -1) / GATE_NORMALIZER
+        o, _ = chunk_gla(q, k, v, g, chunk_size=self.chunk_size)
+        return self.out(rms_norm(o).reshape(B, T, -1) * F.silu(self.out_gate(x)))
+
+    def elementwise_flops(self, T):
+        """The gate (logsigmoid and scale, 5 per channel), each chunk's decays (b_t − b_s, exp and
+        the product into the score: 3 per channel per score pair), the decays into and out of the
+        state (4 per channel), the head norm (5) and the swish gate (5 and its product)."""
+        C, L = self.out.in_features, min(self.chunk_size, T)
+        return 5 * C + 3 * C * (L + 1) / 2 + 4 * C + 11 * C
+
+    def state_size(self):
+        C = self.out.in_features
+        return C * (C // self.n_heads)

@@ -1,0 +1,43 @@
+"""linear-attn: causal linear attention (Katharopoulos et al. 2020, arXiv:2006.16236).
+
+Per head, with the positive feature map φ(x) = elu(x) + 1 on q and k:
+    S_t = S_{t-1} + φ(k_t)ᵀ v_t        y_t = φ(q_t) S_t / (φ(q_t) · Σ_{s≤t} φ(k_s))
+(`normalize: false` drops the denominator). A state of d × (d + 1) per head, whatever the context.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn.ops import chunk_linear_attn
+
+
+@register("linear-attn")
+class LinearAttention(Mixer):
+    """Causal linear attention with elu+1 features (Katharopoulos et al. 2020), normalised."""
+
+    def __init__(self, cfg, layer_idx, *, normalize: bool = True, chunk_size: int = 64):
+        super().__init__()
+        check_int(chunk_size, "linear-attn chunk_size")
+        self.n_heads, self.normalize, self.chunk_size = cfg.n_heads, normalize, chunk_size
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
+        self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).unbind(2)
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+        y, _ = chunk_linear_attn(q, k, v, normalize=self.normalize, chunk_size=self.chunk_size)
+        return self.out(y.reshape(B, T, -1))
+
+    def elementwise_flops(self, T):
+        """elu + 1 on q and k (3 each per element), the causal mask of each chunk's scores (one per
+        score) and the normaliser's division."""
+        C = self.out.in_features
+        return 6 * C + self.n_heads * min(self.chunk_size, T) + C
+
+    def state_size(self):
+        C = self.out.in_features
+        d = C // self.n_heads
+        return self.n_heads * d * (d + int(self.normalize))
