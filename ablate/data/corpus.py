@@ -9,6 +9,7 @@ arrays (`train:` and `val:`, nanoGPT's train.bin and val.bin) is used as split. 
 arrays are written once to a cache directory and memory-mapped from there on.
 """
 
+import functools
 import glob
 import hashlib
 import os
@@ -94,8 +95,14 @@ def _token_meta(source: str, train: np.ndarray, val: np.ndarray, vocab_size: int
 
 def stdlib_files() -> list[Path]:
     """The running interpreter's standard library source: tens of MB of real text, offline."""
+    return list(_stdlib_files())
+
+
+@functools.cache
+def _stdlib_files() -> tuple[Path, ...]:
+    """Walked once per process (a second or so): the plan and the data both ask for it."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
+    return tuple(sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file()))
 
 
 def source_files(cfg: DataConfig, base_dir: Path) -> list[Path]:
