@@ -24,9 +24,10 @@ def max_leak(model: ModelConfig, batch: int = 3, seed: int = 0) -> float:
     maps at zero) is built with the seed's draw instead: a silent block shows no leak, and
     causality is a matter of the wiring, not of the draw."""
     torch.manual_seed(seed)
-    if ModelConfig.model_validate(model).init == "modern":
-        model = ModelConfig.model_validate(model).model_copy(update={"init": "seed"})
-    return model_leak(build_model(model), batch, seed)
+    config = ModelConfig.model_validate(model)
+    if config.init == "modern":
+        config = config.model_copy(update={"init": "seed"})
+    return model_leak(build_model(config), batch, seed)
 
 
 @torch.no_grad()

@@ -28,11 +28,12 @@ from ablate.errors import AblateError, did_you_mean
 from ablate.tracking.schema import lower_is_better
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME_RULE = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 def _safe_name(value: str) -> str:
     if not NAME.fullmatch(value):  # fullmatch: `$` would let a final newline through
-        raise ValueError("must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ValueError(f"must be {NAME_RULE}")
     return value
 
 

@@ -8,14 +8,12 @@ Per head, q and k swish-activated and L2-normalised, v swish-activated, a write 
 y_t = W_out rms_norm(o_t), times swish(W_g x_t) in the gated form. A state of d × d per head.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
-from ablate.nn.layers import rms_norm
+from ablate.nn.layers import rms_norm, spread_decays
 from ablate.nn.ops import chunk_delta_rule, chunk_gated_delta_rule
 
 
@@ -66,13 +64,8 @@ class GatedDeltaNet(DeltaNet):
         self.out_gate = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
 
     def reset_parameters(self) -> None:
-        """Decay rates spread over the heads, as Mamba-2 starts them: A from 1 to 16 and a step
-        size from 0.001 to 0.1 (geometric), with no random draw."""
-        H = self.A_log.numel()
-        with torch.no_grad():
-            self.A_log.copy_(torch.linspace(1, 16, H).log())
-            dt = torch.exp(torch.linspace(math.log(1e-3), math.log(0.1), H))
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
+        """Decay rates spread over the heads, as Mamba-2 starts them."""
+        spread_decays(self.A_log, self.dt_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape

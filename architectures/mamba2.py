@@ -9,14 +9,12 @@ then rms_norm(y ⊙ swish(z)) and the output map. A state of d_state × P per he
 convolution's last d_conv − 1 inputs.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
-from ablate.nn.layers import rms_norm
+from ablate.nn.layers import rms_norm, spread_decays
 from ablate.nn.ops import chunk_simple_gla
 
 
@@ -42,12 +40,9 @@ class Mamba2(Mixer):
         """As Mamba-2 starts them: the convolution as torch draws a Conv1d (the backbone's draw
         covers matrices only, and a zero kernel would pass nothing), and without a draw A from 1
         to 16 over the heads, step sizes from 0.001 to 0.1 (geometric), the skip D at 1."""
-        H = self.n_heads
         self.conv.reset_parameters()
+        spread_decays(self.A_log, self.dt_bias)
         with torch.no_grad():
-            self.A_log.copy_(torch.linspace(1, 16, H).log())
-            dt = torch.exp(torch.linspace(math.log(1e-3), math.log(0.1), H))
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
             self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -100,10 +100,8 @@ def positive_number(text: str) -> float:
 
 def study_name(text: str) -> str:
     """A study (MLflow experiment) name as `ablate run` allows it: it names a folder of the store."""
-    from ablate.config import NAME
+    from ablate.config import NAME, NAME_RULE
 
     if not NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: a study name is 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r}: a study name is {NAME_RULE}")
     return text

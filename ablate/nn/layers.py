@@ -1,5 +1,7 @@
 """Building blocks shared by the backbone and the mixers: norms, rotary, attention, FFNs."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,3 +169,13 @@ def norm(kind: str, width: int, bias: bool) -> nn.Module:
     """The backbone's norm of a ModelConfig's `norm`: a weightless RMS norm, or LayerNorm (with
     its weight, and its bias when asked)."""
     return RMSNorm() if kind == "rms" else nn.LayerNorm(width, bias=bias)
+
+
+def spread_decays(A_log: nn.Parameter, dt_bias: nn.Parameter) -> None:
+    """Per-head decay rates as Mamba-2 starts them, without a random draw: A from 1 to 16 over the
+    heads and step sizes from 0.001 to 0.1 (geometric), dt_bias = softplus⁻¹(dt)."""
+    H = A_log.numel()
+    with torch.no_grad():
+        A_log.copy_(torch.linspace(1, 16, H).log())
+        dt = torch.exp(torch.linspace(math.log(1e-3), math.log(0.1), H))
+        dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))

@@ -72,10 +72,17 @@ def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_stat
     """Causal linear attention. normalize: o_t = q_t S_t / (q_t · Σ_{s≤t} k_s); its state then
     carries that normaliser Σ k as one more value column, (B, H, K, V + 1)."""
     g = q.new_zeros(q.shape[:3])
-    if not normalize:
-        return chunk_simple_gla(q, k, v, g, scale, initial_state, output_final_state, chunk_size)
-    ones = v.new_ones(*v.shape[:-1], 1)
-    o, state = chunk_simple_gla(q, k, torch.cat([v, ones], -1), g, scale, initial_state, output_final_state, chunk_size)
+
+    def run(values):
+        return chunk_simple_gla(q, k, values, g, scale, initial_state, output_final_state, chunk_size)
+
+    return _normalised(run, v) if normalize else run(v)
+
+
+def _normalised(run, v):
+    """`run` (linear attention on the given values) divided by its normaliser: the values carry
+    one more column of ones, so that column of the output is q_t · Σ_{s≤t} k_s."""
+    o, state = run(torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1))
     return o[..., :-1] / o[..., -1:], state
 
 
@@ -103,8 +110,8 @@ def recurrent_simple_gla(q, k, v, g, scale=None, initial_state=None, output_fina
 def recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=True):
     scale = q.size(-1) ** -0.5 if scale is None else scale
     g = q.new_zeros(q.shape[:3])
-    if not normalize:
-        return recurrent_simple_gla(q, k, v, g, scale, initial_state, output_final_state)
-    ones = v.new_ones(*v.shape[:-1], 1)
-    o, state = recurrent_simple_gla(q, k, torch.cat([v, ones], -1), g, scale, initial_state, output_final_state)
-    return o[..., :-1] / o[..., -1:], state
+
+    def run(values):
+        return recurrent_simple_gla(q, k, values, g, scale, initial_state, output_final_state)
+
+    return _normalised(run, v) if normalize else run(v)
