@@ -124,6 +124,16 @@ class LanguageModel(nn.Module):
         """Mean next-token cross-entropy; in training the logits are never formed whole."""
         return linear_cross_entropy(self.hidden(idx).flatten(0, 1), self.head_weight, targets.flatten())
 
+    def take_aux_loss(self) -> torch.Tensor | None:
+        """The auxiliary losses the mixers set in the last training forward (a router's load
+        balance), summed and cleared; None when no mixer has one."""
+        losses = []
+        for module in self.modules():
+            if isinstance(module, registry.Mixer) and module.aux_loss is not None:
+                losses.append(module.aux_loss)
+                module.aux_loss = None
+        return sum(losses) if losses else None
+
     @property
     def causal(self) -> bool:
         """False when a mixer says it sees the future or other sequences (the audit measures it)."""

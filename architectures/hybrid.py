@@ -18,17 +18,6 @@ from ablate.nn.ops import causal_softmax_mean, causal_softmax_mean_flops
 DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
 
 
-def _entry(entry) -> tuple[str, dict]:
-    """A pattern entry as (mixer name, options)."""
-    if isinstance(entry, str):
-        return entry, {}
-    if isinstance(entry, dict) and len(entry) == 1:
-        name, options = next(iter(entry.items()))
-        if isinstance(name, str) and isinstance(options, dict | None):
-            return name, options or {}
-    raise AblateError(f"hybrid pattern entries are a mixer name or {{name: {{options}}}}, got {entry!r}")
-
-
 @register("hybrid")
 class Hybrid(Mixer):
     """A layer schedule: layer i runs pattern[i mod len(pattern)] (default 3 AFT layers to 1 local mha)."""
@@ -37,10 +26,9 @@ class Hybrid(Mixer):
         super().__init__()
         if not isinstance(pattern, list | tuple) or not pattern:
             raise AblateError(f"hybrid pattern must be a non-empty list of mixers, got {pattern!r}")
-        entries = [_entry(entry) for entry in pattern]
-        if any(name == "hybrid" for name, _ in entries):
+        if any(entry == "hybrid" or isinstance(entry, dict) and "hybrid" in entry for entry in pattern):
             raise AblateError("a hybrid pattern cannot contain hybrid itself")
-        entries = [(name, registry.mixer_options(name, options)) for name, options in entries]  # all checked
+        entries = [registry.mixer_entry(entry, "hybrid pattern") for entry in pattern]  # all checked
         name, options = entries[layer_idx % len(entries)]
         self.mixer = registry.mixer_class(name)(cfg, layer_idx, **options)
         self.causal, self.adds_residual = self.mixer.causal, self.mixer.adds_residual

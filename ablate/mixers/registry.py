@@ -42,8 +42,10 @@ class Mixer(nn.Module):
       1/√(2·layers).
 
     Optional: `state_size()` (numbers per sequence a decoder carries, None when that grows with
-    the sequence), `attention_probs(x)` (the softmax attention map, for diagnostics), and
-    `reset_parameters()` for parameters the backbone's draw does not suit (gains at 1).
+    the sequence), `attention_probs(x)` (the softmax attention map, for diagnostics),
+    `reset_parameters()` for parameters the backbone's draw does not suit (gains at 1), and
+    `aux_loss`: a tensor a mixer that trains with an auxiliary objective (a router's load
+    balance) sets in each training forward; the trainer adds it to the loss and logs it.
     `adds_residual = True` marks a mixer that runs several residual steps itself: the block then
     passes it the raw stream and takes its output as the new stream.
     """
@@ -52,6 +54,7 @@ class Mixer(nn.Module):
     description: str = ""
     causal: bool = True
     adds_residual: bool = False
+    aux_loss: torch.Tensor | None = None
 
     def elementwise_flops(self, T: int) -> float:
         """Per token at context T: element-wise work (exp, cumulative sums, softmax) that
@@ -132,6 +135,18 @@ def mixer_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
             shown = getattr(wanted, "__name__", str(wanted))
             raise AblateError(f"mixer {name!r} option {key!r} must be {shown}, got {value!r}") from None
     return {key: p.default for key, p in params.items()} | given
+
+
+def mixer_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """A mixer named inside another mixer's options (a hybrid's pattern, a mixture's experts),
+    written as a name or {name: {options}}: its name and its checked options, defaults filled in."""
+    if isinstance(entry, str):
+        return entry, mixer_options(entry, {})
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, options = next(iter(entry.items()))
+        if isinstance(name, str) and isinstance(options, dict | None):
+            return name, mixer_options(name, options or {})
+    raise AblateError(f"{where} entries are a mixer name or {{name: {{options}}}}, got {entry!r}")
 
 
 def check_int(value: Any, what: str, minimum: int = 1, allow_none: bool = False) -> None:

@@ -67,6 +67,7 @@ class Metric:
     VAL_LOSS = "val_loss"
     VAL_ACCURACY = "val_accuracy"
     TRAIN_LOSS = "train_loss"
+    TRAIN_AUX_LOSS = "train_aux_loss"  # a mixer's auxiliary objective (moa's load balance), beside train_loss
     LR = "lr"
     TOKENS_PER_S = "tokens_per_s"
     MEAN_TOKENS_PER_S = "mean_tokens_per_s"

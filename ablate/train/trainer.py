@@ -109,6 +109,8 @@ class Trainer:
         # where training stands: saved in checkpoints, so that a resumed trial takes the same steps
         self.step, self.n_since, self.metrics, self.train_time_s = 0, 0, {}, 0.0
         self.loss_sum = torch.zeros((), device=self.device)
+        self.aux_loss_sum = torch.zeros((), device=self.device)  # for mixers with an auxiliary loss (moa)
+        self.with_aux = False  # set at the first step that had one
         self.clipped = torch.zeros((), device=self.device)  # steps whose gradient norm was clipped, since the last read
         self.grad_norm = torch.zeros((), device=self.device)
         self.block_grad_norms = torch.zeros(len(model.blocks), device=self.device)
@@ -133,6 +135,7 @@ class Trainer:
             "schedulers": [s.state_dict() for s in self.schedulers],
             "rng": checkpoint.rng_state(self.batches.rng),
             "loss_sum": self.loss_sum.item(),
+            "aux_loss_sum": self.aux_loss_sum.item(),
             "clipped": self.clipped.item(),
             "n_since": self.n_since,
             "metrics": dict(self.metrics),
@@ -148,6 +151,7 @@ class Trainer:
         checkpoint.restore_rng(state["rng"], self.batches.rng)
         self.step, self.n_since, self.metrics = state["step"], state["n_since"], dict(state["metrics"])
         self.loss_sum.fill_(state["loss_sum"])
+        self.aux_loss_sum.fill_(state.get("aux_loss_sum", 0.0))
         self.clipped.fill_(state.get("clipped", 0.0))
         self.train_time_s = state["train_time_s"]
 
@@ -169,9 +173,10 @@ class Trainer:
         do not wait on the host. With `measure`, the gradient norms (before clipping) are kept
         for fit to read."""
         loss = self.loss(*next(self.batches))
+        aux = self.model.take_aux_loss()
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if aux is None else loss + aux).backward()
         if measure:
             self.block_grad_norms = diagnostics.grad_norms(self.model)
         if self.cfg.grad_clip:
@@ -185,19 +190,24 @@ class Trainer:
             optimizer.step()
             scheduler.step()
         self.loss_sum += loss.detach()
+        if aux is not None:
+            self.aux_loss_sum += aux.detach()
+            self.with_aux = True
         self.n_since += 1
         self.step += 1
 
     def read_train_metrics(self) -> dict[str, float]:
-        """The train loss and clipped fraction since the last read, and the last measured
-        gradient norms (one host sync for all of them)."""
-        values = torch.cat([torch.stack([self.loss_sum, self.clipped, self.grad_norm]), self.block_grad_norms]).tolist()
-        loss_sum, clipped, grad_norm, *blocks = values
+        """The train loss (and auxiliary loss, where the mixers add one) and clipped fraction since
+        the last read, and the last measured gradient norms (one host sync for all of them)."""
+        sums = torch.stack([self.loss_sum, self.aux_loss_sum, self.clipped, self.grad_norm])
+        loss_sum, aux_loss_sum, clipped, grad_norm, *blocks = torch.cat([sums, self.block_grad_norms]).tolist()
         out = {
             Metric.TRAIN_LOSS: loss_sum / self.n_since,
             Metric.CLIPPED_FRACTION: clipped / self.n_since,
             Metric.GRAD_NORM: grad_norm,
         }
+        if self.with_aux:
+            out[Metric.TRAIN_AUX_LOSS] = aux_loss_sum / self.n_since
         return out | {f"{Metric.BLOCK_GRAD_NORM}{i}": v for i, v in enumerate(blocks)}
 
     def fit(
@@ -226,6 +236,7 @@ class Trainer:
                 self.metrics |= logged
                 emit(step, logged, "log")
                 self.loss_sum.zero_()
+                self.aux_loss_sum.zero_()
                 self.clipped.zero_()
                 self.n_since, last = 0, now
             if step % cfg.eval_every == 0 or step == cfg.steps:

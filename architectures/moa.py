@@ -1,0 +1,72 @@
+"""moa: the seed's planned mixture of attention experts, the local/global hybrid made per token.
+
+Each layer holds E expert mixers (by default windowed softmax attention, local, and aft-simple,
+global). A router reads each token alone, r_t = softmax(W_r x_t), keeps its top-k experts and
+    y_t = Σ_{e ∈ top-k(r_t)} r_{t,e} · expert_e(x)_t
+Every expert runs over the whole sequence (a sequence mixer needs every earlier token, routed
+to it or not); the router decides which outputs each token takes. It reads x_t only, so the
+mixture is causal when its experts are.
+
+Load balance as in the Switch Transformer (Fedus et al. 2021, arXiv:2101.03961):
+    aux = α · E · Σ_e f_e · P_e
+f_e the share of the batch's routing choices that went to e, P_e its mean router probability;
+α·1 when the load is even. The trainer adds it to the loss and logs it as train_aux_loss.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate.errors import AblateError
+from ablate.mixers import registry
+from ablate.mixers.registry import Mixer, check_int, register
+
+DEFAULT_EXPERTS = ({"mha": {"window": 64}}, "aft-simple")
+
+
+@register("moa")
+class MixtureOfAttention(Mixer):
+    """Mixture of attention experts: a causal per-token router weights the top-k of E mixers (default local mha, AFT)."""
+
+    def __init__(self, cfg, layer_idx, *, experts: list = DEFAULT_EXPERTS, top_k: int = 1, aux_weight: float = 0.01):
+        super().__init__()
+        if not isinstance(experts, list | tuple) or len(experts) < 2:
+            raise AblateError(f"moa experts must be a list of at least 2 mixers, got {experts!r}")
+        entries = [registry.mixer_entry(entry, "moa experts") for entry in experts]
+        nested = {name for name, _ in entries} & {"moa", "hybrid"}
+        if nested:
+            raise AblateError(f"moa experts are single mixers, not {', '.join(sorted(nested))}")
+        check_int(top_k, "moa top_k")
+        if top_k > len(entries):
+            raise AblateError(f"moa top_k {top_k} is more than its {len(entries)} experts")
+        if aux_weight < 0:
+            raise AblateError(f"moa aux_weight must be ≥ 0, got {aux_weight}")
+        self.experts = nn.ModuleList(registry.mixer_class(name)(cfg, layer_idx, **options) for name, options in entries)
+        if any(expert.adds_residual for expert in self.experts):
+            raise AblateError("moa experts must return an update to the stream (retention's stacks add their own)")
+        self.router = nn.Linear(cfg.d_model, len(entries), bias=False)
+        self.top_k, self.aux_weight = top_k, aux_weight
+        self.causal = all(expert.causal for expert in self.experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = F.softmax(self.router(x), dim=-1)  # (B, T, E)
+        chosen, picked = probs.topk(self.top_k, dim=-1)
+        gates = torch.zeros_like(probs).scatter(-1, picked, chosen)
+        if self.training:
+            share = torch.zeros_like(probs).scatter(-1, picked, 1.0).mean((0, 1)) / self.top_k
+            self.aux_loss = self.aux_weight * len(self.experts) * (share * probs.mean((0, 1))).sum()
+        outputs = torch.stack([expert(x) for expert in self.experts], dim=-1)  # (B, T, d_model, E)
+        return (outputs * gates.unsqueeze(2)).sum(-1)
+
+    def elementwise_flops(self, T):
+        """The experts' own, the router's softmax (5 per expert) and the weighted sum (2 per
+        expert per channel)."""
+        E, d_model = len(self.experts), self.router.in_features
+        return sum(expert.elementwise_flops(T) for expert in self.experts) + 5 * E + 2 * E * d_model
+
+    def residual_maps(self):
+        return [m for expert in self.experts for m in expert.residual_maps()]
+
+    def state_size(self):
+        sizes = [expert.state_size() for expert in self.experts]
+        return None if None in sizes else sum(sizes)
