@@ -68,6 +68,8 @@ def full_disk(path, needed: int) -> OSError | None:
 
 
 def did_you_mean(word: str, choices) -> str:
-    """ " (did you mean 'x'?)" for the closest of choices, or nothing when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """ " (did you mean 'x'?)" for the closest of choices, or nothing when none is close. Of
+    the close choices, one with the same letters wins: 'mah' is 'mha' typed in the wrong order."""
+    close = difflib.get_close_matches(word, list(choices), n=3)
+    swapped = [c for c in close if sorted(c) == sorted(word)]
+    return f" (did you mean {(swapped or close)[0]!r}?)" if close else ""

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
-from ablate.errors import environment_error
+from ablate.errors import did_you_mean, environment_error
 
 
 def _autoflush(message: str) -> sqlalchemy.exc.OperationalError:
@@ -41,3 +41,9 @@ def test_what_the_database_said_comes_through_mlflow_and_sqlalchemy():
 @pytest.mark.parametrize("error", [ValueError("a bug"), KeyError("x"), RuntimeError("unexpected pos 1 vs 2")])
 def test_anything_else_is_a_bug_and_keeps_its_traceback(error):
     assert environment_error(error) is None
+
+
+def test_a_transposed_name_is_suggested_over_an_equally_close_one():
+    assert did_you_mean("mah", ["moa", "mha"]) == " (did you mean 'mha'?)"
+    assert did_you_mean("windw", ["window", "rope"]) == " (did you mean 'window'?)"
+    assert did_you_mean("xyz", ["mha"]) == ""
