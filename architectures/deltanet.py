@@ -1,11 +1,14 @@
 """deltanet and gated-deltanet: the delta rule (Schlag et al. 2021, arXiv:2102.11174; chunked as
 in Yang et al. 2024, arXiv:2406.06484) and Gated DeltaNet (Yang et al. 2024, arXiv:2412.06464).
 
-Per head, q and k swish-activated and L2-normalised, v swish-activated, a write strength
+q, k and v pass a short causal convolution per channel (size 4, as fla's layers and the
+Gated DeltaNet paper have them; `conv_size: null` leaves it out), then per head, q and k
+swish-activated and L2-normalised, v swish-activated, a write strength
 β_t = sigmoid(W_β x_t) and, gated, a decay α_t = exp(−exp(A) · softplus(W_α x_t + b)):
     S_t = α_t (I − β_t k_tᵀ k_t) S_{t-1} + β_t k_tᵀ v_t        o_t = q_t S_t / √d
 (the state's answer for k_t moves towards v_t by β_t: an error-correcting write); then
-y_t = W_out rms_norm(o_t), times swish(W_g x_t) in the gated form. A state of d × d per head.
+y_t = W_out rms_norm(o_t), times swish(W_g x_t) in the gated form. A state of d × d per head,
+and the convolution's last 3 inputs per channel.
 """
 
 import torch
@@ -13,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
-from ablate.nn.layers import rms_norm, spread_decays
+from ablate.nn.layers import ShortConv, rms_norm, spread_decays
 from ablate.nn.ops import chunk_delta_rule, chunk_gated_delta_rule
 
 
@@ -21,18 +24,21 @@ from ablate.nn.ops import chunk_delta_rule, chunk_gated_delta_rule
 class DeltaNet(Mixer):
     """The delta rule (Schlag et al. 2021; Yang et al. 2024): L2-normalised keys, a write strength β per token."""
 
-    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64):
+    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64, conv_size: int | None = 4):
         super().__init__()
         check_int(chunk_size, f"{self.name} chunk_size")
+        check_int(conv_size, f"{self.name} conv_size", allow_none=True)
         self.n_heads, self.chunk_size = cfg.n_heads, chunk_size
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
+        self.conv = ShortConv(3 * cfg.qkv_dim, conv_size) if conv_size else None
         self.beta = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k, v as (B, T, H, d) and β as (B, T, H)."""
         B, T, _ = x.shape
-        q, k, v = F.silu(self.qkv(x)).view(B, T, 3, self.n_heads, -1).unbind(2)
+        qkv = self.qkv(x) if self.conv is None else self.conv(self.qkv(x))
+        q, k, v = F.silu(qkv).view(B, T, 3, self.n_heads, -1).unbind(2)
         return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, torch.sigmoid(self.beta(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,17 +53,21 @@ class DeltaNet(Mixer):
         C, L = self.out.in_features, min(self.chunk_size, T)
         return 12 * C + 8 * C + 4 * self.n_heads + C * L + 5 * C
 
+    def reset_parameters(self) -> None:
+        if self.conv is not None:
+            self.conv.reset_parameters()
+
     def state_size(self):
         C = self.out.in_features
-        return C * (C // self.n_heads)
+        return C * (C // self.n_heads) + (0 if self.conv is None else self.conv.state_size())
 
 
 @register("gated-deltanet")
 class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet (Yang et al. 2024): the delta rule with a decay per head set by the input, and an output gate."""
 
-    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64):
-        super().__init__(cfg, layer_idx, chunk_size=chunk_size)
+    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64, conv_size: int | None = 4):
+        super().__init__(cfg, layer_idx, chunk_size=chunk_size, conv_size=conv_size)
         self.alpha = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
         self.A_log = nn.Parameter(torch.zeros(cfg.n_heads))
         self.dt_bias = nn.Parameter(torch.zeros(cfg.n_heads))
@@ -65,6 +75,7 @@ class GatedDeltaNet(DeltaNet):
 
     def reset_parameters(self) -> None:
         """Decay rates spread over the heads, as Mamba-2 starts them."""
+        super().reset_parameters()
         spread_decays(self.A_log, self.dt_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

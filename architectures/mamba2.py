@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
-from ablate.nn.layers import rms_norm, spread_decays
+from ablate.nn.layers import ShortConv, rms_norm, spread_decays
 from ablate.nn.ops import chunk_simple_gla
 
 
@@ -30,15 +30,14 @@ class Mamba2(Mixer):
         inner = cfg.qkv_dim
         self.conv_width = inner + 2 * d_state
         self.in_proj = nn.Linear(cfg.d_model, inner + self.conv_width + cfg.n_heads, bias=False)
-        self.conv = nn.Conv1d(self.conv_width, self.conv_width, d_conv, groups=self.conv_width, padding=d_conv - 1)
+        self.conv = ShortConv(self.conv_width, d_conv)
         self.A_log = nn.Parameter(torch.zeros(cfg.n_heads))
         self.dt_bias = nn.Parameter(torch.zeros(cfg.n_heads))
         self.D = nn.Parameter(torch.ones(cfg.n_heads))
         self.out = nn.Linear(inner, cfg.d_model, bias=False)
 
     def reset_parameters(self) -> None:
-        """As Mamba-2 starts them: the convolution as torch draws a Conv1d (the backbone's draw
-        covers matrices only, and a zero kernel would pass nothing), and without a draw A from 1
+        """As Mamba-2 starts them: the convolution as torch draws one, and without a draw A from 1
         to 16 over the heads, step sizes from 0.001 to 0.1 (geometric), the skip D at 1."""
         self.conv.reset_parameters()
         spread_decays(self.A_log, self.dt_bias)
@@ -49,7 +48,7 @@ class Mamba2(Mixer):
         B, T, _ = x.shape
         inner, H = self.out.in_features, self.n_heads
         z, xbc, dt = self.in_proj(x).split([inner, self.conv_width, H], dim=-1)
-        xbc = F.silu(self.conv(xbc.transpose(1, 2))[..., :T].transpose(1, 2))  # left padding only: causal
+        xbc = F.silu(self.conv(xbc))
         xs, b, c = xbc.split([inner, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(dt + self.dt_bias)  # (B, T, H)
         xs = xs.view(B, T, H, -1)
@@ -67,4 +66,4 @@ class Mamba2(Mixer):
 
     def state_size(self):
         C = self.out.in_features
-        return self.d_state * C + self.conv_width * (self.conv.kernel_size[0] - 1)
+        return self.d_state * C + self.conv.state_size()

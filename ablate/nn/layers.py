@@ -179,3 +179,23 @@ def spread_decays(A_log: nn.Parameter, dt_bias: nn.Parameter) -> None:
         A_log.copy_(torch.linspace(1, 16, H).log())
         dt = torch.exp(torch.linspace(math.log(1e-3), math.log(0.1), H))
         dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+class ShortConv(nn.Module):
+    """A short causal convolution over time, one kernel per channel (Mamba's, and fla's
+    `ShortConvolution`): each channel at t mixes its inputs at t − size + 1 … t. (B, T, C) → (B, T, C)."""
+
+    def __init__(self, channels: int, size: int):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, size, groups=channels, padding=size - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.transpose(1, 2))[..., : x.size(1)].transpose(1, 2)  # left padding only: causal
+
+    def reset_parameters(self) -> None:
+        """As torch draws a Conv1d: the backbone's draw covers matrices only, and a zero kernel passes nothing."""
+        self.conv.reset_parameters()
+
+    def state_size(self) -> int:
+        """The last size − 1 inputs of every channel, which a decoder keeps."""
+        return self.conv.in_channels * (self.conv.kernel_size[0] - 1)
