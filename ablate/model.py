@@ -11,7 +11,7 @@ from torch import nn
 
 from ablate.config import ModelConfig
 from ablate.mixers import registry
-from ablate.nn.layers import ffn, norm
+from ablate.nn.layers import ShortConv, ffn, norm
 from ablate.nn.loss import linear_cross_entropy
 
 
@@ -65,7 +65,8 @@ class LanguageModel(nn.Module):
         return self.embed.weight if self.head is None else self.head.weight
 
     def reset_parameters(self) -> None:
-        """The draw `cfg.init` names, norms at weight 1 and bias 0, then each mixer's own
+        """The draw `cfg.init` names, norms at weight 1 and bias 0, short convolutions as torch
+        draws them, then each mixer's own
         `reset_parameters` for what that draw does not suit (gains).
 
         `seed` (the seed's): every matrix of a linear map and every embedding uniform in
@@ -95,7 +96,7 @@ class LanguageModel(nn.Module):
             for m in residual:
                 nn.init.zeros_(m.weight)
         for module in self.modules():
-            if isinstance(module, nn.LayerNorm):
+            if isinstance(module, nn.LayerNorm | ShortConv):
                 module.reset_parameters()
             if isinstance(module, registry.Mixer):
                 module.reset_parameters()

@@ -30,15 +30,14 @@ class DeltaNet(Mixer):
         check_int(conv_size, f"{self.name} conv_size", allow_none=True)
         self.n_heads, self.chunk_size = cfg.n_heads, chunk_size
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
-        self.conv = ShortConv(3 * cfg.qkv_dim, conv_size) if conv_size else None
+        self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
         self.beta = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k, v as (B, T, H, d) and β as (B, T, H)."""
         B, T, _ = x.shape
-        qkv = self.qkv(x) if self.conv is None else self.conv(self.qkv(x))
-        q, k, v = F.silu(qkv).view(B, T, 3, self.n_heads, -1).unbind(2)
+        q, k, v = F.silu(self.conv(self.qkv(x))).view(B, T, 3, self.n_heads, -1).unbind(2)
         return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, torch.sigmoid(self.beta(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,13 +52,9 @@ class DeltaNet(Mixer):
         C, L = self.out.in_features, min(self.chunk_size, T)
         return 12 * C + 8 * C + 4 * self.n_heads + C * L + 5 * C
 
-    def reset_parameters(self) -> None:
-        if self.conv is not None:
-            self.conv.reset_parameters()
-
     def state_size(self):
         C = self.out.in_features
-        return C * (C // self.n_heads) + (0 if self.conv is None else self.conv.state_size())
+        return C * (C // self.n_heads) + self.conv.state_size()
 
 
 @register("gated-deltanet")
@@ -75,7 +70,6 @@ class GatedDeltaNet(DeltaNet):
 
     def reset_parameters(self) -> None:
         """Decay rates spread over the heads, as Mamba-2 starts them."""
-        super().reset_parameters()
         spread_decays(self.A_log, self.dt_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

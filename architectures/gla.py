@@ -4,7 +4,8 @@ Per head, a decay per key channel that the input sets, through a low-rank gate:
     α_t = exp(logsigmoid(W_up W_down x_t + b) / 16)        (16: GLA's gate normaliser)
     S_t = diag(α_t) S_{t-1} + k_tᵀ v_t                     o_t = q_t S_t / √d
     y_t = W_out (rms_norm(o_t) ⊙ swish(W_g x_t))           (norm per head)
-A state of d × d per head.
+A state of d × d per head. `conv_size` puts a short causal convolution per channel on q, k and v
+first (none by default, as in the paper and fla's GLA layer).
 """
 
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
-from ablate.nn.layers import rms_norm
+from ablate.nn.layers import ShortConv, rms_norm
 from ablate.nn.ops import chunk_gla
 
 GATE_NORMALIZER = 16.0  # the decay's log is logsigmoid / 16: close to 1, as GLA starts it
@@ -22,12 +23,14 @@ GATE_NORMALIZER = 16.0  # the decay's log is logsigmoid / 16: close to 1, as GLA
 class GatedLinearAttention(Mixer):
     """Gated linear attention (Yang et al. 2023): a per-channel decay set by the input through a low-rank gate."""
 
-    def __init__(self, cfg, layer_idx, *, gate_rank: int = 16, chunk_size: int = 16):
+    def __init__(self, cfg, layer_idx, *, gate_rank: int = 16, chunk_size: int = 16, conv_size: int | None = None):
         super().__init__()
         check_int(gate_rank, "gla gate_rank")
         check_int(chunk_size, "gla chunk_size")
+        check_int(conv_size, "gla conv_size", allow_none=True)
         self.n_heads, self.chunk_size = cfg.n_heads, chunk_size
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
+        self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
         self.gate_down = nn.Linear(cfg.d_model, gate_rank, bias=False)
         self.gate_up = nn.Linear(gate_rank, cfg.qkv_dim, bias=True)
         self.out_gate = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
@@ -35,7 +38,7 @@ class GatedLinearAttention(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).unbind(2)
+        q, k, v = self.conv(self.qkv(x)).view(B, T, 3, self.n_heads, -1).unbind(2)
         g = F.logsigmoid(self.gate_up(self.gate_down(x))).view(B, T, self.n_heads, -1) / GATE_NORMALIZER
         o, _ = chunk_gla(q, k, v, g, chunk_size=self.chunk_size)
         return self.out(rms_norm(o).reshape(B, T, -1) * F.silu(self.out_gate(x)))
@@ -49,4 +52,4 @@ class GatedLinearAttention(Mixer):
 
     def state_size(self):
         C = self.out.in_features
-        return C * (C // self.n_heads)
+        return C * (C // self.n_heads) + self.conv.state_size()

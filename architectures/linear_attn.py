@@ -3,6 +3,8 @@
 Per head, with the positive feature map φ(x) = elu(x) + 1 on q and k:
     S_t = S_{t-1} + φ(k_t)ᵀ v_t        y_t = φ(q_t) S_t / (φ(q_t) · Σ_{s≤t} φ(k_s))
 (`normalize: false` drops the denominator). A state of d × (d + 1) per head, whatever the context.
+`conv_size` puts a short causal convolution per channel on q, k and v first (none by default, as
+in the paper; Zoology's and fla's recurrent layers use one for recall).
 """
 
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn.layers import ShortConv
 from ablate.nn.ops import chunk_linear_attn
 
 
@@ -17,16 +20,18 @@ from ablate.nn.ops import chunk_linear_attn
 class LinearAttention(Mixer):
     """Causal linear attention with elu+1 features (Katharopoulos et al. 2020), normalised."""
 
-    def __init__(self, cfg, layer_idx, *, normalize: bool = True, chunk_size: int = 64):
+    def __init__(self, cfg, layer_idx, *, normalize: bool = True, chunk_size: int = 64, conv_size: int | None = None):
         super().__init__()
         check_int(chunk_size, "linear-attn chunk_size")
+        check_int(conv_size, "linear-attn conv_size", allow_none=True)
         self.n_heads, self.normalize, self.chunk_size = cfg.n_heads, normalize, chunk_size
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
+        self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).unbind(2)
+        q, k, v = self.conv(self.qkv(x)).view(B, T, 3, self.n_heads, -1).unbind(2)
         q, k = F.elu(q) + 1, F.elu(k) + 1
         y, _ = chunk_linear_attn(q, k, v, normalize=self.normalize, chunk_size=self.chunk_size)
         return self.out(y.reshape(B, T, -1))
@@ -40,4 +45,4 @@ class LinearAttention(Mixer):
     def state_size(self):
         C = self.out.in_features
         d = C // self.n_heads
-        return self.n_heads * d * (d + int(self.normalize))
+        return self.n_heads * d * (d + int(self.normalize)) + self.conv.state_size()

@@ -37,9 +37,8 @@ class Mamba2(Mixer):
         self.out = nn.Linear(inner, cfg.d_model, bias=False)
 
     def reset_parameters(self) -> None:
-        """As Mamba-2 starts them: the convolution as torch draws one, and without a draw A from 1
-        to 16 over the heads, step sizes from 0.001 to 0.1 (geometric), the skip D at 1."""
-        self.conv.reset_parameters()
+        """As Mamba-2 starts them, without a draw: A from 1 to 16 over the heads, step sizes from
+        0.001 to 0.1 (geometric), the skip D at 1."""
         spread_decays(self.A_log, self.dt_bias)
         with torch.no_grad():
             self.D.fill_(1.0)

@@ -35,9 +35,9 @@ class ElementwiseCount(TorchDispatchMode):
         return out
 
 
-def violations(name: str) -> list[str]:
-    """The rules the mixer breaks at its default options, each as 'rule: what happened'."""
-    config = {**SHAPE, "mixer": name}
+def violations(name: str, options: dict | None = None) -> list[str]:
+    """The rules the mixer breaks at its default options (or these), each as 'rule: what happened'."""
+    config = {**SHAPE, "mixer": name, "mixer_options": options or {}}
     found = []
     try:  # plan, budgets and FLOPs build every trial on the meta device, without data
         meta = ablate.build_model(config, device="meta")
@@ -100,6 +100,19 @@ SHIPPED = [n for n in ablate.variants() if registry.mixer_class(n).__module__.st
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_mixer_meets_the_contract(name):
     assert violations(name) == []
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("linear-attn", {"conv_size": 4}),
+        ("gla", {"conv_size": 4}),
+        ("deltanet", {"conv_size": None}),
+        ("moa", {"experts": ["mha", {"aft-local": {"window": 8}}, "gated-deltanet"], "top_k": 2}),
+    ],
+)
+def test_options_that_change_the_computation_keep_the_contract(name, options):
+    assert violations(name, options) == []
 
 
 class _Forgetful(Mixer):

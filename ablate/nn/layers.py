@@ -183,19 +183,24 @@ def spread_decays(A_log: nn.Parameter, dt_bias: nn.Parameter) -> None:
 
 class ShortConv(nn.Module):
     """A short causal convolution over time, one kernel per channel (Mamba's, and fla's
-    `ShortConvolution`): each channel at t mixes its inputs at t − size + 1 … t. (B, T, C) → (B, T, C)."""
+    `ShortConvolution`): each channel at t mixes its inputs at t − size + 1 … t. (B, T, C) → (B, T, C);
+    with size None it passes its input through (a mixer's convolution switched off)."""
 
-    def __init__(self, channels: int, size: int):
+    def __init__(self, channels: int, size: int | None):
         super().__init__()
-        self.conv = nn.Conv1d(channels, channels, size, groups=channels, padding=size - 1)
+        self.conv = nn.Conv1d(channels, channels, size, groups=channels, padding=size - 1) if size else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv is None:
+            return x
         return self.conv(x.transpose(1, 2))[..., : x.size(1)].transpose(1, 2)  # left padding only: causal
 
     def reset_parameters(self) -> None:
-        """As torch draws a Conv1d: the backbone's draw covers matrices only, and a zero kernel passes nothing."""
-        self.conv.reset_parameters()
+        """As torch draws a Conv1d (the backbone calls it): the backbone's draw covers matrices
+        only, and a zero kernel passes nothing."""
+        if self.conv is not None:
+            self.conv.reset_parameters()
 
     def state_size(self) -> int:
         """The last size − 1 inputs of every channel, which a decoder keeps."""
-        return self.conv.in_channels * (self.conv.kernel_size[0] - 1)
+        return 0 if self.conv is None else self.conv.in_channels * (self.conv.kernel_size[0] - 1)
