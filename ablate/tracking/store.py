@@ -100,9 +100,15 @@ class Tracker:
         """The run's data as an MLflow dataset input (records.dataset): the runs table's Dataset
         column, the run page's Datasets."""
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         used = DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])
-        self.client.log_inputs(run_id, datasets=[used])
+        try:
+            self.client.log_inputs(run_id, datasets=[used])
+        except MlflowException as e:  # MLflow looks the dataset up, then inserts it: two workers
+            if not _duplicate_row(e):  # that log it at once both insert; the second finds it now
+                raise
+            self.client.log_inputs(run_id, datasets=[used])
 
     def set_status(self, run_id: str, status: str) -> None:
         self.client.update_run(run_id, status=status)
@@ -302,3 +308,8 @@ def latest_study(c) -> str:
     if not runs:
         raise AblateError("the store holds studies but no runs yet")
     return next(e.name for e in exps if e.experiment_id == runs[0].info.experiment_id)
+
+
+def _duplicate_row(e: Exception) -> bool:
+    """The database refused a row that another process inserted first (SQLite's and PostgreSQL's words)."""
+    return any(words in str(e) for words in ("UNIQUE constraint failed", "duplicate key value"))
