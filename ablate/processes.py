@@ -1,8 +1,14 @@
 """Which process owns a claim or a temporary file: host:pid, so that what a process of this
 host left behind when it died can be taken over or cleaned up at once."""
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
+import threading
+
+PARENT = "ABLATE_PARENT_PID"  # set by whatever started a worker: the worker stops when that process dies
 
 
 def owner() -> str:
@@ -21,3 +27,43 @@ def gone(owner_id: str | None) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def watched_by_me() -> dict[str, str]:
+    """The environment of a child worker that must stop (SIGTERM) when this process dies."""
+    return {**os.environ, PARENT: str(os.getpid())}
+
+
+def stop_with_parent() -> None:
+    """In a worker started with `watched_by_me`: SIGTERM this process when its starter dies (a
+    killed launcher's worker then hands its claim back instead of running on unwatched)."""
+    parent = os.environ.pop(PARENT, None)
+    if parent is None:
+        return
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Deferred:
+    requested = False
+
+
+@contextlib.contextmanager
+def sigterm_deferred():
+    """SIGTERM inside the block is only noted (`.requested`): a training step runs to its end
+    before the trainer saves a checkpoint and stops, as schedulers expect between their SIGTERM
+    and their SIGKILL. Outside the main thread, where signals cannot be handled, it changes nothing."""
+    noted = Deferred()
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+
+    def note(signum, frame) -> None:
+        noted.requested = True
+
+    previous = signal.signal(signal.SIGTERM, note)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -2,9 +2,11 @@ import os
 import shutil
 import subprocess
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from ablate.config import DataConfig
 from ablate.data.corpus import prepare
@@ -86,3 +88,32 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         yield chromium
         chromium.close()
+
+
+ADMIN = os.environ.get("ABLATE_TEST_PG", "postgresql+psycopg://ablate:ablate@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def database():
+    """A fresh database on the server (dropped afterwards); yields a function making more."""
+    try:
+        admin = sa.create_engine(ADMIN, isolation_level="AUTOCOMMIT")
+        admin.connect().close()
+    except (ImportError, sa.exc.SQLAlchemyError) as e:  # no driver, no server, or no account
+        if os.environ.get("ABLATE_REQUIRE_PG") == "1":
+            pytest.fail(f"ABLATE_REQUIRE_PG=1 but PostgreSQL at {ADMIN} does not answer: {e}")
+        pytest.skip(f"no PostgreSQL at {ADMIN}")
+    made = []
+
+    def make() -> str:
+        name = f"ablate_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return admin.url.set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as c:
+        for name in made:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -424,3 +424,26 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_whole(corp
     again = trainer(corpus)
     again.load(path)
     assert again.step == first.step == TRAIN["steps"]
+
+
+def test_sigterm_lets_the_step_finish_saves_a_checkpoint_and_the_resumed_run_ends_as_one_uninterrupted(
+    corpus, tmp_path
+):
+    """What SLURM sends before a time limit or a preemption: the step in flight ends, the
+    trainer keeps it in a checkpoint, then stops; resumed, it ends where an uninterrupted run does."""
+    from ablate.errors import Terminated
+
+    whole = trainer(corpus).fit()
+    stopped = trainer(corpus)
+
+    def terminate_at_step_18(step, metrics, kind):  # mid-iteration: its log is out, its eval is not
+        if step == 18:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Terminated):
+        stopped.fit(terminate_at_step_18, checkpoint=tmp_path / "run.pt")
+    resumed = trainer(corpus)
+    resumed.load(tmp_path / "run.pt")
+    assert resumed.step == 18  # saved after its last whole step, not at the last eval's (10)
+    end = resumed.fit()
+    assert abs(end["val_loss"] - whole["val_loss"]) < 1e-6 and abs(end["train_loss"] - whole["train_loss"]) < 1e-6

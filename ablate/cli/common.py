@@ -105,3 +105,82 @@ def study_name(text: str) -> str:
     if not NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r}: a study name is {NAME_RULE}")
     return text
+
+
+def fraction(text: str) -> float:
+    """A share in (0, 1]."""
+    value = positive_number(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text!r}")
+    return value
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def executor_options(cmd) -> None:
+    """Where `run` starts its workers, and what each gets."""
+    from ablate.run.executors import NAMES
+
+    cmd.add_argument(
+        "--executor",
+        choices=NAMES,
+        default="local",
+        help="what starts the workers: processes of this machine (default), Ray tasks, a SLURM job array",
+    )
+    cmd.add_argument("--workers", type=positive, default=1, help="workers to start (default 1: this process trains)")
+    cmd.add_argument(
+        "--gpus-per-worker",
+        type=positive_number,
+        default=0.0,
+        help="GPUs each worker gets; a fraction packs workers on one GPU (0.25: four to a GPU)",
+    )
+    cmd.add_argument(
+        "--cpus-per-worker", type=positive, help="CPU cores each worker gets (default: local, the cores split; else 1)"
+    )
+    cmd.add_argument("--ray-address", help="ray: the cluster to use (default: a Ray started on this machine)")
+    slurm = cmd.add_argument_group("slurm")
+    slurm.add_argument("--partition", help="the partition to submit to")
+    slurm.add_argument("--time", type=positive, dest="time_min", help="each job's time limit in minutes")
+    slurm.add_argument("--gpus-per-node", type=positive, help="GPUs each job asks for")
+    slurm.add_argument(
+        "--slurm-extra",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other sbatch option (--slurm-extra account=lab)",
+    )
+    slurm.add_argument("--pack", type=positive, default=1, help="workers inside each 1-GPU job, sharing its GPU")
+    slurm.add_argument("--detach", action="store_true", help="submit and return; follow with `ablate status`")
+
+
+def launch(args, spec):
+    """The workers `run` starts (None: it trains in its own process)."""
+    from ablate.run.executors import Options, Resources, executor
+    from ablate.run.schedule import Launch
+
+    local_only = args.executor == "local"
+    if args.executor != "slurm" and (args.partition or args.time_min or args.gpus_per_node or args.slurm_extra):
+        raise AblateError("--partition, --time, --gpus-per-node and --slurm-extra are for --executor slurm")
+    if args.executor != "slurm" and (args.pack > 1 or args.detach):
+        raise AblateError("--pack and --detach are for --executor slurm")
+    if args.ray_address and args.executor != "ray":
+        raise AblateError("--ray-address is for --executor ray")
+    resources = Resources(args.cpus_per_worker, args.gpus_per_worker)
+    if local_only and args.workers == 1 and resources == Resources():
+        return None
+    options = Options(
+        args.ray_address,
+        args.partition,
+        args.time_min,
+        args.gpus_per_node,
+        dict(args.slurm_extra),
+        args.pack,
+        args.detach,
+    )
+    return Launch(executor(args.executor, options), spec, args.workers, resources)

@@ -6,12 +6,17 @@ import time
 from pathlib import Path
 
 from ablate.cli.common import (
+    DEFAULT_RESULTS,
     SMOKE_HELP,
     check_writable,
     console,
     data_option,
+    executor_options,
+    fraction,
+    launch,
     positive,
     store_hint,
+    study_name,
     uri,
     work_options,
 )
@@ -21,14 +26,30 @@ from ablate.errors import AblateError
 def add_commands(sub) -> None:
     run = sub.add_parser("run", help="train every trial of a study and log it to MLflow")
     work_options(run)
-    run.add_argument("--workers", type=positive, default=1, help="worker processes on this machine (default 1)")
+    executor_options(run)
     run.set_defaults(func=run_command)
 
     worker = sub.add_parser("worker", help="join a study: train the units of work nobody else has claimed")
     work_options(worker)
     worker.add_argument("--threads", type=positive, help="torch threads (default: torch's choice)")
+    worker.add_argument(
+        "--gpu-fraction", type=fraction, help="the share of its GPU's memory this worker may take (GPU packing)"
+    )
     worker.add_argument("--no-progress", action="store_true", help="plain lines instead of live progress bars")
     worker.set_defaults(func=worker_command)
+
+    status = sub.add_parser(
+        "status", help="where a study stands: units done, running (where, last heartbeat), open, failed; the ETA"
+    )
+    status.add_argument("--study", type=study_name, help="the study (default: every study in the work list)")
+    status.add_argument("--storage", help="the work list's storage URL (default: sqlite:///RESULTS/optuna.db)")
+    status.add_argument(
+        "--results",
+        type=Path,
+        default=Path(os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS)),
+        help="the local store whose work list to read (default: ./results or $ABLATE_RESULTS)",
+    )
+    status.set_defaults(func=status_command)
 
     plan = sub.add_parser("plan", help="show the trials a study would run, with parameter counts")
     plan.add_argument("study", type=Path, help="the study's YAML file")
@@ -64,27 +85,57 @@ def run_command(args) -> int:
     stores = _stores(args)
     spec = WorkerSpec(args.study, stores, args.smoke, Path(args.data) if args.data else None)
     out = console()
-    run = run_study(study, stores, out, args.workers, spec, since=started)
+    run = run_study(study, stores, out, launch(args, spec), since=started)
+    if run.detached:
+        out.print(
+            f"detached: follow it with `ablate status --study {study.name}{_status_hint(args)}`; once every unit "
+            "has ended, the same run command trains nothing and ends the study's parent runs"
+        )
+        return 0
     print_summary(study, run, stores, store_hint(args), out)
     if run.interrupted is not None:
         raise run.interrupted
     return 0
 
 
+def _status_hint(args) -> str:
+    """The flags `ablate status` needs to find the study's work list."""
+    hint = store_hint(args).split(" --tracking-uri")[0]
+    return hint + (f" --storage {args.storage}" if args.storage else "")
+
+
 def worker_command(args) -> int:
     """One worker of a study: the stores are made by whoever comes first; units are claimed one by one."""
     from ablate.plan import study as study_mod
+    from ablate.processes import stop_with_parent
     from ablate.run.prepare import prepare
     from ablate.run.schedule import work
 
-    if args.threads:
+    stop_with_parent()
+    if args.threads or args.gpu_fraction:
         import torch
 
-        torch.set_num_threads(args.threads)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.gpu_fraction and torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(args.gpu_fraction)
     study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)
     out = console()
     outcomes = work(prepare(study, _stores(args), out), out, live=not args.no_progress)
     out.print(f"worker {os.getpid()}: ran {len(outcomes)} units of {study.name}; no unit left to claim")
+    return 0
+
+
+def status_command(args) -> int:
+    from ablate.run import status
+    from ablate.run.workers import Stores
+
+    storage = Stores.at(args.results, "", args.storage).storage
+    if args.storage is None and not (args.results / "optuna.db").exists():
+        raise AblateError(
+            f"no work list in {args.results} (no optuna.db there yet): run a study first, or give --storage"
+        )
+    status.show(status.read(storage, args.study), console())
     return 0
 
 

@@ -10,6 +10,7 @@ worker was a process of this host that is gone) may be taken over, and the new h
 unit from its MLflow run and checkpoint.
 """
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -36,7 +37,10 @@ TABLE = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.Column("optuna_trial", sa.Integer),
     sa.Column("detail", sa.Text),  # a failure's reason, or what a finished setup unit made
+    sa.Column("started", sa.Float),  # when its holder took it up (this attempt), for `ablate status`
+    sa.Column("ended", sa.Float),
 )
+ADDED = ("started", "ended")  # columns a ledger written by an earlier version lacks
 
 
 def has_ended(rows: dict, unit: str) -> bool:
@@ -60,6 +64,32 @@ class WorkList:
         self.engine = sa.create_engine(url, **args)
         self.study, self.stale_after, self.worker = study, stale_after, processes.owner()
         retry_races(lambda: META.create_all(self.engine))  # several workers may create it at once
+        retry_races(self._add_columns)
+
+    def _add_columns(self) -> None:
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns(TABLE.name)}
+        with self.engine.begin() as c:
+            for name in ADDED:
+                if name not in have:
+                    c.execute(sa.text(f"ALTER TABLE {TABLE.name} ADD COLUMN {name} FLOAT"))
+
+    def register(self, units: list[str]) -> None:
+        """Enter each unit once, open (heartbeat 0), so that `ablate status` counts what nobody has taken yet."""
+        existing = self.rows()
+        rows = [
+            {"study": self.study, "unit": u, "state": OPEN, "heartbeat": 0.0, "attempts": 0}
+            for u in units
+            if u not in existing
+        ]
+        if not rows:
+            return
+        try:
+            with self.engine.begin() as c:
+                c.execute(TABLE.insert(), rows)
+        except sa.exc.IntegrityError:  # another worker entered (or took) some first: the rest one by one
+            for row in rows:
+                with contextlib.suppress(sa.exc.IntegrityError), self.engine.begin() as c:
+                    c.execute(TABLE.insert().values(**row))
 
     def rows(self) -> dict[str, sa.Row]:
         with self.engine.connect() as c:
@@ -72,7 +102,13 @@ class WorkList:
             with self.engine.begin() as c:
                 c.execute(
                     TABLE.insert().values(
-                        study=self.study, unit=unit, state=RUNNING, worker=self.worker, heartbeat=now, attempts=1
+                        study=self.study,
+                        unit=unit,
+                        state=RUNNING,
+                        worker=self.worker,
+                        heartbeat=now,
+                        attempts=1,
+                        started=now,
                     )
                 )
             return Claim(self.study, unit, self.worker)
@@ -89,7 +125,7 @@ class WorkList:
                 TABLE.update()
                 .where(self._row(unit), TABLE.c.state == row.state, TABLE.c.worker.is_not_distinct_from(row.worker))
                 .where(TABLE.c.heartbeat == row.heartbeat)
-                .values(state=RUNNING, worker=self.worker, heartbeat=now, attempts=row.attempts + 1)
+                .values(state=RUNNING, worker=self.worker, heartbeat=now, attempts=row.attempts + 1, started=now)
             ).rowcount
         if taken != 1:
             return None
@@ -131,7 +167,7 @@ class WorkList:
     def end(self, claim: Claim, state: str, detail: str | None = None) -> None:
         """done, failed (with the reason), or open: let go of it (Ctrl-C), to be resumed by anyone."""
         worker = None if state == OPEN else claim.worker
-        self._update_if_held(claim, state=state, detail=detail, worker=worker)
+        self._update_if_held(claim, state=state, detail=detail, worker=worker, ended=time.time())
 
 
 class Heartbeat:

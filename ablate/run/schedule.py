@@ -13,10 +13,11 @@ from ablate import errors
 from ablate.data.meta import DataMeta
 from ablate.plan.study import Study, Trial
 from ablate.run import claims
+from ablate.run.executors import Executor, Resources
 from ablate.run.prepare import POLL_S, PreparedStudy, prepare
 from ablate.run.progress import PROGRESS_COLUMNS
 from ablate.run.trial import Outcome, Status, TrialRunner
-from ablate.run.workers import Stores, WorkerSpec, spawn
+from ablate.run.workers import Stores, WorkerSpec
 from ablate.tracking.schema import Metric, Tag
 
 
@@ -44,6 +45,16 @@ def units(study: Study) -> list[Unit]:
     return out
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Workers to start for a study: how many, with what, through which executor."""
+
+    executor: Executor
+    spec: WorkerSpec
+    workers: int
+    resources: Resources
+
+
 @dataclass
 class StudyRun:
     """How a study's run ended: every final trial's outcome, as the store has it."""
@@ -53,6 +64,7 @@ class StudyRun:
     seconds: float
     interrupted: KeyboardInterrupt | None = None  # Ctrl-C, or SIGTERM (errors.Terminated)
     startup_s: float | None = None  # from the command's start to its first training step, in this process
+    detached: bool = False  # the workers were submitted and left to run
     data_build_s: float = 0.0  # of it, building the data (tokenizer and splits) where it was not cached
 
 
@@ -60,22 +72,27 @@ def run_study(
     study: Study,
     stores: Stores,
     console: Console,
-    workers: int = 1,
-    spec: WorkerSpec | None = None,
+    launch: Launch | None = None,
     since: float | None = None,
 ) -> StudyRun:
-    """Set the study up, then work through it in this process (workers=1) or in `workers` local
-    worker processes started from `spec`; end its parent runs as it ended. Ctrl-C or SIGTERM
-    ends it as interrupted (the trials in flight KILLED, their claims handed back). `since`: when
-    the command started (perf_counter), for the start-up time."""
+    """Set the study up, then work through it in this process (no `launch`) or in the workers an
+    executor starts; end its parent runs as it ended. Ctrl-C or SIGTERM ends it as interrupted
+    (the trials in flight KILLED, their claims handed back). `since`: when the command started
+    (perf_counter), for the start-up time."""
     start = since or time.perf_counter()
+    if launch is not None:
+        launch.executor.check_stores(stores)  # before anything is written
     prepared = prepare(study, stores, console)
+    problems: list[str] = []
     try:
-        if workers == 1:
+        if launch is None:
             work(prepared, console)
         else:
             prepared.tracking.result()  # the store set up here, before the workers wait on it
-            spawn(spec, workers, console)
+            prepared.work.register([u.name for u in units(study)])  # counted by `ablate status` at once
+            problems = launch.executor.run(launch.spec, launch.workers, launch.resources, console)
+            if launch.executor.detached:  # its parent runs end when a rerun finds every unit ended
+                return StudyRun([], prepared.data.meta, time.perf_counter() - start, detached=True)
     except KeyboardInterrupt as stop:
         _end_parents(prepared, Status.KILLED)
         return StudyRun(
@@ -87,9 +104,21 @@ def run_study(
         raise
     outcomes = store_outcomes(prepared)
     log_aggregates(prepared, outcomes)
-    ended = all(o.status not in (Status.PENDING, Status.KILLED) for o in outcomes)
-    _end_parents(prepared, Status.FINISHED if ended else Status.KILLED)
+    left = [o for o in outcomes if o.status in (Status.PENDING, Status.KILLED)]
+    _end_parents(prepared, Status.KILLED if left else Status.FINISHED)
+    _judge(problems, left, console)
     return StudyRun(outcomes, prepared.data.meta, time.perf_counter() - start, **_startup(prepared, start))
+
+
+def _judge(problems: list[str], left: list[Outcome], console) -> None:
+    """The work list decides whether workers that ended badly (a crash, a cancelled job) matter:
+    not when the other workers finished their units, an error when units are left."""
+    if problems and left:
+        raise errors.AblateError(
+            f"{len(problems)} workers ended badly ({problems[0]}) and {len(left)} trials are left; rerun to resume"
+        )
+    for problem in problems:
+        console.print(f"warning: {problem}; the other workers finished its units")
 
 
 def _startup(prepared: PreparedStudy, start: float) -> dict[str, float | None]:
@@ -130,6 +159,7 @@ def work(prepared: PreparedStudy, console, live: bool = True) -> list[Outcome]:
     """Claim and run units until every unit of the study has ended (some may be done by other
     workers meanwhile); a variant's final trials become claimable once its search has ended."""
     todo = units(prepared.study)
+    prepared.work.register([u.name for u in todo])
     finals = [u for u in todo if u.trial is not None]
     rows = prepared.work.rows()
     ended = sum(1 for u in finals if claims.has_ended(rows, u.name))

@@ -217,6 +217,8 @@ class TrialRunner:
             return run
         p.work.note(job.claim, run_id=run_id)
         run.tag(Tag.RESUMED_FROM_STEP, str(trainer.step))
+        for key, value in records.placement().items():  # where it trains now
+            run.tag(key, value)
         self.progress.console.print(f"{job.label}: resuming run {run_id} from step {trainer.step}")
         return run
 
@@ -272,6 +274,7 @@ class TrialRunner:
         def opened() -> RunLog:
             leak = p.leaks[trial.variant]
             tags = records.trial_tags(p.study, trial, p.data.meta, audit.is_causal(leak), leak) | job.tags
+            tags |= records.placement()
             params = records.trial_params(p.study, trial, p.data.meta, device)
             number = job.tags.get(Tag.OPTUNA_TRIAL)
             name = f"{trial.variant}-search{number}" if number is not None else f"{trial.variant}-seed{trial.seed}"

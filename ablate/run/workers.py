@@ -2,13 +2,9 @@
 wherever it runs, is `ablate worker` told the same study file and stores, and claims its units
 from the study's work list."""
 
-import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from ablate.errors import AblateError
 
 
 @dataclass(frozen=True)
@@ -37,30 +33,12 @@ class WorkerSpec:
     smoke: bool = False
     data: Path | None = None  # --data: the study's data.source replaced
 
-    def argv(self, threads: int | None = None) -> list[str]:
-        """The `ablate worker` command line."""
+    def argv(self, threads: int | None = None, gpu_fraction: float | None = None) -> list[str]:
+        """The `ablate worker` command line (`gpu_fraction`: the share of its GPU's memory it may take)."""
         s = self.stores
         argv = [sys.executable, "-m", "ablate.cli", "worker", str(self.study.resolve()), "--no-progress"]
         argv += ["--results", str(s.results.resolve()), "--tracking-uri", s.uri, "--storage", s.storage]
         argv += ["--checkpoints", str(s.checkpoints.resolve())] + ["--smoke"] * self.smoke
         argv += ["--data", str(self.data.resolve())] if self.data else []
+        argv += ["--gpu-fraction", f"{gpu_fraction:g}"] if gpu_fraction else []
         return argv + (["--threads", str(threads)] if threads else [])
-
-
-def spawn(spec: WorkerSpec, n: int, console) -> None:
-    """Start n workers on this machine (each in its own session, so that Ctrl-C reaches them
-    once, forwarded from here, with the CPU's cores split between them) and wait for them all."""
-    threads = max(1, (os.cpu_count() or 1) // n)
-    procs = [subprocess.Popen(spec.argv(threads), start_new_session=True) for _ in range(n)]
-    console.print(f"workers: started {n} (pids {', '.join(str(p.pid) for p in procs)})")
-    try:
-        codes = [p.wait() for p in procs]
-    except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(2)  # SIGINT: each marks its run KILLED and lets go of its claim
-        for p in procs:
-            p.wait()
-        raise
-    if bad := [c for c in codes if c != 0]:
-        raise AblateError(f"{len(bad)} of {n} workers exited with an error (codes {bad}); rerun to resume")

@@ -2,11 +2,13 @@
 and filters by, every setting as a param, and the data as an MLflow dataset."""
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ablate import processes
 from ablate.config import Budget, DataConfig, Expectation, TaskConfig
 from ablate.tracking.schema import Param, Tag
 from ablate.tracking.views import VIEW_TAG, runs_view
@@ -87,6 +89,12 @@ def trial_tags(study: "Study", trial: "Trial", meta: "DataMeta", causal: bool, l
         **grouping_tags(study, trial.variant),
         **({Tag.SCALED: trial.scaled, Tag.SIZE: f"{trial.size:.12g}"} if trial.scaled else {}),
     }
+
+
+def placement() -> dict[str, str]:
+    """Where a trial trains: its worker (host:pid) and, where set, the GPUs its executor gave it."""
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {Tag.WORKER: processes.owner()} | ({Tag.CUDA_VISIBLE_DEVICES: gpus} if gpus is not None else {})
 
 
 def trial_params(study: "Study", trial: "Trial", meta: "DataMeta", device: str) -> dict[str, str]:

@@ -28,6 +28,8 @@ class Tag:
     FAILURE = "ablate.failure"  # why a run failed
     FAILED_STEP = "ablate.failed_step"
     RESUMED_FROM_STEP = "ablate.resumed_from_step"
+    WORKER = "ablate.worker"  # host:pid of the worker that trains it (the last, when resumed)
+    CUDA_VISIBLE_DEVICES = "ablate.cuda_visible_devices"  # the GPUs its executor gave that worker
     RESTARTED = "ablate.restarted_from_step_0"  # an unreadable checkpoint was set aside
     OPTUNA_STUDY = "ablate.optuna_study"
     OPTUNA_TRIAL = "ablate.optuna_trial"

@@ -55,12 +55,12 @@ class Tracker:
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id, created on first use with its artifacts under results/ (for a
-        local store)."""
+        database store, SQLite or PostgreSQL; a server keeps its own)."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
         location = None
-        if self.uri.startswith("sqlite:///"):
+        if not self.uri.startswith(("http://", "https://")):  # a database store keeps no artifacts itself
             location = (self.results.resolve() / "artifacts" / name).as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablate import processes
 from ablate.config import TrainConfig
 from ablate.data import DataSource
+from ablate.errors import Terminated
 from ablate.tracking.schema import Metric
 from ablate.train import checkpoint, diagnostics
 from ablate.train.evaluation import autocast, device_named, evaluate, prefix_losses
@@ -225,37 +227,49 @@ class Trainer:
         self._started = last = time.perf_counter()
         self.model.train()
         for step in range(first, cfg.steps + 1):
-            log = step % cfg.log_every == 0 or step == cfg.steps
-            self.train_step(measure=log)
-            if log:
-                now = time.perf_counter()
-                logged = self.read_train_metrics()
-                self._check(step, logged[Metric.TRAIN_LOSS])
-                logged[Metric.LR] = self.optimizers[0].param_groups[0]["lr"]
-                logged[Metric.TOKENS_PER_S] = self.n_since * tokens_per_step / (now - last)
-                self.metrics |= logged
-                emit(step, logged, "log")
-                self.loss_sum.zero_()
-                self.aux_loss_sum.zero_()
-                self.clipped.zero_()
-                self.n_since, last = 0, now
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                eval_start = time.perf_counter()
-                evaluated = self.evaluate()
-                if not math.isfinite(evaluated[Metric.VAL_LOSS]):
-                    raise Diverged(step, f"val loss is {evaluated[Metric.VAL_LOSS]}")
-                evaluated |= diagnostics.per_block(self.model, self.val[0][0])
-                if self.prefix_eval and step == cfg.steps:
-                    evaluated |= prefix_losses(self.model, self.val[0])
-                self.metrics |= evaluated
-                emit(step, evaluated, "eval")
-                evals = step // cfg.eval_every
-                if checkpoint is not None and cfg.checkpoint_evals and evals % cfg.checkpoint_evals == 0:
+            with processes.sigterm_deferred() as stop:
+                last = self._iteration(step, emit, checkpoint, last, tokens_per_step)
+            if stop.requested:  # SIGTERM: the step is whole; keep it, then stop
+                if checkpoint is not None:
                     self.save(checkpoint() if callable(checkpoint) else checkpoint)
-                last += time.perf_counter() - eval_start  # keep eval (and checkpoint) time out of tokens/s
+                raise Terminated
         elapsed = self.train_time_s + time.perf_counter() - self._started
         return {
             **{k: v for k, v in self.metrics.items() if k not in (Metric.LR, Metric.TOKENS_PER_S)},
             Metric.TRAIN_TIME_S: elapsed,
             Metric.MEAN_TOKENS_PER_S: (cfg.steps - first + 1) * tokens_per_step / (time.perf_counter() - self._started),
         }
+
+    def _iteration(self, step: int, emit: Callback, checkpoint, last: float, tokens_per_step: int) -> float:
+        """One step with its log, eval and checkpoint where they fall; the time the next log's
+        throughput counts from."""
+        cfg = self.cfg
+        log = step % cfg.log_every == 0 or step == cfg.steps
+        self.train_step(measure=log)
+        if log:
+            now = time.perf_counter()
+            logged = self.read_train_metrics()
+            self._check(step, logged[Metric.TRAIN_LOSS])
+            logged[Metric.LR] = self.optimizers[0].param_groups[0]["lr"]
+            logged[Metric.TOKENS_PER_S] = self.n_since * tokens_per_step / (now - last)
+            self.metrics |= logged
+            emit(step, logged, "log")
+            self.loss_sum.zero_()
+            self.aux_loss_sum.zero_()
+            self.clipped.zero_()
+            self.n_since, last = 0, now
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            eval_start = time.perf_counter()
+            evaluated = self.evaluate()
+            if not math.isfinite(evaluated[Metric.VAL_LOSS]):
+                raise Diverged(step, f"val loss is {evaluated[Metric.VAL_LOSS]}")
+            evaluated |= diagnostics.per_block(self.model, self.val[0][0])
+            if self.prefix_eval and step == cfg.steps:
+                evaluated |= prefix_losses(self.model, self.val[0])
+            self.metrics |= evaluated
+            emit(step, evaluated, "eval")
+            evals = step // cfg.eval_every
+            if checkpoint is not None and cfg.checkpoint_evals and evals % cfg.checkpoint_evals == 0:
+                self.save(checkpoint() if callable(checkpoint) else checkpoint)
+            last += time.perf_counter() - eval_start  # keep eval (and checkpoint) time out of tokens/s
+        return last

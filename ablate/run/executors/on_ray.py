@@ -1,0 +1,109 @@
+"""Workers as Ray tasks (`pip install "ablate[ray]"`): on the Ray cluster at --ray-address, or
+on a Ray started on this machine for the study (bound to loopback), each task with the CPUs and
+the GPU share asked. Ray sets each task's CUDA_VISIBLE_DEVICES, which its worker inherits; a task
+whose worker dies is retried, and the retry resumes the unit from its checkpoint."""
+
+import os
+import signal
+import socket
+import subprocess
+
+from ablate.errors import AblateError
+from ablate.processes import watched_by_me
+from ablate.run.executors import Executor, Resources, shared_stores
+from ablate.run.workers import Stores, WorkerSpec
+
+RETRIES = 3  # a task whose worker died is started again this many times
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds as it does on a laptop, to 127.0.0.1
+
+
+class WorkerDied(Exception):
+    """The task's `ablate worker` ended with an error or a signal: Ray retries the task."""
+
+
+def run_worker(argv: list[str]) -> str:
+    """The task: one `ablate worker`, on the GPU Ray gave the task; returns that GPU's id."""
+    proc = subprocess.Popen(argv, env=watched_by_me())
+    try:
+        code = proc.wait()
+    except BaseException:  # the task was cancelled: the worker hands its claim back
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        raise
+    if code != 0:
+        raise WorkerDied(f"ablate worker exited with {code}")
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+class OnRay(Executor):
+    name = "ray"
+
+    def __init__(self, address: str | None):
+        self.address, self.refs, self.started_here = address, [], False
+
+    def check_stores(self, stores: Stores) -> None:
+        """Checked once connected, when the cluster's hosts are known."""
+
+    def launch(self, spec: WorkerSpec, n: int, resources: Resources, console) -> None:
+        host = (self.address or "127.0.0.1").rpartition(":")[0] or self.address
+        if host in ("127.0.0.1", "localhost"):  # Ray's single-machine mode: every port on loopback, none on the network
+            os.environ.setdefault(LOOPBACK_ONLY, "0")
+        try:
+            import ray
+        except ImportError:
+            raise AblateError('--executor ray needs Ray: pip install "ablate[ray]"') from None
+        if self.address is None:  # a Ray of this machine's cores, for this study only, on loopback
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+            self.started_here = True
+        else:
+            ray.init(address=self.address)
+        if not one_host(ray.nodes()):
+            shared_stores(spec.stores, self.name)
+        cpus = resources.cpus or 1
+        task = ray.remote(run_worker).options(
+            num_cpus=cpus, num_gpus=resources.gpus, max_retries=RETRIES, retry_exceptions=True
+        )
+        argv = spec.argv(cpus, resources.gpu_fraction())
+        self.refs = [task.remote(argv) for _ in range(n)]
+        where = self.address or "a Ray started on this machine"
+        console.print(f"workers: {n} Ray tasks on {where} ({cpus} CPU, {resources.gpus:g} GPU each)")
+
+    def wait(self) -> list[str]:
+        import ray
+
+        problems = []
+        try:
+            for ref in self.refs:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    problems.append(f"a Ray task's worker failed {RETRIES + 1} times ({e.cause})")
+        finally:
+            self._shutdown()
+        return problems
+
+    def cancel(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        for ref in self.refs:
+            ray.cancel(ref)  # KeyboardInterrupt in the task: its worker lets go of its claim
+        ray.wait(self.refs, num_returns=len(self.refs), timeout=60)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()  # a Ray started here stops with it; a cluster's keeps running
+
+
+def one_host(nodes: list[dict]) -> bool:
+    """Whether every live node of the cluster is this machine."""
+    here = {"127.0.0.1", "localhost", socket.gethostname()}
+    try:
+        here.add(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        pass
+    return all(node["NodeManagerAddress"] in here for node in nodes if node.get("Alive", True))

@@ -1,0 +1,145 @@
+"""--executor slurm on a real one-node SLURM cluster (`.ci/start-slurm`: munged, slurmctld and
+slurmd on this host), with the work list and the MLflow store on PostgreSQL, as a cluster's
+workers on other hosts need them. Without a SLURM that answers these tests skip, unless
+ABLATE_REQUIRE_SLURM=1 (as in CI), where they fail."""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from ablate.run import claims
+from tests.conftest import clean_env, write_study
+
+
+def _slurm_up() -> bool:
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], check=False, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and any(state in out.stdout for state in ("idle", "mixed", "allocated"))
+
+
+@pytest.fixture
+def slurm():
+    if not _slurm_up():
+        if os.environ.get("ABLATE_REQUIRE_SLURM") == "1":
+            pytest.fail("ABLATE_REQUIRE_SLURM=1 but no SLURM answers (sinfo): run .ci/start-slurm")
+        pytest.skip("no SLURM cluster (sinfo does not answer): .ci/start-slurm starts one")
+
+
+STUDY = """\
+name: onslurm
+data: {source: stdlib, vocab_size: 512, max_bytes: 300000}
+model: {context: 32, d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, ffn_dim: 64}
+train: {steps: STEPS, batch_size: 8, warmup: 5, eval_every: 20, eval_batches: 2, log_every: 5}
+variants:
+  - {name: mha, model: {mixer: mha}}
+  - {name: aft, model: {mixer: aft-simple, ffn: false}}
+seeds: SEEDS
+"""
+
+
+def _study(tmp_path, steps: int, seeds: str):
+    return write_study(tmp_path, STUDY.replace("STEPS", str(steps)).replace("SEEDS", seeds))
+
+
+def _run(study, results, storage, uri, *flags, timeout=500):
+    args = ["ablate", "run", str(study), "--results", str(results), "--executor", "slurm"]
+    args += ["--storage", storage, "--tracking-uri", uri, *flags]
+    return subprocess.run(args, check=False, capture_output=True, text=True, env=clean_env(), timeout=timeout)
+
+
+def _runs(uri: str):
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("onslurm")
+    return client, [r for r in client.search_runs([exp.experiment_id]) if "ablate.role" not in r.data.tags]
+
+
+def test_a_job_array_trains_each_trial_once(slurm, database, tmp_path):
+    storage, uri = database(), database()
+    study, results = _study(tmp_path, 30, "[0, 1]"), tmp_path / "results"
+    proc = _run(study, results, storage, uri, "--workers", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "workers: submitted 2 SLURM jobs" in proc.stdout
+    _, runs = _runs(uri)
+    assert sorted((r.data.tags["ablate.variant"], r.data.tags["ablate.seed"]) for r in runs) == [
+        ("aft", "0"), ("aft", "1"), ("mha", "0"), ("mha", "1"),
+    ]  # fmt: skip
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    rows = claims.WorkList(storage, "onslurm").rows()
+    assert sorted(r.state for u, r in rows.items() if u.startswith("final/")) == ["done"] * 4
+    assert len(list((results / "slurm" / "study").glob("*_log.out"))) >= 2  # submitit's job logs
+    assert (results / "artifacts" / "onslurm").is_dir()  # beside the results, not in whatever folder ran it
+
+
+def test_a_job_cut_by_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(slurm, database, tmp_path):
+    """One job with a 1-minute limit and more training than one job's minute holds: SLURM's
+    signal (30 s ahead of the limit) stops the worker after a whole step, it saves and hands the
+    unit back, the job requeues, and the same run goes on from that step; no eval is logged twice."""
+    storage, uri = database(), database()
+    one_variant = STUDY.replace("  - {name: aft, model: {mixer: aft-simple, ffn: false}}\n", "")
+    study = write_study(tmp_path, one_variant.replace("STEPS", "5000").replace("SEEDS", "[0]"))
+    args = ["ablate", "run", str(study), "--results", str(tmp_path / "results"), "--executor", "slurm"]
+    args += ["--storage", storage, "--tracking-uri", uri, "--workers", "1", "--time", "1"]
+    launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
+    deadline = time.time() + 900
+    while launcher.poll() is None and time.time() < deadline:
+        _start_requeued_jobs_now()
+        time.sleep(1)
+    out, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, out[-3000:]
+    client, runs = _runs(uri)
+    (run,) = runs
+    assert run.info.status == "FINISHED" and int(run.data.tags["ablate.resumed_from_step"]) > 0
+    evals = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert evals == sorted(set(evals)) and evals[-1] == 5000  # each eval once, to the end
+    (unit,) = _finals(storage)
+    assert claims.WorkList(storage, "onslurm").rows()[unit].attempts >= 2
+
+
+def _start_requeued_jobs_now() -> None:
+    """SLURM holds a requeued job for two minutes (its begin time); an administrator may start it
+    at once, which keeps this test short without changing what is tested."""
+    queue = subprocess.run(["squeue", "-h", "-o", "%i %r"], check=False, capture_output=True, text=True).stdout
+    for line in queue.splitlines():
+        job, _, reason = line.partition(" ")
+        if reason.strip() == "BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False, capture_output=True)
+
+
+def _finals(storage: str) -> list[str]:
+    return [u for u in claims.WorkList(storage, "onslurm").rows() if u.startswith("final/")]
+
+
+def test_scancel_of_a_worker_hands_its_unit_to_another(slurm, database, tmp_path):
+    storage, uri = database(), database()
+    study, results = _study(tmp_path, 3000, "[0]"), tmp_path / "results"
+    args = ["ablate", "run", str(study), "--results", str(results), "--executor", "slurm", "--workers", "2"]
+    args += ["--storage", storage, "--tracking-uri", uri]
+    launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
+    victim = None
+    deadline = time.time() + 300
+    while victim is None and time.time() < deadline:
+        time.sleep(1)
+        rows = claims.WorkList(storage, "onslurm").rows()
+        running = [r for u, r in rows.items() if r.state == claims.RUNNING and u.startswith("final/")]
+        if len(running) == 2 and (results / "checkpoints").exists() and any((results / "checkpoints").glob("*.pt")):
+            victim = running[0]
+    assert victim is not None, "the two jobs never both trained"
+    pid = victim.worker.rpartition(":")[2]
+    job = subprocess.run(["ps", "-o", "args=", "-p", pid], check=False, capture_output=True, text=True).stdout
+    assert "ablate" in job
+    environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+    job = f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"  # the worker's own array task
+    subprocess.run(["scancel", job], check=True)
+    out, _ = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, out[-3000:]  # the work list decides: its unit went on elsewhere
+    assert out.count("did not complete") == 1 and "the other workers finished its units" in out, out[-3000:]
+    _, runs = _runs(uri)
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 2
+    taken = [r for r in runs if "ablate.resumed_from_step" in r.data.tags]
+    assert len(taken) == 1 and victim.unit.endswith(taken[0].data.tags["ablate.trial_key"])
