@@ -117,3 +117,11 @@ def database():
         for name in made:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def planned_keys(study: Path) -> set[str]:
+    """The trial keys a study's plan gives: what every executor must train, each once."""
+    from ablate.plan import study as study_mod
+
+    planned = study_mod.load(study)
+    return {trial.key(planned.config.data) for trial in planned.trials}

@@ -16,7 +16,7 @@ import pytest
 
 from ablate.run import claims
 from ablate.ui import free_port
-from tests.conftest import clean_env, write_study
+from tests.conftest import clean_env, planned_keys, write_study
 
 RAY_STUDY = """\
 name: onray
@@ -89,6 +89,7 @@ def test_ray_tasks_share_a_gpu_and_train_each_trial_once(tmp_path, ray_head):
         ("aft", "0"), ("aft", "1"), ("mha", "0"), ("mha", "1"),
     ]  # fmt: skip
     assert {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.tags["ablate.trial_key"] for r in runs) == sorted(planned_keys(study))
     assert {r.data.tags["ablate.cuda_visible_devices"] for r in runs} == {"0"}  # both halves of GPU 0
     assert len({r.data.tags["ablate.worker"] for r in runs}) == 2  # two workers, each placed by Ray
     rows = claims.WorkList(f"sqlite:///{results / 'optuna.db'}", "onray").rows()

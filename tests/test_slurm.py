@@ -12,7 +12,7 @@ import mlflow
 import pytest
 
 from ablate.run import claims
-from tests.conftest import clean_env, write_study
+from tests.conftest import clean_env, planned_keys, write_study
 
 
 def _slurm_up() -> bool:
@@ -70,6 +70,7 @@ def test_a_job_array_trains_each_trial_once(slurm, database, tmp_path):
         ("aft", "0"), ("aft", "1"), ("mha", "0"), ("mha", "1"),
     ]  # fmt: skip
     assert {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.tags["ablate.trial_key"] for r in runs) == sorted(planned_keys(study))
     rows = claims.WorkList(storage, "onslurm").rows()
     assert sorted(r.state for u, r in rows.items() if u.startswith("final/")) == ["done"] * 4
     assert len(list((results / "slurm" / "study").glob("*_log.out"))) >= 2  # submitit's job logs
@@ -130,6 +131,11 @@ def test_scancel_of_a_worker_hands_its_unit_to_another(slurm, database, tmp_path
         if len(running) == 2 and (results / "checkpoints").exists() and any((results / "checkpoints").glob("*.pt")):
             victim = running[0]
     assert victim is not None, "the two jobs never both trained"
+    shown = subprocess.run(
+        ["ablate", "status", "--storage", storage, "--study", "onslurm"],
+        check=True, capture_output=True, text=True, env=clean_env(),
+    ).stdout  # fmt: skip
+    assert "onslurm: 2 units:" in shown and victim.worker.rpartition(":")[2] in shown
     pid = victim.worker.rpartition(":")[2]
     job = subprocess.run(["ps", "-o", "args=", "-p", pid], check=False, capture_output=True, text=True).stdout
     assert "ablate" in job
@@ -143,3 +149,29 @@ def test_scancel_of_a_worker_hands_its_unit_to_another(slurm, database, tmp_path
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 2
     taken = [r for r in runs if "ablate.resumed_from_step" in r.data.tags]
     assert len(taken) == 1 and victim.unit.endswith(taken[0].data.tags["ablate.trial_key"])
+
+
+def test_a_detached_launch_returns_at_once_and_a_rerun_ends_the_study(slurm, database, tmp_path):
+    storage, uri = database(), database()
+    study, results = _study(tmp_path, 30, "[0]"), tmp_path / "results"
+    started = time.monotonic()
+    proc = _run(study, results, storage, uri, "--workers", "2", "--detach")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"ablate status --study onslurm --results {results} --storage {storage}" in proc.stdout
+    assert time.monotonic() - started < 60
+    deadline = time.time() + 300
+    while time.time() < deadline and any(r.state != claims.DONE for u, r in _rows(storage) if u.startswith("final/")):
+        time.sleep(1)
+    args = ["ablate", "run", str(study), "--results", str(results), "--storage", storage, "--tracking-uri", uri]
+    again = subprocess.run(args, check=False, capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert again.returncode == 0 and "2 of 2 trials already finished" in again.stdout, again.stdout[-2000:]
+    client, runs = _runs(uri)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    parents = client.search_runs(
+        [client.get_experiment_by_name("onslurm").experiment_id], "tags.`ablate.role` = 'variant'"
+    )
+    assert parents and {p.info.status for p in parents} == {"FINISHED"}
+
+
+def _rows(storage: str) -> list:
+    return list(claims.WorkList(storage, "onslurm").rows().items())

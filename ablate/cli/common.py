@@ -137,25 +137,31 @@ def executor_options(cmd) -> None:
         "--gpus-per-worker",
         type=positive_number,
         default=0.0,
-        help="GPUs each worker gets; a fraction packs workers on one GPU (0.25: four to a GPU)",
+        help="GPUs each worker gets; a fraction packs workers on one GPU (0.25: four to a GPU) (default 0: none)",
     )
     cmd.add_argument(
         "--cpus-per-worker", type=positive, help="CPU cores each worker gets (default: local, the cores split; else 1)"
     )
     cmd.add_argument("--ray-address", help="ray: the cluster to use (default: a Ray started on this machine)")
     slurm = cmd.add_argument_group("slurm")
-    slurm.add_argument("--partition", help="the partition to submit to")
-    slurm.add_argument("--time", type=positive, dest="time_min", help="each job's time limit in minutes")
-    slurm.add_argument("--gpus-per-node", type=positive, help="GPUs each job asks for")
+    slurm.add_argument("--partition", help="the partition to submit to (default: the cluster's)")
+    slurm.add_argument(
+        "--time", type=positive, dest="time_min", help="each job's time limit in minutes (default: the partition's)"
+    )
+    slurm.add_argument(
+        "--gpus-per-node", type=positive, help="GPUs each job asks for (default: its workers' --gpus-per-worker)"
+    )
     slurm.add_argument(
         "--slurm-extra",
         type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other sbatch option (--slurm-extra account=lab)",
+        help="any other sbatch option, repeatable (--slurm-extra account=lab) (default: none)",
     )
-    slurm.add_argument("--pack", type=positive, default=1, help="workers inside each 1-GPU job, sharing its GPU")
+    slurm.add_argument(
+        "--pack", type=positive, default=1, help="workers inside each 1-GPU job, sharing its GPU (default 1)"
+    )
     slurm.add_argument("--detach", action="store_true", help="submit and return; follow with `ablate status`")
 
 

@@ -33,7 +33,9 @@ def add_commands(sub) -> None:
     work_options(worker)
     worker.add_argument("--threads", type=positive, help="torch threads (default: torch's choice)")
     worker.add_argument(
-        "--gpu-fraction", type=fraction, help="the share of its GPU's memory this worker may take (GPU packing)"
+        "--gpu-fraction",
+        type=fraction,
+        help="the share of its GPU's memory this worker may take (GPU packing) (default: no cap)",
     )
     worker.add_argument("--no-progress", action="store_true", help="plain lines instead of live progress bars")
     worker.set_defaults(func=worker_command)
@@ -89,7 +91,8 @@ def run_command(args) -> int:
     if run.detached:
         out.print(
             f"detached: follow it with `ablate status --study {study.name}{_status_hint(args)}`; once every unit "
-            "has ended, the same run command trains nothing and ends the study's parent runs"
+            "has ended, the same run command trains nothing and ends the study's parent runs",
+            soft_wrap=True,
         )
         return 0
     print_summary(study, run, stores, store_hint(args), out)
