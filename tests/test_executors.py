@@ -36,9 +36,12 @@ def test_workers_on_other_hosts_refuse_stores_only_this_host_reaches(tmp_path):
 
 
 def test_a_ray_cluster_of_this_machine_alone_may_use_its_sqlite_stores():
-    assert one_host([{"NodeManagerAddress": "127.0.0.1", "Alive": True}])
-    assert not one_host([{"NodeManagerAddress": "127.0.0.1"}, {"NodeManagerAddress": "10.0.0.7", "Alive": True}])
-    assert one_host([{"NodeManagerAddress": "127.0.0.1"}, {"NodeManagerAddress": "10.0.0.7", "Alive": False}])
+    assert one_host([{"NodeManagerAddress": "127.0.0.1", "Alive": True}], "127.0.0.1")
+    assert one_host([{"NodeManagerAddress": "192.0.2.2"}], "192.0.2.2")
+    assert not one_host([{"NodeManagerAddress": "127.0.0.1"}, {"NodeManagerAddress": "10.0.0.7"}], "192.0.2.2")
+    assert one_host(
+        [{"NodeManagerAddress": "192.0.2.2"}, {"NodeManagerAddress": "10.0.0.7", "Alive": False}], "192.0.2.2"
+    )
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ def _ray_processes() -> list[str]:
 def ray_head():
     """A Ray head of this machine: 2 CPUs and a declared GPU, every port on 127.0.0.1."""
     assert not _ray_processes(), "a Ray is already running on this machine"
-    env = clean_env() | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = clean_env() | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     port, temp = free_port(), Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     started = _ray(
         "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=1", "--include-dashboard=false",
@@ -128,3 +128,24 @@ def test_a_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpoint(tm
     resumed = [r for r in runs if "ablate.resumed_from_step" in r.data.tags]
     assert len(resumed) == 1 and int(resumed[0].data.tags["ablate.resumed_from_step"]) >= 20
     assert str(victim) not in resumed[0].data.tags["ablate.worker"]  # the retry's worker finished it
+
+
+def test_without_an_address_a_ray_of_this_machine_is_started_for_the_study_and_stopped_with_it(tmp_path):
+    assert not _ray_processes(), "a Ray is already running on this machine"
+    token = Path.home() / ".ray" / "auth_token"
+    had_token = token.exists()
+    study = write_study(tmp_path, RAY_STUDY.replace("STEPS", "30"))
+    results = tmp_path / "results"
+    args = ["ablate", "run", str(study), "--results", str(results), "--executor", "ray", "--workers", "2"]
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=clean_env(), timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "workers: 2 Ray tasks on a Ray started on this machine" in proc.stdout
+    runs = _trial_runs(results)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["ablate.worker"] for r in runs}) == 2
+    for _ in range(50):
+        if not _ray_processes():
+            break
+        time.sleep(0.2)
+    assert not _ray_processes(), "the study's Ray outlived it"
+    assert token.exists() == had_token  # its token was its own, not one left in the home for other clusters

@@ -4,8 +4,8 @@ the GPU share asked. Ray sets each task's CUDA_VISIBLE_DEVICES, which its worker
 whose worker dies is retried, and the retry resumes the unit from its checkpoint."""
 
 import os
+import secrets
 import signal
-import socket
 import subprocess
 
 from ablate.errors import AblateError
@@ -45,19 +45,25 @@ class OnRay(Executor):
         """Checked once connected, when the cluster's hosts are known."""
 
     def launch(self, spec: WorkerSpec, n: int, resources: Resources, console) -> None:
-        host = (self.address or "127.0.0.1").rpartition(":")[0] or self.address
-        if host in ("127.0.0.1", "localhost"):  # Ray's single-machine mode: every port on loopback, none on the network
+        address = self.address or "127.0.0.1"
+        if address.rsplit(":", 1)[0] in (
+            "127.0.0.1",
+            "localhost",
+        ):  # Ray's single-machine mode: every port on loopback, none on the network
             os.environ.setdefault(LOOPBACK_ONLY, "0")
         try:
             import ray
         except ImportError:
             raise AblateError('--executor ray needs Ray: pip install "ablate[ray]"') from None
         if self.address is None:  # a Ray of this machine's cores, for this study only, on loopback
+            # with a token of its own: Ray would otherwise write one to ~/.ray, which later
+            # connections to other clusters on this machine would present
+            os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
             self.started_here = True
         else:
             ray.init(address=self.address)
-        if not one_host(ray.nodes()):
+        if not self.started_here and not one_host(ray.nodes(), ray.util.get_node_ip_address()):
             shared_stores(spec.stores, self.name)
         cpus = resources.cpus or 1
         task = ray.remote(run_worker).options(
@@ -99,11 +105,6 @@ class OnRay(Executor):
             ray.shutdown()  # a Ray started here stops with it; a cluster's keeps running
 
 
-def one_host(nodes: list[dict]) -> bool:
-    """Whether every live node of the cluster is this machine."""
-    here = {"127.0.0.1", "localhost", socket.gethostname()}
-    try:
-        here.add(socket.gethostbyname(socket.gethostname()))
-    except OSError:
-        pass
-    return all(node["NodeManagerAddress"] in here for node in nodes if node.get("Alive", True))
+def one_host(nodes: list[dict], here: str) -> bool:
+    """Whether every live node of the cluster is this machine (`here`: its address as Ray sees it)."""
+    return all(node["NodeManagerAddress"] in (here, "127.0.0.1") for node in nodes if node.get("Alive", True))
