@@ -16,18 +16,7 @@ import pytest
 
 from ablate.run import claims
 from ablate.ui import free_port
-from tests.conftest import clean_env, planned_keys, write_study
-
-RAY_STUDY = """\
-name: onray
-data: {source: stdlib, vocab_size: 512, max_bytes: 300000}
-model: {context: 32, d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, ffn_dim: 64}
-train: {steps: STEPS, batch_size: 8, warmup: 5, eval_every: 20, eval_batches: 2, log_every: 5}
-variants:
-  - {name: mha, model: {mixer: mha}}
-  - {name: aft, model: {mixer: aft-simple, ffn: false}}
-seeds: [0, 1]
-"""
+from tests.conftest import clean_env, engine_study, planned_keys, write_study
 
 
 def _ray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -79,7 +68,7 @@ def _trial_runs(results: Path):
 
 
 def test_ray_tasks_share_a_gpu_and_train_each_trial_once(tmp_path, ray_head):
-    study = write_study(tmp_path, RAY_STUDY.replace("STEPS", "30"))
+    study = write_study(tmp_path, engine_study("onray", 30))
     results = tmp_path / "results"
     proc = _run(study, results, ray_head)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -102,7 +91,7 @@ def test_ray_tasks_share_a_gpu_and_train_each_trial_once(tmp_path, ray_head):
 
 
 def test_a_worker_killed_mid_trial_is_retried_and_resumes_from_its_checkpoint(tmp_path, ray_head):
-    study = write_study(tmp_path, RAY_STUDY.replace("STEPS", "300").replace("seeds: [0, 1]", "seeds: [0]"))
+    study = write_study(tmp_path, engine_study("onray", 300, "[0]"))
     results = tmp_path / "results"
     args = ["ablate", "run", str(study), "--results", str(results), "--executor", "ray", "--ray-address", ray_head]
     args += ["--workers", "1", "--gpus-per-worker", "0.5"]
@@ -134,7 +123,7 @@ def test_without_an_address_a_ray_of_this_machine_is_started_for_the_study_and_s
     assert not _ray_processes(), "a Ray is already running on this machine"
     token = Path.home() / ".ray" / "auth_token"
     had_token = token.exists()
-    study = write_study(tmp_path, RAY_STUDY.replace("STEPS", "30"))
+    study = write_study(tmp_path, engine_study("onray", 30))
     results = tmp_path / "results"
     args = ["ablate", "run", str(study), "--results", str(results), "--executor", "ray", "--workers", "2"]
     proc = subprocess.run(args, check=False, capture_output=True, text=True, env=clean_env(), timeout=400)

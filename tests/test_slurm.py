@@ -12,7 +12,7 @@ import mlflow
 import pytest
 
 from ablate.run import claims
-from tests.conftest import clean_env, planned_keys, write_study
+from tests.conftest import clean_env, engine_study, planned_keys, write_study
 
 
 def _slurm_up() -> bool:
@@ -31,20 +31,8 @@ def slurm():
         pytest.skip("no SLURM cluster (sinfo does not answer): .ci/start-slurm starts one")
 
 
-STUDY = """\
-name: onslurm
-data: {source: stdlib, vocab_size: 512, max_bytes: 300000}
-model: {context: 32, d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, ffn_dim: 64}
-train: {steps: STEPS, batch_size: 8, warmup: 5, eval_every: 20, eval_batches: 2, log_every: 5}
-variants:
-  - {name: mha, model: {mixer: mha}}
-  - {name: aft, model: {mixer: aft-simple, ffn: false}}
-seeds: SEEDS
-"""
-
-
 def _study(tmp_path, steps: int, seeds: str):
-    return write_study(tmp_path, STUDY.replace("STEPS", str(steps)).replace("SEEDS", seeds))
+    return write_study(tmp_path, engine_study("onslurm", steps, seeds))
 
 
 def _run(study, results, storage, uri, *flags, timeout=500):
@@ -82,8 +70,7 @@ def test_a_job_cut_by_its_time_limit_is_requeued_and_resumes_from_its_checkpoint
     signal (30 s ahead of the limit) stops the worker after a whole step, it saves and hands the
     unit back, the job requeues, and the same run goes on from that step; no eval is logged twice."""
     storage, uri = database(), database()
-    one_variant = STUDY.replace("  - {name: aft, model: {mixer: aft-simple, ffn: false}}\n", "")
-    study = write_study(tmp_path, one_variant.replace("STEPS", "5000").replace("SEEDS", "[0]"))
+    study = write_study(tmp_path, engine_study("onslurm", 5000, "[0]", variants=("mha",)))
     args = ["ablate", "run", str(study), "--results", str(tmp_path / "results"), "--executor", "slurm"]
     args += ["--storage", storage, "--tracking-uri", uri, "--workers", "1", "--time", "1"]
     launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
