@@ -45,7 +45,9 @@ def stop_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-class Deferred:
+class StopRequest:
+    """Whether a SIGTERM arrived inside `sigterm_deferred`'s block."""
+
     requested = False
 
 
@@ -54,7 +56,7 @@ def sigterm_deferred():
     """SIGTERM inside the block is only noted (`.requested`): a training step runs to its end
     before the trainer saves a checkpoint and stops, as schedulers expect between their SIGTERM
     and their SIGKILL. Outside the main thread, where signals cannot be handled, it changes nothing."""
-    noted = Deferred()
+    noted = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield noted
         return

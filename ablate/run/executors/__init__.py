@@ -63,8 +63,8 @@ class Executor(ABC):
             shared_stores(stores, self.name)
 
     def run(self, spec: WorkerSpec, n: int, resources: Resources, console) -> list[str]:
-        """Launch and wait (or, detached, only launch); what went wrong with the workers."""
-        self.check_stores(spec.stores)
+        """Launch and wait (or, detached, only launch); what went wrong with the workers. The
+        stores are checked (`check_stores`) before the study writes anything, not here."""
         self.launch(spec, n, resources, console)
         if self.detached:
             return []
