@@ -8,6 +8,8 @@ Per head:
     y_t = W_out (o_t + local_t)
 Recurrent, the linear part carries (1 + f + f²) × (d + 1) numbers per head (f = feature_dim);
 the local part its window's keys and values.
+`kernel`: `parallel_based` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
+where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`).
 """
 
 import torch
@@ -15,18 +17,19 @@ from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import attention_softmax_flops, softmax_attention
-from ablate.nn.ops import parallel_based
+from ablate.nn.ops.kernels import check_kernel, run_op
 
 
 @register("based")
 class Based(Mixer):
     """Based (Arora et al. 2024): Taylor-feature linear attention on a small feature_dim, plus sliding-window softmax."""
 
-    def __init__(self, cfg, layer_idx, *, feature_dim: int = 16, window: int = 64):
+    def __init__(self, cfg, layer_idx, *, feature_dim: int = 16, window: int = 64, kernel: str | None = None):
         super().__init__()
         check_int(feature_dim, "based feature_dim")
         check_int(window, "based window")
-        self.n_heads, self.feature_dim, self.window = cfg.n_heads, feature_dim, window
+        check_kernel(kernel, "based")
+        self.n_heads, self.feature_dim, self.window, self.kernel = cfg.n_heads, feature_dim, window, kernel
         self.qk = nn.Linear(cfg.d_model, 2 * cfg.n_heads * feature_dim, bias=False)
         self.v = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
         self.local_qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
@@ -35,7 +38,7 @@ class Based(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         q, k = self.qk(x).view(B, T, 2, self.n_heads, self.feature_dim).unbind(2)
-        linear, _ = parallel_based(q, k, self.v(x).view(B, T, self.n_heads, -1))
+        linear, _ = run_op("parallel_based", self.kernel, q, k, self.v(x).view(B, T, self.n_heads, -1))
         lq, lk, lv = self.local_qkv(x).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         local = softmax_attention(lq, lk, lv, min(self.window, T)).transpose(1, 2)
         return self.out((linear + local).reshape(B, T, -1))

@@ -9,6 +9,9 @@ swish-activated and L2-normalised, v swish-activated, a write strength
 (the state's answer for k_t moves towards v_t by β_t: an error-correcting write); then
 y_t = W_out rms_norm(o_t), times swish(W_g x_t) in the gated form. A state of d × d per head,
 and the convolution's last 3 inputs per channel.
+`kernel`: `chunk_delta_rule` / `chunk_gated_delta_rule` from ablate.nn.ops (torch) or
+flash-linear-attention (fla); unset, fla where it is installed and the model is on CUDA
+(`ablate.nn.ops.kernels`).
 """
 
 import torch
@@ -17,18 +20,19 @@ from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import ShortConv, rms_norm, spread_decays
-from ablate.nn.ops import chunk_delta_rule, chunk_gated_delta_rule
+from ablate.nn.ops.kernels import check_kernel, run_op
 
 
 @register("deltanet")
 class DeltaNet(Mixer):
     """The delta rule (Schlag et al. 2021; Yang et al. 2024): L2-normalised keys, a write strength β per token."""
 
-    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64, conv_size: int | None = 4):
+    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64, conv_size: int | None = 4, kernel: str | None = None):
         super().__init__()
         check_int(chunk_size, f"{self.name} chunk_size")
         check_int(conv_size, f"{self.name} conv_size", allow_none=True)
-        self.n_heads, self.chunk_size = cfg.n_heads, chunk_size
+        check_kernel(kernel, self.name)
+        self.n_heads, self.chunk_size, self.kernel = cfg.n_heads, chunk_size, kernel
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
         self.beta = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
@@ -42,7 +46,7 @@ class DeltaNet(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        o, _ = chunk_delta_rule(*self.heads(x), chunk_size=self.chunk_size)
+        o, _ = run_op("chunk_delta_rule", self.kernel, *self.heads(x), chunk_size=self.chunk_size)
         return self.out(rms_norm(o).reshape(B, T, -1))
 
     def elementwise_flops(self, T):
@@ -61,8 +65,8 @@ class DeltaNet(Mixer):
 class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet (Yang et al. 2024): the delta rule with a decay per head set by the input, and an output gate."""
 
-    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64, conv_size: int | None = 4):
-        super().__init__(cfg, layer_idx, chunk_size=chunk_size, conv_size=conv_size)
+    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64, conv_size: int | None = 4, kernel: str | None = None):
+        super().__init__(cfg, layer_idx, chunk_size=chunk_size, conv_size=conv_size, kernel=kernel)
         self.alpha = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
         self.A_log = nn.Parameter(torch.zeros(cfg.n_heads))
         self.dt_bias = nn.Parameter(torch.zeros(cfg.n_heads))
@@ -76,7 +80,7 @@ class GatedDeltaNet(DeltaNet):
         B, T, _ = x.shape
         q, k, v, beta = self.heads(x)
         g = -self.A_log.exp() * F.softplus(self.alpha(x) + self.dt_bias)
-        o, _ = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size)
+        o, _ = run_op("chunk_gated_delta_rule", self.kernel, q, k, v, g, beta, chunk_size=self.chunk_size)
         return self.out(rms_norm(o).reshape(B, T, -1) * F.silu(self.out_gate(x)))
 
     def elementwise_flops(self, T):

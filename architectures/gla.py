@@ -6,6 +6,8 @@ Per head, a decay per key channel that the input sets, through a low-rank gate:
     y_t = W_out (rms_norm(o_t) ⊙ swish(W_g x_t))           (norm per head)
 A state of d × d per head. `conv_size` puts a short causal convolution per channel on q, k and v
 first (none by default, as in the paper and fla's GLA layer).
+`kernel`: `chunk_gla` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
+where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`).
 """
 
 import torch
@@ -14,7 +16,7 @@ from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import ShortConv, rms_norm
-from ablate.nn.ops import chunk_gla
+from ablate.nn.ops.kernels import check_kernel, run_op
 
 GATE_NORMALIZER = 16.0  # the decay's log is logsigmoid / 16: close to 1, as GLA starts it
 
@@ -23,12 +25,22 @@ GATE_NORMALIZER = 16.0  # the decay's log is logsigmoid / 16: close to 1, as GLA
 class GatedLinearAttention(Mixer):
     """Gated linear attention (Yang et al. 2023): a per-channel decay set by the input through a low-rank gate."""
 
-    def __init__(self, cfg, layer_idx, *, gate_rank: int = 16, chunk_size: int = 16, conv_size: int | None = None):
+    def __init__(
+        self,
+        cfg,
+        layer_idx,
+        *,
+        gate_rank: int = 16,
+        chunk_size: int = 16,
+        conv_size: int | None = None,
+        kernel: str | None = None,
+    ):
         super().__init__()
         check_int(gate_rank, "gla gate_rank")
         check_int(chunk_size, "gla chunk_size")
         check_int(conv_size, "gla conv_size", allow_none=True)
-        self.n_heads, self.chunk_size = cfg.n_heads, chunk_size
+        check_kernel(kernel, "gla")
+        self.n_heads, self.chunk_size, self.kernel = cfg.n_heads, chunk_size, kernel
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
         self.gate_down = nn.Linear(cfg.d_model, gate_rank, bias=False)
@@ -40,7 +52,7 @@ class GatedLinearAttention(Mixer):
         B, T, _ = x.shape
         q, k, v = self.conv(self.qkv(x)).view(B, T, 3, self.n_heads, -1).unbind(2)
         g = F.logsigmoid(self.gate_up(self.gate_down(x))).view(B, T, self.n_heads, -1) / GATE_NORMALIZER
-        o, _ = chunk_gla(q, k, v, g, chunk_size=self.chunk_size)
+        o, _ = run_op("chunk_gla", self.kernel, q, k, v, g, chunk_size=self.chunk_size)
         return self.out(rms_norm(o).reshape(B, T, -1) * F.silu(self.out_gate(x)))
 
     def elementwise_flops(self, T):

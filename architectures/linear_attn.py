@@ -5,6 +5,8 @@ Per head, with the positive feature map φ(x) = elu(x) + 1 on q and k:
 (`normalize: false` drops the denominator). A state of d × (d + 1) per head, whatever the context.
 `conv_size` puts a short causal convolution per channel on q, k and v first (none by default, as
 in the paper; Zoology's and fla's recurrent layers use one for recall).
+`kernel`: `chunk_linear_attn` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
+where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`).
 """
 
 import torch
@@ -13,18 +15,28 @@ from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import ShortConv
-from ablate.nn.ops import chunk_linear_attn
+from ablate.nn.ops.kernels import check_kernel, run_op
 
 
 @register("linear-attn")
 class LinearAttention(Mixer):
     """Causal linear attention with elu+1 features (Katharopoulos et al. 2020), normalised."""
 
-    def __init__(self, cfg, layer_idx, *, normalize: bool = True, chunk_size: int = 64, conv_size: int | None = None):
+    def __init__(
+        self,
+        cfg,
+        layer_idx,
+        *,
+        normalize: bool = True,
+        chunk_size: int = 64,
+        conv_size: int | None = None,
+        kernel: str | None = None,
+    ):
         super().__init__()
         check_int(chunk_size, "linear-attn chunk_size")
         check_int(conv_size, "linear-attn conv_size", allow_none=True)
-        self.n_heads, self.normalize, self.chunk_size = cfg.n_heads, normalize, chunk_size
+        check_kernel(kernel, "linear-attn")
+        self.n_heads, self.normalize, self.chunk_size, self.kernel = cfg.n_heads, normalize, chunk_size, kernel
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
@@ -33,7 +45,7 @@ class LinearAttention(Mixer):
         B, T, _ = x.shape
         q, k, v = self.conv(self.qkv(x)).view(B, T, 3, self.n_heads, -1).unbind(2)
         q, k = F.elu(q) + 1, F.elu(k) + 1
-        y, _ = chunk_linear_attn(q, k, v, normalize=self.normalize, chunk_size=self.chunk_size)
+        y, _ = run_op("chunk_linear_attn", self.kernel, q, k, v, normalize=self.normalize, chunk_size=self.chunk_size)
         return self.out(y.reshape(B, T, -1))
 
     def elementwise_flops(self, T):

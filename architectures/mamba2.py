@@ -7,6 +7,8 @@ convolution and a swish; then per head, with a decay a = exp(−exp(A_log) · dt
 that is linear attention with q = C, k = B, v = dt·x and a log decay per head (`chunk_simple_gla`);
 then rms_norm(y ⊙ swish(z)) and the output map. A state of d_state × P per head, plus the
 convolution's last d_conv − 1 inputs.
+`kernel`: `chunk_simple_gla` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
+where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`).
 """
 
 import torch
@@ -15,18 +17,21 @@ from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import ShortConv, rms_norm, spread_decays
-from ablate.nn.ops import chunk_simple_gla
+from ablate.nn.ops.kernels import check_kernel, run_op
 
 
 @register("mamba2")
 class Mamba2(Mixer):
     """Mamba-2's SSD (Dao & Gu 2024): a short causal convolution, a decay per head set by the input, a gate."""
 
-    def __init__(self, cfg, layer_idx, *, d_state: int = 16, d_conv: int = 4, chunk_size: int = 64):
+    def __init__(
+        self, cfg, layer_idx, *, d_state: int = 16, d_conv: int = 4, chunk_size: int = 64, kernel: str | None = None
+    ):
         super().__init__()
         for value, what in ((d_state, "d_state"), (d_conv, "d_conv"), (chunk_size, "chunk_size")):
             check_int(value, f"mamba2 {what}")
-        self.n_heads, self.d_state, self.chunk_size = cfg.n_heads, d_state, chunk_size
+        check_kernel(kernel, "mamba2")
+        self.n_heads, self.d_state, self.chunk_size, self.kernel = cfg.n_heads, d_state, chunk_size, kernel
         inner = cfg.qkv_dim
         self.conv_width = inner + 2 * d_state
         self.in_proj = nn.Linear(cfg.d_model, inner + self.conv_width + cfg.n_heads, bias=False)
@@ -52,7 +57,10 @@ class Mamba2(Mixer):
         dt = F.softplus(dt + self.dt_bias)  # (B, T, H)
         xs = xs.view(B, T, H, -1)
         q, k = (t[:, :, None, :].expand(B, T, H, self.d_state) for t in (c, b))
-        y, _ = chunk_simple_gla(q, k, xs * dt[..., None], -self.A_log.exp() * dt, scale=1.0, chunk_size=self.chunk_size)
+        decay = -self.A_log.exp() * dt
+        y, _ = run_op(
+            "chunk_simple_gla", self.kernel, q, k, xs * dt[..., None], decay, scale=1.0, chunk_size=self.chunk_size
+        )
         y = y + self.D[:, None] * xs
         return self.out(rms_norm(y.reshape(B, T, inner) * F.silu(z)))
 

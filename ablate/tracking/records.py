@@ -99,6 +99,8 @@ def placement() -> dict[str, str]:
 
 def trial_params(study: "Study", trial: "Trial", meta: "DataMeta", device: str) -> dict[str, str]:
     """The params of a trial's run: its whole configuration, its data and its sizes."""
+    from ablate.nn.ops.kernels import default_kernel  # torch: imported by the trainer that calls this
+
     budget = study.config.budget
     if budget is not None and trial.size is not None:
         budget = budget.at(trial.size)
@@ -117,6 +119,7 @@ def trial_params(study: "Study", trial: "Trial", meta: "DataMeta", device: str) 
         Param.BUDGET: budget.describe() if budget else "none",
         Param.STATE_SIZE: str(trial.state_size),
         Param.DEVICE: device,
+        Param.DEFAULT_KERNEL: default_kernel(device),
     }
 
 

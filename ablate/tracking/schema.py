@@ -57,6 +57,7 @@ class Param:
     STATE_SIZE = "state_size"
     BUDGET = "budget"  # the size the budget held equal, in words
     DEVICE = "device"
+    DEFAULT_KERNEL = "default_kernel"  # what a mixer's unset `kernel` option runs there: torch or fla
     DATA_FINGERPRINT = "data.fingerprint"
     UNIGRAM_ENTROPY = "data.unigram_entropy"
     CHANCE_ACCURACY = "data.chance_accuracy"

@@ -2,7 +2,7 @@
 within chunks, a recurrent state between them) and `recurrent_*` (decoding: one step at a time).
 
 They follow flash-linear-attention's `fla.ops` calling convention, so that a mixer can call
-fla's fused kernel of the same name instead: q, k, v of shape (B, T, H, D); a log decay `g`
+fla's fused kernel of the same name instead (`kernels.run_op`): q, k, v of shape (B, T, H, D); a log decay `g`
 per head (B, T, H) or per channel (B, T, H, K); `scale` (default K^-0.5) multiplies q;
 `initial_state` (B, H, K, V) and `output_final_state`; each returns (o, final_state or None).
 The AFT family's running softmax means are here too.
