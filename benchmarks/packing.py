@@ -1,8 +1,9 @@
 """Packing on one GPU: a study run one trial at a time, then the same study with K workers
 sharing the GPU (`ablate run --workers K --gpus-per-worker 1/K`), each into its own results
-folder (without a GPU, the K workers share the CPU cores instead). The time that counts is the trials' own, from the work list: the first unit taken up to
-the last one ended (building the data and starting MLflow come before it and are the same for
-both). Prints both times and the ratio.
+folder (without a GPU, the K workers share the CPU cores instead). The time that counts is the
+trials' own, from the work list: the first unit taken up to the last one ended (building the
+data and starting MLflow come before it and are the same for both). Prints both times and the
+ratio.
 
     python benchmarks/packing.py [--study benchmarks/packing.yaml] [--workers 4] [--out DIR]
 """

@@ -47,10 +47,10 @@ def uses_fla(kernel: str | None, x: torch.Tensor) -> bool:
         if not x.is_cuda:
             raise AblateError(f"kernel fla runs on CUDA tensors only, not on {x.device.type}: use kernel: torch")
         return True
-    return x.is_cuda and fla_installed()
+    return default_kernel(x.device) == "fla"
 
 
-def default_kernel(device: str) -> str:
+def default_kernel(device: str | torch.device) -> str:
     """The kernel an unset `kernel` option takes on this device ("cpu", "cuda", "cuda:1")."""
     return "fla" if torch.device(device).type == "cuda" and fla_installed() else "torch"
 
