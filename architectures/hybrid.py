@@ -22,7 +22,7 @@ DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 
 class Hybrid(Mixer):
     """A layer schedule: layer i runs pattern[i mod len(pattern)] (default 3 AFT layers to 1 local mha)."""
 
-    def __init__(self, cfg, layer_idx, *, pattern: list = DEFAULT_PATTERN):
+    def __init__(self, cfg, layer_idx, *, pattern: list | tuple = DEFAULT_PATTERN):
         super().__init__()
         if not isinstance(pattern, list | tuple) or not pattern:
             raise AblateError(f"hybrid pattern must be a non-empty list of mixers, got {pattern!r}")

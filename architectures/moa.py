@@ -28,7 +28,9 @@ DEFAULT_EXPERTS = ({"mha": {"window": 64}}, "aft-simple")
 class MixtureOfAttention(Mixer):
     """Mixture of attention experts: a causal per-token router weights the top-k of E mixers (default local mha, AFT)."""
 
-    def __init__(self, cfg, layer_idx, *, experts: list = DEFAULT_EXPERTS, top_k: int = 1, aux_weight: float = 0.01):
+    def __init__(
+        self, cfg, layer_idx, *, experts: list | tuple = DEFAULT_EXPERTS, top_k: int = 1, aux_weight: float = 0.01
+    ):
         super().__init__()
         if not isinstance(experts, list | tuple) or len(experts) < 2:
             raise AblateError(f"moa experts must be a list of at least 2 mixers, got {experts!r}")

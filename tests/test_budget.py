@@ -107,3 +107,22 @@ def test_state_sizes():
     assert build_model({**base, "mixer": "mha", "mixer_options": {"window": 4}}).state_size() == 3 * 2 * 4 * 16
     assert build_model({**base, "mixer": "retnet"}).state_size() == 3 * 2 * 8 * 8  # a d×d state per head
     assert build_model({**base, "mixer": "aft-simple"}).state_size() == 3 * 3 * 16
+
+
+SMALL = {"vocab_size": 256, "context": 64, "d_model": 64, "n_layers": 2, "n_heads": 2, "qkv_dim": 64, "ffn_dim": 128}
+
+
+@pytest.mark.parametrize("ffn", [True, False], ids=["ffn", "no-ffn"])
+@pytest.mark.parametrize("params", [100_000, 77_777, 50], ids=["small", "odd", "impossible"])
+@pytest.mark.parametrize("mixer", [m for m in __import__("ablate").variants() if not m.startswith("test-")])
+def test_every_mixer_meets_a_small_or_odd_budget_or_says_why_in_one_line(mixer, params, ffn):
+    """The solver, against every registered mixer: a model within the tolerance, or an AblateError
+    of one line (never a traceback from inside the solver)."""
+    model = build_model(ModelConfig(mixer=mixer, ffn=ffn, **SMALL), device="meta").cfg  # resolved, as plan has it
+    budget = Budget(params=params, count="non_embedding")
+    try:
+        solved = solve(model, budget, "d_model")
+    except AblateError as e:
+        assert "\n" not in str(e) and str(e)
+        return
+    assert abs(build_model(solved, device="meta").n_params(True) - params) <= budget.tolerance * params

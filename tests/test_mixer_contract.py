@@ -64,6 +64,10 @@ def violations(name: str, options: dict | None = None) -> list[str]:
     if dead:
         found.append(f"gradients: no gradient reaches {', '.join(dead)}")
     found += _residual_maps(model)
+    try:  # a planned trial carries its options resolved, defaults included, and is checked again
+        registry.mixer_options(name, model.cfg.mixer_options)
+    except AblateError as e:
+        found.append(f"options: its resolved options fail their own types ({e})")
     for option in registry.mixer_options(name, {}):
         try:
             registry.mixer_options(name, {option: object()})

@@ -5,7 +5,7 @@ import math
 from collections.abc import Callable
 
 from ablate.config import Budget, ModelConfig
-from ablate.errors import AblateError
+from ablate.errors import AblateError, first_line
 from ablate.model import build_model
 from ablate.plan.flops import flops_per_token
 
@@ -15,6 +15,7 @@ MAX_STEPS = 1 << 14  # a dimension is never searched beyond 2^14 steps
 
 
 _MEASURED: dict[tuple[str, str], float | None] = {}  # (a model's JSON, what) → the count, None: it does not build
+_UNBUILT: dict[str, str] = {}  # mixer → why its last probe that did not build failed
 
 
 def measure(budget: Budget, model: ModelConfig) -> float | None:
@@ -25,8 +26,8 @@ def measure(budget: Budget, model: ModelConfig) -> float | None:
     if key not in _MEASURED:
         try:
             built = build_model(model, device="meta")
-        except (AblateError, ValueError):
-            _MEASURED[key] = None
+        except (AblateError, ValueError) as e:
+            _MEASURED[key], _UNBUILT[model.mixer] = None, first_line(e)
         else:
             _MEASURED[key] = flops_per_token(built) if what == "flops" else built.n_params(what == "non_embedding")
     return _MEASURED[key]
@@ -48,6 +49,9 @@ def solve(model: ModelConfig, budget: Budget, scale: str) -> ModelConfig:
     grown, primary = _grower(model, scale), "d_model" if scale == "width" else scale
     step = _step(model, primary)
     lo_side, hi_side = _neighbours(budget, grown)
+    if lo_side is None and hi_side is None:
+        why = _UNBUILT.get(model.mixer, "")
+        raise AblateError(f"no {scale} builds a model for the budget of {budget.describe()}{f': {why}' if why else ''}")
     best = min((c for c in (lo_side, hi_side) if c is not None), key=lambda c: _error(budget, c), default=None)
     if best is not None and _error(budget, best) <= budget.tolerance:
         return best
