@@ -6,6 +6,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -447,3 +448,86 @@ def test_sigterm_lets_the_step_finish_saves_a_checkpoint_and_the_resumed_run_end
     assert resumed.step == 18  # saved after its last whole step, not at the last eval's (10)
     end = resumed.fit()
     assert abs(end["val_loss"] - whole["val_loss"]) < 1e-6 and abs(end["train_loss"] - whole["train_loss"]) < 1e-6
+
+
+class _Planted:
+    """A pickle that runs a command when loaded with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _damage(kind: str, saved: Path, marker: Path) -> None:
+    """Replace a trainer's checkpoint the way a hostile or careless hand might."""
+    import pickle
+
+    state = torch.load(saved, weights_only=False)  # the test's own file
+    if kind == "planted-code":
+        saved.write_bytes(pickle.dumps({"step": 15, "payload": _Planted(marker)}))
+    elif kind == "no-model":
+        torch.save({k: v for k, v in state.items() if k != "model"}, saved)
+    elif kind == "unknown-module":
+        saved.write_bytes(pickle.dumps({"step": 15, "model": _Planted(marker)}).replace(b"posix", b"nomod"))
+    elif kind == "another-model":
+        state["model"] = {k: torch.zeros(3) for k in state["model"]}
+        torch.save(state, saved)
+
+
+@pytest.mark.parametrize("kind", ["planted-code", "no-model", "unknown-module", "another-model"])
+def test_a_checkpoint_that_is_not_the_trials_is_set_aside_and_the_trial_trained_again(
+    tmp_path, capsys, own_store, kind
+):
+    """Resuming reads checkpoints as tensors and plain data only: a planted pickle runs nothing.
+    A checkpoint that loads but is not this trial's (no model, an unknown module, another
+    model's weights) is set aside as damaged, and the trial trains again to the uninterrupted loss."""
+    from ablate.train.trainer import Trainer
+
+    study, results, marker = write_study(tmp_path, ONE_TRIAL), tmp_path / "results", tmp_path / "ran"
+    save = Trainer.save
+
+    def interrupted(trainer, path):
+        save(trainer, path)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "save", interrupted)
+        assert main(["run", str(study), "--results", str(results)]) == 130
+    (saved,) = (results / "checkpoints").glob("*.pt")
+    _damage(kind, saved, marker)
+    capsys.readouterr()
+    assert main(["run", str(study), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert not marker.exists()
+    (line,) = [line for line in out.splitlines() if "unreadable" in line]
+    assert "set aside as" in line and "Traceback" not in out
+    assert len(list((results / "checkpoints").glob("*.pt.damaged-*"))) == 1
+    clean = tmp_path / "uninterrupted"
+    assert main(["run", str(study), "--results", str(clean)]) == 0
+    _, runs = store(results)
+    (finished,) = [r for r in runs if r.info.status == "FINISHED"]
+    _, (reference,) = store(clean)
+    assert finished.data.metrics["val_loss"] == pytest.approx(reference.data.metrics["val_loss"], abs=1e-6)
+
+
+def test_a_run_opened_by_a_worker_killed_before_its_claim_named_it_is_not_left_running(tmp_path, own_store):
+    """kill -9 between opening a trial's run and noting it on the claim leaves a RUNNING run that
+    no claim names. The rerun trains the trial in a new run and deletes the orphan: the store
+    holds one FINISHED run per trial and nothing RUNNING."""
+    study, results = write_study(tmp_path, ONE_TRIAL), tmp_path / "results"
+    killed = (
+        "import os, signal, sys\n"
+        "from ablate.tracking.store import Tracker\n"
+        "Tracker.log_dataset = lambda *_: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from ablate.cli import main\n"
+        f"sys.exit(main(['run', {str(study)!r}, '--results', {str(results)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", killed], check=False, capture_output=True, env=clean_env())
+    assert proc.returncode == -signal.SIGKILL
+    _, runs = store(results)
+    assert [r.info.status for r in runs] == ["RUNNING"]
+    assert run_ablate("run", str(study), "--results", str(results)).returncode == 0
+    _, runs = store(results)
+    assert [r.info.status for r in runs] == ["FINISHED"]

@@ -139,17 +139,19 @@ class TrialRunner:
         """Train the job's trial into its run: a new one, or the one an earlier holder of the claim
         (or of the Optuna trial) began, continued from its checkpoint. Diverging (or out of GPU
         memory) fails the trial, not the study; Ctrl-C or SIGTERM lets it go for a rerun."""
-        p, trial = self.prepared, job.trial
-        seed_everything(trial.seed)
-        model = build_model(trial.model)
-        causal = audit.is_causal(p.leaks[trial.variant])
-        trainer = Trainer(model, p.data, trial.train, trial.seed, prefix_eval=not causal)
-        run = self._open_run(job, trainer)
+        trial = job.trial
+        run, trainer = self._open_run(job, self._trainer(trial))
         task = self.progress.add_task(job.label, total=trial.train.steps, loss="-", speed="-", eta="-")
         try:
             return self._fit(job, trainer, run, task)
         finally:
             self.progress.remove_task(task)
+
+    def _trainer(self, trial: Trial) -> Trainer:
+        """A trainer at step 0 for the trial: its model drawn from the trial's seed."""
+        seed_everything(trial.seed)
+        causal = audit.is_causal(self.prepared.leaks[trial.variant])
+        return Trainer(build_model(trial.model), self.prepared.data, trial.train, trial.seed, prefix_eval=not causal)
 
     def _fit(self, job: Job, trainer: Trainer, run: RunLog, task: int) -> Outcome:
         p, trial, reason, final = self.prepared, job.trial, "", {}
@@ -189,10 +191,11 @@ class TrialRunner:
         checkpoint().unlink(missing_ok=True)
         return Outcome(trial, status, final | {"run_id": run.run_id}, reason)
 
-    def _open_run(self, job: Job, trainer: Trainer) -> RunLog:
-        """The run to train into: the earlier one with the trainer resumed from its checkpoint, or a
-        new one (the earlier one deleted when it was cut off before its first checkpoint, or ended
-        FAILED when its checkpoint is damaged: that file is set aside and training starts again)."""
+    def _open_run(self, job: Job, trainer: Trainer) -> tuple[RunLog, Trainer]:
+        """The run to train into and its trainer: the earlier run with the trainer resumed from its
+        checkpoint, or a new one (the earlier one deleted when it was cut off before its first
+        checkpoint, or ended FAILED when its checkpoint is damaged: that file is set aside and a
+        new trainer starts again)."""
         p, run_id = self.prepared, job.run_id or job.claim.run_id
         run = p.tracker.resume(run_id) if run_id else None
         saved = p.checkpoints / f"{run_id}.pt"
@@ -200,7 +203,7 @@ class TrialRunner:
             p.tracker.delete(run_id)
             run = None
         if run is None:
-            return self._start(job, trainer)
+            return self._start(job, trainer), trainer
         try:
             trainer.load(saved)
         except DamagedCheckpoint as e:
@@ -212,15 +215,16 @@ class TrialRunner:
             self.progress.console.print(
                 f"{job.label}: warning: {restarted}; training again from step 0 in a new run", soft_wrap=True
             )
+            trainer = self._trainer(job.trial)  # the damaged file may have loaded in part
             run = self._start(job, trainer)
             run.tag(Tag.RESTARTED, restarted)
-            return run
+            return run, trainer
         p.work.note(job.claim, run_id=run_id)
         run.tag(Tag.RESUMED_FROM_STEP, str(trainer.step))
         for key, value in records.placement().items():  # where it trains now
             run.tag(key, value)
         self.progress.console.print(f"{job.label}: resuming run {run_id} from step {trainer.step}")
-        return run
+        return run, trainer
 
     def _reporter(self, job: Job, trainer: Trainer, run: RunLog, task: int, heartbeat, start: tuple):
         """The Trainer's callback: log to the run, move the bars, let the pruner see each eval.
@@ -277,6 +281,9 @@ class TrialRunner:
             tags |= records.placement()
             params = records.trial_params(p.study, trial, p.data.meta, device)
             number = job.tags.get(Tag.OPTUNA_TRIAL)
+            if number is None:  # this claim's holder alone opens the trial's runs: one RUNNING is an orphan
+                for orphan in p.tracker.unclaimed_runs(p.exp_id, tags[Tag.TRIAL_KEY]):
+                    p.tracker.delete(orphan)
             name = f"{trial.variant}-search{number}" if number is not None else f"{trial.variant}-seed{trial.seed}"
             run = p.tracker.start(p.exp_id, name, tags, params, parent_id=p.parents[trial.variant])
             p.tracker.log_dataset(run.run_id, records.dataset(p.data.meta, p.study.config.data))

@@ -73,6 +73,13 @@ class Tracker:
             if Tag.TRIAL_KEY in r.data.tags and r.data.tags.get(Tag.PHASE, Phase.FINAL) == Phase.FINAL
         }
 
+    def unclaimed_runs(self, exp_id: str, key: str) -> list[str]:
+        """The RUNNING final-phase runs of the trial `key`: a worker killed after opening the run and
+        before noting it on its claim leaves one, which no claim names and no rerun resumes."""
+        query = f"tags.{quoted(Tag.TRIAL_KEY)} = '{key}' and attributes.status = 'RUNNING'"
+        runs = self.client.search_runs([exp_id], filter_string=query, max_results=MANY)
+        return [r.info.run_id for r in runs if r.data.tags.get(Tag.PHASE, Phase.FINAL) == Phase.FINAL]
+
     def parent(self, exp_id: str, role: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
         """The run that groups others in the MLflow UI (role study, or variant), made once and
         reused by every later run of the study."""

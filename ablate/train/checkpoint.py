@@ -2,7 +2,6 @@
 the random-number state that makes a resumed trial take the steps an uninterrupted one would."""
 
 import os
-import pickle
 import random
 from pathlib import Path
 
@@ -32,22 +31,32 @@ def write(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# what a trainer's checkpoint holds, and the type of each entry
+ENTRIES = {"step": int, "model": dict, "optimizers": list, "schedulers": list, "rng": dict, "metrics": dict}
+
+
 def read(path: Path, device) -> dict:
-    """A trainer's saved state; DamagedCheckpoint, with torch's first sentence, when it cannot be read."""
+    """A trainer's saved state, read as tensors and plain data only (`weights_only`: a file
+    planted in a shared checkpoint folder cannot run code); DamagedCheckpoint, with torch's first
+    sentence, when it cannot be read or lacks an entry a trainer saves."""
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, planted or foreign: each is a damaged file
         raise DamagedCheckpoint(first_line(e).split(". ")[0]) from e
-    if not isinstance(state, dict) or "step" not in state:
+    if not isinstance(state, dict):
         raise DamagedCheckpoint("not a trainer checkpoint")
+    for key, kind in ENTRIES.items():
+        if not isinstance(state.get(key), kind):
+            raise DamagedCheckpoint(f"not a trainer checkpoint: no {key!r} {kind.__name__}")
     return state
 
 
 def rng_state(batches: np.random.Generator) -> dict:
     """Every generator a step draws from: Python's, numpy's, torch's (CPU and CUDA), the batches'."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     rng = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),  # plain types and a tensor
         "torch": torch.get_rng_state(),
         "batches": batches.bit_generator.state,
     }
@@ -58,7 +67,8 @@ def rng_state(batches: np.random.Generator) -> dict:
 
 def restore_rng(rng: dict, batches: np.random.Generator) -> None:
     random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(rng["torch"])
     batches.bit_generator.state = rng["batches"]
     if "cuda" in rng and torch.cuda.is_available():

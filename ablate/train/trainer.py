@@ -15,7 +15,7 @@ import torch
 from ablate import processes
 from ablate.config import TrainConfig
 from ablate.data import DataSource
-from ablate.errors import Terminated
+from ablate.errors import Terminated, first_line
 from ablate.tracking.schema import Metric
 from ablate.train import checkpoint, diagnostics
 from ablate.train.evaluation import autocast, device_named, evaluate, prefix_losses
@@ -161,7 +161,13 @@ class Trainer:
         checkpoint.write(self.state_dict(), path)
 
     def load(self, path: Path) -> None:
-        self.load_state_dict(checkpoint.read(path, self.device))
+        """Resume from a checkpoint; DamagedCheckpoint when it does not fit this trainer (another
+        model's weights, a missing entry). The trainer may then be half-loaded: build a new one."""
+        state = checkpoint.read(path, self.device)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise checkpoint.DamagedCheckpoint(f"it does not fit this trial: {first_line(e)}") from e
 
     def _check(self, step: int, loss: float) -> None:
         if not math.isfinite(loss):
