@@ -160,3 +160,14 @@ def test_ui_optuna_serves_the_dashboard_on_the_search_storage(searched, browser)
 def test_ui_optuna_without_a_storage_is_one_line(tmp_path, capsys):
     assert main(["ui", "--optuna", "--results", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("ablate: error: no Optuna storage at sqlite:///")
+
+
+@pytest.mark.parametrize("kind", ["random", "tpe"])
+def test_workers_that_open_a_search_at_once_draw_distinct_points(tmp_path, kind):
+    """Two workers open the variant's study before either asks (the race of `--workers 2`): each
+    slot draws its own point, so equal tuning effort is not spent twice on one setting."""
+    config = SearchConfig(space={"lr": {"loguniform": [1e-5, 0.3]}}, trials=3, search_steps=10, sampler=kind)
+    rdb = search.storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    opened = [search.open_study("s/mha", rdb, config, slot) for slot in range(3)]
+    points = [study.ask().suggest_float("lr", 1e-5, 0.3, log=True) for study in opened]
+    assert len(set(points)) == 3

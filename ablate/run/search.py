@@ -19,14 +19,15 @@ RUN_ID = "ablate.run_id"  # Optuna user attr: the MLflow run of a search trial (
 FAILURE = "ablate.failure"  # Optuna user attr: why a search trial failed
 
 
-def sampler(config: SearchConfig, n_existing: int, slot: int = 0):
-    """The configured sampler. A resumed TPE or random sampler is seeded with seed + trials so far:
-    the same seed again would replay its start-up points. The grid is ablate's own: slot i of the
-    work list takes grid point i (mod the grid's size), so parallel workers never run a point twice
-    (Optuna's GridSampler picks its next point per worker, and two workers can pick the same)."""
+def sampler(config: SearchConfig, slot: int = 0):
+    """The configured sampler for slot `slot` of the work list. A TPE or random sampler is seeded
+    with seed + slot: each slot draws its own points, however many workers open the study at once
+    (seeded by the trials so far, two workers that opened it together drew the same point). The
+    grid is ablate's own: slot i takes grid point i (mod the grid's size), so parallel workers never
+    run a point twice (Optuna's GridSampler picks its next point per worker, and two can pick the same)."""
     import optuna
 
-    seed = config.seed + n_existing
+    seed = config.seed + slot
     if config.sampler == "grid":
         points = grid(config)
         return optuna.samplers.PartialFixedSampler(points[slot % len(points)], optuna.samplers.RandomSampler())
@@ -81,15 +82,11 @@ def open_study(name: str, rdb, config: SearchConfig, slot: int = 0):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        n_existing = len(optuna.load_study(study_name=name, storage=rdb).trials)
-    except KeyError:
-        n_existing = 0
     study = optuna.create_study(
         storage=rdb,
         study_name=name,
         direction="minimize",
-        sampler=sampler(config, n_existing, slot),
+        sampler=sampler(config, slot),
         pruner=pruner(config),
         load_if_exists=True,
     )
