@@ -110,9 +110,14 @@ def evaluate(model, corpus, batch_size: int, batches: int, device: str) -> dict[
         raise AblateError(
             f"the data's vocabulary ({corpus.meta.vocab_size}) is larger than the model's ({model.cfg.vocab_size})"
         )
+    val = corpus.val_batches(model.cfg.context, batch_size, batches)
+    if val and val[0][0].shape[1] > model.cfg.context:
+        raise AblateError(
+            f"the data's sequences are {val[0][0].shape[1]} tokens, longer than the model's context "
+            f"{model.cfg.context}: evaluate on data of seq_len ≤ {model.cfg.context}"
+        )
     model.to(evaluation.device_named(device))
     leak = audit.model_leak(model)
-    val = corpus.val_batches(model.cfg.context, batch_size, batches)
     metrics = evaluation.evaluate(model, val) | {Metric.MAX_LEAK: leak}
     if not audit.is_causal(leak):
         metrics |= evaluation.prefix_losses(model, val[0])

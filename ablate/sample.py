@@ -80,8 +80,39 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
             raise AblateError(
                 "this run's data is a token array, with no tokenizer: give --prompt as token ids"
             ) from None
+    elif not prompt:
+        ids = [start_token(tokenizer)]
     else:
-        ids = tokenizer.encode(prompt).ids if prompt else [tokenizer.token_to_id(EOT)]
+        ids = _encoded(tokenizer, prompt)
     if not ids:
         raise AblateError(f"--prompt {prompt!r} gives no tokens to start from")
     return ids
+
+
+def start_token(tokenizer) -> int:
+    """Where an empty prompt starts: the end-of-text token that separates documents (bpe), or a
+    newline where documents follow each other (char, byte), as nanoGPT samples its char models."""
+    for token in (EOT, "\n"):
+        ids = tokenizer.token_to_id(token) if token == EOT else _known(tokenizer, token)
+        if ids is not None:
+            return ids
+    raise AblateError("this run's vocabulary has neither an end-of-text token nor a newline: give --prompt")
+
+
+def _known(tokenizer, text: str) -> int | None:
+    """The one token `text` encodes to, None when the vocabulary lacks it."""
+    try:
+        ids = tokenizer.encode(text).ids
+    except Exception:  # noqa: BLE001 - tokenizers raises a bare Exception where a word-level vocabulary lacks the text
+        return None
+    return ids[0] if len(ids) == 1 else None
+
+
+def _encoded(tokenizer, prompt: str) -> list[int]:
+    """The prompt's tokens; one line naming the characters a char vocabulary does not hold."""
+    try:
+        return tokenizer.encode(prompt).ids
+    except Exception:  # noqa: BLE001 - a bare Exception from tokenizers, naming no character: find them
+        missing = sorted({c for c in prompt if _known(tokenizer, c) is None})
+        shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise AblateError(f"--prompt has characters this run's vocabulary does not hold: {shown}") from None

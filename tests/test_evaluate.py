@@ -109,3 +109,33 @@ def test_the_audit_of_non_finite_logits_is_refused_not_reported_causal():
         model.embed.weight[3, 0] = float("nan")  # one token's row: the logits of some positions only
     with pytest.raises(AblateError, match="logits are NaN or inf"):
         audit.model_leak(model)
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_eval_on_a_task_longer_than_the_models_context_is_one_line(tmp_path, capsys, pos):
+    """A task whose seq_len (64) exceeds the model's context (32): one line naming both, exit 2,
+    nothing logged (an IndexError from learned positions, a RuntimeError from rotary before)."""
+    from ablate.cli import main
+    from tests.conftest import write_study
+
+    one = f"""\
+name: short
+data: {{task: mqar, vocab: 64, seq_len: 32, num_kv_pairs: 4, n_val: 64}}
+model: {{mixer: mha, d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, pos: {pos}}}
+train: {{steps: 2, batch_size: 8, warmup: 1, eval_every: 2}}
+variants: [{{name: mha, model: {{mixer: mha}}}}]
+"""
+    store = ["--results", str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert main(["run", str(write_study(tmp_path, one)), *store]) == 0
+    long = write_study(tmp_path, one.replace("seq_len: 32", "seq_len: 64"), "long.yaml")
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("short").experiment_id
+    before = client.search_runs([exp_id])
+    (run,) = [r for r in before if "ablate.role" not in r.data.tags]
+    capsys.readouterr()
+    assert main(["eval", run.info.run_id, "--data", str(long), *store]) == 2
+    err = capsys.readouterr().err
+    assert "sequences are 64 tokens, longer than the model's context 32" in err and len(err.strip().splitlines()) == 1
+    assert len(client.search_runs([exp_id])) == len(before)  # nothing logged
