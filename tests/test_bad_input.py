@@ -1,5 +1,6 @@
 """A malformed study stops before any training: exit 2, one line naming the key and line, nothing written."""
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -163,14 +164,6 @@ def test_unwritable_results_directory(tmp_path, capsys):
     assert "not a writable directory" in capsys.readouterr().err
 
 
-def test_unusable_tracking_store(tmp_path, capsys):
-    path = write_study(tmp_path, TINY_STUDY)
-    assert main(["compare", "--tracking-uri", "nosuchscheme://x", "--results", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("ablate: error: ") and err.count("\n") == 1
-    assert main(["run", str(path), "--results", str(tmp_path / "r"), "--tracking-uri", "nosuchscheme://x"]) == 2
-
-
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.yaml"))
 
 
@@ -301,3 +294,36 @@ def test_a_command_that_reads_the_store_says_in_one_line_that_there_is_none_and_
     err = capsys.readouterr().err
     assert err.startswith(f"ablate: error: no results in {results}") and err.count("\n") == 1
     assert not results.exists()
+
+
+def _commands_with(option: str) -> list[str]:
+    """Every subcommand of `ablate` that takes `option`."""
+    from ablate.cli import parser
+
+    (sub,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(name for name, cmd in sub.choices.items() if option in cmd._option_string_actions)
+
+
+@pytest.mark.parametrize("option", ["--storage", "--tracking-uri"])
+@pytest.mark.parametrize("url", ["junk://x", "notadialect+nodriver://u@h/db"])
+def test_every_storage_and_tracking_url_option_refuses_a_url_nothing_can_open(option, url, tmp_path, capsys):
+    commands = _commands_with(option)
+    assert commands  # the family is not empty
+    study = write_study(tmp_path, TINY_STUDY)
+    for command in commands:
+        positional = {"run": [str(study)], "worker": [str(study)], "sample": ["r"], "eval": ["r"]}.get(command, [])
+        extra = ["--optuna"] if command == "ui" and option == "--storage" else []
+        with pytest.raises(SystemExit) as stop:
+            main([command, *positional, *extra, option, url, "--results", str(tmp_path / "results")])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and f"argument {option}: {url!r} is not" in err, command
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("argv", [["status"], ["ui", "--optuna"]])
+def test_a_read_only_command_on_a_sqlite_storage_that_is_not_there_creates_nothing(argv, tmp_path, capsys):
+    missing = tmp_path / "new.db"
+    assert main([*argv, "--storage", f"sqlite:///{missing}", "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: no ") and f" at sqlite:///{missing} yet: " in err
+    assert err.count("\n") == 1 and not missing.exists()

@@ -96,7 +96,7 @@ def _took(url: str, unit: str) -> float:
 
 def test_status_without_a_work_list_is_one_line(tmp_path, capsys):
     assert main(["status", "--results", str(tmp_path)]) == 2
-    assert "no work list in" in capsys.readouterr().err
+    assert "no work list at" in capsys.readouterr().err
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     claims.WorkList(url, "tiny")
     assert main(["status", "--storage", url, "--study", "other"]) == 2

@@ -21,7 +21,9 @@ def store_options(cmd) -> None:
         help="local store for MLflow, artifacts and the data cache (default: ./results or $ABLATE_RESULTS)",
     )
     cmd.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else RESULTS/mlflow.db)"
+        "--tracking-uri",
+        type=tracking_uri,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else RESULTS/mlflow.db)",
     )
 
 
@@ -38,6 +40,7 @@ def work_options(cmd) -> None:
     data_option(cmd)
     cmd.add_argument(
         "--storage",
+        type=database_url,
         help="Optuna storage URL, which also holds the study's work list (default: sqlite:///RESULTS/optuna.db)",
     )
     cmd.add_argument(
@@ -74,6 +77,43 @@ def store_hint(args) -> str:
     """The store flags to repeat in the hints printed after a command."""
     out = "" if str(args.results) == os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS) else f" --results {args.results}"
     return out + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
+
+
+def database_url(text: str) -> str:
+    """A database URL whose dialect is installed (sqlite:///PATH, postgresql+psycopg://...)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(text).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a database URL this machine can open (sqlite:///PATH, postgresql+psycopg://USER@HOST/DB)"
+        ) from None
+    return text
+
+
+def tracking_uri(text: str) -> str:
+    """An MLflow tracking URI: a server (http, https, databricks), a folder (a path or file:),
+    or a database URL."""
+    scheme = text.partition("://")[0] if "://" in text else ""
+    if scheme in ("", "file", "http", "https", "databricks"):
+        return text
+    try:
+        return database_url(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an MLflow tracking URI this machine can open "
+            "(a folder, http(s)://HOST:PORT, sqlite:///PATH, postgresql+psycopg://USER@HOST/DB)"
+        ) from None
+
+
+def existing_storage(storage: str, what: str, hint: str) -> str:
+    """A storage URL a read-only command reads: a SQLite file must be there already (opening one
+    that is not would create it)."""
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        raise AblateError(f"no {what} at {storage} yet: {hint}")
+    return storage
 
 
 def check_writable(results: Path) -> None:

@@ -2,9 +2,17 @@
 
 import argparse
 import sys
-from pathlib import Path
 
-from ablate.cli.common import console, positive, positive_number, store_options, stored, study_name
+from ablate.cli.common import (
+    console,
+    database_url,
+    existing_storage,
+    positive,
+    positive_number,
+    store_options,
+    stored,
+    study_name,
+)
 from ablate.errors import AblateError
 
 COMPARE_TERMS = """terms (the glossary in docs/statistics.md says more):
@@ -106,7 +114,11 @@ def _ui_parser(sub) -> None:
         help="Optuna's dashboard on the search storage instead: history, importances, parallel coordinates "
         '(pip install "ablate[dashboard]")',
     )
-    ui.add_argument("--storage", help="with --optuna: the Optuna storage URL (default: sqlite:///RESULTS/optuna.db)")
+    ui.add_argument(
+        "--storage",
+        type=database_url,
+        help="with --optuna: the Optuna storage URL (default: sqlite:///RESULTS/optuna.db)",
+    )
     store_options(ui)
     ui.set_defaults(func=ui_command)
 
@@ -172,8 +184,8 @@ def _optuna_ui(args, port: int) -> int:
     from ablate import ui
     from ablate.run.workers import Stores
 
-    storage = Stores.at(args.results, "", args.storage).storage
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
-        raise AblateError(f"no Optuna storage at {storage} yet: run a study with a search first")
+    storage = existing_storage(
+        Stores.at(args.results, "", args.storage).storage, "Optuna storage", "run a study with a search first"
+    )
     print(f"Optuna storage {storage}: each variant's search is the study STUDY/VARIANT", file=sys.stderr)
     return ui.serve(ui.optuna_dashboard(storage, port), port, "/api/meta", "/dashboard", "Optuna dashboard")

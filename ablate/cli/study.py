@@ -11,7 +11,9 @@ from ablate.cli.common import (
     check_writable,
     console,
     data_option,
+    database_url,
     executor_options,
+    existing_storage,
     fraction,
     launch,
     positive,
@@ -44,7 +46,9 @@ def add_commands(sub) -> None:
         "status", help="where a study stands: units done, running (where, last heartbeat), open, failed; the ETA"
     )
     status.add_argument("--study", type=study_name, help="the study (default: every study in the work list)")
-    status.add_argument("--storage", help="the work list's storage URL (default: sqlite:///RESULTS/optuna.db)")
+    status.add_argument(
+        "--storage", type=database_url, help="the work list's storage URL (default: sqlite:///RESULTS/optuna.db)"
+    )
     status.add_argument(
         "--results",
         type=Path,
@@ -133,11 +137,9 @@ def status_command(args) -> int:
     from ablate.run import status
     from ablate.run.workers import Stores
 
-    storage = Stores.at(args.results, "", args.storage).storage
-    if args.storage is None and not (args.results / "optuna.db").exists():
-        raise AblateError(
-            f"no work list in {args.results} (no optuna.db there yet): run a study first, or give --storage"
-        )
+    storage = existing_storage(
+        Stores.at(args.results, "", args.storage).storage, "work list", "run a study first, or give --storage"
+    )
     status.show(status.read(storage, args.study), console())
     return 0
 
