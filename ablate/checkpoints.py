@@ -73,9 +73,20 @@ def loaded(
         raise AblateError(f"the checkpoint's {section}: {err['loc'][0]}: {err['msg']}") from None
     state = renamed(state, names(shapes.cfg), shapes.state_dict())
     for key, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if not tensor.is_floating_point():
+            raise AblateError(f"the checkpoint's {key!r} is {tensor.dtype}: a model's weights are floating point")
+        if not torch.isfinite(tensor).all():
             raise AblateError(f"the checkpoint's {key!r} holds NaN or inf: no model to evaluate")
     model = build_model(shapes.cfg)
     model.to(state["embed.weight"].dtype)
     model.load_state_dict(state)
     return model
+
+
+def number(value: Any, what: str, kind: type = float) -> float | int:
+    """A figure the checkpoint reports (a loss, a step), as a Python number; one line naming it
+    when it is not one."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise AblateError(f"the checkpoint's {what} must be a number, got {value!r}") from None

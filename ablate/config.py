@@ -31,9 +31,23 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 NAME_RULE = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
-def _safe_name(value: str) -> str:
+# what the results folder holds beside the studies' own folders: a study of that name would collide
+STORE_ENTRIES = re.compile(r"(mlflow|optuna)\.db(-\w+)?|cache|checkpoints|artifacts")
+
+
+def name_problem(value: str) -> str | None:
+    """What is wrong with a study name, or None: it names a folder of the results, beside the store."""
     if not NAME.fullmatch(value):  # fullmatch: `$` would let a final newline through
-        raise ValueError(f"must be {NAME_RULE}")
+        return f"must be {NAME_RULE}"
+    if STORE_ENTRIES.fullmatch(value):
+        return "must not name one of the results folder's own entries (mlflow.db, optuna.db, cache, checkpoints, artifacts)"
+    return None
+
+
+def _safe_name(value: str) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 

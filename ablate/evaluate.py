@@ -11,7 +11,7 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from ablate import audit, nanogpt, sample, strawberry
+from ablate import audit, checkpoints, nanogpt, sample, strawberry
 from ablate.config import DataConfig
 from ablate.errors import AblateError
 from ablate.model import LanguageModel
@@ -27,21 +27,23 @@ def _strawberry(path: Path) -> tuple[LanguageModel, dict[str, str], int, dict[st
     checkpoint = strawberry.read_checkpoint(path)
     stats = checkpoint.get("stats") if isinstance(checkpoint.get("stats"), dict) else {}
     reported = {
-        Metric.REPORTED.format(split): float(losses[-1])
+        Metric.REPORTED.format(split): checkpoints.number(losses[-1], f"stats.loss.{split}")
         for split, losses in (stats.get("loss") or {}).items()
         if split in ("train", "val") and len(losses)
     }
     params = flatten("hyperparams", checkpoint["hyperparams"])
-    return strawberry.load_strawberry(checkpoint), params, int(stats.get("step", 0)), reported
+    step = checkpoints.number(stats.get("step", 0), "stats.step", int)
+    return strawberry.load_strawberry(checkpoint), params, step, reported
 
 
 def _nanogpt(path: Path) -> tuple[LanguageModel, dict[str, str], int, dict[str, float]]:
     """A nanoGPT checkpoint: its model, its model_args and iteration, and its best val loss."""
     checkpoint = nanogpt.read_checkpoint(path)
     best = checkpoint.get("best_val_loss")
-    reported = {Metric.REPORTED.format("val"): float(best)} if best is not None else {}
+    reported = {Metric.REPORTED.format("val"): checkpoints.number(best, "best_val_loss")} if best is not None else {}
     params = flatten("model_args", checkpoint["model_args"])
-    return nanogpt.load_nanogpt(checkpoint), params, int(checkpoint.get("iter_num", 0)), reported
+    step = checkpoints.number(checkpoint.get("iter_num", 0), "iter_num", int)
+    return nanogpt.load_nanogpt(checkpoint), params, step, reported
 
 
 IMPORTERS = {"strawberry": _strawberry, "nanogpt": _nanogpt}

@@ -281,7 +281,7 @@ def test_every_command_that_names_a_study_refuses_a_name_that_leaves_the_store(a
     with pytest.raises(SystemExit) as stop:
         main([*argv, "--study", "../evil name", "--results", str(results)])
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and err.count("\n") == 1 and "a study name is 1-100 letters" in err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "a study name must be 1-100 letters" in err
     assert not results.exists()
 
 
@@ -327,3 +327,15 @@ def test_a_read_only_command_on_a_sqlite_storage_that_is_not_there_creates_nothi
     err = capsys.readouterr().err
     assert err.startswith("ablate: error: no ") and f" at sqlite:///{missing} yet: " in err
     assert err.count("\n") == 1 and not missing.exists()
+
+
+@pytest.mark.parametrize("name", ["mlflow.db", "optuna.db", "cache", "checkpoints", "artifacts", "optuna.db-journal"])
+def test_a_study_may_not_take_the_name_of_the_stores_own_files(name, tmp_path, capsys):
+    """Its report folder would collide with them: compare could never write it ('File exists')."""
+    path = write_study(tmp_path, TINY_STUDY.replace("name: tiny", f"name: {name}"))
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "study.yaml:1: name: must not name one of the results folder's own entries" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main(["compare", "--study", name, "--results", str(tmp_path / "results")])
+    assert "a study name must not name" in capsys.readouterr().err

@@ -125,3 +125,34 @@ def test_a_ledger_from_before_the_timing_columns_is_read_and_then_extended(tmp_p
     assert s.counts["done"] == 1 and s.eta_s is None
     claims.WorkList(url, "old")
     assert {"started", "ended"} <= {c["name"] for c in sa.inspect(engine).get_columns("ablate_claims")}
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["run", "STUDY", "--cpus-per-worker", "100000"], "--cpus-per-worker 100000: this machine has"),
+        (["worker", "STUDY", "--threads", "100000"], "--threads 100000: this machine has"),
+    ],
+)
+def test_more_threads_than_this_machine_has_cores_is_one_line(tmp_path, capsys, argv, said):
+    """A worker told to run 100,000 threads segfaulted ('exited with code -11')."""
+    study = write_study(tmp_path, TINY_STUDY)
+    results = tmp_path / "results"
+    assert main([str(study) if a == "STUDY" else a for a in argv] + ["--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1
+    assert not (results / "mlflow.db").exists()
+
+
+def test_no_more_workers_start_than_units_are_left(tmp_path, capsys, own_store):
+    """--workers 3 on a study of one trial starts one; on a finished study, none."""
+    one = TINY_STUDY.replace("seeds: [0, 1]", "seeds: [0]").replace(
+        "  - {name: aft, model: {mixer: aft-simple, ffn: false}}\n", ""
+    )
+    study, results = write_study(tmp_path, one), tmp_path / "results"
+    assert main(["run", str(study), "--results", str(results), "--workers", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "1 units left, so 1 of the 3 workers asked for are started" in out and "workers: started 1" in out
+    assert main(["run", str(study), "--results", str(results), "--workers", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "0 units left, so 0 of the 3 workers" in out and "workers: started" not in out

@@ -171,3 +171,13 @@ def test_a_broken_mixer_is_told_which_rules_it_breaks(scratch_registry):
     branching = violations("test-branching")
     assert [v.split(":")[0] for v in branching] == ["meta", "residual maps", "options"]
     assert "meta device" in branching[0] and "declare them all" in branching[1] and "scale=" in branching[2]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_no_mixer_takes_a_number_that_is_not_finite(value):
+    """A NaN or infinite option (moa's aux_weight: .nan) would only fail the trial at its first loss."""
+    floats = [(n, o) for n in SHIPPED for o, d in registry.mixer_options(n, {}).items() if isinstance(d, float)]
+    assert ("moa", "aux_weight") in floats
+    for name, option in floats:
+        with pytest.raises(AblateError, match=f"option '{option}' must be a finite number"):
+            registry.mixer_options(name, {option: value})

@@ -126,3 +126,26 @@ def test_import_then_eval_measures_a_nanogpt_checkpoint(tmp_path, capsys, own_st
     assert main(["eval", run_id, "--data", str(tmp_path / "val.bin"), "--batches", "2", "--json", *store]) == 0
     result = json.loads(capsys.readouterr().out)
     assert math.isfinite(result["val_loss"]) and result["max_leak"] < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"best_val_loss": "abc"}, "the checkpoint's best_val_loss must be a number, got 'abc'"),
+        ({"iter_num": [1, 2]}, "the checkpoint's iter_num must be a number, got [1, 2]"),
+        ({"int64": True}, "the checkpoint's 'embed.weight' is torch.int64: a model's weights are floating point"),
+    ],
+    ids=["val-loss-text", "step-list", "int64-embeddings"],
+)
+def test_import_of_a_nanogpt_checkpoint_with_wrong_kinds_of_values_is_one_line(tmp_path, capsys, extra, message):
+    args = {**ARGS, "bias": False}
+    state = {k: v.float() for k, v in nanogpt_state(args).items()}
+    if extra.pop("int64", False):
+        for tied in ("transformer.wte.weight", "lm_head.weight"):
+            state[tied] = state[tied].long()
+    torch.save({"model": state, "model_args": args, **extra}, tmp_path / "ckpt.pt")
+    results = tmp_path / "results"
+    assert main(["import", "nanogpt", str(tmp_path / "ckpt.pt"), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ablate: error: {message}" + err.removeprefix(f"ablate: error: {message}") and err.count("\n") == 1
+    assert not (results / "mlflow.db").exists()  # read before the store is opened

@@ -128,6 +128,15 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def cores(text: str, option: str = "--threads") -> int:
+    """A count of this machine's CPU cores: more threads than cores is a crash (a segfault at
+    100,000), not a speed-up."""
+    value, available = positive(text), os.cpu_count() or 1
+    if value > available:
+        raise AblateError(f"{option} {value}: this machine has {available} CPU cores")
+    return value
+
+
 def positive_number(text: str) -> float:
     try:
         value = float(text)
@@ -140,10 +149,11 @@ def positive_number(text: str) -> float:
 
 def study_name(text: str) -> str:
     """A study (MLflow experiment) name as `ablate run` allows it: it names a folder of the store."""
-    from ablate.config import NAME, NAME_RULE
+    from ablate.config import name_problem
 
-    if not NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r}: a study name is {NAME_RULE}")
+    problem = name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: a study name {problem}")
     return text
 
 
@@ -217,6 +227,8 @@ def launch(args, spec):
         raise AblateError("--pack and --detach are for --executor slurm")
     if args.ray_address and args.executor != "ray":
         raise AblateError("--ray-address is for --executor ray")
+    if local_only and args.cpus_per_worker:
+        cores(str(args.cpus_per_worker), "--cpus-per-worker")
     resources = Resources(args.cpus_per_worker, args.gpus_per_worker)
     if local_only and args.workers == 1 and resources == Resources():
         return None

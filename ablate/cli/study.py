@@ -10,6 +10,7 @@ from ablate.cli.common import (
     SMOKE_HELP,
     check_writable,
     console,
+    cores,
     data_option,
     database_url,
     executor_options,
@@ -33,7 +34,7 @@ def add_commands(sub) -> None:
 
     worker = sub.add_parser("worker", help="join a study: train the units of work nobody else has claimed")
     work_options(worker)
-    worker.add_argument("--threads", type=positive, help="torch threads (default: torch's choice)")
+    worker.add_argument("--threads", type=positive, help="torch threads, at most its cores (default: torch's choice)")
     worker.add_argument(
         "--gpu-fraction",
         type=fraction,
@@ -123,7 +124,7 @@ def worker_command(args) -> int:
         import torch
 
         if args.threads:
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(cores(str(args.threads)))
         if args.gpu_fraction and torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(args.gpu_fraction)
     study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)

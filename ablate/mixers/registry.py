@@ -3,6 +3,7 @@ one mixer family per file) registers its mixers on import."""
 
 import importlib
 import inspect
+import math
 import pkgutil
 from typing import Any
 
@@ -134,6 +135,8 @@ def mixer_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
         except ValidationError:
             shown = getattr(wanted, "__name__", str(wanted))
             raise AblateError(f"mixer {name!r} option {key!r} must be {shown}, got {value!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AblateError(f"mixer {name!r} option {key!r} must be a finite number, got {value!r}")
     return {key: p.default for key, p in params.items()} | given
 
 

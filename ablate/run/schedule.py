@@ -90,9 +90,10 @@ def run_study(
         else:
             prepared.tracking.result()  # the store set up here, before the workers wait on it
             prepared.work.register([u.name for u in units(study)])  # counted by `ablate status` at once
-            problems = launch.executor.run(launch.spec, launch.workers, launch.resources, console)
-            if launch.executor.detached:  # its parent runs end when a rerun finds every unit ended
-                return StudyRun([], prepared.data.meta, time.perf_counter() - start, detached=True)
+            if n := _workers_needed(prepared, launch.workers, console):
+                problems = launch.executor.run(launch.spec, n, launch.resources, console)
+                if launch.executor.detached:  # its parent runs end when a rerun finds every unit ended
+                    return StudyRun([], prepared.data.meta, time.perf_counter() - start, detached=True)
     except KeyboardInterrupt as stop:
         _end_parents(prepared, Status.KILLED)
         return StudyRun(
@@ -108,6 +109,16 @@ def run_study(
     _end_parents(prepared, Status.KILLED if left else Status.FINISHED)
     _judge(problems, left, console)
     return StudyRun(outcomes, prepared.data.meta, time.perf_counter() - start, **_startup(prepared, start))
+
+
+def _workers_needed(prepared: PreparedStudy, asked: int, console) -> int:
+    """As many workers as asked, but no more than the units not yet ended: none for a study whose
+    every unit has ended (a submitted job would only find nothing to do)."""
+    rows = prepared.work.rows()
+    left = sum(1 for u in units(prepared.study) if not claims.has_ended(rows, u.name))
+    if left < asked:
+        console.print(f"workers: {left} units left, so {left} of the {asked} workers asked for are started")
+    return min(asked, left)
 
 
 def _judge(problems: list[str], left: list[Outcome], console) -> None:
