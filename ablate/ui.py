@@ -41,7 +41,9 @@ def serve(cmd: list[str], port: int, health: str, page: str, what: str) -> int:
         wait_until_served(f"{base}{health}", server)
         print(f"{what}: {base}{page}", flush=True)
         print("(Ctrl-C stops it)", flush=True)
-        return server.wait()
+        if code := server.wait():
+            raise AblateError(f"the server exited with code {code}")
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:
@@ -82,6 +84,19 @@ def _signal_group(pgid: int, sig: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def port_to_serve(port: int) -> int:
+    """The port asked for, checked free on 127.0.0.1 (a server already there would answer the
+    health check in place of ours), or a free one when none was asked for (0)."""
+    if not port:
+        return free_port()
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise AblateError(f"--port {port} is taken on 127.0.0.1 ({e.strerror}): give another, or none") from None
+    return port
 
 
 def free_port() -> int:

@@ -339,3 +339,26 @@ def test_a_study_may_not_take_the_name_of_the_stores_own_files(name, tmp_path, c
     with pytest.raises(SystemExit):
         main(["compare", "--study", name, "--results", str(tmp_path / "results")])
     assert "a study name must not name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [[], ["--optuna"]], ids=["mlflow", "optuna"])
+def test_ui_on_a_port_another_server_holds_says_so_and_starts_nothing(tmp_path, capsys, extra):
+    """A server already on the port answered the health check in ui's place: ui printed that
+    server's address as its own, and exited 0 once its own failed to bind."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["ui", *extra, "--port", str(port), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ablate: error: --port {port} is taken on 127.0.0.1") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["99999", "0", "-1", "http"])
+def test_ui_refuses_a_port_that_is_not_one_in_one_line(value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["ui", "--port", value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "must be a port from 1 to 65535" in err

@@ -128,6 +128,13 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def port(text: str) -> int:
+    """A TCP port to listen on."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {text!r}")
+    return int(text)
+
+
 def cores(text: str, option: str = "--threads") -> int:
     """A count of this machine's CPU cores: more threads than cores is a crash (a segfault at
     100,000), not a speed-up."""

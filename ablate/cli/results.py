@@ -7,6 +7,7 @@ from ablate.cli.common import (
     console,
     database_url,
     existing_storage,
+    port,
     positive,
     positive_number,
     store_options,
@@ -106,7 +107,7 @@ def _ui_parser(sub) -> None:
         "ui", help="start the MLflow UI on the store (127.0.0.1) and print its URL, on the study, once it answers"
     )
     ui.add_argument("--study", type=study_name, help="the study the URL opens on (default: the one that ran last)")
-    ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    ui.add_argument("--port", type=port, default=0, help="port on 127.0.0.1, 1-65535 (default: a free one)")
     ui.add_argument("--workers", type=positive, default=1, help="MLflow server worker processes (default 1)")
     ui.add_argument(
         "--optuna",
@@ -165,7 +166,7 @@ def ui_command(args) -> int:
     from ablate.tracking import store
     from ablate.tracking.views import VIEW_TAG, runs_page
 
-    port = args.port or ui.free_port()
+    port = ui.port_to_serve(args.port)
     if args.optuna:
         return _optuna_ui(args, port)
     where = stored(args)
