@@ -29,6 +29,12 @@ def gone(owner_id: str | None) -> bool:
     return False
 
 
+def alive_here(owner_id: str | None) -> bool:
+    """True for a process of this host that still exists."""
+    host, _, pid = (owner_id or "").rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not gone(owner_id)
+
+
 def watched_by_me() -> dict[str, str]:
     """The environment of a child worker that must stop (SIGTERM) when this process dies."""
     return {**os.environ, PARENT: str(os.getpid())}

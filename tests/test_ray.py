@@ -86,7 +86,7 @@ def test_ray_tasks_share_a_gpu_and_train_each_trial_once(tmp_path, ray_head):
 
     again = _run(study, results, ray_head)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "4 of 4 trials already finished" in again.stdout or "ran 0 units" in again.stdout
+    assert "0 units left, so 0 of the 2 workers asked for are started" in again.stdout  # no task for nothing
     assert len(_trial_runs(results)) == 4  # nothing trained twice
 
 
@@ -138,3 +138,87 @@ def test_without_an_address_a_ray_of_this_machine_is_started_for_the_study_and_s
         time.sleep(0.2)
     assert not _ray_processes(), "the study's Ray outlived it"
     assert token.exists() == had_token  # its token was its own, not one left in the home for other clusters
+
+
+def _training(results: Path) -> int:
+    """How many final trials a worker holds with its run open."""
+    rows = claims.WorkList(f"sqlite:///{results / 'optuna.db'}", "onray").rows()
+    return sum(1 for u, r in rows.items() if u.startswith("final/") and r.state == claims.RUNNING and r.run_id)
+
+
+def _status(results: Path) -> tuple[list[str], list[str]]:
+    """The trial runs' statuses and their claims' states."""
+    rows = claims.WorkList(f"sqlite:///{results / 'optuna.db'}", "onray").rows()
+    return sorted(r.info.status for r in _trial_runs(results)), sorted(
+        r.state for u, r in rows.items() if u.startswith("final/")
+    )
+
+
+@pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"])
+def test_a_stopped_ray_study_ends_its_runs_killed_and_hands_its_units_back(tmp_path, stop, code):
+    """SIGTERM ended with Ray's native dump and exit 1 (or 134); SIGTERM and Ctrl-C (to the whole
+    group, as a terminal sends it) left the trial runs and their claims RUNNING, because Ray kills
+    its tasks' processes before their workers can let go. Now: ablate's exit code, every trial
+    run KILLED, every claim open, no Ray left behind."""
+    study = write_study(tmp_path, engine_study("onray", 100_000))
+    results = tmp_path / "results"
+    args = ["ablate", "run", str(study), "--results", str(results), "--executor", "ray", "--workers", "2"]
+    log = tmp_path / "out.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while "Ray tasks" not in log.read_text() or _training(results) < 2:  # the store exists once the tasks do
+            assert time.time() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+        time.sleep(3)
+        os.killpg(proc.pid, stop) if stop == signal.SIGINT else proc.send_signal(stop)
+        assert proc.wait(timeout=120) == code, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            subprocess.run(["ray", "stop", "--force"], check=False, capture_output=True)
+    assert "SIGTERM received" not in log.read_text()
+    assert _status(results) == (["KILLED", "KILLED"], ["open"] * 4)
+    for _ in range(50):
+        if not _ray_processes():
+            break
+        time.sleep(0.2)
+    assert not _ray_processes(), "the study's Ray outlived it"
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--cpus-per-worker", "100"], "each worker asks for 100 CPU; the largest node of the Ray cluster has 2"),
+        (["--gpus-per-worker", "0.3"], "each worker asks for 0.3 GPU; the largest node of the Ray cluster has 0"),
+    ],
+    ids=["cpus", "gpus"],
+)
+def test_a_worker_no_ray_node_can_hold_is_one_line_not_a_wait(tmp_path, flags, said):
+    study = write_study(tmp_path, engine_study("onray", 30))
+    args = ["ablate", "run", str(study), "--results", str(tmp_path / "results"), "--executor", "ray", *flags]
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=clean_env(), timeout=180)
+    assert proc.returncode == 2 and f"ablate: error: {said}\n" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "address, said",
+    [
+        ("junk", "argument --ray-address: must be HOST:PORT, ray://HOST:PORT or auto, got 'junk'"),
+        ("127.0.0.1:1", "--ray-address 127.0.0.1:1: no Ray cluster answers there"),
+    ],
+)
+def test_a_ray_address_that_is_not_one_or_answers_nothing_is_one_line(tmp_path, capsys, address, said):
+    from ablate.cli import main
+
+    study = write_study(tmp_path, engine_study("onray", 30))
+    results = tmp_path / "results"
+    try:
+        code = main(["run", str(study), "--results", str(results), "--executor", "ray", "--ray-address", address])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and err.count("\n") == 1
+    assert not (results / "mlflow.db").exists()

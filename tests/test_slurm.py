@@ -152,6 +152,9 @@ def test_a_detached_launch_returns_at_once_and_a_rerun_ends_the_study(slurm, dat
     args = ["ablate", "run", str(study), "--results", str(results), "--storage", storage, "--tracking-uri", uri]
     again = subprocess.run(args, check=False, capture_output=True, text=True, env=clean_env(), timeout=300)
     assert again.returncode == 0 and "2 of 2 trials already finished" in again.stdout, again.stdout[-2000:]
+    finished = _run(study, results, storage, uri, "--workers", "2", "--detach")  # nothing left to submit
+    assert finished.returncode == 0 and "0 units left, so 0 of the 2 workers" in finished.stdout, finished.stdout
+    assert "submitted" not in finished.stdout
     client, runs = _runs(uri)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     parents = client.search_runs(
@@ -162,3 +165,30 @@ def test_a_detached_launch_returns_at_once_and_a_rerun_ends_the_study(slurm, dat
 
 def _rows(storage: str) -> list:
     return list(claims.WorkList(storage, "onslurm").rows().items())
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--partition", "nosuch"], "SLURM refused the jobs: invalid partition specified: nosuch"),
+        (["--slurm-extra", "nosuchkey=1"], "SLURM refused the jobs: unrecognized option '--nosuchkey=1'"),
+        (["--gpus-per-node", "1"], "SLURM refused the jobs: Invalid generic resource (gres) specification"),
+        (["--slurm-extra", "mem=1T"], "SLURM refused the jobs: Memory specification can not be satisfied"),
+        (["--cpus-per-worker", "100"], "SLURM will never start these jobs as asked (pending: PartitionConfig)"),
+    ],
+    ids=["partition", "sbatch-option", "gpus-on-a-cpu-cluster", "memory", "cpus-past-any-node"],
+)
+def test_a_request_slurm_refuses_or_can_never_start_is_one_line(slurm, database, tmp_path, flags, said):
+    """sbatch's refusals were submitit tracebacks; a job no node can hold waited forever, silently."""
+    storage, uri = database(), database()
+    proc = _run(_study(tmp_path, 30, "[0]"), tmp_path / "results", storage, uri, *flags, timeout=120)
+    assert proc.returncode == 2 and f"ablate: error: {said}" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    queue = subprocess.run(["squeue", "-h", "-n", "ablate-study"], check=False, capture_output=True, text=True)
+    assert queue.stdout.strip() == ""  # nothing left pending
+
+
+def test_the_test_cluster_listens_on_loopback_only(slurm):
+    listening = subprocess.run(["ss", "-ltnp"], check=True, capture_output=True, text=True).stdout
+    ports = [line.split()[3] for line in listening.splitlines() if "slurm" in line]
+    assert ports and all(port.startswith("127.0.0.1:") for port in ports), ports

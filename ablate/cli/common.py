@@ -135,6 +135,14 @@ def port(text: str) -> int:
     return int(text)
 
 
+def ray_address(text: str) -> str:
+    """A Ray cluster's address as ray.init takes it: HOST:PORT, ray://HOST:PORT (Ray Client) or auto."""
+    host, _, number = text.removeprefix("ray://").rpartition(":")
+    if text != "auto" and not (host and number.isdigit() and 1 <= int(number) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, ray://HOST:PORT or auto, got {text!r}")
+    return text
+
+
 def cores(text: str, option: str = "--threads") -> int:
     """A count of this machine's CPU cores: more threads than cores is a crash (a segfault at
     100,000), not a speed-up."""
@@ -199,7 +207,11 @@ def executor_options(cmd) -> None:
     cmd.add_argument(
         "--cpus-per-worker", type=positive, help="CPU cores each worker gets (default: local, the cores split; else 1)"
     )
-    cmd.add_argument("--ray-address", help="ray: the cluster to use (default: a Ray started on this machine)")
+    cmd.add_argument(
+        "--ray-address",
+        type=ray_address,
+        help="ray: the cluster to use, HOST:PORT, ray://HOST:PORT or auto (default: a Ray started on this machine)",
+    )
     slurm = cmd.add_argument_group("slurm")
     slurm.add_argument("--partition", help="the partition to submit to (default: the cluster's)")
     slurm.add_argument(

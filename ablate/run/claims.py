@@ -156,6 +156,28 @@ class WorkList:
                 .values(state=OPEN, worker=None)
             )
 
+    def hand_back_gone(self, wait_s: float = 10.0) -> list[str]:
+        """After its workers were stopped (an engine may kill them before they let go): wait up to
+        wait_s for those of this host to end, then open again every unit a gone process of this
+        host still holds. The run ids those units had, to be ended KILLED."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not any(r.state == RUNNING and processes.alive_here(r.worker) for r in self.rows().values()):
+                break
+            time.sleep(0.2)
+        handed = []
+        for row in self.rows().values():
+            if row.state == RUNNING and processes.gone(row.worker):
+                with self.engine.begin() as c:
+                    opened = c.execute(
+                        TABLE.update()
+                        .where(self._row(row.unit), TABLE.c.state == RUNNING, TABLE.c.worker == row.worker)
+                        .values(state=OPEN, worker=None, ended=time.time())
+                    ).rowcount
+                if opened and row.run_id:
+                    handed.append(row.run_id)
+        return handed
+
     def beat(self, claim: Claim) -> bool:
         """Renew the heartbeat; False when the claim was taken over (this worker must stop)."""
         return self._update_if_held(claim, heartbeat=time.time())

@@ -95,6 +95,9 @@ def run_study(
                 if launch.executor.detached:  # its parent runs end when a rerun finds every unit ended
                     return StudyRun([], prepared.data.meta, time.perf_counter() - start, detached=True)
     except KeyboardInterrupt as stop:
+        if launch is not None:  # workers an engine killed before they let go of their units
+            for run_id in prepared.work.hand_back_gone():
+                prepared.tracker.set_status(run_id, Status.KILLED.value)
         _end_parents(prepared, Status.KILLED)
         return StudyRun(
             store_outcomes(prepared), prepared.data.meta, time.perf_counter() - start, stop, **_startup(prepared, start)

@@ -6,10 +6,11 @@ whose worker dies is retried, and the retry resumes the unit from its checkpoint
 import os
 import secrets
 import signal
+import socket
 import subprocess
 
-from ablate.errors import AblateError
-from ablate.processes import watched_by_me
+from ablate.errors import AblateError, Terminated
+from ablate.processes import sigterm_deferred, watched_by_me
 from ablate.run.executors import Executor, Resources, shared_stores
 from ablate.run.workers import Stores, WorkerSpec
 
@@ -23,13 +24,7 @@ class WorkerDied(Exception):
 
 def run_worker(argv: list[str]) -> str:
     """The task: one `ablate worker`, on the GPU Ray gave the task; returns that GPU's id."""
-    proc = subprocess.Popen(argv, env=watched_by_me())
-    try:
-        code = proc.wait()
-    except BaseException:  # the task was cancelled: the worker hands its claim back
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-        raise
+    code = subprocess.run(argv, env=watched_by_me(), check=False).returncode
     if code != 0:
         raise WorkerDied(f"ablate worker exited with {code}")
     return os.environ.get("CUDA_VISIBLE_DEVICES", "")
@@ -42,7 +37,18 @@ class OnRay(Executor):
         self.address, self.refs, self.started_here = address, [], False
 
     def check_stores(self, stores: Stores) -> None:
-        """Checked once connected, when the cluster's hosts are known."""
+        """The stores are checked once connected, when the cluster's hosts are known; the cluster's
+        address is checked here, before the study writes anything: Ray waits forever on one that
+        does not answer."""
+        if self.address is None or self.address == "auto":
+            return
+        host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as e:
+            raise AblateError(
+                f"--ray-address {self.address}: no Ray cluster answers there ({e.strerror or e})"
+            ) from None
 
     def launch(self, spec: WorkerSpec, n: int, resources: Resources, console) -> None:
         address = self.address or "127.0.0.1"
@@ -55,6 +61,7 @@ class OnRay(Executor):
             import ray
         except ImportError:
             raise AblateError('--executor ray needs Ray: pip install "ablate[ray]"') from None
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         if self.address is None:  # a Ray of this machine's cores, for this study only, on loopback
             # with a token of its own: Ray would otherwise write one to ~/.ray, which later
             # connections to other clusters on this machine would present
@@ -63,9 +70,12 @@ class OnRay(Executor):
             self.started_here = True
         else:
             ray.init(address=self.address)
+        # Ray's driver takes SIGTERM over (a native dump, then exit 1); ablate's ends the study as Ctrl-C does
+        signal.signal(signal.SIGTERM, on_sigterm)
         if not self.started_here and not one_host(ray.nodes(), ray.util.get_node_ip_address()):
             shared_stores(spec.stores, self.name)
         cpus = resources.cpus or 1
+        self._check_fits(ray.nodes(), cpus, resources.gpus)
         task = ray.remote(run_worker).options(
             num_cpus=cpus, num_gpus=resources.gpus, max_retries=RETRIES, retry_exceptions=True
         )
@@ -74,18 +84,32 @@ class OnRay(Executor):
         where = self.address or "a Ray started on this machine"
         console.print(f"workers: {n} Ray tasks on {where} ({cpus} CPU, {resources.gpus:g} GPU each)")
 
+    def _check_fits(self, nodes: list[dict], cpus: int, gpus: float) -> None:
+        """Refuse a worker no node can hold (Ray would queue its task forever, saying nothing)."""
+        alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+        for what, asked in (("CPU", cpus), ("GPU", gpus)):
+            most = max((node.get(what, 0) for node in alive), default=0)
+            if asked > most:
+                self._shutdown()
+                raise AblateError(
+                    f"each worker asks for {asked:g} {what}; the largest node of the Ray cluster has {most:g}"
+                )
+
     def wait(self) -> list[str]:
         import ray
 
-        problems = []
-        try:
-            for ref in self.refs:
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    problems.append(f"a Ray task's worker failed {RETRIES + 1} times ({e.cause})")
-        finally:
-            self._shutdown()
+        problems, pending = [], list(self.refs)
+        with sigterm_deferred() as stop:  # raised inside Ray's wait, Terminated would come out as Ctrl-C
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                for ref in done:
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:
+                        problems.append(f"a Ray task's worker failed {RETRIES + 1} times ({e.cause})")
+                if stop.requested:
+                    raise Terminated
+        self._shutdown()
         return problems
 
     def cancel(self) -> None:
@@ -93,9 +117,8 @@ class OnRay(Executor):
 
         if not ray.is_initialized():
             return
-        for ref in self.refs:
-            ray.cancel(ref)  # KeyboardInterrupt in the task: its worker lets go of its claim
-        ray.wait(self.refs, num_returns=len(self.refs), timeout=60)
+        for ref in self.refs:  # Ray ends each task's process and its worker with it (SIGKILL): the
+            ray.cancel(ref, force=True)  # launcher hands their claims back (schedule.hand_back)
         self._shutdown()
 
     def _shutdown(self) -> None:

@@ -12,13 +12,15 @@ import signal
 import subprocess
 import time
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, first_line
 from ablate.processes import watched_by_me
 from ablate.run.executors import Executor, Options, Resources
 from ablate.run.workers import WorkerSpec
 
 SIGNAL_DELAY_S = 30  # USR2 this long before the time limit: time to finish a step and save
 POLL_S = 0.5
+# why SLURM keeps a job pending when no wait will start it: the job asks for more than the partition allows
+NEVER_STARTS = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "InvalidQOS"}
 MAX_REQUEUES = 100  # a study longer than many time limits requeues as often as it needs
 
 
@@ -94,10 +96,36 @@ class OnSlurm(Executor):
             raise AblateError(f"slurm: {e}") from None
         fraction = 1 / o.pack if o.pack > 1 else resources.gpu_fraction()
         argv = spec.argv(cpus, fraction)
-        with executor.batch():
-            self.jobs = [executor.submit(Workers(argv, o.pack)) for _ in range(n)]
+        try:
+            with executor.batch():
+                self.jobs = [executor.submit(Workers(argv, o.pack)) for _ in range(n)]
+        except submitit.core.utils.FailedJobError as e:  # sbatch's own words: a partition, an option, a size
+            said = first_line(e).removeprefix("sbatch: ").removeprefix("error: ")
+            raise AblateError(f"SLURM refused the jobs: {said}") from None
+        self._refuse_never_startable()
         ids = ", ".join(job.job_id for job in self.jobs)
         console.print(f"workers: submitted {n} SLURM jobs of {o.pack} worker(s) each ({ids}); logs in {folder}")
+
+    def _refuse_never_startable(self, wait_s: float = 15.0) -> None:
+        """Cancel the jobs, in one line, when SLURM keeps them pending for a reason that never
+        passes (more CPUs than any node of the partition has): sbatch accepts such jobs, and they
+        would wait forever, saying nothing."""
+        ids = ",".join(sorted({job.job_id.partition("_")[0] for job in self.jobs}))
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["squeue", "-h", "-j", ids, "-o", "%T %r"], check=False, capture_output=True, text=True
+            )
+            reasons = {line.split()[1] for line in out.stdout.splitlines() if line.startswith("PENDING ")}
+            if never := reasons & NEVER_STARTS:
+                self.cancel()
+                raise AblateError(
+                    f"SLURM will never start these jobs as asked (pending: {', '.join(sorted(never))}): "
+                    "ask for no more CPUs, GPUs, memory or time than one node of the partition has"
+                )
+            if "None" not in reasons:  # started, or waiting for something that passes (Resources, Priority)
+                return
+            time.sleep(POLL_S)
 
     def wait(self) -> list[str]:
         """Each job's end; a cancelled (`scancel`) or failed one is reported with its log."""
