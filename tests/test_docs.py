@@ -35,7 +35,10 @@ def commands() -> list[tuple[str, str]]:
     """(page, command line) of every `ablate ...` line in a shell block of the README and the docs."""
     found = []
     for page in PAGES:
-        for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", page.read_text(), re.DOTALL):
+        text = page.read_text()
+        exported = dict(re.findall(r"^export (\w+)=(\S+)", text, re.MULTILINE))  # what the shell would expand
+        for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, re.DOTALL):
+            block = re.sub(r"\$(\w+)", lambda m: exported.get(m[1], m[0]), block)
             for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
                 if line.startswith("ablate "):
                     found.append((str(page), line))
