@@ -112,6 +112,7 @@ def test_every_shipped_mixer_meets_the_contract(name):
         ("linear-attn", {"conv_size": 4}),
         ("gla", {"conv_size": 4}),
         ("deltanet", {"conv_size": None}),
+        ("based", {"conv_size": 4, "window": 4}),
         ("moa", {"experts": ["mha", {"aft-local": {"window": 8}}, "gated-deltanet"], "top_k": 2}),
     ],
 )
