@@ -269,3 +269,25 @@ def test_the_table_pairs_with_the_baseline_by_seed_not_by_row_order():
     row = summarize(runs, "val_loss", "base", ["base", "paired"]).set_index("variant").loc["paired"]
     assert row["p_paired"] == 0.0 and row["verdict"] == "better"
     assert stats.ttest_rel(paired[::-1], BASE).pvalue > 1e-3  # what pairing by row position would give
+
+
+def test_a_verdict_within_a_quarter_of_alpha_is_marked_borderline_with_its_p():
+    """p 0.053 (3 seeds, one comparison) reads 'no significant difference', but a machine whose
+    kernels round otherwise can land at 0.050 and read 'worse': the table says it is borderline."""
+    from ablate.compare import cells
+
+    seeds = [0, 1, 2]
+    a = [5.0, 5.1, 4.9]
+    runs = frame(
+        {
+            "a": (seeds, a),
+            "near": (seeds, [x + d for x, d in zip(a, [1.0, 2.0, 2.5])]),
+            "far": (seeds, [x + d for x, d in zip(a, [1.0, 1.1, 1.2])]),
+        }
+    )
+    near, far = (pairs_table(runs, "val_loss", [(v, "a")]).iloc[0] for v in ("near", "far"))
+    assert 0.04 <= stats.ttest_rel([1.0, 2.0, 2.5], [0, 0, 0]).pvalue < 0.0625
+    assert near["borderline"] and near["verdict"] == "no significant difference"
+    assert not far["borderline"] and far["verdict"] == "worse"
+    assert cells._borderline(near) == f"no significant difference (borderline, p {near['p_holm']:.3f})"
+    assert cells._borderline(far) == "worse"

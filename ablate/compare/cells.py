@@ -3,7 +3,7 @@ thousands separators, four decimals (small p-values in scientific form), '-' whe
 
 import math
 
-from ablate.compare import Comparison
+from ablate.compare import Comparison, stats
 from ablate.compare.scaling import AXES, Scaling
 from ablate.compare.tables import budgeted
 
@@ -53,8 +53,11 @@ def variants(c: Comparison) -> Table:
 
 # The decisive columns, for a terminal of 120 columns (`ablate compare --wide` prints every column):
 # three decimals, and a mark after the verdict for what qualifies it.
-NOT_CONVERGED, LEAKS = "*", "!"
-MARKS = f"{NOT_CONVERGED} not converged, {LEAKS} leaks (not causal)"
+NOT_CONVERGED, LEAKS, BORDERLINE = "*", "!", "~"
+MARKS = (
+    f"{NOT_CONVERGED} not converged, {LEAKS} leaks (not causal), "
+    f"{BORDERLINE} borderline (p Holm within {stats.BORDERLINE:g}× of α: float differences between machines can flip it)"
+)
 
 
 def brief_contrasts(c: Comparison) -> Table:
@@ -90,13 +93,21 @@ def _mark(verdict: str, c: Comparison, r) -> str:
     names = {r.variant, getattr(r, "against", None)}
     table = c.table[c.table["variant"].isin(names)]
     marks = NOT_CONVERGED * bool(table["converged"].eq(False).any()) + LEAKS * bool(table["causal"].eq("no").any())
+    marks += BORDERLINE * bool(getattr(r, "borderline", False))
     return f"{verdict} {marks}" if marks else verdict
 
 
 def expectations(c: Comparison) -> Table:
     columns = ["expectation", "metric", "expected", "verdict", "p (Holm)", "held"]
     rows = [
-        [f"{r.variant} vs {r.against}", r.metric, r.expected, r.verdict, number(r.p_holm), "yes" if r.held else "NO"]
+        [
+            f"{r.variant} vs {r.against}",
+            r.metric,
+            r.expected,
+            _borderline(r),
+            number(r.p_holm),
+            "yes" if r.held else "NO",
+        ]
         for r in c.checks.itertuples(index=False)
     ]
     return columns, rows
@@ -117,7 +128,13 @@ def _marked(verdict: str, c: Comparison, r) -> str:
     """The verdict, marked when a variant it concerns has not converged."""
     names = {r.variant, getattr(r, "against", None)}
     unconverged = [v for v in c.table.loc[c.table["converged"].eq(False), "variant"] if v in names]
-    return verdict + (f" (not converged: {', '.join(unconverged)})" if unconverged else "")
+    return _borderline(r, verdict) + (f" (not converged: {', '.join(unconverged)})" if unconverged else "")
+
+
+def _borderline(r, verdict: str | None = None) -> str:
+    """The verdict, with its p where it is borderline (`stats.borderline`)."""
+    verdict = verdict or r.verdict
+    return f"{verdict} (borderline, p {r.p_holm:.3f})" if getattr(r, "borderline", False) else verdict
 
 
 def count(value: float) -> str:

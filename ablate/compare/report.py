@@ -53,7 +53,7 @@ def plot_contrasts(c: Comparison, path: Path) -> Path | None:
     for row, r in zip(y, rows.itertuples(index=False)):
         if not math.isnan(r.mde):
             ax.barh(row, 2 * r.mde, left=-r.mde, height=0.6, color="grey", alpha=0.2, linewidth=0)
-        colour = VERDICT_COLOURS.get(r.verdict, "grey")
+        colour = "grey" if r.borderline else VERDICT_COLOURS.get(r.verdict, "grey")  # no firm colour near α
         low, high = r.diff - r.diff_ci_low, r.diff_ci_high - r.diff
         xerr = None if math.isnan(low) else [[low], [high]]
         ax.errorbar(r.diff, row, xerr=xerr, fmt="o", capsize=4, color=colour)

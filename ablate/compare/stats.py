@@ -14,6 +14,7 @@ warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
 
 ALPHA = 0.05
 POWER = 0.8  # for the minimum detectable effect
+BORDERLINE = 1.25  # p (Holm) in [α/1.25, α·1.25) = [0.04, 0.0625): a verdict marked borderline
 WILCOXON_MIN_PAIRS = 6  # at 5 pairs or fewer its smallest two-sided p is 0.0625: it can never reject
 
 
@@ -107,6 +108,12 @@ def holm(p: np.ndarray) -> np.ndarray:
         running = max(running, min(1.0, (len(present) - rank) * p[i]))
         out[i] = running
     return out
+
+
+def borderline(p_holm: float) -> bool:
+    """Whether a Holm-adjusted p lies within a factor BORDERLINE of α, either side: there the last
+    digits of the runs (a machine's kernels, the ops' reduction order) can flip the verdict."""
+    return bool(ALPHA / BORDERLINE <= p_holm < ALPHA * BORDERLINE)
 
 
 def verdict(diff: float, p_holm: float, lower: bool) -> str:

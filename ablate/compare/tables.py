@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.compare.runs import SEED, VARIANT
-from ablate.compare.stats import ALPHA, against, describe, detectable, holm, verdict
+from ablate.compare.stats import ALPHA, against, borderline, describe, detectable, holm, verdict
 from ablate.config import Budget, Expectation
 from ablate.errors import AblateError
 from ablate.tracking.schema import Param, Tag, metric_column, param_column, tag_column
@@ -128,6 +128,7 @@ def family(table: pd.DataFrame, lower: bool) -> pd.DataFrame:
     m = max(int(table["p"].notna().sum()), 1)
     table["mde"] = [detectable(r.se, r.df, ALPHA / m) if r.df > 0 else np.nan for r in table.itertuples()]
     table["verdict"] = [verdict(r.diff, r.p_holm, lower) for r in table.itertuples()]
+    table["borderline"] = [borderline(p) for p in table["p_holm"]]
     return table
 
 
