@@ -38,7 +38,7 @@ def commands() -> list[tuple[str, str]]:
         text = page.read_text()
         exported = dict(re.findall(r"^export (\w+)=(\S+)", text, re.MULTILINE))  # what the shell would expand
         for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, re.DOTALL):
-            block = re.sub(r"\$(\w+)", lambda m: exported.get(m[1], m[0]), block)
+            block = re.sub(r"\$(\w+)", lambda m, known=exported: known.get(m[1], m[0]), block)
             for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
                 if line.startswith("ablate "):
                     found.append((str(page), line))
