@@ -68,7 +68,7 @@ def _trial_runs(results: Path):
 
 
 def test_ray_tasks_share_a_gpu_and_train_each_trial_once(tmp_path, ray_head):
-    study = write_study(tmp_path, engine_study("onray", 30))
+    study = write_study(tmp_path, engine_study("onray", 300))  # long enough that neither worker takes all four
     results = tmp_path / "results"
     proc = _run(study, results, ray_head)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -123,7 +123,7 @@ def test_without_an_address_a_ray_of_this_machine_is_started_for_the_study_and_s
     assert not _ray_processes(), "a Ray is already running on this machine"
     token = Path.home() / ".ray" / "auth_token"
     had_token = token.exists()
-    study = write_study(tmp_path, engine_study("onray", 30))
+    study = write_study(tmp_path, engine_study("onray", 300))  # long enough that neither worker takes all four
     results = tmp_path / "results"
     args = ["ablate", "run", str(study), "--results", str(results), "--executor", "ray", "--workers", "2"]
     proc = subprocess.run(args, check=False, capture_output=True, text=True, env=clean_env(), timeout=400)
