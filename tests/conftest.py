@@ -127,7 +127,9 @@ def planned_keys(study: Path) -> set[str]:
     return {trial.key(planned.config.data) for trial in planned.trials}
 
 
-def engine_study(name: str, steps: int, seeds: str = "[0, 1]", variants: tuple[str, ...] = ("mha", "aft")) -> str:
+def engine_study(
+    name: str, steps: int, seeds: str = "[0, 1]", variants: tuple[str, ...] = ("mha", "aft"), eval_every: int = 20
+) -> str:
     """The tiny study the executor tests launch through a real engine: mha and aft-simple (no
     FFN), as long as the test needs its trials to run."""
     lines = {
@@ -138,7 +140,7 @@ def engine_study(name: str, steps: int, seeds: str = "[0, 1]", variants: tuple[s
 name: {name}
 data: {{source: stdlib, vocab_size: 512, max_bytes: 300000}}
 model: {{context: 32, d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, ffn_dim: 64}}
-train: {{steps: {steps}, batch_size: 8, warmup: 5, eval_every: 20, eval_batches: 2, log_every: 5}}
+train: {{steps: {steps}, batch_size: 8, warmup: 5, eval_every: {eval_every}, eval_batches: 2, log_every: 5}}
 variants:
 {chr(10).join(lines[v] for v in variants)}
 seeds: {seeds}

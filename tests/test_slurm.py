@@ -14,6 +14,8 @@ import pytest
 from ablate.run import claims
 from tests.conftest import clean_env, engine_study, planned_keys, write_study
 
+STEPS_PAST_ONE_JOB = 30_000
+
 
 def _slurm_up() -> bool:
     try:
@@ -68,9 +70,11 @@ def test_a_job_array_trains_each_trial_once(slurm, database, tmp_path):
 def test_a_job_cut_by_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(slurm, database, tmp_path):
     """One job with a 1-minute limit and more training than one job's minute holds: SLURM's
     signal (30 s ahead of the limit) stops the worker after a whole step, it saves and hands the
-    unit back, the job requeues, and the same run goes on from that step; no eval is logged twice."""
+    unit back, the job requeues, and the same run goes on from that step; no eval is logged twice.
+    30,000 steps take about 180 s on a 2-core machine, so even a machine several times faster
+    cannot finish inside the first job's 30 s."""
     storage, uri = database(), database()
-    study = write_study(tmp_path, engine_study("onslurm", 5000, "[0]", variants=("mha",)))
+    study = write_study(tmp_path, engine_study("onslurm", STEPS_PAST_ONE_JOB, "[0]", ("mha",), eval_every=500))
     args = ["ablate", "run", str(study), "--results", str(tmp_path / "results"), "--executor", "slurm"]
     args += ["--storage", storage, "--tracking-uri", uri, "--workers", "1", "--time", "1"]
     launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
@@ -84,7 +88,7 @@ def test_a_job_cut_by_its_time_limit_is_requeued_and_resumes_from_its_checkpoint
     (run,) = runs
     assert run.info.status == "FINISHED" and int(run.data.tags["ablate.resumed_from_step"]) > 0
     evals = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
-    assert evals == sorted(set(evals)) and evals[-1] == 5000  # each eval once, to the end
+    assert evals == sorted(set(evals)) and evals[-1] == STEPS_PAST_ONE_JOB  # each eval once, to the end
     (unit,) = _finals(storage)
     assert claims.WorkList(storage, "onslurm").rows()[unit].attempts >= 2
 
