@@ -3,6 +3,7 @@ FFN, a final norm and the head. Its switches (positions, norm, tying, biases, FF
 initialisation) are ModelConfig's; a preset sets several at once."""
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.config import ModelConfig
+from ablate.errors import AblateError
 from ablate.mixers import registry
 from ablate.nn.layers import ShortConv, ffn, norm
 from ablate.nn.loss import linear_cross_entropy
@@ -32,7 +34,23 @@ class Block(nn.Module):
         self.drop = dropout(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mixer(x) if self.mixer.adds_residual else x + self.drop(self.mixer(self.norm1(x)))
+        return self.around(x, self.mixer(self.mixer_input(x)))
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer.prefill(self.mixer_input(x))
+        return self.around(x, y), state
+
+    def step(self, x: torch.Tensor, state: Any, pos: int) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer.step(self.mixer_input(x), state, pos)
+        return self.around(x, y), state
+
+    def mixer_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The stream normed, or raw for a mixer that adds its own residual steps."""
+        return x if self.mixer.adds_residual else self.norm1(x)
+
+    def around(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input x and its mixer's output y: the residual and the FFN."""
+        x = y if self.mixer.adds_residual else x + self.drop(y)
         if self.ffn is not None:
             x = x + self.drop(self.ffn(self.norm2(x)))
         return x
@@ -101,16 +119,20 @@ class LanguageModel(nn.Module):
             if isinstance(module, registry.Mixer):
                 module.reset_parameters()
 
+    def embedded(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The stream the first block receives for tokens idx at positions start, start + 1, …"""
+        x = self.embed(idx)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(start, start + idx.size(1), device=idx.device))
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return self.drop(x)
+
     def hidden(self, idx: torch.Tensor, observe: "BlockObserver | None" = None) -> torch.Tensor:
         """The normed last hidden states, which the head maps to logits. `observe(i, block, x_in,
         x_out)` sees each block's residual stream as the block receives and leaves it: the one
         walk the diagnostics measure, so that they see what the model computes."""
-        x = self.embed(idx)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(torch.arange(idx.size(1), device=idx.device))
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
-        x = self.drop(x)
+        x = self.embedded(idx)
         for i, block in enumerate(self.blocks):
             y = block(x)
             if observe is not None:
@@ -120,6 +142,45 @@ class LanguageModel(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return F.linear(self.hidden(idx), self.head_weight)
+
+    def prefill(self, idx: torch.Tensor) -> tuple[torch.Tensor, "Decoding"]:
+        """Logits for a prompt idx (B, T), and the decoding state after it."""
+        self.check_decodes(idx.size(1))
+        x, states = self.embedded(idx), []
+        for block in self.blocks:
+            x, state = block.prefill(x)
+            states.append(state)
+        return F.linear(self.final_norm(x), self.head_weight), Decoding(states, idx.size(1))
+
+    def step(self, idx: torch.Tensor, decoding: "Decoding") -> tuple[torch.Tensor, "Decoding"]:
+        """Logits for one more token per sequence, idx (B, 1), from the state; and the new state."""
+        pos = decoding.length
+        self.check_decodes(pos + 1)
+        x, states = self.embedded(idx, pos), []
+        for block, state in zip(self.blocks, decoding.states):
+            x, state = block.step(x, state, pos)
+            states.append(state)
+        return F.linear(self.final_norm(x), self.head_weight), Decoding(states, pos + 1)
+
+    @property
+    def cannot_decode(self) -> str | None:
+        """Why the model cannot decode from a state (the first mixer's reason); None when it can."""
+        return next((b.mixer.cannot_decode for b in self.blocks if b.mixer.cannot_decode), None)
+
+    def decode_limit(self) -> tuple[int, str] | None:
+        """The most positions a decoder can reach and what ends there (the learned position table,
+        a mixer's learned biases); None when nothing does."""
+        limits = [(b.mixer.decode_limit(), f"{b.mixer.name}'s table of learned biases") for b in self.blocks]
+        limits.append((self.cfg.context if self.pos_embed is not None else None, "the learned position table"))
+        return min(((n, what) for n, what in limits if n is not None), default=None)
+
+    def check_decodes(self, length: int) -> None:
+        """Refuse, in one line, to decode past the limit or from a model that cannot."""
+        if self.cannot_decode:
+            raise AblateError(f"{self.cfg.mixer} cannot decode from a state: {self.cannot_decode}")
+        limit = self.decode_limit()
+        if limit is not None and length > limit[0]:
+            raise AblateError(f"{limit[1]} ends at position {limit[0]}: this model cannot decode {length} positions")
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; in training the logits are never formed whole."""
@@ -154,6 +215,18 @@ class LanguageModel(nn.Module):
     def embedding_params(self) -> int:
         tables = [self.embed, self.pos_embed, self.head]
         return sum(m.weight.numel() for m in tables if m is not None)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """A decoder's state between tokens: each block's mixer state, and the positions decoded so far."""
+
+    states: list[Any]
+    length: int
+
+    def numbers(self) -> int:
+        """Numbers per sequence the state holds, over every layer."""
+        return sum(registry.state_numbers(state) for state in self.states)
 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any], device: str | torch.device | None = None) -> LanguageModel:

@@ -1,11 +1,13 @@
 """`ablate sample`: text from a finished run's model, loaded from its MLflow artifacts.
 
 Each final trial logs `model/config.json` (its ModelConfig), `model/weights.pt` and, for text
-corpora, `model/tokenizer.json`. Generation recomputes the forward pass over the last
-`context` tokens for every new token, so every mixer, a chunked retention included, sees its
-input exactly as in training: the same model, the same chunking from the window's start.
+corpora, `model/tokenizer.json`. Generation decodes from the model's state: the prompt in one
+forward, then one step per token, each giving the logits the full forward gives (the mixer
+contract's `decode` rule). `--recompute` (and any position past what the state reaches) runs the
+forward over the last `context` tokens for every new token instead.
 """
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -49,26 +51,58 @@ def load(client, run_id: str, folder: Path):
     return model.eval(), tokenizer
 
 
+def state_reach(model: LanguageModel) -> tuple[int | float, str | None]:
+    """How many positions `generate` decodes from the model's state, and why no further (None: no
+    end). A fixed state goes on past the training context; a state that grows with the sequence
+    (a KV cache) stops at the context the model was trained at, as do learned tables."""
+    if model.cannot_decode:
+        return 0, f"{model.cfg.mixer} cannot decode from a state: {model.cannot_decode}"
+    limit = model.decode_limit()
+    context = model.cfg.context
+    if model.state_size() is None and (limit is None or limit[0] > context):
+        return context, f"{model.cfg.mixer}'s state grows with the sequence, and it was trained at context {context}"
+    return (math.inf, None) if limit is None else (limit[0], f"{limit[1]} ends at position {limit[0]}")
+
+
 @torch.no_grad()
 def generate(
-    model: LanguageModel, prompt: list[int], n: int, temperature: float, top_k: int | None, seed: int
+    model: LanguageModel,
+    prompt: list[int],
+    n: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int,
+    recompute: bool = False,
 ) -> list[int]:
     """n tokens after the prompt, each drawn from softmax(logits / temperature) over the top_k
-    most likely (all when None); temperature 0 takes the most likely token."""
+    most likely (all when None); temperature 0 takes the most likely token.
+
+    Decoded from the model's state: the prompt in one forward (prefill), then one step per
+    token. Past the state's reach (`state_reach`), or everywhere with `recompute`, each token
+    recomputes the forward over the last `context` tokens instead."""
     generator = torch.Generator().manual_seed(seed)
-    ids = list(prompt)
+    reach = 0 if recompute else state_reach(model)[0]
+    ids, decoding = list(prompt), None
     for _ in range(n):
-        window = torch.tensor([ids[-model.cfg.context :]])
-        logits = model(window)[0, -1].double()
-        if temperature == 0:
-            ids.append(int(logits.argmax()))
-            continue
-        if top_k is not None and top_k < logits.numel():
-            cutoff = torch.topk(logits, top_k).values[-1]
-            logits = logits.masked_fill(logits < cutoff, float("-inf"))
-        probs = torch.softmax(logits / temperature, dim=-1)
-        ids.append(int(torch.multinomial(probs, 1, generator=generator)))
+        if len(ids) > reach:
+            logits = model(torch.tensor([ids[-model.cfg.context :]]))
+        elif decoding is None:
+            logits, decoding = model.prefill(torch.tensor([ids]))
+        else:
+            logits, decoding = model.step(torch.tensor([ids[-1:]]), decoding)
+        ids.append(draw(logits[0, -1].double(), temperature, top_k, generator))
     return ids[len(prompt) :]
+
+
+def draw(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> int:
+    """A token from the logits of one position."""
+    if temperature == 0:
+        return int(logits.argmax())
+    if top_k is not None and top_k < logits.numel():
+        cutoff = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < cutoff, float("-inf"))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:

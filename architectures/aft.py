@@ -10,7 +10,13 @@ from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import causal_mask, head_rms_norm, mean_keys
-from ablate.nn.ops import causal_biased_softmax_mean, causal_softmax_mean, causal_softmax_mean_flops
+from ablate.nn.ops import (
+    causal_biased_softmax_mean,
+    causal_softmax_mean,
+    causal_softmax_mean_flops,
+    softmax_mean_state,
+    softmax_mean_step,
+)
 
 
 class _AFT(Mixer):
@@ -22,13 +28,36 @@ class _AFT(Mixer):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    cannot_decode = None
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         if self.qk_norm:
             q, k = head_rms_norm(q, self.n_heads), head_rms_norm(k, self.n_heads)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.heads(x)
         return self.out(torch.sigmoid(q) * self.weighted_mean(k, v))
 
+    def prefill(self, x):
+        q, k, v = self.heads(x)
+        return self.out(torch.sigmoid(q) * self.weighted_mean(k, v)), self.state_after(k, v)
+
+    def step(self, x, state, pos):
+        q, k, v = self.heads(x)
+        y, state = self.mean_step(k[:, 0], v[:, 0], state, pos)
+        return self.out(torch.sigmoid(q) * y[:, None]), state
+
     def weighted_mean(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_after(self, k: torch.Tensor, v: torch.Tensor):
+        """The decoding state after keys and values k, v (B, T, C)."""
+        raise NotImplementedError
+
+    def mean_step(self, k: torch.Tensor, v: torch.Tensor, state, pos: int):
+        """The weighted mean at position pos with one more key and value (B, C), and the new state."""
         raise NotImplementedError
 
     def elementwise_flops(self, T):
@@ -44,6 +73,12 @@ class AFTSimple(_AFT):
 
     def weighted_mean(self, k, v):
         return causal_softmax_mean(k, v)
+
+    def state_after(self, k, v):
+        return softmax_mean_state(k, v)
+
+    def mean_step(self, k, v, state, pos):
+        return softmax_mean_step(k, v, state)
 
     def elementwise_flops(self, T):
         return super().elementwise_flops(T) + causal_softmax_mean_flops(self.out.in_features)
@@ -72,6 +107,37 @@ class _BiasedAFT(_AFT):
 
     def weighted_mean(self, k, v):
         return causal_biased_softmax_mean(k, v, self.pairwise_bias())
+
+    def decode_limit(self):
+        return self.used.size(0)
+
+    def state_after(self, k, v):
+        """The last `window` keys and values (every one without a window), and the running sums
+        (`softmax_mean_state`) of the keys before them, whose bias is 0."""
+        older = max(k.size(1) - (self.window or k.size(1)), 0)
+        if older:
+            sums = softmax_mean_state(k[:, :older], v[:, :older])
+        else:
+            sums = (torch.full_like(k[:, 0], -torch.inf), torch.zeros_like(k[:, 0]), torch.zeros_like(k[:, 0]))
+        return {"k": k[:, older:], "v": v[:, older:], "sums": sums}
+
+    def mean_step(self, k, v, state, pos):
+        keys, values, sums = (
+            torch.cat([state["k"], k[:, None]], 1),
+            torch.cat([state["v"], v[:, None]], 1),
+            state["sums"],
+        )
+        if self.window and keys.size(1) > self.window:  # the oldest key leaves the window for the sums
+            _, sums = softmax_mean_step(keys[:, 0], values[:, 0], sums)
+            keys, values = keys[:, 1:], values[:, 1:]
+        n, reach = keys.size(1), self.window or self.used.size(0)
+        start = pos * (pos + 1) // 2 if pos < reach else reach * (reach + 1) // 2 + (pos - reach) * reach
+        scores = keys + self.bias[start : start + n].to(keys.dtype)[:, None]  # row pos of w: keys pos − n + 1 … pos
+        m, den, num = sums
+        top = torch.maximum(m, scores.amax(dim=1))
+        e, carried = torch.exp(scores - top[:, None]), torch.exp(m - top)
+        y = (num * carried + (e * values).sum(1)) / (den * carried + e.sum(1))
+        return y, {"k": keys, "v": values, "sums": sums}
 
     def elementwise_flops(self, T):
         # per key seen and channel: add the bias, exp, and weight v; then the two means combined

@@ -13,14 +13,18 @@ default; the Based model interleaves such convolutions, and Zoology gives every 
 Recurrent, the linear part carries (1 + f + f²) × (d + 1) numbers per head (f = feature_dim);
 the local part its window's keys and values, the convolution its last conv_size − 1 inputs.
 `kernel`: `parallel_based` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
-where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`).
+where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`); decoding from a state
+runs ablate's `parallel_based` for the prompt and `recurrent_based` per token.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn import ops
 from ablate.nn.layers import Rotary, ShortConv, attention_softmax_flops, softmax_attention
+from ablate.nn.ops.based import feature_map
 from ablate.nn.ops.kernels import check_kernel, run_op
 
 
@@ -51,18 +55,57 @@ class Based(Mixer):
         self.rotary = Rotary(cfg.head_dim, cfg.context) if cfg.pos == "rope" else None
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        qk, v = self.conv(torch.cat([self.qk(x), self.v(x)], dim=-1)).split(
-            [self.qk.out_features, self.v.out_features], -1
-        )
-        q, k = qk.view(B, T, 2, self.n_heads, self.feature_dim).unbind(2)
-        linear, _ = run_op("parallel_based", self.kernel, q, k, v.reshape(B, T, self.n_heads, -1))
-        lq, lk, lv = self.local_qkv(x).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+    cannot_decode = None
+
+    def linear_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear part's q, k and v projections side by side, as its convolution takes them."""
+        return torch.cat([self.qk(x), self.v(x)], dim=-1)
+
+    def linear_heads(self, mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The linear part's q, k (B, T, H, feature_dim) and v (B, T, H, d) from the convolved projections."""
+        qk, v = mixed.split([self.qk.out_features, self.v.out_features], -1)
+        q, k = qk.unflatten(-1, (2, self.n_heads, self.feature_dim)).unbind(2)
+        return q, k, v.unflatten(-1, (self.n_heads, -1))
+
+    def local_heads(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, ...]:
+        """The local part's q, k, v (B, H, T, d) for positions start, start + 1, …, q and k rotated."""
+        lq, lk, lv = self.local_qkv(x).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)
         if self.rotary is not None:
-            lq, lk = self.rotary(lq), self.rotary(lk)
-        local = softmax_attention(lq, lk, lv, min(self.window, T)).transpose(1, 2)
-        return self.out((linear + local).reshape(B, T, -1))
+            lq, lk = self.rotary(lq, start), self.rotary(lk, start)
+        return lq, lk, lv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        linear, _ = run_op("parallel_based", self.kernel, *self.linear_heads(self.conv(self.linear_input(x))))
+        local = softmax_attention(*self.local_heads(x), min(self.window, x.size(1)))
+        return self.output(linear, local)
+
+    def prefill(self, x):
+        """The output; the linear part's state (its feature-map sums, `recurrent_based`'s), its
+        convolution's tail, and the window's keys and values."""
+        mixed, tail = self.conv.prefill(self.linear_input(x))
+        q, k, v = self.linear_heads(mixed)
+        linear, _ = ops.parallel_based(q, k, v)
+        values = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1)  # the normaliser's column
+        state = torch.einsum("bthf,bthv->bhfv", feature_map(k), values)
+        lq, lk, lv = self.local_heads(x)
+        local = softmax_attention(lq, lk, lv, min(self.window, x.size(1)))
+        window = {"k": lk[:, :, -self.window :], "v": lv[:, :, -self.window :]}
+        return self.output(linear, local), {"conv": tail, "state": state, "window": window}
+
+    def step(self, x, state, pos):
+        mixed, tail = self.conv.step(self.linear_input(x), state["conv"])
+        linear, s = ops.recurrent_based(
+            *self.linear_heads(mixed), initial_state=state["state"], output_final_state=True
+        )
+        lq, lk, lv = self.local_heads(x, pos)
+        keys = torch.cat([state["window"]["k"], lk], 2)[:, :, -self.window :]
+        values = torch.cat([state["window"]["v"], lv], 2)[:, :, -self.window :]
+        local = F.scaled_dot_product_attention(lq, keys, values)
+        return self.output(linear, local), {"conv": tail, "state": s, "window": {"k": keys, "v": values}}
+
+    def output(self, linear: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        """The linear part's (B, T, H, d) and the local part's (B, H, T, d) outputs summed, mapped back."""
+        return self.out((linear + local.transpose(1, 2)).flatten(2))
 
     def elementwise_flops(self, T):
         """The Taylor polynomial of every causal score and its normaliser (5 per score), and the

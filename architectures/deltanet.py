@@ -11,7 +11,8 @@ y_t = W_out rms_norm(o_t), times swish(W_g x_t) in the gated form. A state of d 
 and the convolution's last 3 inputs per channel.
 `kernel`: `chunk_delta_rule` / `chunk_gated_delta_rule` from ablate.nn.ops (torch) or
 flash-linear-attention (fla); unset, fla where it is installed and the model is on CUDA
-(`ablate.nn.ops.kernels`).
+(`ablate.nn.ops.kernels`); decoding from a state runs ablate's chunked op for the prompt and
+the recurrent one per token.
 """
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn import ops
 from ablate.nn.layers import ShortConv, rms_norm, spread_decays
 from ablate.nn.ops.kernels import check_kernel, run_op
 
@@ -38,16 +40,40 @@ class DeltaNet(Mixer):
         self.beta = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
-    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v as (B, T, H, d) and β as (B, T, H)."""
-        B, T, _ = x.shape
-        q, k, v = F.silu(self.conv(self.qkv(x))).view(B, T, 3, self.n_heads, -1).unbind(2)
+    cannot_decode = None
+    op = "delta_rule"  # ablate.nn.ops' chunk_delta_rule and recurrent_delta_rule
+
+    def heads(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """From x and its convolved projection: q, k, v as (B, T, H, d) and β as (B, T, H)."""
+        q, k, v = F.silu(mixed).unflatten(-1, (3, self.n_heads, -1)).unbind(2)
         return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, torch.sigmoid(self.beta(x))
 
+    def inputs(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The op's arguments: q, k, v and β."""
+        return self.heads(x, mixed)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        o, _ = run_op("chunk_delta_rule", self.kernel, *self.heads(x), chunk_size=self.chunk_size)
-        return self.out(rms_norm(o).reshape(B, T, -1))
+        inputs = self.inputs(x, self.conv(self.qkv(x)))
+        o, _ = run_op(f"chunk_{self.op}", self.kernel, *inputs, chunk_size=self.chunk_size)
+        return self.output(x, o)
+
+    def prefill(self, x):
+        mixed, tail = self.conv.prefill(self.qkv(x))
+        o, state = getattr(ops, f"chunk_{self.op}")(
+            *self.inputs(x, mixed), output_final_state=True, chunk_size=self.chunk_size
+        )
+        return self.output(x, o), {"conv": tail, "state": state}
+
+    def step(self, x, state, pos):
+        mixed, tail = self.conv.step(self.qkv(x), state["conv"])
+        o, s = getattr(ops, f"recurrent_{self.op}")(
+            *self.inputs(x, mixed), initial_state=state["state"], output_final_state=True
+        )
+        return self.output(x, o), {"conv": tail, "state": s}
+
+    def output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Each head's (B, T, H, d) output normed and mapped back."""
+        return self.out(rms_norm(o).flatten(2))
 
     def elementwise_flops(self, T):
         """swish on q, k, v (4 each per element), two L2 norms (4), β's sigmoid, the chunk's causal
@@ -76,12 +102,16 @@ class GatedDeltaNet(DeltaNet):
         """Decay rates spread over the heads, as Mamba-2 starts them."""
         spread_decays(self.A_log, self.dt_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v, beta = self.heads(x)
-        g = -self.A_log.exp() * F.softplus(self.alpha(x) + self.dt_bias)
-        o, _ = run_op("chunk_gated_delta_rule", self.kernel, q, k, v, g, beta, chunk_size=self.chunk_size)
-        return self.out(rms_norm(o).reshape(B, T, -1) * F.silu(self.out_gate(x)))
+    op = "gated_delta_rule"
+
+    def inputs(self, x, mixed):
+        """q, k, v, the log decay g (B, T, H) and β."""
+        q, k, v, beta = self.heads(x, mixed)
+        return q, k, v, -self.A_log.exp() * F.softplus(self.alpha(x) + self.dt_bias), beta
+
+    def output(self, x, o):
+        """Each head's output normed, gated by swish(W_g x) and mapped back."""
+        return self.out(rms_norm(o).flatten(2) * F.silu(self.out_gate(x)))
 
     def elementwise_flops(self, T):
         """The delta rule's, plus the decay (softplus and scale, 6 per head, and the chunk's decay

@@ -7,7 +7,8 @@ Per head, a decay per key channel that the input sets, through a low-rank gate:
 A state of d × d per head. `conv_size` puts a short causal convolution per channel on q, k and v
 first (none by default, as in the paper and fla's GLA layer).
 `kernel`: `chunk_gla` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
-where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`).
+where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`); decoding from a state
+runs ablate's `chunk_gla` for the prompt and `recurrent_gla` per token.
 """
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn import ops
 from ablate.nn.layers import ShortConv, rms_norm
 from ablate.nn.ops.kernels import check_kernel, run_op
 
@@ -48,12 +50,31 @@ class GatedLinearAttention(Mixer):
         self.out_gate = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
+    cannot_decode = None
+
+    def heads(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v as (B, T, H, d) from the convolved projection, and the log decay g from x."""
+        q, k, v = mixed.unflatten(-1, (3, self.n_heads, -1)).unbind(2)
+        g = F.logsigmoid(self.gate_up(self.gate_down(x))).unflatten(-1, (self.n_heads, -1)) / GATE_NORMALIZER
+        return q, k, v, g
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.conv(self.qkv(x)).view(B, T, 3, self.n_heads, -1).unbind(2)
-        g = F.logsigmoid(self.gate_up(self.gate_down(x))).view(B, T, self.n_heads, -1) / GATE_NORMALIZER
-        o, _ = run_op("chunk_gla", self.kernel, q, k, v, g, chunk_size=self.chunk_size)
-        return self.out(rms_norm(o).reshape(B, T, -1) * F.silu(self.out_gate(x)))
+        o, _ = run_op("chunk_gla", self.kernel, *self.heads(x, self.conv(self.qkv(x))), chunk_size=self.chunk_size)
+        return self.output(x, o)
+
+    def prefill(self, x):
+        mixed, tail = self.conv.prefill(self.qkv(x))
+        o, state = ops.chunk_gla(*self.heads(x, mixed), output_final_state=True, chunk_size=self.chunk_size)
+        return self.output(x, o), {"conv": tail, "state": state}
+
+    def step(self, x, state, pos):
+        mixed, tail = self.conv.step(self.qkv(x), state["conv"])
+        o, s = ops.recurrent_gla(*self.heads(x, mixed), initial_state=state["state"], output_final_state=True)
+        return self.output(x, o), {"conv": tail, "state": s}
+
+    def output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Each head's (B, T, H, d) output normed, gated by swish(W_g x) and mapped back."""
+        return self.out(rms_norm(o).flatten(2) * F.silu(self.out_gate(x)))
 
     def elementwise_flops(self, T):
         """The gate (logsigmoid and scale, 5 per channel), each chunk's decays (b_t − b_s, exp and

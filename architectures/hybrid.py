@@ -7,13 +7,14 @@ softmax attention, and their outputs are concatenated before the output map.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ablate.errors import AblateError
 from ablate.mixers import registry
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import Rotary, attention_softmax_flops, rms_norm, softmax_attention
-from ablate.nn.ops import causal_softmax_mean, causal_softmax_mean_flops
+from ablate.nn.ops import causal_softmax_mean, causal_softmax_mean_flops, softmax_mean_state, softmax_mean_step
 
 DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
 
@@ -21,6 +22,8 @@ DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 
 @register("hybrid")
 class Hybrid(Mixer):
     """A layer schedule: layer i runs pattern[i mod len(pattern)] (default 3 AFT layers to 1 local mha)."""
+
+    cannot_decode = None  # unless a part cannot: then its reason, per instance
 
     def __init__(self, cfg, layer_idx, *, pattern: list | tuple = DEFAULT_PATTERN):
         super().__init__()
@@ -32,9 +35,19 @@ class Hybrid(Mixer):
         name, options = entries[layer_idx % len(entries)]
         self.mixer = registry.mixer_class(name)(cfg, layer_idx, **options)
         self.causal, self.adds_residual = self.mixer.causal, self.mixer.adds_residual
+        self.cannot_decode = self.mixer.cannot_decode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mixer(x)
+
+    def prefill(self, x):
+        return self.mixer.prefill(x)
+
+    def step(self, x, state, pos):
+        return self.mixer.step(x, state, pos)
+
+    def decode_limit(self):
+        return self.mixer.decode_limit()
 
     def elementwise_flops(self, T):
         return self.mixer.elementwise_flops(T)
@@ -68,20 +81,41 @@ class HybridHeads(Mixer):
         self.rotary = Rotary(cfg.head_dim, cfg.context) if cfg.pos == "rope" else None
         self.qk_norm = cfg.qk_norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).unbind(2)  # each (B, T, H, d)
+    cannot_decode = None
+
+    def heads(self, x: torch.Tensor, start: int = 0) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The AFT heads' q, k, v, flattened to (B, T, a·d), and the attention heads' (B, H − a, T, d)
+        for positions start, start + 1, …, rotated and normed."""
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, -1)).unbind(2)  # each (B, T, H, d)
         a = self.aft_heads
-        global_part = torch.sigmoid(q[:, :, :a]).flatten(2) * causal_softmax_mean(
-            k[:, :, :a].flatten(2), v[:, :, :a].flatten(2)
-        )
-        q, k, v = (t[:, :, a:].transpose(1, 2) for t in (q, k, v))  # (B, H - a, T, d)
+        aft = tuple(t[:, :, :a].flatten(2) for t in (q, k, v))
+        q, k, v = (t[:, :, a:].transpose(1, 2) for t in (q, k, v))
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, start), self.rotary(k, start)
         if self.qk_norm:
             q, k = rms_norm(q), rms_norm(k)
-        local_part = softmax_attention(q, k, v, self.window).transpose(1, 2).flatten(2)
-        return self.out(torch.cat([global_part, local_part], dim=-1))
+        return aft, (q, k, v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prefill(x)[0]
+
+    def prefill(self, x):
+        """The output; the AFT heads' running sums and the window's keys and values."""
+        (aq, ak, av), (q, k, v) = self.heads(x)
+        y = self.output(aq, causal_softmax_mean(ak, av), softmax_attention(q, k, v, self.window))
+        return y, {"sums": softmax_mean_state(ak, av), "k": k[:, :, -self.window :], "v": v[:, :, -self.window :]}
+
+    def step(self, x, state, pos):
+        (aq, ak, av), (q, k, v) = self.heads(x, pos)
+        mean, sums = softmax_mean_step(ak[:, 0], av[:, 0], state["sums"])
+        keys = torch.cat([state["k"], k], 2)[:, :, -self.window :]
+        values = torch.cat([state["v"], v], 2)[:, :, -self.window :]
+        y = self.output(aq, mean[:, None], F.scaled_dot_product_attention(q, keys, values))
+        return y, {"sums": sums, "k": keys, "v": values}
+
+    def output(self, aq: torch.Tensor, mean: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """σ(q)·mean of the AFT heads beside the attention heads' (B, H − a, T, d), mapped back."""
+        return self.out(torch.cat([torch.sigmoid(aq) * mean, attended.transpose(1, 2).flatten(2)], dim=-1))
 
     def elementwise_flops(self, T):
         aft_channels = self.aft_heads * self.out.in_features // self.n_heads

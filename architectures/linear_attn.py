@@ -6,7 +6,8 @@ Per head, with the positive feature map φ(x) = elu(x) + 1 on q and k:
 `conv_size` puts a short causal convolution per channel on q, k and v first (none by default, as
 in the paper; Zoology's and fla's recurrent layers use one for recall).
 `kernel`: `chunk_linear_attn` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
-where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`).
+where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`); decoding from a state
+runs ablate's `chunk_linear_attn` for the prompt and `recurrent_linear_attn` per token.
 """
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn import ops
 from ablate.nn.layers import ShortConv
 from ablate.nn.ops.kernels import check_kernel, run_op
 
@@ -41,12 +43,31 @@ class LinearAttention(Mixer):
         self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
+    cannot_decode = None
+
+    def heads(self, mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, T, H, d) from the convolved projection, q and k through elu + 1."""
+        q, k, v = mixed.unflatten(-1, (3, self.n_heads, -1)).unbind(2)
+        return F.elu(q) + 1, F.elu(k) + 1, v
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.conv(self.qkv(x)).view(B, T, 3, self.n_heads, -1).unbind(2)
-        q, k = F.elu(q) + 1, F.elu(k) + 1
+        q, k, v = self.heads(self.conv(self.qkv(x)))
         y, _ = run_op("chunk_linear_attn", self.kernel, q, k, v, normalize=self.normalize, chunk_size=self.chunk_size)
-        return self.out(y.reshape(B, T, -1))
+        return self.out(y.flatten(2))
+
+    def prefill(self, x):
+        mixed, tail = self.conv.prefill(self.qkv(x))
+        y, state = ops.chunk_linear_attn(
+            *self.heads(mixed), normalize=self.normalize, output_final_state=True, chunk_size=self.chunk_size
+        )
+        return self.out(y.flatten(2)), {"conv": tail, "state": state}
+
+    def step(self, x, state, pos):
+        mixed, tail = self.conv.step(self.qkv(x), state["conv"])
+        y, s = ops.recurrent_linear_attn(
+            *self.heads(mixed), initial_state=state["state"], output_final_state=True, normalize=self.normalize
+        )
+        return self.out(y.flatten(2)), {"conv": tail, "state": s}
 
     def elementwise_flops(self, T):
         """elu + 1 on q and k (3 each per element), the causal mask of each chunk's scores (one per

@@ -8,7 +8,8 @@ that is linear attention with q = C, k = B, v = dt·x and a log decay per head (
 then rms_norm(y ⊙ swish(z)) and the output map. A state of d_state × P per head, plus the
 convolution's last d_conv − 1 inputs.
 `kernel`: `chunk_simple_gla` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
-where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`).
+where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`); decoding from a state
+runs ablate's `chunk_simple_gla` for the prompt and `recurrent_simple_gla` per token.
 """
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
+from ablate.nn import ops
 from ablate.nn.layers import ShortConv, rms_norm, spread_decays
 from ablate.nn.ops.kernels import check_kernel, run_op
 
@@ -48,21 +50,45 @@ class Mamba2(Mixer):
         with torch.no_grad():
             self.D.fill_(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        inner, H = self.out.in_features, self.n_heads
-        z, xbc, dt = self.in_proj(x).split([inner, self.conv_width, H], dim=-1)
-        xbc = F.silu(self.conv(xbc))
-        xs, b, c = xbc.split([inner, self.d_state, self.d_state], dim=-1)
+    cannot_decode = None
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The input map's gate z, the convolution's input (x, B, C) and the step sizes."""
+        return self.in_proj(x).split([self.out.in_features, self.conv_width, self.n_heads], dim=-1)
+
+    def inputs(self, xbc: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """From the convolved (x, B, C) and the raw step sizes: the heads' values xs (B, T, H, P),
+        and the SSD's q = C, k = B, v = dt·xs and log decay, as `chunk_simple_gla` takes them."""
+        B, T, H = dt.shape
+        xs, b, c = F.silu(xbc).split([self.out.in_features, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(dt + self.dt_bias)  # (B, T, H)
-        xs = xs.view(B, T, H, -1)
+        xs = xs.unflatten(-1, (H, -1))
         q, k = (t[:, :, None, :].expand(B, T, H, self.d_state) for t in (c, b))
-        decay = -self.A_log.exp() * dt
-        y, _ = run_op(
-            "chunk_simple_gla", self.kernel, q, k, xs * dt[..., None], decay, scale=1.0, chunk_size=self.chunk_size
-        )
-        y = y + self.D[:, None] * xs
-        return self.out(rms_norm(y.reshape(B, T, inner) * F.silu(z)))
+        return xs, (q, k, xs * dt[..., None], -self.A_log.exp() * dt)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, xbc, dt = self.split(x)
+        xs, ssd = self.inputs(self.conv(xbc), dt)
+        y, _ = run_op("chunk_simple_gla", self.kernel, *ssd, scale=1.0, chunk_size=self.chunk_size)
+        return self.output(y, xs, z)
+
+    def prefill(self, x):
+        z, xbc, dt = self.split(x)
+        mixed, tail = self.conv.prefill(xbc)
+        xs, ssd = self.inputs(mixed, dt)
+        y, state = ops.chunk_simple_gla(*ssd, scale=1.0, output_final_state=True, chunk_size=self.chunk_size)
+        return self.output(y, xs, z), {"conv": tail, "state": state}
+
+    def step(self, x, state, pos):
+        z, xbc, dt = self.split(x)
+        mixed, tail = self.conv.step(xbc, state["conv"])
+        xs, ssd = self.inputs(mixed, dt)
+        y, s = ops.recurrent_simple_gla(*ssd, scale=1.0, initial_state=state["state"], output_final_state=True)
+        return self.output(y, xs, z), {"conv": tail, "state": s}
+
+    def output(self, y: torch.Tensor, xs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The skip D·x added, the gate, the norm and the output map."""
+        return self.out(rms_norm((y + self.D[:, None] * xs).flatten(2) * F.silu(z)))
 
     def elementwise_flops(self, T):
         """The convolution's swish (4 per channel), softplus and decay (6 per head), dt·x, the

@@ -6,6 +6,7 @@ key among many, and such a model fails associative recall. So, as in QK-Norm (He
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
@@ -35,20 +36,42 @@ class MultiHeadAttention(Mixer):
         if self.qk_gain is not None:
             nn.init.ones_(self.qk_gain)
 
-    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v as (B, H, T, d), rotated and normed (q scaled by its head's gain)."""
+    cannot_decode = None
+
+    def heads(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, H, T, d) for positions start, start + 1, …, rotated and normed (q scaled
+        by its head's gain)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, start), self.rotary(k, start)
         if self.qk_norm:
             q, k = rms_norm(q) * self.qk_gain[:, None, None], rms_norm(k)
         return q, k, v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        y = softmax_attention(*self.heads(x), self.window, self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+        return self.prefill(x)[0]
+
+    def prefill(self, x):
+        """The output, and the KV cache: every key and value, or the last `window` of them."""
+        q, k, v = self.heads(x)
+        y = softmax_attention(q, k, v, self.window, self.dropout if self.training else 0.0)
+        return self.output(y), self.cache(k, v)
+
+    def step(self, x, state, pos):
+        q, k, v = self.heads(x, pos)
+        state = self.cache(torch.cat([state["k"], k], dim=2), torch.cat([state["v"], v], dim=2))
+        return self.output(F.scaled_dot_product_attention(q, state["k"], state["v"])), state
+
+    def cache(self, k: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The keys and values a decoder keeps: all of them, or the last `window` (a ring buffer's)."""
+        if self.window:
+            k, v = k[:, :, -self.window :], v[:, :, -self.window :]
+        return {"k": k, "v": v}
+
+    def output(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, d) heads concatenated and mapped back to the stream."""
+        return self.out(y.transpose(1, 2).flatten(2))
 
     def attention_probs(self, x):
         q, k, _ = self.heads(x)

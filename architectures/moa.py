@@ -28,6 +28,8 @@ DEFAULT_EXPERTS = ({"mha": {"window": 64}}, "aft-simple")
 class MixtureOfAttention(Mixer):
     """Mixture of attention experts: a causal per-token router weights the top-k of E mixers (default local mha, AFT)."""
 
+    cannot_decode = None  # unless a part cannot: then its reason, per instance
+
     def __init__(
         self, cfg, layer_idx, *, experts: list | tuple = DEFAULT_EXPERTS, top_k: int = 1, aux_weight: float = 0.01
     ):
@@ -49,16 +51,32 @@ class MixtureOfAttention(Mixer):
         self.router = nn.Linear(cfg.d_model, len(entries), bias=False)
         self.top_k, self.aux_weight = top_k, aux_weight
         self.causal = all(expert.causal for expert in self.experts)
+        self.cannot_decode = next((e.cannot_decode for e in self.experts if e.cannot_decode), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mixed(x, [expert(x) for expert in self.experts])
+
+    def prefill(self, x):
+        """The output, and each expert's state (the router reads each token alone: it keeps none)."""
+        outputs, states = zip(*(expert.prefill(x) for expert in self.experts))
+        return self.mixed(x, list(outputs)), list(states)
+
+    def step(self, x, state, pos):
+        outputs, states = zip(*(expert.step(x, s, pos) for expert, s in zip(self.experts, state)))
+        return self.mixed(x, list(outputs)), list(states)
+
+    def decode_limit(self):
+        return min((n for n in (e.decode_limit() for e in self.experts) if n is not None), default=None)
+
+    def mixed(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The experts' outputs weighted by the router's top-k gates (and, training, the balance loss set)."""
         probs = F.softmax(self.router(x), dim=-1)  # (B, T, E)
         chosen, picked = probs.topk(self.top_k, dim=-1)
         gates = torch.zeros_like(probs).scatter(-1, picked, chosen)
         if self.training:
             share = torch.zeros_like(probs).scatter(-1, picked, 1.0).mean((0, 1)) / self.top_k
             self.aux_loss = self.aux_weight * len(self.experts) * (share * probs.mean((0, 1))).sum()
-        outputs = torch.stack([expert(x) for expert in self.experts], dim=-1)  # (B, T, d_model, E)
-        return (outputs * gates.unsqueeze(2)).sum(-1)
+        return (torch.stack(outputs, dim=-1) * gates.unsqueeze(2)).sum(-1)  # (B, T, d_model, E) weighted
 
     def elementwise_flops(self, T):
         """The experts' own, the router's softmax (5 per expert) and the weighted sum (2 per

@@ -79,18 +79,41 @@ class MultiScaleRetention(Mixer):
         self.rotary = Rotary(cfg.head_dim, cfg.context)
         self.register_buffer("gamma", decays(cfg.n_heads), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    cannot_decode = None
+
+    def heads(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, H, T, d) for positions start, start + 1, …: q and k rotated, k scaled by 1/√d."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = self.rotary(q), self.rotary(k) * k.size(-1) ** -0.5
+        return self.rotary(q, start), self.rotary(k, start) * k.size(-1) ** -0.5, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(x, self.retain(*self.heads(x)))
+
+    def retain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Retention over (B, H, T, d) heads in the layer's form."""
         if self.form == "parallel":
-            y = parallel(q, k, v, self.gamma)
-        elif self.form == "recurrent":
-            y = recurrent(q, k, v, self.gamma)
-        else:
-            y = chunkwise(q, k, v, self.gamma, self.chunk_size)
+            return parallel(q, k, v, self.gamma)
+        if self.form == "recurrent":
+            return recurrent(q, k, v, self.gamma)
+        return chunkwise(q, k, v, self.gamma, self.chunk_size)
+
+    def prefill(self, x):
+        """The output, and the recurrent form's state after x: S = Σ_m γ^(T−1−m) k_mᵀ v_m per head."""
+        q, k, v = self.heads(x)
+        ages = torch.arange(x.size(1) - 1, -1, -1, device=x.device, dtype=torch.float64)
+        weights = torch.exp(ages * self.gamma.log()[:, None]).to(k.dtype)[:, :, None]  # (H, T, 1)
+        return self.output(x, self.retain(q, k, v)), (k * weights).transpose(-1, -2) @ v
+
+    def step(self, x, state, pos):
+        q, k, v = self.heads(x, pos)
+        state = self.gamma.to(q.dtype)[:, None, None] * state + k.transpose(-1, -2) @ v
+        return self.output(x, q @ state), state
+
+    def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Group norm of the heads' (B, H, T, d) outputs, the swish gate and the output map."""
         y = F.layer_norm(y, (y.size(-1),))  # group norm: each head normalised on its own
-        return self.out(F.silu(self.gate(x)) * y.transpose(1, 2).reshape(B, T, -1))
+        return self.out(F.silu(self.gate(x)) * y.transpose(1, 2).flatten(2))
 
     def elementwise_flops(self, T):
         """The decay applied to each score (recurrent: γ·S + k vᵀ, 3 per state entry), group norm (5

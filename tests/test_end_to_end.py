@@ -290,6 +290,7 @@ def test_variants_lists_every_mixer_with_a_description(capsys):
     assert [r["name"] for r in rows] == ablate.variants()
     assert {"mha", "aft-simple"} <= set(ablate.variants())
     assert all(r["description"] for r in rows)
+    assert all(r["cannot_decode"] is None for r in rows)  # every shipped mixer decodes from a state
 
 
 def test_ui_prints_the_studys_url_once_its_one_worker_server_answers(finished):
@@ -376,6 +377,7 @@ def test_sample_generates_the_requested_tokens_from_a_finished_run(finished, cap
     assert sample("--tokens", "12") == out  # the seed fixes the draw
     greedy = sample("--tokens", "5", "--temperature", "0")
     assert greedy == sample("--tokens", "5", "--temperature", "0", "--seed", "7")
+    assert greedy == sample("--tokens", "5", "--temperature", "0", "--recompute")  # the state gives the forward's
     assert all(0 <= i < 512 for i in out["generated_ids"] + greedy["generated_ids"])
     assert main(["sample", "no-such-run", *store]) == 2
     assert "no run 'no-such-run'" in capsys.readouterr().err

@@ -64,6 +64,7 @@ def violations(name: str, options: dict | None = None) -> list[str]:
     if dead:
         found.append(f"gradients: no gradient reaches {', '.join(dead)}")
     found += _residual_maps(model)
+    found += _decoding(config) if mixer.cannot_decode is None else []
     try:  # a planned trial carries its options resolved, defaults included, and is checked again
         registry.mixer_options(name, model.cfg.mixer_options)
     except AblateError as e:
@@ -96,6 +97,42 @@ def _residual_maps(model) -> list[str]:
     if left > 0:
         return [f"residual maps: with its declared maps zeroed the output still moves by {left:.1e}; declare them all"]
     return []
+
+
+PROMPT = CONTEXT // 3 + 1  # a prompt that ends inside a chunk, followed by steps over several
+
+
+def _decoding(config: dict) -> list[str]:
+    """Prefill then one token at a time gives the full forward's logits (to 1e-9 in float64, 1e-4
+    in float32) from a prompt and from the first token, and the state holds what state_size()
+    says (or grows with the sequence, where it says None)."""
+    torch.manual_seed(0)
+    model = ablate.build_model(config).eval()
+    idx = torch.randint(0, SHAPE["vocab_size"], (2, CONTEXT))
+    found, carried = [], {}
+    with torch.no_grad():
+        for dtype, tolerance in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+            model.to(dtype)
+            full = model(idx)
+            for prompt in (PROMPT, 1):
+                logits, decoding = model.prefill(idx[:, :prompt])
+                carried[prompt] = decoding.numbers()
+                steps = [logits]
+                for t in range(prompt, CONTEXT):
+                    logits, decoding = model.step(idx[:, t : t + 1], decoding)
+                    steps.append(logits)
+                gap = (torch.cat(steps, dim=1) - full).abs().max().item()
+                if not gap <= tolerance:
+                    found.append(
+                        f"decode: a prefill of {prompt} then steps to {CONTEXT} gives logits {gap:.1e} from "
+                        f"the forward's in {str(dtype).removeprefix('torch.')} (tolerance {tolerance:.0e})"
+                    )
+    declared, held = model.state_size(), decoding.numbers()
+    if declared is not None and held != declared:
+        found.append(f"decode: state_size() says {declared:,} numbers per sequence; the decoder carries {held:,}")
+    if declared is None and not held > carried[PROMPT]:
+        found.append(f"decode: state_size() is None, but the state stays at {held:,} numbers: declare it")
+    return found
 
 
 SHIPPED = [n for n in ablate.variants() if registry.mixer_class(n).__module__.startswith("ablate.architectures.")]
@@ -157,6 +194,33 @@ class _Branching(Mixer):
         return 2 * self.proj.in_features  # the mean, and the scale: declared honestly
 
 
+class _Drifting(Mixer):
+    """A running mean whose decoding step counts each new token twice, and whose state_size()
+    says less than its state holds."""
+
+    cannot_decode = None
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.out = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.out(x.cumsum(1) / torch.arange(1, x.size(1) + 1, dtype=x.dtype, device=x.device)[:, None])
+
+    def elementwise_flops(self, T):
+        return 2 * self.out.in_features  # the running sum and the division
+
+    def prefill(self, x):
+        return self(x), {"sum": x.sum(1)}
+
+    def step(self, x, state, pos):
+        total = state["sum"] + 2 * x[:, 0]
+        return self.out(total[:, None] / (pos + 1)), {"sum": total}
+
+    def state_size(self):
+        return 1
+
+
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Mixers registered in this test only: the registry is restored after it."""
@@ -172,6 +236,55 @@ def test_a_broken_mixer_is_told_which_rules_it_breaks(scratch_registry):
     branching = violations("test-branching")
     assert [v.split(":")[0] for v in branching] == ["meta", "residual maps", "options"]
     assert "meta device" in branching[0] and "declare them all" in branching[1] and "scale=" in branching[2]
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("mha", {"window": 16}),
+        ("mha", {"rope": False, "qk_norm": False}),
+        ("aft-local", {"window": 8}),
+        ("aft-simple", {"qk_norm": True}),
+        ("retnet", {"form": "recurrent"}),
+        ("linear-attn", {"normalize": False}),
+        ("mamba2", {"d_conv": 2, "chunk_size": 16}),
+        ("hybrid", {"pattern": [{"mha": {"window": 8}}]}),
+        ("hybrid-heads", {"aft_heads": 1, "window": 8}),
+        ("retention", {"recurrence": 1, "chunk_size": 16}),
+    ],
+)
+def test_options_that_change_the_state_decode_exactly(name, options):
+    assert _decoding({**SHAPE, "mixer": name, "mixer_options": options}) == []
+
+
+def test_learned_positions_decode_exactly():
+    assert _decoding({**SHAPE, "mixer": "mha", "pos": "learned"}) == []
+
+
+def test_a_mixer_that_decodes_wrongly_is_told_so(scratch_registry):
+    register("test-drifting")(_Drifting)
+    found = violations("test-drifting")
+    assert [v.split(":")[0] for v in found] == ["decode"] * 5
+    assert "a prefill of 43 then steps to 128" in found[0] and "in float64" in found[0] and "float32" in found[2]
+    assert "state_size() says 1 numbers per sequence; the decoder carries 32" in found[4]
+
+
+def test_a_mixer_that_cannot_decode_says_why_and_the_model_refuses_in_one_line():
+    model = ablate.build_model({**SHAPE, "mixer": "retention", "mixer_options": {"scope": "sequence"}})
+    assert "later positions" in model.cannot_decode
+    with pytest.raises(AblateError, match="retention cannot decode from a state: scope sequence"):
+        model.prefill(torch.zeros(1, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "config, limit",
+    [({"mixer": "mha", "pos": "learned"}, "the learned position table"), ({"mixer": "aft-full"}, "aft-full's table")],
+)
+def test_decoding_stops_where_a_learned_table_ends(config, limit):
+    model = ablate.build_model({**SHAPE, "context": 8, **config}).eval()
+    _, decoding = model.prefill(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(AblateError, match=f"^{limit}.* ends at position 8: this model cannot decode 9 positions"):
+        model.step(torch.zeros(1, 1, dtype=torch.long), decoding)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])

@@ -1,8 +1,13 @@
 """Prompts through every tokenizer kind: an empty prompt starts where documents start, and text a
-vocabulary cannot hold is one line naming its characters."""
+vocabulary cannot hold is one line naming its characters. Generation from the model's state
+draws what recomputing the forward draws, and hands over to recomputing where the state ends."""
+
+import math
 
 import pytest
+import torch
 
+import ablate
 from ablate import sample
 from ablate.data import tokenize
 from ablate.errors import AblateError
@@ -39,3 +44,40 @@ def test_a_char_vocabulary_without_a_newline_asks_for_a_prompt():
     _, made = tokenize.char(["abc"], 10)
     with pytest.raises(AblateError, match="give --prompt"):
         sample.prompt_ids(made, "")
+
+
+SHAPE = {"vocab_size": 64, "context": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "qkv_dim": 32}
+PROMPT = [5, 9, 2, 7, 1]
+
+
+def _model(**config):
+    torch.manual_seed(0)
+    return ablate.build_model({**SHAPE, **config}).double().eval()
+
+
+@pytest.mark.parametrize(
+    "mixer, options",
+    [("mha", {}), ("gla", {}), ("retention", {"chunk_size": 8}), ("aft-local", {"window": 8}), ("hybrid", {})],
+)
+def test_decoding_from_state_draws_what_recomputing_draws(mixer, options):
+    model = _model(mixer=mixer, mixer_options=options)
+    n = SHAPE["context"] - len(PROMPT)
+    for temperature in (0.0, 1.0):
+        from_state = sample.generate(model, PROMPT, n, temperature, None, seed=3)
+        assert from_state == sample.generate(model, PROMPT, n, temperature, None, seed=3, recompute=True)
+
+
+def test_a_fixed_state_decodes_past_the_context_and_a_growing_one_hands_over_to_recomputing():
+    gla = _model(mixer="gla")
+    assert sample.state_reach(gla) == (math.inf, None)
+    assert len(sample.generate(gla, PROMPT, 40, 1.0, None, seed=0)) == 40
+    mha = _model(mixer="mha")
+    assert sample.state_reach(mha) == (32, "mha's state grows with the sequence, and it was trained at context 32")
+    past = sample.generate(mha, PROMPT, 40, 0.0, None, seed=0)
+    assert past == sample.generate(mha, PROMPT, 40, 0.0, None, seed=0, recompute=True)  # within it from state
+    long_prompt = list(range(40))  # longer than the context: recomputed over its last 32, as before
+    assert sample.generate(mha, long_prompt, 3, 0.0, None, 0) == sample.generate(
+        mha, long_prompt, 3, 0.0, None, 0, True
+    )
+    assert sample.state_reach(_model(mixer="gla", pos="learned"))[0] == 32
+    assert "cannot decode" in sample.state_reach(_model(mixer="retention", mixer_options={"scope": "batch"}))[1]

@@ -2,6 +2,7 @@
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from ablate.cli.common import check_writable, console, positive, store_hint, store_options, stored, study_name, uri
@@ -58,6 +59,9 @@ def _sample_parser(sub) -> None:
     sample.add_argument("--top-k", type=positive, help="draw from the k most likely tokens only")
     sample.add_argument("--seed", type=int, default=0, help="the sampling RNG's seed (default 0)")
     sample.add_argument("--json", action="store_true", help="prompt and generated token ids and text as JSON")
+    sample.add_argument(
+        "--recompute", action="store_true", help="recompute the forward for every token instead of decoding from state"
+    )
     store_options(sample)
     sample.set_defaults(func=sample_command)
 
@@ -144,6 +148,7 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def sample_command(args) -> int:
+    started = time.perf_counter()
     if args.temperature < 0:
         raise AblateError(f"--temperature must be 0 or more, got {args.temperature}")
     where = stored(args)
@@ -157,7 +162,19 @@ def sample_command(args) -> int:
     prompt = sample.prompt_ids(tokenizer, args.prompt)
     if max(prompt) >= model.cfg.vocab_size or min(prompt) < 0:
         raise AblateError(f"--prompt: token ids must lie in 0..{model.cfg.vocab_size - 1}")
-    ids = sample.generate(model, prompt, args.tokens, args.temperature, args.top_k, args.seed)
+    reach, why = sample.state_reach(model)
+    if args.recompute:
+        print("sample: recomputing the forward for every token (--recompute)", file=sys.stderr)
+    elif len(prompt) + args.tokens - 1 > reach:
+        print(f"sample: {why}: past position {reach} each token recomputes the forward", file=sys.stderr)
+    ready = time.perf_counter()
+    ids = sample.generate(model, prompt, args.tokens, args.temperature, args.top_k, args.seed, args.recompute)
+    done = time.perf_counter()
+    print(
+        f"sample: loading the model took {ready - started:.1f}s, then {len(ids)} tokens "
+        f"{done - ready:.2f}s ({1000 * (done - ready) / len(ids):.1f} ms a token)",
+        file=sys.stderr,
+    )
     text = tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
     if args.json:
         print(json.dumps({"prompt_ids": prompt, "generated_ids": ids, "text": text}))
@@ -206,11 +223,15 @@ def eval_command(args) -> int:
 def variants_command(args) -> int:
     from ablate.mixers import registry
 
-    rows = [{"name": n, "description": registry.mixer_class(n).description} for n in registry.variants()]
+    rows = [
+        {"name": n, "description": cls.description, "cannot_decode": cls.cannot_decode}
+        for n, cls in ((n, registry.mixer_class(n)) for n in registry.variants())
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         width = max(len(r["name"]) for r in rows)
         for r in rows:
-            print(f"{r['name']:<{width}}  {r['description']}")
+            note = f" (cannot decode from a state: {r['cannot_decode']})" if r["cannot_decode"] else ""
+            print(f"{r['name']:<{width}}  {r['description']}{note}")
     return 0

@@ -42,8 +42,16 @@ class Mixer(nn.Module):
       residual stream (zeroing them silences the mixer); the GPT-2 init scales them by
       1/√(2·layers).
 
-    Optional: `state_size()` (numbers per sequence a decoder carries, None when that grows with
-    the sequence), `attention_probs(x)` (the softmax attention map, for diagnostics),
+    - **decode**: `prefill(x) -> (y, state)` runs a prompt from an empty state and returns the
+      state after it; `step(x, state, pos) -> (y, state)` takes one token x (B, 1, d_model) at
+      position `pos`. The state is tensors (in dicts, lists or tuples), each with the batch
+      first. Prefill then steps give the full forward's outputs, and `state_size()` is the
+      numbers per sequence the state holds (None when they grow with the sequence). A mixer that
+      cannot decode exactly from a state says why in `cannot_decode` (a class attribute, or per
+      instance when an option decides); `sample` then recomputes the forward for it.
+      `decode_limit()` is the last position it can decode to (None: no end).
+
+    Optional: `attention_probs(x)` (the softmax attention map, for diagnostics),
     `reset_parameters()` for parameters the backbone's draw does not suit (gains at 1), and
     `aux_loss`: a tensor a mixer that trains with an auxiliary objective (a router's load
     balance) sets in each training forward; the trainer adds it to the loss and logs it.
@@ -56,6 +64,7 @@ class Mixer(nn.Module):
     causal: bool = True
     adds_residual: bool = False
     aux_loss: torch.Tensor | None = None
+    cannot_decode: str | None = "it defines no prefill and step"
 
     def elementwise_flops(self, T: int) -> float:
         """Per token at context T: element-wise work (exp, cumulative sums, softmax) that
@@ -70,6 +79,18 @@ class Mixer(nn.Module):
         """Numbers per sequence a decoder carries from token to token; None when it grows with the sequence."""
         return None
 
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """forward(x) from an empty state, and the state after x."""
+        raise AblateError(f"mixer {self.name!r} cannot decode from a state: {self.cannot_decode}")
+
+    def step(self, x: torch.Tensor, state: Any, pos: int) -> tuple[torch.Tensor, Any]:
+        """The output for one token x (B, 1, d_model) at position `pos` after `state`, and the new state."""
+        raise AblateError(f"mixer {self.name!r} cannot decode from a state: {self.cannot_decode}")
+
+    def decode_limit(self) -> int | None:
+        """The number of positions it can decode (a table of learned biases ends); None: no end."""
+        return None
+
     def reset_parameters(self) -> None:
         """Initialise parameters that the backbone's default draw does not suit (gains, biases).
         The backbone calls it after that draw; the default keeps the draw."""
@@ -78,6 +99,17 @@ class Mixer(nn.Module):
         """The (B, H, T, T) attention map for input x (as forward gets it), for diagnostics;
         None for a mixer that has no softmax attention map."""
         return None
+
+
+def state_numbers(state: Any) -> int:
+    """Numbers per sequence in a decoding state: every tensor's, over its batch (the first axis)."""
+    if isinstance(state, torch.Tensor):
+        return state[0].numel() if state.dim() else 0
+    if isinstance(state, dict):
+        state = list(state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_numbers(part) for part in state)
+    return 0
 
 
 def register(name: str):

@@ -20,57 +20,64 @@ def head_rms_norm(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return rms_norm(x.unflatten(-1, (n_heads, -1))).flatten(-2)
 
 
-def rotary_angles(head_dim: int, context: int, base: float = 10000.0) -> torch.Tensor:
-    """(context, head_dim/2) angles t·base^(−2i/d), in float64 so that a float64 model rotates exactly."""
+def rotary_angles(head_dim: int, positions: int | range, base: float = 10000.0) -> torch.Tensor:
+    """(positions, head_dim/2) angles t·base^(−2i/d) for t in `positions` (range(n) for an int),
+    in float64 so that a float64 model rotates exactly."""
     if head_dim % 2:
         raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {head_dim}")
+    positions = range(positions) if isinstance(positions, int) else positions
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    return torch.outer(torch.arange(context, dtype=torch.float64), inv_freq)
+    return torch.outer(torch.arange(positions.start, positions.stop, dtype=torch.float64), inv_freq)
 
 
 class _Float64Tables(nn.Module):
-    """Rotation tables (buffers `cos` and `sin`, not parameters) kept in float64 whatever the model
-    is cast to: they move with the model's device, are cast to the input's dtype where used, and
-    a model cast to a low precision and back (`.half().double()`) still rotates exactly."""
+    """Rotation tables (buffers `cos` and `sin`, not parameters) for the positions of the context,
+    kept in float64 whatever the model is cast to: they move with the model's device, are cast to
+    the input's dtype where used, and a model cast to a low precision and back
+    (`.half().double()`) still rotates exactly. Positions past the context (a decoder going on
+    from its state) get their rows computed when asked for."""
 
     def __init__(self, head_dim: int, context: int):
         super().__init__()
         self.head_dim, self.context = head_dim, context
-        cos, sin = self.tables(None)  # on the default device, meta where a model is only measured
+        cos, sin = self.tables(rotary_angles(head_dim, context))  # meta where a model is only measured
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def tables(self, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def angles(self, device: torch.device | None) -> torch.Tensor:
-        angles = rotary_angles(self.head_dim, self.context)
-        return angles if device is None else angles.to(device)
+    def rows(self, start: int, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cos and sin rows of positions start … start + T − 1, in `dtype`."""
+        if start + T <= self.context:
+            cos, sin = self.cos[start : start + T], self.sin[start : start + T]
+        else:
+            cos, sin = self.tables(rotary_angles(self.head_dim, range(start, start + T)).to(self.cos.device))
+        return cos.to(dtype), sin.to(dtype)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.cos, self.sin = self.tables(self.cos.device)
+        self.cos, self.sin = self.tables(rotary_angles(self.head_dim, self.context).to(self.cos.device))
         return self
 
 
 class Rotary(_Float64Tables):
     """Rotary position embedding for (B, H, T, d) tensors: each pair (x_2j, x_2j+1) at position t
-    turned by the angle t·base^(-2j/d).
+    turned by the angle t·base^(-2j/d); `start` is the position of the first of the T.
 
     Written as x·C + swap(x)·S, C = (cos, cos) and S = (−sin, sin) per pair and swap exchanging
     the two of each pair: the same numbers as (x1·cos − x2·sin, x1·sin + x2·cos) to the last
     bit, in fewer element-wise passes.
     """
 
-    def tables(self, device):
-        angles = self.angles(device)
+    def tables(self, angles):
         cos, sin = angles.cos(), angles.sin()
         return torch.stack((cos, cos), dim=-1).flatten(-2), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.size(-2)
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        cos, sin = self.rows(start, x.size(-2), x.dtype)
         swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-        return x * self.cos[:T].to(x.dtype) + swapped * self.sin[:T].to(x.dtype)
+        return x * cos + swapped * sin
 
 
 class HalfSplitRotary(_Float64Tables):
@@ -78,13 +85,11 @@ class HalfSplitRotary(_Float64Tables):
     turned by −θ, y1 = x1·cos + x2·sin, y2 = −x1·sin + x2·cos, angles t·base^(−2i/d). Not a
     relabelling of `Rotary` where the projection weights are generated from the input."""
 
-    def tables(self, device):
-        angles = self.angles(device)
+    def tables(self, angles):
         return angles.cos(), angles.sin()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.size(-2)
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        cos, sin = self.rows(start, x.size(-2), x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
 
@@ -194,6 +199,21 @@ class ShortConv(nn.Module):
         if self.conv is None:
             return x
         return self.conv(x.transpose(1, 2))[..., : x.size(1)].transpose(1, 2)  # left padding only: causal
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(x), and the state a decoder goes on from: the last size − 1 inputs (B, size − 1, C),
+        zeros standing in before the first."""
+        keep = 0 if self.conv is None else self.conv.kernel_size[0] - 1
+        padded = F.pad(x, (0, 0, keep, 0))
+        return self(x), padded[:, padded.size(1) - keep :]
+
+    def step(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward for one new input x (B, 1, C) after those the state `tail` holds."""
+        if self.conv is None:
+            return x, tail
+        window = torch.cat([tail, x], dim=1)  # (B, size, C), oldest first, as the kernel reads them
+        y = torch.einsum("bjc,cj->bc", window, self.conv.weight[:, 0]) + self.conv.bias
+        return y[:, None], window[:, 1:]
 
     def reset_parameters(self) -> None:
         """As torch draws a Conv1d (the backbone calls it): the backbone's draw covers matrices

@@ -13,6 +13,8 @@ from ablate.nn.ops.aft import (
     causal_softmax_mean,
     causal_softmax_mean_flops,
     causal_softmax_mean_log_space,
+    softmax_mean_state,
+    softmax_mean_step,
 )
 from ablate.nn.ops.based import parallel_based, recurrent_based
 from ablate.nn.ops.delta_rule import (
@@ -47,4 +49,6 @@ __all__ = [
     "recurrent_gla",
     "recurrent_linear_attn",
     "recurrent_simple_gla",
+    "softmax_mean_state",
+    "softmax_mean_step",
 ]

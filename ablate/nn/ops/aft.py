@@ -43,6 +43,24 @@ def causal_softmax_mean(k: torch.Tensor, v: torch.Tensor, chunk: int = 64) -> to
     return (num / den).view(B, K * L, C)[:, :T]
 
 
+def softmax_mean_state(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The running sums `causal_softmax_mean` reaches at the end of k, v (B, T, C), as a decoder
+    carries them: per channel the largest key m, Σ exp(k − m) and Σ exp(k − m)·v."""
+    m = k.amax(dim=1)
+    e = torch.exp(k - m[:, None])
+    return m, e.sum(dim=1), (e * v).sum(dim=1)
+
+
+def softmax_mean_step(k: torch.Tensor, v: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple:
+    """One more key and value (B, C) into the sums `state`: the mean after them, and the new sums.
+    Empty sums are m = −inf, both sums 0."""
+    m, den, num = state
+    top = torch.maximum(m, k)
+    old, new = torch.exp(m - top), torch.exp(k - top)
+    den, num = den * old + new, num * old + new * v
+    return num / den, (top, den, num)
+
+
 def causal_softmax_mean_log_space(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """causal_softmax_mean with logcumsumexp: exact for any keys, several times slower.
 
