@@ -81,12 +81,12 @@ class Based(Mixer):
 
     def prefill(self, x):
         """The output; the linear part's state (its feature-map sums, `recurrent_based`'s), its
-        convolution's tail, and the window's keys and values."""
+        convolution's tail, and the window's keys and values. The linear part runs chunked on the
+        feature maps, in O(T) memory where the parallel form takes O(T²)."""
         mixed, tail = self.conv.prefill(self.linear_input(x))
         q, k, v = self.linear_heads(mixed)
-        linear, _ = ops.parallel_based(q, k, v)
-        values = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1)  # the normaliser's column
-        state = torch.einsum("bthf,bthv->bhfv", feature_map(k), values)
+        features = feature_map(q * self.feature_dim**-0.5), feature_map(k)
+        linear, state = ops.chunk_linear_attn(*features, v, scale=1.0, output_final_state=True)
         lq, lk, lv = self.local_heads(x)
         local = softmax_attention(lq, lk, lv, min(self.window, x.size(1)))
         window = {"k": lk[:, :, -self.window :], "v": lv[:, :, -self.window :]}

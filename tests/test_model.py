@@ -241,6 +241,26 @@ def test_rotary_turns_each_pair_to_the_last_bit(dtype):
     assert torch.equal(grad_got, grad_expected)  # each gradient is a sum of the same two products
 
 
+def test_rotary_past_its_table_turns_as_a_longer_table_would():
+    """A decoder going on past the context gets the rows a table that long would hold."""
+    from ablate.nn.layers import HalfSplitRotary, Rotary
+
+    for kind in (Rotary, HalfSplitRotary):
+        x = torch.randn(1, 2, 5, 8, dtype=torch.float64)
+        short, long = kind(8, 16), kind(8, 64)
+        assert torch.equal(short(x, start=30), long(x, start=30))
+        assert short.cos.size(0) == 70 and torch.equal(short(x, start=2), long(x, start=2))
+
+
+@pytest.mark.parametrize("window", [1, 5, 16])
+def test_windowed_attention_block_by_block_is_the_masked_attention(window):
+    from ablate.nn.layers import causal_mask, windowed_blocks
+
+    q, k, v = torch.randn(3, 2, 3, 150, 8, dtype=torch.float64)
+    masked = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(150, window, None))
+    torch.testing.assert_close(windowed_blocks(q, k, v, window, 0.0), masked, rtol=0, atol=1e-12)
+
+
 V, C, D, H, T, L, F = 50, 16, 24, 2, 12, 2, 32  # vocab, d_model, qkv_dim, heads, context, layers, ffn_dim
 PROJECTIONS = 3 * C * D + D * C  # q, k, v in, one out
 CLOSED_FORM = {  # parameters per block's mixer, from the mixers' definitions (norms carry no weights)

@@ -48,12 +48,11 @@ class _Float64Tables(nn.Module):
         raise NotImplementedError
 
     def rows(self, start: int, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cos and sin rows of positions start … start + T − 1, in `dtype`."""
-        if start + T <= self.context:
-            cos, sin = self.cos[start : start + T], self.sin[start : start + T]
-        else:
-            cos, sin = self.tables(rotary_angles(self.head_dim, range(start, start + T)).to(self.cos.device))
-        return cos.to(dtype), sin.to(dtype)
+        """The cos and sin rows of positions start … start + T − 1, in `dtype`; past the tables'
+        end they grow to twice what is asked (once per doubling, not once per decoded token)."""
+        if start + T > self.cos.size(0):
+            self.cos, self.sin = self.tables(rotary_angles(self.head_dim, 2 * (start + T)).to(self.cos.device))
+        return self.cos[start : start + T].to(dtype), self.sin[start : start + T].to(dtype)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -98,11 +97,30 @@ def softmax_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None, dropout: float = 0.0
 ) -> torch.Tensor:
     """Causal softmax attention over (B, H, T, d); with `window`, position t sees t-window+1..t only;
-    `dropout` on the attention weights (pass 0 outside training)."""
-    if window is None:
+    `dropout` on the attention weights (pass 0 outside training). A window much shorter than the
+    sequence is attended block by block (`windowed_blocks`), in O(T·window) memory."""
+    T = q.size(-2)
+    if window is None or window >= T:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-    mask = causal_mask(q.size(-2), window, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    if T > BLOCKS_PAST * window:
+        return windowed_blocks(q, k, v, window, dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, window, q.device), dropout_p=dropout)
+
+
+BLOCKS_PAST = 8  # a window shorter than an eighth of the sequence is attended block by block
+
+
+def windowed_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout: float) -> torch.Tensor:
+    """Windowed causal attention, `window` queries at a time against the keys they can reach
+    (their own block and the `window` − 1 positions before it): the same numbers, without a T × T mask."""
+    T, out = q.size(-2), []
+    for start in range(0, T, window):
+        end, first = min(start + window, T), max(start - window + 1, 0)
+        lag = torch.arange(start, end, device=q.device)[:, None] - torch.arange(first, end, device=q.device)[None, :]
+        reach = (lag >= 0) & (lag < window)
+        block = (t[..., first:end, :] for t in (k, v))
+        out.append(F.scaled_dot_product_attention(q[..., start:end, :], *block, attn_mask=reach, dropout_p=dropout))
+    return torch.cat(out, dim=-2)
 
 
 def causal_mask(T: int, window: int | None, device) -> torch.Tensor:
