@@ -89,6 +89,40 @@ def test_bench_bad_input_is_one_line(capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+DECODE = ["bench", "--decode", *TINY[:-2], "--model", "context=64", "--contexts", "64,128", "--json"]
+
+
+def test_bench_decode_measures_each_context_and_mhas_cache_is_its_keys_and_values(capsys):
+    assert main([*DECODE, "--variant", "mha", "--variant", "gla", "--variant", "aft-full"]) == 0
+    mha, gla, aft = json.loads(capsys.readouterr().out)
+    for r in (mha, gla):
+        assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["stopped"] is None
+        assert set(r["ms_per_token"]) == {"64", "128"} and all(ms > 0 for ms in r["ms_per_token"].values())
+    # 2 (keys and values) · 1 layer · context · qkv_dim 16 · 4 bytes of float32
+    assert mha["state_bytes"] == {"64": 2 * 64 * 16 * 4, "128": 2 * 128 * 16 * 4}
+    assert gla["state_bytes"]["64"] == gla["state_bytes"]["128"] == 4 * ablate.build_model(
+        {"vocab_size": 64, "context": 64, "d_model": 16, "n_heads": 2, "qkv_dim": 16, "n_layers": 1, "mixer": "gla"}
+    ).state_size()
+    assert set(aft["ms_per_token"]) == {"64"}
+    assert aft["stopped"] == "at 128: aft-full's table of learned biases ends at position 64"
+
+
+def test_bench_decode_draws_its_plots(capsys, tmp_path):
+    assert main([*DECODE[:-1], "--variant", "aft-simple", "--plots", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "ms/token @128" in out and "decode_latency.png" in out
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"decode_latency.png", "decode_state.png"}
+
+
+@pytest.mark.parametrize("contexts", ["12", "4x", "1k,,2k"])
+def test_bench_decode_refuses_contexts_it_cannot_time(capsys, contexts):
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "--decode", "--contexts", contexts])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert "--contexts" in err and len(err.strip().splitlines()) == 1
+
+
 def _train_flops(model: torch.nn.Module, loss) -> float:
     idx = torch.zeros(1, reference.Shape().context, dtype=torch.long, device="meta")
     with FlopCounterMode(display=False) as counter:

@@ -116,10 +116,10 @@ def existing_storage(storage: str, what: str, hint: str) -> str:
     return storage
 
 
-def check_writable(results: Path) -> None:
+def check_writable(results: Path, flag: str = "--results") -> None:
     existing = next(p for p in [results, *results.resolve().parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise AblateError(f"--results: {results} is not a writable directory")
+        raise AblateError(f"{flag}: {results} is not a writable directory")
 
 
 def positive(text: str) -> int:

@@ -47,7 +47,38 @@ def _bench_parser(sub) -> None:
     )
     bench.add_argument("--threads", type=positive, help="torch threads (default: torch's choice)")
     bench.add_argument("--json", action="store_true", help="a JSON list of result objects")
+    bench.add_argument(
+        "--decode",
+        action="store_true",
+        help="time decoding from state instead of training: prefill, ms per token and state bytes by context",
+    )
+    bench.add_argument(
+        "--contexts",
+        type=contexts,
+        default="256,1k,4k,16k",
+        help="with --decode: the contexts to decode at (default 256,1k,4k,16k)",
+    )
+    bench.add_argument(
+        "--plots",
+        type=Path,
+        default=Path("results/bench"),
+        help="with --decode: where the plots go (default results/bench)",
+    )
     bench.set_defaults(func=bench_command)
+
+
+def contexts(text: str) -> tuple[int, ...]:
+    """256,1k,4k: positive token counts, k meaning 1,024."""
+    import argparse
+
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        digits, scale = (part[:-1], 1024) if part.endswith("k") else (part, 1)
+        if not digits.isdigit() or int(digits) * scale < 64:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a context of at least 64 tokens (256, 4k, ...)")
+        out.append(int(digits) * scale)
+    return tuple(sorted(set(out)))
 
 
 def _sample_parser(sub) -> None:
@@ -122,6 +153,8 @@ def bench_command(args) -> int:
         {"batch_size": args.batch_size} if args.batch_size else {}
     )
     chosen = bench.targets(args.study, args.variant, dict(_setting(text) for text in args.model), train)
+    if args.decode:
+        return _bench_decode(args, chosen)
 
     def said(row) -> None:
         if not args.json:
@@ -132,6 +165,34 @@ def bench_command(args) -> int:
         print(json.dumps(rows, indent=2))
     else:
         bench.print_table(rows, bench.device_named(args.device), args.parallel > 1, console())
+    return 0
+
+
+def _bench_decode(args, chosen) -> int:
+    """Each variant, freshly built at its shape on the device, decoded from its state."""
+    import torch
+
+    from ablate import inference
+    from ablate.model import build_model
+    from ablate.train.evaluation import device_named
+    from ablate.train.trainer import seed_everything
+
+    device, rows = device_named(args.device), []
+    for name, model_cfg, _ in chosen:
+        seed_everything(0)
+        model = build_model(model_cfg, device=device)
+        row = {"variant": name, "mixer": model_cfg.mixer, "device": str(device), "threads": torch.get_num_threads()}
+        row |= {"n_params_non_embedding": model.n_params(non_embedding=True)}
+        rows.append(row | inference.measure(model, args.contexts))
+        if not args.json:
+            print(f"{name}: {rows[-1]['decode_tokens_per_s']:,.0f} decoded tokens/s", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    inference.print_table(rows, device, console())
+    check_writable(args.plots, "--plots")
+    paths = inference.plot(rows, args.plots, device)
+    print(f"plots: {', '.join(str(p) for p in paths)}")
     return 0
 
 
