@@ -360,6 +360,19 @@ class VariantConfig(BaseModel):
     _name = field_validator("name")(_safe_name)
 
 
+class DecodeConfig(BaseModel):
+    """`decode:`: after training, each final trial's model decodes from its state on the trial's
+    device, and its run logs prefill and decode speed and the state's bytes at these contexts
+    (`ablate.inference`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    contexts: list[Annotated[StrictInt, Field(ge=64)]] = Field(
+        default_factory=lambda: [256, 1024, 4096, 16384], min_length=1, description="tokens decoded so far"
+    )
+    steps: int = Field(32, ge=4, le=1024, description="timed decoding steps per context (their median is logged)")
+
+
 class Expectation(BaseModel):
     """A verdict the study should reach: a control. `ablate compare --check` fails when it does not."""
 
@@ -437,6 +450,7 @@ class StudyConfig(BaseModel):
     expect: list[Annotated[Expectation, AfterValidator(_expectation)]] = Field(
         default_factory=list, description="verdicts the study should reach"
     )
+    decode: DecodeConfig | None = Field(None, description="what each final model costs to run (DecodeConfig)")
 
     _name = field_validator("name")(_safe_name)
 

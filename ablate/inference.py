@@ -15,6 +15,7 @@ import torch
 
 from ablate.errors import AblateError
 from ablate.model import LanguageModel
+from ablate.tracking.schema import Metric
 
 DEFAULT_CONTEXTS = (256, 1024, 4096, 16384)
 DEFAULT_STEPS = 32  # timed decoding steps per context
@@ -110,9 +111,10 @@ def reachable(model: LanguageModel, contexts: list[int], steps: int) -> tuple[li
 
 def metrics(row: dict[str, Any]) -> dict[str, float]:
     """A row as MLflow metrics: decode_ms_per_token/4096, state_bytes/4096, and the two speeds."""
-    out = {"prefill_tokens_per_s": row["prefill_tokens_per_s"], "decode_tokens_per_s": row["decode_tokens_per_s"]}
-    out |= {f"decode_ms_per_token/{n}": ms for n, ms in row["ms_per_token"].items()}
-    out |= {f"state_bytes/{n}": float(b) for n, b in row["state_bytes"].items()}
+    out = {Metric.PREFILL_TOKENS_PER_S: row["prefill_tokens_per_s"]}
+    out[Metric.DECODE_TOKENS_PER_S] = row["decode_tokens_per_s"]
+    out |= {f"{Metric.DECODE_MS_PER_TOKEN}{n}": ms for n, ms in row["ms_per_token"].items()}
+    out |= {f"{Metric.STATE_BYTES}{n}": float(b) for n, b in row["state_bytes"].items()}
     return out
 
 

@@ -100,9 +100,14 @@ def test_bench_decode_measures_each_context_and_mhas_cache_is_its_keys_and_value
         assert set(r["ms_per_token"]) == {"64", "128"} and all(ms > 0 for ms in r["ms_per_token"].values())
     # 2 (keys and values) · 1 layer · context · qkv_dim 16 · 4 bytes of float32
     assert mha["state_bytes"] == {"64": 2 * 64 * 16 * 4, "128": 2 * 128 * 16 * 4}
-    assert gla["state_bytes"]["64"] == gla["state_bytes"]["128"] == 4 * ablate.build_model(
-        {"vocab_size": 64, "context": 64, "d_model": 16, "n_heads": 2, "qkv_dim": 16, "n_layers": 1, "mixer": "gla"}
-    ).state_size()
+    assert (
+        gla["state_bytes"]["64"]
+        == gla["state_bytes"]["128"]
+        == 4
+        * ablate.build_model(
+            {"vocab_size": 64, "context": 64, "d_model": 16, "n_heads": 2, "qkv_dim": 16, "n_layers": 1, "mixer": "gla"}
+        ).state_size()
+    )
     assert set(aft["ms_per_token"]) == {"64"}
     assert aft["stopped"] == "at 128: aft-full's table of learned biases ends at position 64"
 

@@ -23,7 +23,15 @@ from ablate.compare import Comparison, cells, scaling
 from ablate.compare.runs import SEED, VARIANT
 from ablate.compare.stats import POWER
 from ablate.tracking import store
-from ablate.tracking.schema import Metric, Param, Tag, metric_column, param_column, tag_column
+from ablate.tracking.schema import (
+    LOWER_IS_BETTER_PREFIXES,
+    Metric,
+    Param,
+    Tag,
+    metric_column,
+    param_column,
+    tag_column,
+)
 from ablate.tracking.views import run_page
 
 RANK = metric_column(Metric.RANK)
@@ -157,6 +165,38 @@ def plot_state(c: Comparison, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_cost(c: Comparison, path: Path) -> Path | None:
+    """Quality against what the model costs to run: the compared metric (val_loss where that is
+    itself a cost) against the ms per decoded token at the longest context two variants or
+    more reached, each seed a dot and each variant's mean a labelled point: the trade-off a
+    study with `decode:` measures. None without decode figures."""
+    prefix = Metric.DECODE_MS_PER_TOKEN
+    contexts = sorted(
+        (int(col.removeprefix(metric_column(prefix))), col)
+        for col in c.runs
+        if col.startswith(metric_column(prefix)) and c.runs.groupby(VARIANT)[col].count().gt(0).sum() >= 2
+    )
+    if not contexts:
+        return None
+    context, cost = contexts[-1]
+    quality = Metric.VAL_LOSS if c.metric.startswith(LOWER_IS_BETTER_PREFIXES) else c.metric
+    runs = c.runs.dropna(subset=[cost, metric_column(quality)])
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for variant, rows in runs.groupby(VARIANT, sort=False):
+        (dots,) = ax.plot(rows[cost], rows[metric_column(quality)], "o", alpha=0.4, markersize=4)
+        x, y = rows[cost].mean(), rows[metric_column(quality)].mean()
+        ax.plot(x, y, "o", color=dots.get_color(), markersize=8)
+        ax.annotate(str(variant), (x, y), textcoords="offset points", xytext=(5, 4), fontsize="x-small")
+    ax.set_xscale("log")
+    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis(FormatStrFormatter("%g"))
+    ax.set(xlabel=f"ms per decoded token at context {context:,} (batch 1)", ylabel=f"{quality}: each seed and the mean")
+    missing = sorted(set(c.runs[VARIANT]) - set(runs[VARIANT]))
+    ax.set_title(f"{quality} against decoding cost" + (f" ({', '.join(missing)}: not reached)" if missing else ""))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_curves(c: Comparison, metric: str, path: Path) -> Path:
     """One panel per family: each variant's metric at every eval, mean over seeds, with a band
     from the lowest to the highest seed."""
@@ -225,6 +265,8 @@ def write(c: Comparison, folder: Path, ui: str | None = None) -> list[Path]:
     images = [plot_intervals(c, folder / f"{c.metric}_intervals.png")]
     if (state := plot_state(c, folder / f"{c.metric}_by_state.png")) is not None:
         images.append(state)
+    if (cost := plot_cost(c, folder / "quality_by_decode_cost.png")) is not None:
+        images.append(cost)
     if c.scaling is not None:  # a scaling study's answer is its laws: first
         answer, images = plot_scaling(c, folder / f"{c.metric}_scaling.png"), [p for p in (answer, *images) if p]
     for metric, history in c.curves.items():  # the compared metric's, then val_loss's where that is another

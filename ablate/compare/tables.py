@@ -43,7 +43,7 @@ def summarize(
     for variant in order:
         own = values(runs, variant, metric)
         group = runs[variants == variant]
-        row = {"variant": variant, **describe(own.to_numpy()), "failed": failed.get(variant, 0)}
+        row = {"variant": variant, **describe(own.to_numpy()), "failed": failed.get(variant, 0), "runs": len(group)}
         row["causal"] = _causal(group)
         row.update(
             against(own, base) if variant not in (baseline,) and len(own) else {"diff": 0.0 if len(own) else np.nan}
@@ -51,11 +51,18 @@ def summarize(
         rows.append(row)
     table = pd.DataFrame(rows)
     table = family(table, lower)
-    table["verdict"] = [
-        "baseline" if r.variant == baseline else "every run failed" if r.n == 0 else r.verdict
-        for r in table.itertuples()
-    ]
-    return table
+    table["verdict"] = [_verdict(r, baseline) for r in table.itertuples()]
+    return table.drop(columns="runs")
+
+
+def _verdict(r, baseline: str) -> str:
+    """The test's verdict; where a variant has no value: every run failed, or its finished runs
+    do not log the metric (decoding that stopped short of a context)."""
+    if r.variant == baseline:
+        return "baseline"
+    if r.n == 0:
+        return "not measured" if r.runs else "every run failed"
+    return r.verdict
 
 
 SHAPE = {  # column of the table ← the run's param

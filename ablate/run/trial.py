@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from ablate import audit, sample
+from ablate import audit, inference, sample
 from ablate.model import build_model
 from ablate.plan.search import search_train, with_params
 from ablate.plan.study import Trial
@@ -175,6 +175,7 @@ class TrialRunner:
                 run.metrics(trainer.cfg.steps, {k: final[k] for k in (Metric.TRAIN_TIME_S, Metric.MEAN_TOKENS_PER_S)})
                 if job.keep_model:
                     sample.save(run, trainer.model, trial.model, p.data.tokenizer_path)
+                    self._decode(job, trainer, run)
                 status = Status.FINISHED
             except Pruned:
                 status = Status.PRUNED  # stopped on purpose: its curve up to here is kept
@@ -190,6 +191,19 @@ class TrialRunner:
         p.work.end(job.claim, claims.FAILED if status == Status.FAILED else claims.DONE, reason or None)
         checkpoint().unlink(missing_ok=True)
         return Outcome(trial, status, final | {"run_id": run.run_id}, reason)
+
+    def _decode(self, job: Job, trainer: Trainer, run: RunLog) -> None:
+        """Where the study asks (`decode:`), what the trained model costs to run, logged on its run."""
+        asked = self.prepared.study.config.decode
+        if asked is None:
+            return
+        self.progress.console.print(f"{job.label}: decoding from its state at {', '.join(map(str, asked.contexts))}")
+        row = inference.measure(trainer.model, tuple(asked.contexts), asked.steps)
+        run.metrics(trainer.cfg.steps, inference.metrics(row))
+        if row["stopped"]:
+            self.progress.console.print(f"{job.label}: decoding stopped {row['stopped']}")
+            run.tag(Tag.DECODE_STOPPED, row["stopped"])
+        trainer.model.train()
 
     def _open_run(self, job: Job, trainer: Trainer) -> tuple[RunLog, Trainer]:
         """The run to train into and its trainer: the earlier run with the trainer resumed from its

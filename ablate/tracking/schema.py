@@ -37,6 +37,7 @@ class Tag:
     BEST = "ablate.best."  # + a searched key, on a variant's parent run: the search's best value
     SOURCE_CHECKPOINT = "ablate.source_checkpoint"  # an import's file
     EVALUATES = "ablate.evaluates"  # an evaluation's run
+    DECODE_STOPPED = "ablate.decode_stopped"  # where decoding from state stopped short of the asked contexts
 
 
 class Role:
@@ -86,6 +87,10 @@ class Metric:
     ATTN_ENTROPY = "attn_entropy/block"  # + block index
     BLOCK_GRAD_NORM = "grad_norm/block"  # + block index
     REPORTED = "reported_{}_loss"  # an import's own estimates: train, val
+    PREFILL_TOKENS_PER_S = "prefill_tokens_per_s"  # decoding from state (a study's `decode:`) ...
+    DECODE_TOKENS_PER_S = "decode_tokens_per_s"
+    DECODE_MS_PER_TOKEN = "decode_ms_per_token/"  # ... + the context: decode_ms_per_token/4096
+    STATE_BYTES = "state_bytes/"  # + the context
 
 
 def tag_column(name: str) -> str:
@@ -106,8 +111,14 @@ def quoted(name: str) -> str:
     return f"`{name}`"
 
 
-HIGHER_IS_BETTER = {Metric.TOKENS_PER_S, Metric.MEAN_TOKENS_PER_S}  # and every accuracy
+HIGHER_IS_BETTER = {
+    Metric.TOKENS_PER_S,
+    Metric.MEAN_TOKENS_PER_S,
+    Metric.PREFILL_TOKENS_PER_S,
+    Metric.DECODE_TOKENS_PER_S,
+}  # and every accuracy
 LOWER_IS_BETTER = {Metric.TRAIN_TIME_S}  # and every loss
+LOWER_IS_BETTER_PREFIXES = (Metric.DECODE_MS_PER_TOKEN, Metric.STATE_BYTES)
 
 
 def lower_is_better(metric: str, given: bool | None = None) -> bool:
@@ -116,6 +127,6 @@ def lower_is_better(metric: str, given: bool | None = None) -> bool:
         return given
     if metric in HIGHER_IS_BETTER or metric.endswith("accuracy"):
         return False
-    if metric in LOWER_IS_BETTER or "loss" in metric:
+    if metric in LOWER_IS_BETTER or "loss" in metric or metric.startswith(LOWER_IS_BETTER_PREFIXES):
         return True
     raise AblateError(f"is a higher {metric!r} better or worse? say --higher-is-better or --lower-is-better")
