@@ -42,22 +42,43 @@ def _tokens(model: LanguageModel, batch: int, length: int, device: torch.device)
     return torch.randint(0, model.cfg.vocab_size, (batch, length), device=device)
 
 
-def decode_seconds(model: LanguageModel, batch: int, contexts: list[int], steps: int) -> dict[int, tuple[float, int]]:
-    """Per context: the median seconds of a decoding step that ends near that position, and the
-    numbers per sequence the state then holds. Each context's state is prefilled first (the
-    positions before its timed steps); then the contexts take turns of TURN steps, so that the
-    machine's slow and fast moments fall on every context alike (and the median passes over the
-    first step of a turn, which finds the caches holding another context's state)."""
+def prefilled(model: LanguageModel, batch: int, contexts: list[int], steps: int) -> tuple[dict[int, Any], str | None]:
+    """Per context, in increasing order, the state after a prefill of the positions before its
+    timed steps; and why the contexts stop before the rest (None: they all run): a learned
+    table ends, or the device's memory does not hold a state that long."""
+    device, limit, states = model.head_weight.device, model.decode_limit(), {}
+    for n in contexts:
+        if limit is not None and n > limit[0]:
+            return states, f"at {n}: {limit[1]} ends at position {limit[0]}"
+        try:
+            states[n] = model.prefill(_tokens(model, batch, n - steps - WARMUP_STEPS, device))[1]
+        except (RuntimeError, MemoryError) as e:
+            if not _out_of_memory(e):
+                raise
+            return states, f"at {n}: out of memory on {device}"
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return states, None
+
+
+def decode_seconds(
+    model: LanguageModel, batch: int, states: dict[int, Any], steps: int
+) -> dict[int, tuple[float, int]]:
+    """Per context: the median seconds of a decoding step from its prefilled state (ending near
+    that position), and the numbers per sequence the state then holds. The contexts take turns
+    of TURN steps, so that the machine's slow and fast moments fall on every context alike (and
+    the median passes over the first step of a turn, which finds the caches holding another
+    context's state)."""
     device = model.head_weight.device
-    states = {n: model.prefill(_tokens(model, batch, n - steps - WARMUP_STEPS, device))[1] for n in contexts}
-    token, times = _tokens(model, batch, 1, device), {n: [] for n in contexts}
+    token, times = _tokens(model, batch, 1, device), {n: [] for n in states}
     for turn in range(-(-(WARMUP_STEPS + steps) // TURN)):
-        for n in contexts:
+        for n in list(states):
             for i in range(turn * TURN, min((turn + 1) * TURN, WARMUP_STEPS + steps)):
                 (_, states[n]), seconds = _timed(device, lambda: model.step(token, states[n]))  # noqa: B023
                 if i >= WARMUP_STEPS:
                     times[n].append(seconds)
-    return {n: (statistics.median(times[n]), states[n].numbers()) for n in contexts}
+    return {n: (statistics.median(times[n]), states[n].numbers()) for n in states}
 
 
 def _out_of_memory(e: Exception) -> bool:
@@ -80,33 +101,14 @@ def measure(
     model.prefill(prompt)  # warm-up
     _, seconds = _timed(device, lambda: model.prefill(prompt))
     row: dict[str, Any] = {"prefill_tokens_per_s": context / seconds}
-    ((batch_seconds, _),) = decode_seconds(model, THROUGHPUT_BATCH, [context], steps).values()
+    batched, _ = prefilled(model, THROUGHPUT_BATCH, [context], steps)
+    ((batch_seconds, _),) = decode_seconds(model, THROUGHPUT_BATCH, batched, steps).values()
     row["decode_tokens_per_s"] = THROUGHPUT_BATCH / batch_seconds
-    reached, row["stopped"] = reachable(model, sorted(contexts), steps)
-    timed = decode_seconds(model, 1, reached, steps) if reached else {}
+    states, row["stopped"] = prefilled(model, 1, sorted(contexts), steps)
+    timed = decode_seconds(model, 1, states, steps) if states else {}
     row["ms_per_token"] = {n: 1000 * seconds for n, (seconds, _) in timed.items()}
     row["state_bytes"] = {n: numbers * model.head_weight.element_size() for n, (_, numbers) in timed.items()}
     return row
-
-
-def reachable(model: LanguageModel, contexts: list[int], steps: int) -> tuple[list[int], str | None]:
-    """The contexts a decoder reaches, and why it stops before the rest (None: it reaches them all):
-    a learned table ends, or the device's memory does not hold a state that long (tried once)."""
-    limit = model.decode_limit()
-    device = model.head_weight.device
-    for i, n in enumerate(contexts):
-        if limit is not None and n > limit[0]:
-            return contexts[:i], f"at {n}: {limit[1]} ends at position {limit[0]}"
-        try:
-            model.prefill(_tokens(model, 1, n - steps - WARMUP_STEPS, device))
-        except (RuntimeError, MemoryError) as e:
-            if not _out_of_memory(e):
-                raise
-            return contexts[:i], f"at {n}: out of memory on {device}"
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return contexts, None
 
 
 def metrics(row: dict[str, Any]) -> dict[str, float]:

@@ -80,8 +80,12 @@ def test_compare_ranks_variants_on_decode_cost_and_checks_the_expectation(decode
 
 def test_the_report_sets_quality_against_decode_cost(decoded, capsys):
     assert main(["compare", "--results", str(decoded), "--study", "tiny-cost"]) == 0
-    capsys.readouterr()
     assert (decoded / "tiny-cost" / "quality_by_decode_cost.png").stat().st_size > 0
+    assert (
+        main(["compare", "--results", str(decoded), "--study", "tiny-cost", "--metric", "decode_ms_per_token/512"]) == 0
+    )
+    capsys.readouterr()
+    assert (decoded / "tiny-cost" / "decode_ms_per_token_512_intervals.png").stat().st_size > 0  # a file, not a folder
 
 
 def test_decode_metrics_have_a_direction_and_the_section_is_checked():

@@ -182,10 +182,12 @@ def plot_cost(c: Comparison, path: Path) -> Path | None:
     quality = Metric.VAL_LOSS if c.metric.startswith(LOWER_IS_BETTER_PREFIXES) else c.metric
     runs = c.runs.dropna(subset=[cost, metric_column(quality)])
     fig, ax = plt.subplots(figsize=(8, 5))
-    for variant, rows in runs.groupby(VARIANT, sort=False):
-        (dots,) = ax.plot(rows[cost], rows[metric_column(quality)], "o", alpha=0.4, markersize=4)
+    colours = plt.cm.tab20.colors  # twenty, so that a study of up to twenty variants repeats none
+    for i, (variant, rows) in enumerate(runs.groupby(VARIANT, sort=False)):
+        colour = colours[i % len(colours)]
+        ax.plot(rows[cost], rows[metric_column(quality)], "o", color=colour, alpha=0.4, markersize=4)
         x, y = rows[cost].mean(), rows[metric_column(quality)].mean()
-        ax.plot(x, y, "o", color=dots.get_color(), markersize=8)
+        ax.plot(x, y, "o", color=colour, markersize=8)
         ax.annotate(str(variant), (x, y), textcoords="offset points", xytext=(5, 4), fontsize="x-small")
     ax.set_xscale("log")
     for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
@@ -261,22 +263,28 @@ def write(c: Comparison, folder: Path, ui: str | None = None) -> list[Path]:
     """The plots and report.html in folder, the page last. With `ui`, the MLflow UI's address,
     each variant's runs are links."""
     folder.mkdir(parents=True, exist_ok=True)
-    answer = plot_contrasts(c, folder / f"{c.metric}_contrasts.png")
-    images = [plot_intervals(c, folder / f"{c.metric}_intervals.png")]
-    if (state := plot_state(c, folder / f"{c.metric}_by_state.png")) is not None:
+    name = _file_name(c.metric)
+    answer = plot_contrasts(c, folder / f"{name}_contrasts.png")
+    images = [plot_intervals(c, folder / f"{name}_intervals.png")]
+    if (state := plot_state(c, folder / f"{name}_by_state.png")) is not None:
         images.append(state)
     if (cost := plot_cost(c, folder / "quality_by_decode_cost.png")) is not None:
         images.append(cost)
     if c.scaling is not None:  # a scaling study's answer is its laws: first
-        answer, images = plot_scaling(c, folder / f"{c.metric}_scaling.png"), [p for p in (answer, *images) if p]
+        answer, images = plot_scaling(c, folder / f"{name}_scaling.png"), [p for p in (answer, *images) if p]
     for metric, history in c.curves.items():  # the compared metric's, then val_loss's where that is another
         if not history.empty:
-            images.append(plot_curves(c, metric, folder / f"{metric}_curves.png"))
+            images.append(plot_curves(c, metric, folder / f"{_file_name(metric)}_curves.png"))
     if (rank := plot_rank(c, folder / "rank_by_depth.png")) is not None:
         images.append(rank)
     page = folder / "report.html"
     page.write_text(_html(c, answer, images, ui))
     return [p for p in (answer, *images) if p is not None] + [page]
+
+
+def _file_name(metric: str) -> str:
+    """A metric's name as a file's: decode_ms_per_token/4096 → decode_ms_per_token_4096."""
+    return metric.replace("/", "_")
 
 
 def log(client, c: Comparison, written: list[Path]) -> bool:
