@@ -167,13 +167,15 @@ def plot(rows: list[dict[str, Any]], folder, device: torch.device) -> list:
         ("ms_per_token", "decode_latency.png", "ms per decoded token (batch 1)"),
         ("state_bytes", "decode_state.png", "state bytes per sequence"),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in rows:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for i, r in enumerate(rows):
             points = sorted(r[key].items())
-            ax.plot([n for n, _ in points], [v for _, v in points], marker="o", label=r["variant"])
+            colour = plt.cm.tab20.colors[i % 20]  # twenty apart
+            ax.plot([n for n, _ in points], [v for _, v in points], marker="o", color=colour, label=r["variant"])
         ax.set(xscale="log", yscale="log", xlabel="context (tokens decoded so far)", ylabel=label)
         ax.set_title(f"{label} on {device}", fontsize="small")
-        ax.legend(fontsize="x-small")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
         fig.tight_layout()
         fig.savefig(folder / name, dpi=120)
         plt.close(fig)

@@ -64,7 +64,7 @@ def state_reach(model: LanguageModel) -> tuple[int | float, str | None]:
     return (math.inf, None) if limit is None else (limit[0], f"{limit[1]} ends at position {limit[0]}")
 
 
-@torch.no_grad()
+@torch.inference_mode()  # a model loaded to sample from: no autograd bookkeeping (10% of a decoding step)
 def generate(
     model: LanguageModel,
     prompt: list[int],
