@@ -57,6 +57,7 @@ def test_the_byte_counter_counts_each_operations_inputs_and_outputs_and_no_views
     assert counter.total == 4 * (32 + 16 + 8 + 32 + 32)
 
 
+@pytest.mark.slow
 def test_bench_parallel_copies_add_up(capsys):
     (row,) = _bench_json(capsys, "--variant", "mha", "--parallel", "2")
     assert row["parallel"] == 2 and row["tokens_per_s"] > 0 and row["speedup_over_single"] > 0

@@ -16,6 +16,8 @@ import pytest
 from ablate.cli import main
 from tests.conftest import WINDOW, clean_env
 
+pytestmark = pytest.mark.slow  # a browser on the MLflow UI
+
 COLUMNS = ("variant", "seed", "val_loss", "val_accuracy", "n_params_non_embedding", "flops_per_token")
 COLUMNS += ("mean_tokens_per_s", "Dataset")
 

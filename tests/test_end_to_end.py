@@ -16,6 +16,7 @@ import scipy.stats
 
 import ablate
 from ablate.cli import main
+from ablate.mixers import registry
 from ablate.tracking.store import study_frame
 from tests.conftest import TINY_STUDY, clean_env, run_ablate, write_study
 
@@ -192,6 +193,7 @@ ABLATE_WITH_CTRL_C = [
 @pytest.mark.parametrize(
     ("sig", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
 )
+@pytest.mark.slow
 def test_ctrl_c_or_sigterm_marks_the_runs_killed_hands_the_claims_back_and_a_rerun_finishes(tmp_path, sig, code, said):
     """SIGTERM (what schedulers, `timeout` and systemd send) ends a study as Ctrl-C does."""
     study = write_study(tmp_path, TINY_STUDY.replace("steps: 30", "steps: 250"))
@@ -290,7 +292,8 @@ def test_variants_lists_every_mixer_with_a_description(capsys):
     assert [r["name"] for r in rows] == ablate.variants()
     assert {"mha", "aft-simple"} <= set(ablate.variants())
     assert all(r["description"] for r in rows)
-    assert all(r["cannot_decode"] is None for r in rows)  # every shipped mixer decodes from a state
+    shipped = [r for r in rows if registry.mixer_class(r["name"]).__module__.startswith("ablate.architectures.")]
+    assert len(shipped) >= 15 and all(r["cannot_decode"] is None for r in shipped)  # each decodes from a state
 
 
 def test_ui_prints_the_studys_url_once_its_one_worker_server_answers(finished):

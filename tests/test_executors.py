@@ -144,6 +144,7 @@ def test_more_threads_than_this_machine_has_cores_is_one_line(tmp_path, capsys, 
     assert not (results / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_no_more_workers_start_than_units_are_left(tmp_path, capsys, own_store):
     """--workers 3 on a study of one trial starts one; on a finished study, none."""
     one = TINY_STUDY.replace("seeds: [0, 1]", "seeds: [0]").replace(

@@ -18,6 +18,8 @@ from ablate.run import claims
 from ablate.ui import free_port, stop_group
 from tests.test_resume import assert_each_trial_once, two_workers
 
+pytestmark = pytest.mark.slow  # a PostgreSQL server
+
 
 def test_claims_on_postgres_let_one_worker_win(database):
     url = database()

@@ -18,6 +18,8 @@ from ablate.run import claims
 from ablate.ui import free_port
 from tests.conftest import clean_env, engine_study, planned_keys, write_study
 
+pytestmark = pytest.mark.slow  # a real Ray cluster
+
 
 def _ray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(["ray", *args], check=False, capture_output=True, text=True, env=env, timeout=180)

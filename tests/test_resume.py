@@ -20,6 +20,8 @@ from ablate.model import build_model
 from ablate.train.trainer import Trainer, seed_everything
 from tests.conftest import TINY_STUDY, clean_env, run_ablate, write_study
 
+pytestmark = pytest.mark.slow  # studies interrupted by signals and resumed
+
 TRAIN = {"steps": 40, "batch_size": 4, "warmup": 4, "eval_every": 10, "eval_batches": 2, "log_every": 3}
 MODEL = {"mixer": "mha", "vocab_size": 512, "context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "qkv_dim": 32}
 

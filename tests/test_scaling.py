@@ -185,6 +185,7 @@ def test_a_warmup_longer_than_the_steps_tokens_per_param_gives_is_refused(tmp_pa
         load(write_study(tmp_path, text))
 
 
+@pytest.mark.slow
 def test_a_scaling_study_runs_and_compare_fits_its_laws(tmp_path, own_store, capsys):
     path = write_study(tmp_path, SCALING)
     results = tmp_path / "results"

@@ -133,6 +133,7 @@ def test_the_tpe_sampler_searches_after_its_random_start(tmp_path, own_store):
     assert len({t.params["lr"] for t in trials}) == 4 and all(1e-5 <= t.params["lr"] <= 0.3 for t in trials)
 
 
+@pytest.mark.slow
 def test_ui_optuna_serves_the_dashboard_on_the_search_storage(searched, browser):
     """`ablate ui --optuna`: Optuna's own dashboard lists each variant's search, and its page
     draws the search's trials."""

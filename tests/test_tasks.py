@@ -221,6 +221,7 @@ variants:
 """
 
 
+@pytest.mark.slow
 def test_default_mha_solves_mqar_and_a_model_that_cannot_look_back_does_not(tmp_path, capsys):
     """Through `ablate run`, on the default (`modern`) backbone: mha, with one head of width 64
     and with two of width 32, reaches ≥ 0.99 val_accuracy in 500 steps (with one head it solves

@@ -149,6 +149,7 @@ def test_warmup_longer_than_training_is_refused():
 SHIPPED = [name for name in ablate.variants() if mixer_class(name).__module__.startswith("ablate.architectures.")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer", SHIPPED)  # not the test-only mixers some test modules register
 def test_compiled_training_gives_the_eager_loss(corpus, mixer):
     model = {**MODEL, "mixer": mixer}
