@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ablate.bench import synchronize
 from ablate.errors import AblateError
 from ablate.model import LanguageModel
 from ablate.tracking.schema import Metric
@@ -22,11 +23,6 @@ DEFAULT_STEPS = 32  # timed decoding steps per context
 WARMUP_STEPS = 2
 THROUGHPUT_BATCH = 16
 TURN = 4  # decoding steps a context takes in a row
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _timed(device: torch.device, fn):
@@ -97,6 +93,7 @@ def measure(
         raise AblateError(f"{model.cfg.mixer} cannot decode from a state: {model.cannot_decode}")
     model.eval()
     device, context = model.head_weight.device, model.cfg.context
+    steps = min(steps, min(context, *contexts) - WARMUP_STEPS - 1)  # the timed steps fit before each context
     prompt = _tokens(model, 1, context, device)
     model.prefill(prompt)  # warm-up
     _, seconds = _timed(device, lambda: model.prefill(prompt))
