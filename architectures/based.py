@@ -14,7 +14,8 @@ Recurrent, the linear part carries (1 + f + f²) × (d + 1) numbers per head (f 
 the local part its window's keys and values, the convolution its last conv_size − 1 inputs.
 `kernel`: `parallel_based` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
 where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`); decoding from a state
-runs ablate's `parallel_based` for the prompt and `recurrent_based` per token.
+runs ablate's `chunk_linear_attn` on the feature maps for the prompt (O(T) memory) and
+`recurrent_based` per token.
 """
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn import ops
-from ablate.nn.layers import Rotary, ShortConv, attention_softmax_flops, softmax_attention
+from ablate.nn.layers import Rotary, ShortConv, attention_softmax_flops, kv_cache, softmax_attention
 from ablate.nn.ops.based import feature_map
 from ablate.nn.ops.kernels import check_kernel, run_op
 
@@ -89,8 +90,7 @@ class Based(Mixer):
         linear, state = ops.chunk_linear_attn(*features, v, scale=1.0, output_final_state=True)
         lq, lk, lv = self.local_heads(x)
         local = softmax_attention(lq, lk, lv, min(self.window, x.size(1)))
-        window = {"k": lk[:, :, -self.window :], "v": lv[:, :, -self.window :]}
-        return self.output(linear, local), {"conv": tail, "state": state, "window": window}
+        return self.output(linear, local), {"conv": tail, "state": state, "window": kv_cache(lk, lv, self.window)}
 
     def step(self, x, state, pos):
         mixed, tail = self.conv.step(self.linear_input(x), state["conv"])
@@ -98,10 +98,9 @@ class Based(Mixer):
             *self.linear_heads(mixed), initial_state=state["state"], output_final_state=True
         )
         lq, lk, lv = self.local_heads(x, pos)
-        keys = torch.cat([state["window"]["k"], lk], 2)[:, :, -self.window :]
-        values = torch.cat([state["window"]["v"], lv], 2)[:, :, -self.window :]
-        local = F.scaled_dot_product_attention(lq, keys, values)
-        return self.output(linear, local), {"conv": tail, "state": s, "window": {"k": keys, "v": values}}
+        window = kv_cache(lk, lv, self.window, state["window"])
+        local = F.scaled_dot_product_attention(lq, window["k"], window["v"])
+        return self.output(linear, local), {"conv": tail, "state": s, "window": window}
 
     def output(self, linear: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         """The linear part's (B, T, H, d) and the local part's (B, H, T, d) outputs summed, mapped back."""

@@ -13,7 +13,7 @@ from torch import nn
 from ablate.errors import AblateError
 from ablate.mixers import registry
 from ablate.mixers.registry import Mixer, check_int, register
-from ablate.nn.layers import Rotary, attention_softmax_flops, rms_norm, softmax_attention
+from ablate.nn.layers import Rotary, attention_softmax_flops, kv_cache, rms_norm, softmax_attention
 from ablate.nn.ops import causal_softmax_mean, causal_softmax_mean_flops, softmax_mean_state, softmax_mean_step
 
 DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
@@ -103,15 +103,14 @@ class HybridHeads(Mixer):
         """The output; the AFT heads' running sums and the window's keys and values."""
         (aq, ak, av), (q, k, v) = self.heads(x)
         y = self.output(aq, causal_softmax_mean(ak, av), softmax_attention(q, k, v, self.window))
-        return y, {"sums": softmax_mean_state(ak, av), "k": k[:, :, -self.window :], "v": v[:, :, -self.window :]}
+        return y, {"sums": softmax_mean_state(ak, av), **kv_cache(k, v, self.window)}
 
     def step(self, x, state, pos):
         (aq, ak, av), (q, k, v) = self.heads(x, pos)
         mean, sums = softmax_mean_step(ak[:, 0], av[:, 0], state["sums"])
-        keys = torch.cat([state["k"], k], 2)[:, :, -self.window :]
-        values = torch.cat([state["v"], v], 2)[:, :, -self.window :]
-        y = self.output(aq, mean[:, None], F.scaled_dot_product_attention(q, keys, values))
-        return y, {"sums": sums, "k": keys, "v": values}
+        kept = kv_cache(k, v, self.window, state)
+        y = self.output(aq, mean[:, None], F.scaled_dot_product_attention(q, kept["k"], kept["v"]))
+        return y, {"sums": sums, **kept}
 
     def output(self, aq: torch.Tensor, mean: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """σ(q)·mean of the AFT heads beside the attention heads' (B, H − a, T, d), mapped back."""

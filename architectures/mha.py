@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
-from ablate.nn.layers import Rotary, attention_probs, attention_softmax_flops, rms_norm, softmax_attention
+from ablate.nn.layers import (
+    Rotary,
+    attention_probs,
+    attention_softmax_flops,
+    kv_cache,
+    rms_norm,
+    softmax_attention,
+)
 
 
 @register("mha")
@@ -56,18 +63,12 @@ class MultiHeadAttention(Mixer):
         """The output, and the KV cache: every key and value, or the last `window` of them."""
         q, k, v = self.heads(x)
         y = softmax_attention(q, k, v, self.window, self.dropout if self.training else 0.0)
-        return self.output(y), self.cache(k, v)
+        return self.output(y), kv_cache(k, v, self.window)
 
     def step(self, x, state, pos):
         q, k, v = self.heads(x, pos)
-        state = self.cache(torch.cat([state["k"], k], dim=2), torch.cat([state["v"], v], dim=2))
+        state = kv_cache(k, v, self.window, state)
         return self.output(F.scaled_dot_product_attention(q, state["k"], state["v"])), state
-
-    def cache(self, k: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The keys and values a decoder keeps: all of them, or the last `window` (a ring buffer's)."""
-        if self.window:
-            k, v = k[:, :, -self.window :], v[:, :, -self.window :]
-        return {"k": k, "v": v}
 
     def output(self, y: torch.Tensor) -> torch.Tensor:
         """(B, H, T, d) heads concatenated and mapped back to the stream."""

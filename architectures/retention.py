@@ -24,7 +24,7 @@ from torch import nn
 
 from ablate.errors import AblateError
 from ablate.mixers.registry import Mixer, check_choice, check_int, register
-from ablate.nn.layers import HalfSplitRotary, attention_softmax_flops, rms_norm, softmax_attention
+from ablate.nn.layers import HalfSplitRotary, attention_softmax_flops, kv_cache, rms_norm, softmax_attention
 
 SCOPES = ("chunk", "sequence", "batch")
 
@@ -149,10 +149,10 @@ class Retention(Mixer):
             x = x + self.output_map(torch.sigmoid(rms_norm(q)) * (num / (den + 1e-6))[:, None], weights)
             sums.append((num, den))
         q, k, v = self.attention_heads(rms_norm(x), stages[-1], pos)
-        keys, values = torch.cat([state["k"], k], 2), torch.cat([state["v"], v], 2)
-        y = F.scaled_dot_product_attention(q, keys, values).transpose(1, 2).flatten(2)
+        kept = kv_cache(k, v, cache=state)
+        y = F.scaled_dot_product_attention(q, kept["k"], kept["v"]).transpose(1, 2).flatten(2)
         x = x + self.output_map(y, stages[-1])
-        state = {"prefix": prefix, "partial": partial, "stages": stages[1:], "sums": sums, "k": keys, "v": values}
+        state = {"prefix": prefix, "partial": partial, "stages": stages[1:], "sums": sums, **kept}
         return x, state
 
     def produced(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,6 +123,18 @@ def windowed_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     return torch.cat(out, dim=-2)
 
 
+def kv_cache(
+    k: torch.Tensor, v: torch.Tensor, window: int | None = None, cache: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """The keys and values (B, H, T, d) a decoder keeps, after those of `cache`: all of them, or
+    the last `window` (a ring buffer's)."""
+    if cache is not None:
+        k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+    if window:
+        k, v = k[:, :, -window:], v[:, :, -window:]
+    return {"k": k, "v": v}
+
+
 def causal_mask(T: int, window: int | None, device) -> torch.Tensor:
     """(T, T), True where query t may see key t': t - window < t' ≤ t (every t' ≤ t without a window)."""
     lag = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
