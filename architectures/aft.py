@@ -96,10 +96,14 @@ class _BiasedAFT(_AFT):
     def __init__(self, cfg, *, qk_norm: bool, window: int | None):
         super().__init__(cfg, qk_norm=qk_norm)
         T, reach = cfg.context, window or cfg.context
-        self.register_buffer("used", causal_mask(T, window, None), persistent=False)
+        self.context, self.window = T, window
+        self.register_buffer("used", self.derived_buffers()["used"], persistent=False)
         # drawn by the backbone like every parameter: zero under init seed, N(0, 0.02) under gpt2
         self.bias = nn.Parameter(torch.empty(sum(min(t + 1, reach) for t in range(T))))
-        self.window = window
+
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        """The pairs that have a bias, computed afresh: what a loader that restores no buffers sets."""
+        return {"used": causal_mask(self.context, self.window, None)}
 
     def pairwise_bias(self) -> torch.Tensor:
         """The (T, T) matrix w: learned entries where used (row by row), zeros elsewhere."""

@@ -77,7 +77,11 @@ class MultiScaleRetention(Mixer):
         self.gate = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
         self.rotary = Rotary(cfg.head_dim, cfg.context)
-        self.register_buffer("gamma", decays(cfg.n_heads), persistent=False)
+        self.register_buffer("gamma", self.derived_buffers()["gamma"], persistent=False)
+
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        """The heads' decays, computed afresh: what a loader that restores no buffers sets them to."""
+        return {"gamma": decays(self.n_heads)}
 
     cannot_decode = None
 

@@ -64,6 +64,7 @@ def violations(name: str, options: dict | None = None) -> list[str]:
     if dead:
         found.append(f"gradients: no gradient reaches {', '.join(dead)}")
     found += _residual_maps(model)
+    found += _derived_buffers(model)
     found += _decoding(config) if mixer.cannot_decode is None else []
     try:  # a planned trial carries its options resolved, defaults included, and is checked again
         registry.mixer_options(name, model.cfg.mixer_options)
@@ -76,6 +77,18 @@ def violations(name: str, options: dict | None = None) -> list[str]:
         except AblateError as e:
             if option not in str(e):
                 found.append(f"options: the error for a wrong {option} does not name it: {e}")
+    return found
+
+
+def _derived_buffers(model) -> list[str]:
+    """A buffer no state dict holds (persistent=False) is computed again by its module's
+    `derived_buffers()`, as a loader that restores no buffers (transformers') has it done."""
+    found = []
+    for module_name, module in model.named_modules():
+        derived = getattr(module, "derived_buffers", dict)()
+        for name in module._non_persistent_buffers_set:
+            if name not in derived or not torch.equal(derived[name], getattr(module, name).cpu()):
+                found.append(f"buffers: {module_name}.{name} is not saved, and derived_buffers() does not give it")
     return found
 
 
@@ -175,20 +188,21 @@ class _Forgetful(Mixer):
 
 
 class _Branching(Mixer):
-    """A branch on the data's values, an option nobody annotated, and a second output path
-    (`skip`) that it does not declare as a residual map."""
+    """A branch on the data's values, an option nobody annotated, a second output path (`skip`)
+    that it does not declare as a residual map, and a buffer no loader restores (`sign`)."""
 
     def __init__(self, cfg, layer_idx, *, scale=2):
         super().__init__()
         self.proj = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.skip = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.register_buffer("sign", torch.ones(cfg.d_model), persistent=False)
         self.scale = scale
 
     def residual_maps(self):
         return [self.proj]
 
     def forward(self, x):
-        return (self.proj(x) * self.scale if x.mean() > 0 else self.proj(x)) + self.skip(x)
+        return (self.proj(x) * self.scale if x.mean() > 0 else self.proj(x)) + self.skip(x) * self.sign
 
     def elementwise_flops(self, T):
         return 2 * self.proj.in_features  # the mean, and the scale: declared honestly
@@ -234,8 +248,9 @@ def test_a_broken_mixer_is_told_which_rules_it_breaks(scratch_registry):
     assert [v.split(":")[0] for v in forgetful] == ["flops"]
     assert "declares 0 per token" in forgetful[0]
     branching = violations("test-branching")
-    assert [v.split(":")[0] for v in branching] == ["meta", "residual maps", "options"]
-    assert "meta device" in branching[0] and "declare them all" in branching[1] and "scale=" in branching[2]
+    assert [v.split(":")[0] for v in branching] == ["meta", "residual maps", "buffers", "options"]
+    assert "meta device" in branching[0] and "declare them all" in branching[1] and "scale=" in branching[3]
+    assert "blocks.0.mixer.sign is not saved" in branching[2]
 
 
 @pytest.mark.parametrize(

@@ -40,9 +40,12 @@ class _Float64Tables(nn.Module):
     def __init__(self, head_dim: int, context: int):
         super().__init__()
         self.head_dim, self.context = head_dim, context
-        cos, sin = self.tables(rotary_angles(head_dim, context))  # meta where a model is only measured
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        for name, table in self.derived_buffers().items():  # meta where a model is only measured
+            self.register_buffer(name, table, persistent=False)
+
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        """The tables, computed afresh: what a loader that restores no buffers sets them to."""
+        return dict(zip(("cos", "sin"), self.tables(rotary_angles(self.head_dim, self.context))))
 
     def tables(self, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -56,7 +59,7 @@ class _Float64Tables(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.cos, self.sin = self.tables(rotary_angles(self.head_dim, self.context).to(self.cos.device))
+        self.cos, self.sin = (table.to(self.cos.device) for table in self.derived_buffers().values())
         return self
 
 
