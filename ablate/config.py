@@ -373,6 +373,17 @@ class DecodeConfig(BaseModel):
     steps: int = Field(32, ge=4, le=1024, description="timed decoding steps per context (their median is logged)")
 
 
+class EvalConfig(BaseModel):
+    """`eval:`: after training, lm-evaluation-harness scores each final trial's model on these
+    tasks, and its run logs lm_eval/TASK/METRIC (`ablate.harness`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lm_eval: list[str] = Field(min_length=1, description="lm-eval task names (arc_easy, lambada_openai, ...)")
+    include_path: str | None = Field(None, description="a folder of task YAMLs of your own, from the study's folder")
+    limit: int | None = Field(None, ge=1, description="the first N documents of each task (default: all)")
+
+
 class Expectation(BaseModel):
     """A verdict the study should reach: a control. `ablate compare --check` fails when it does not."""
 
@@ -451,6 +462,7 @@ class StudyConfig(BaseModel):
         default_factory=list, description="verdicts the study should reach"
     )
     decode: DecodeConfig | None = Field(None, description="what each final model costs to run (DecodeConfig)")
+    eval: EvalConfig | None = Field(None, description="lm-evaluation-harness tasks for each final model (EvalConfig)")
 
     _name = field_validator("name")(_safe_name)
 

@@ -8,7 +8,9 @@ result is an evaluation run, nested under the run it evaluates.
 """
 
 import hashlib
+import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ablate import audit, checkpoints, nanogpt, sample, strawberry
@@ -21,7 +23,21 @@ from ablate.tracking.store import Tracker
 from ablate.train import evaluation
 
 
-def _strawberry(path: Path) -> tuple[LanguageModel, dict[str, str], int, dict[str, float]]:
+@dataclass
+class Imported:
+    """What an importer reads off a checkpoint: the model, the checkpoint's own settings (params),
+    its step, the losses it reports, its tokenizer file (None where it has none) and the file whose
+    hash identifies it."""
+
+    model: LanguageModel
+    params: dict[str, str]
+    step: int
+    reported: dict[str, float]
+    identity: Path
+    tokenizer: Path | None = field(default=None)
+
+
+def _strawberry(path: Path) -> Imported:
     """A Strawberry checkpoint (scope batch, as published): its model, its hyperparams and step,
     and the seed's own last loss estimates (from its leaking forward pass)."""
     checkpoint = strawberry.read_checkpoint(path)
@@ -33,40 +49,49 @@ def _strawberry(path: Path) -> tuple[LanguageModel, dict[str, str], int, dict[st
     }
     params = flatten("hyperparams", checkpoint["hyperparams"])
     step = checkpoints.number(stats.get("step", 0), "stats.step", int)
-    return strawberry.load_strawberry(checkpoint), params, step, reported
+    return Imported(strawberry.load_strawberry(checkpoint), params, step, reported, path)
 
 
-def _nanogpt(path: Path) -> tuple[LanguageModel, dict[str, str], int, dict[str, float]]:
+def _nanogpt(path: Path) -> Imported:
     """A nanoGPT checkpoint: its model, its model_args and iteration, and its best val loss."""
     checkpoint = nanogpt.read_checkpoint(path)
     best = checkpoint.get("best_val_loss")
     reported = {Metric.REPORTED.format("val"): checkpoints.number(best, "best_val_loss")} if best is not None else {}
     params = flatten("model_args", checkpoint["model_args"])
     step = checkpoints.number(checkpoint.get("iter_num", 0), "iter_num", int)
-    return nanogpt.load_nanogpt(checkpoint), params, step, reported
+    return Imported(nanogpt.load_nanogpt(checkpoint), params, step, reported, path)
 
 
-IMPORTERS = {"strawberry": _strawberry, "nanogpt": _nanogpt}
+def _hf(path: Path) -> Imported:
+    """A folder `ablate export` wrote (its model and tokenizer), as Hugging Face holds it."""
+    from ablate.hf import folder
+
+    model, tokenizer = folder.read(path)
+    params = flatten("hf", {k: v for k, v in json.loads((path / "config.json").read_text()).items() if k != "ablate"})
+    return Imported(model, params, 0, {}, path / folder.WEIGHTS, tokenizer)
+
+
+IMPORTERS = {"strawberry": _strawberry, "nanogpt": _nanogpt, "hf": _hf}
 
 
 def import_checkpoint(uri: str, results: Path, kind: str, path: Path, experiment: str) -> str:
     """Record another trainer's checkpoint as a finished run with its model (for eval and sample)
     in the store at `uri`, opened once the checkpoint has been read; its run id."""
-    model, params, step, reported = IMPORTERS[kind](path)
+    imported = IMPORTERS[kind](path)
     tracker = Tracker(uri, results)
-    model = model.float()
+    model = imported.model.float()
     tags = {Tag.ROLE: Role.IMPORT, Tag.SOURCE_CHECKPOINT: str(path.resolve()), Tag.CAUSAL: str(model.causal).lower()}
-    params |= {
+    params = imported.params | {
         **flatten(Param.MODEL, model.cfg.model_dump()),
-        "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "checkpoint_step": str(step),
+        "checkpoint_sha256": hashlib.sha256(imported.identity.read_bytes()).hexdigest(),
+        "checkpoint_step": str(imported.step),
         Param.N_PARAMS: str(model.n_params()),
         Param.N_PARAMS_NON_EMBEDDING: str(model.n_params(non_embedding=True)),
     }
     run = tracker.start(tracker.experiment_id(experiment), f"{kind}-{path.stem}", tags, params)
-    if reported:
-        run.metrics(step, reported)
-    sample.save(run, model, model.cfg, tokenizer=None)
+    if imported.reported:
+        run.metrics(imported.step, imported.reported)
+    sample.save(run, model, model.cfg, tokenizer=imported.tokenizer)
     run.end("FINISHED")
     return run.run_id
 

@@ -1,4 +1,4 @@
-"""Commands on models: bench, sample, import, eval, variants."""
+"""Commands on models: bench, sample, import, export, eval, variants."""
 
 import json
 import sys
@@ -13,6 +13,7 @@ def add_commands(sub) -> None:
     _bench_parser(sub)
     _sample_parser(sub)
     _import_parser(sub)
+    _export_parser(sub)
     _eval_parser(sub)
     _variants_parser(sub)
 
@@ -101,13 +102,25 @@ def _import_parser(sub) -> None:
     imp = sub.add_parser("import", help="record a model trained elsewhere as a finished run (with its model)")
     imp.add_argument(
         "kind",
-        choices=("strawberry", "nanogpt"),
-        help="the checkpoint's format: strawberry (the seed's train.py) or nanogpt (nanoGPT's ckpt.pt)",
+        choices=("strawberry", "nanogpt", "hf"),
+        help="the checkpoint's format: strawberry (the seed's train.py), nanogpt (nanoGPT's ckpt.pt) "
+        "or hf (a folder `ablate export` wrote)",
     )
-    imp.add_argument("checkpoint", type=Path, help="the checkpoint file")
+    imp.add_argument("checkpoint", type=Path, help="the checkpoint file (for hf: the folder)")
     imp.add_argument("--study", type=study_name, help="MLflow experiment to record it in (default: KIND-imports)")
     store_options(imp)
     imp.set_defaults(func=import_command)
+
+
+def _export_parser(sub) -> None:
+    export = sub.add_parser(
+        "export", help="write a run's model as a Hugging Face folder (from_pretrained, generate, lm-eval)"
+    )
+    export.add_argument("run_id", help="a finished final trial's or an imported checkpoint's MLflow run id")
+    export.add_argument("folder", type=Path, help="the folder to write")
+    export.add_argument("--force", action="store_true", help="replace what the folder holds")
+    store_options(export)
+    export.set_defaults(func=export_command)
 
 
 def _eval_parser(sub) -> None:
@@ -126,9 +139,29 @@ def _eval_parser(sub) -> None:
     evaluate.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when there is one (default: auto)"
     )
+    evaluate.add_argument(
+        "--lm-eval",
+        type=tasks,
+        metavar="TASKS",
+        help="run lm-evaluation-harness on these tasks (comma-separated) instead, logging lm_eval/TASK/METRIC to the run",
+    )
+    evaluate.add_argument("--limit", type=positive, help="with --lm-eval: the first N documents of each task")
+    evaluate.add_argument(
+        "--include-path", type=Path, help="with --lm-eval: a folder of task YAMLs of your own (their data files inside)"
+    )
     evaluate.add_argument("--json", action="store_true", help="the metrics and the evaluation run id as JSON")
     store_options(evaluate)
     evaluate.set_defaults(func=eval_command)
+
+
+def tasks(text: str) -> list[str]:
+    """arc_easy,piqa: lm-eval task names."""
+    import argparse
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one task: --lm-eval arc_easy,piqa")
+    return names
 
 
 def _variants_parser(sub) -> None:
@@ -255,6 +288,16 @@ def import_command(args) -> int:
     return 0
 
 
+def export_command(args) -> int:
+    from ablate.hf import folder
+    from ablate.tracking import store
+
+    folder.export(store.client(stored(args)), args.run_id, args.folder, args.force)
+    print(f"exported run {args.run_id} to {args.folder}")
+    print(f"next: AutoModelForCausalLM.from_pretrained({str(args.folder)!r}, trust_remote_code=True)")
+    return 0
+
+
 def eval_command(args) -> int:
     where = stored(args)
     import tempfile
@@ -262,7 +305,11 @@ def eval_command(args) -> int:
     from ablate import evaluate
     from ablate.tracking.store import Tracker
 
+    if args.lm_eval is None and (args.limit or args.include_path):
+        raise AblateError("--limit and --include-path go with --lm-eval")
     tracker = Tracker(where, args.results)
+    if args.lm_eval is not None:
+        return _lm_eval(args, tracker)
     model = evaluate.load_model(tracker.client, args.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = evaluate.eval_data(
@@ -278,6 +325,34 @@ def eval_command(args) -> int:
         print(corpus.describe())
         evaluate.print_result(metrics)
         print(f"logged as evaluation run {eval_id}, nested under run {args.run_id}")
+    return 0
+
+
+def _lm_eval(args, tracker) -> int:
+    """lm-evaluation-harness's metrics for the run's model, logged on the run itself."""
+    import tempfile
+
+    from ablate import harness, sample
+    from ablate.train.evaluation import device_named
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = sample.load(tracker.client, args.run_id, Path(tmp))
+        tokenizer = Path(tmp) / sample.ARTIFACTS / "tokenizer.json"
+        metrics = harness.evaluate(
+            model,
+            tokenizer if tokenizer.is_file() else None,
+            args.lm_eval,
+            args.include_path,
+            args.limit,
+            device_named(args.device),
+        )
+    tracker.log_final(args.run_id, metrics)
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, **metrics}))
+    else:
+        for name, value in metrics.items():
+            print(f"{name} {value:.4f}")
+        print(f"logged on run {args.run_id}")
     return 0
 
 

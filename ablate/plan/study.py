@@ -161,11 +161,27 @@ def load(
         except AblateError as e:
             key = str(e).split(":")[0].removeprefix("data.")  # errors name their key: data.source, data.val, ...
             raise AblateError(f"{lines.at(('data', key))}: {e}") from None
+    if config.eval is not None:
+        _check_eval(config, lines, base_dir)
     if smoke_form:
         _plan(config, lines, vocab)  # the study as written must be valid, not only its smoke form
         config = smoke(config)
     trials = _plan(config, lines, vocab)
     return Study(sized(config), path, text, trials)
+
+
+def _check_eval(config: StudyConfig, lines: Document, base_dir: Path) -> None:
+    """`eval:`'s tasks known to lm-eval before anything trains; text to score them on."""
+    from ablate import harness
+
+    if isinstance(config.data, TaskConfig):
+        raise AblateError(
+            f"{lines.at(('eval',))}: eval: lm-eval's tasks are text; this study trains on a synthetic task"
+        )
+    try:
+        harness.check_tasks(config.eval.lm_eval, harness.task_manager(harness.include_folder(config.eval, base_dir)))
+    except AblateError as e:
+        raise AblateError(f"{lines.at(('eval',))}: eval: {e}") from None
 
 
 def sized(config: StudyConfig) -> StudyConfig:

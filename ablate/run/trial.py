@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from ablate import audit, inference, sample
+from ablate import audit, harness, inference, sample
 from ablate.model import build_model
 from ablate.plan.search import search_train, with_params
 from ablate.plan.study import Trial
@@ -176,6 +176,7 @@ class TrialRunner:
                 if job.keep_model:
                     sample.save(run, trainer.model, trial.model, p.data.tokenizer_path)
                     self._decode(job, trainer, run)
+                    self._lm_eval(job, trainer, run)
                 status = Status.FINISHED
             except Pruned:
                 status = Status.PRUNED  # stopped on purpose: its curve up to here is kept
@@ -203,6 +204,19 @@ class TrialRunner:
         if row["stopped"]:
             self.progress.console.print(f"{job.label}: decoding stopped {row['stopped']}")
             run.tag(Tag.DECODE_STOPPED, row["stopped"])
+        trainer.model.train()
+
+    def _lm_eval(self, job: Job, trainer: Trainer, run: RunLog) -> None:
+        """Where the study asks (`eval:`), lm-evaluation-harness's scores of the trained model, logged on its run."""
+        asked, p = self.prepared.study.config.eval, self.prepared
+        if asked is None:
+            return
+        self.progress.console.print(f"{job.label}: lm-eval on {', '.join(asked.lm_eval)}")
+        include = harness.include_folder(asked, p.study.path.parent)
+        metrics = harness.evaluate(
+            trainer.model, p.data.tokenizer_path, asked.lm_eval, include, asked.limit, trainer.device
+        )
+        run.metrics(trainer.cfg.steps, metrics)
         trainer.model.train()
 
     def _open_run(self, job: Job, trainer: Trainer) -> tuple[RunLog, Trainer]:

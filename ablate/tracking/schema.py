@@ -91,6 +91,7 @@ class Metric:
     DECODE_TOKENS_PER_S = "decode_tokens_per_s"
     DECODE_MS_PER_TOKEN = "decode_ms_per_token/"  # ... + the context: decode_ms_per_token/4096
     STATE_BYTES = "state_bytes/"  # + the context
+    LM_EVAL = "lm_eval/{task}/{metric}"  # lm-evaluation-harness's: lm_eval/arc_easy/acc
 
 
 def tag_column(name: str) -> str:
@@ -119,14 +120,27 @@ HIGHER_IS_BETTER = {
 }  # and every accuracy
 LOWER_IS_BETTER = {Metric.TRAIN_TIME_S}  # and every loss
 LOWER_IS_BETTER_PREFIXES = (Metric.DECODE_MS_PER_TOKEN, Metric.STATE_BYTES)
+# lm-eval's metrics by their own names (lm_eval/TASK/NAME[_FILTER]): scores, and surprises
+LM_EVAL_HIGHER = ("acc", "acc_norm", "acc_mutual_info", "exact_match", "f1", "em", "mcc", "contains", "bleu", "rouge")
+LM_EVAL_LOWER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
 
 
 def lower_is_better(metric: str, given: bool | None = None) -> bool:
     """The direction of a metric: as given, else known for losses, accuracy and speed."""
     if given is not None:
         return given
-    if metric in HIGHER_IS_BETTER or metric.endswith("accuracy"):
+    if metric in HIGHER_IS_BETTER or metric.endswith("accuracy") or _lm_eval_named(metric, LM_EVAL_HIGHER):
         return False
     if metric in LOWER_IS_BETTER or "loss" in metric or metric.startswith(LOWER_IS_BETTER_PREFIXES):
         return True
+    if _lm_eval_named(metric, LM_EVAL_LOWER):
+        return True
     raise AblateError(f"is a higher {metric!r} better or worse? say --higher-is-better or --lower-is-better")
+
+
+def _lm_eval_named(metric: str, names: tuple[str, ...]) -> bool:
+    """Whether an lm-eval metric (lm_eval/TASK/NAME, NAME perhaps with a filter after it) is one of `names`."""
+    parts = metric.split("/")
+    return (
+        len(parts) == 3 and parts[0] == "lm_eval" and any(parts[2] == n or parts[2].startswith(n + "_") for n in names)
+    )
