@@ -7,6 +7,7 @@ across seeds like any other metric. Tasks of an include folder read their relati
 from that folder.
 """
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ def include_folder(asked: EvalConfig, study_dir: Path) -> Path | None:
     return None if asked.include_path is None else study_dir / asked.include_path
 
 
+@functools.cache  # indexing lm-eval's task folders takes seconds: a study's load and its trials share one
 def task_manager(include_path: Path | None):
     """lm-eval's task index: its own tasks, and those in `include_path`."""
     try:
