@@ -203,12 +203,13 @@ class DataConfig(BaseModel):
     source: str = Field(
         "stdlib",
         min_length=1,
-        description="'stdlib' (the Python standard library's source), a text file, a directory, "
-        "a glob, or a token array (.npy, or .bin of uint16)",
+        description="'stdlib' (the Python standard library's source), a text file, a directory, a glob, "
+        "jsonl or parquet files, a dataset saved with save_to_disk, or a token array (.npy, or .bin of uint16)",
     )
     train: str | None = Field(None, min_length=1, description="a train token array, with `val` (nanoGPT's train.bin)")
     val: str | None = Field(None, min_length=1, description="the val token array that goes with `train`")
     tokenizer: Literal["bpe", "char", "byte"] = Field("bpe", description="how text becomes tokens")
+    text_field: str = Field("text", min_length=1, description="the text's column in jsonl, parquet and datasets")
     split: Literal["pieces", "tail"] = Field("pieces", description="val: random whole pieces, or the stream's tail")
     vocab_size: int | None = Field(
         None, ge=2, le=2**32, description="default: 8192 (bpe, token arrays), 256 (byte), the text's characters (char)"

@@ -58,10 +58,15 @@ def test_missing_source_is_an_error(tmp_path):
         prepare(DataConfig(source="nope.txt"), tmp_path / "cache", base_dir=tmp_path)
 
 
-def test_split_is_deterministic_and_by_whole_pieces():
-    tokens = np.arange(100_000, dtype=np.uint32)
-    train, val = split(tokens, 0.1)
-    train2, val2 = split(tokens, 0.1)
+def test_split_is_deterministic_and_by_whole_pieces(tmp_path):
+    from ablate.data.stream import TokenFile
+
+    np.save(tmp_path / "tokens.npy", np.arange(100_000, dtype=np.uint32))
+    tokens = TokenFile.npy(tmp_path / "tokens.npy")
+    for folder in "ab":
+        (tmp_path / folder).mkdir()
+        split(tokens, 0.1, tmp_path / folder)
+    train, val, train2, val2 = (np.load(tmp_path / f / f"{n}.npy") for f in "ab" for n in ("train", "val"))
     assert np.array_equal(train, train2) and np.array_equal(val, val2)
     assert not set(train.tolist()) & set(val.tolist())
     assert abs(val.size / (train.size + val.size) - 0.1) < 0.03

@@ -34,7 +34,7 @@ def scored(tmp_path_factory):
     texts = [row["text"] for row in _rows("ablate_text")] + [
         r["context"] + c for r in _rows("ablate_choice") for c in r["choices"]
     ]
-    _, tokenizer = tokenize.bpe(texts * 5, 300)
+    tokenizer = tokenize.bpe(texts * 5, 300)
     tokenizer.save(str(folder / "tokenizer.json"))
     torch.manual_seed(0)
     config = {"vocab_size": 300, "context": 128, "d_model": 32, "n_layers": 2, "n_heads": 2, "qkv_dim": 32}

@@ -17,8 +17,7 @@ DOCS = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n"] * 20
 
 @pytest.fixture(scope="module", params=sorted(tokenize.TOKENIZERS))
 def tokenizer(request):
-    _, made = tokenize.TOKENIZERS[request.param](DOCS, 300)
-    return made
+    return tokenize.TOKENIZERS[request.param](DOCS, 300)
 
 
 def test_an_empty_prompt_starts_from_the_document_separator_or_a_newline(tokenizer):
@@ -41,7 +40,7 @@ def test_characters_outside_the_vocabulary_are_one_line_or_bytes(tokenizer):
 
 
 def test_a_char_vocabulary_without_a_newline_asks_for_a_prompt():
-    _, made = tokenize.char(["abc"], 10)
+    made = tokenize.char(["abc"], 10)
     with pytest.raises(AblateError, match="give --prompt"):
         sample.prompt_ids(made, "")
 

@@ -9,6 +9,7 @@ arrays (`train:` and `val:`, nanoGPT's train.bin and val.bin) is used as split. 
 arrays are written once to a cache directory and memory-mapped from there on.
 """
 
+import contextlib
 import functools
 import glob
 import hashlib
@@ -26,13 +27,15 @@ import torch
 
 from ablate import processes
 from ablate.config import DataConfig
-from ablate.data import tokenize
+from ablate.data import documents, stream, tokenize
 from ablate.data.meta import DataMeta
+from ablate.data.stream import fingerprint, unigram_entropy
 from ablate.data.tokenize import token_dtype
-from ablate.errors import AblateError, first_line, full_disk
+from ablate.errors import AblateError, first_line
 
 CACHE_VERSION = 2
 BUILDING = ".building-"  # + owner + "-" + random: a cache entry being written
+TOKENIZING = ".tokens"  # + after the entry's key: its text's tokens so far, kept to resume
 STALE_BUILD_S = 3600  # another host's unfinished build older than this was cut off
 
 
@@ -118,6 +121,8 @@ def source_files(cfg: DataConfig, base_dir: Path) -> list[Path]:
     path = _inside(cfg.source, base_dir, "source")
     if glob.has_magic(str(path)):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    elif path.is_dir() and documents.is_dataset_folder(path):
+        files = documents.dataset_files(path)
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     elif path.is_file():
@@ -150,13 +155,13 @@ def _one_file(path: Path, key: str) -> Path:
     return path
 
 
-def vocab_size(cfg: DataConfig, files: list[Path], docs: list[str] | None = None) -> int:
+def vocab_size(cfg: DataConfig, files: list[Path]) -> int:
     """The model's vocabulary: as given, else 8192 (BPE, token arrays), 256 (bytes) or the number
-    of distinct characters of the text (char; from `docs` when they are read already)."""
+    of distinct characters of the text (char)."""
     if cfg.vocab_size is not None:
         return cfg.vocab_size
     if cfg.tokenizer == "char":
-        found = len(tokenize.characters(docs if docs is not None else _read_documents(files, cfg.max_bytes)))
+        found = len(tokenize.characters(_documents(cfg, files)))
         if found < 2:
             raise AblateError(f"data.source: the text has {found} distinct character(s); nothing to predict")
         return found
@@ -196,45 +201,103 @@ def _cache_key(cfg: DataConfig, files: list[Path]) -> str:
 
 
 def _build(cfg: DataConfig, files: list[Path], directory: Path) -> None:
-    start = time.perf_counter()
-    text = cfg.train is None and not is_token_array(files)
-    docs = _read_documents(files, cfg.max_bytes) if text else None  # read once, also for the vocabulary
-    vocab, tokenizer = vocab_size(cfg, files, docs), None
+    """The cache entry: the token stream (text tokenized, or token arrays as they are) split into
+    train.npy and val.npy, the tokenizer and meta.json, written a block at a time."""
+    start, tokenizer, tokens_folder = time.perf_counter(), None, None
     if cfg.train is not None:
-        train, val = (_load_token_array(f, vocab, key) for f, key in zip(files, ("train", "val")))
+        vocab = vocab_size(cfg, files)
+        pair = [_load_token_array(f, vocab, key) for f, key in zip(files, ("train", "val"))]
+        splits = lambda folder: tuple(stream.copy_into(folder, n, t) for n, t in zip(("train", "val"), pair))
     else:
-        if docs is None:
+        if is_token_array(files):
+            vocab = vocab_size(cfg, files)
             tokens = _load_token_array(files[0], vocab)
         else:
-            tokens, tokenizer = tokenize.TOKENIZERS[cfg.tokenizer](docs, vocab)
-        train, val = split(tokens, cfg.val_fraction) if cfg.split == "pieces" else split_tail(tokens, cfg.val_fraction)
-    meta = _token_meta(cfg.source, train, val, vocab, files=len(files), build_s=round(time.perf_counter() - start, 3))
+            tokens_folder = directory.with_name(directory.name + TOKENIZING)
+            with _writing(directory):
+                tokens, tokenizer, vocab = _tokenized(cfg, files, tokens_folder)
+        splits = lambda folder: split(tokens, cfg.val_fraction, folder, tail=cfg.split == "tail")
+
+    def meta(train: np.ndarray, val: np.ndarray) -> DataMeta:
+        return _token_meta(
+            cfg.source, train, val, vocab, files=len(files), build_s=round(time.perf_counter() - start, 3)
+        )
+
+    with _writing(directory):
+        _write(directory, splits, tokenizer, meta)
+    if tokens_folder is not None:
+        shutil.rmtree(tokens_folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _writing(directory: Path):
+    """A failed write under the cache (a full disk) as one line."""
     try:
-        _write(directory, train, val, tokenizer, meta)
+        yield
     except OSError as e:
         raise AblateError(f"cannot write the data cache under {directory.parent}: {e.strerror or e}") from e
 
 
-def _write(directory: Path, train: np.ndarray, val: np.ndarray, tokenizer, meta: DataMeta) -> None:
+def _documents(cfg: DataConfig, files: list[Path]):
+    return documents.read(files, cfg.text_field, cfg.max_bytes)
+
+
+def _tokenized(cfg: DataConfig, files: list[Path], folder: Path):
+    """The text's tokens in `folder` (resumed from what an interrupted build left there), its
+    tokenizer and the vocabulary: a tokenizer made on a first pass over the documents, or resumed."""
+    from tokenizers import Tokenizer
+
+    saved = folder / "tokenizer.json"
+    if saved.exists():
+        tokenizer = Tokenizer.from_file(str(saved))
+        vocab = cfg.vocab_size or (tokenizer.get_vocab_size() if cfg.tokenizer == "char" else vocab_size(cfg, files))
+    else:
+        vocab = vocab_size(cfg, files)
+        tokenizer = tokenize.TOKENIZERS[cfg.tokenizer](_documents(cfg, files), vocab)
+        folder.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(saved))
+    with _progress() as show:
+        tokens = stream.tokenized(
+            folder, tokenizer, _documents(cfg, files), token_dtype(vocab), tokenize.separator(tokenizer), show
+        )
+    if tokens.size == 0:
+        raise AblateError(f"data.source: no text in {len(files)} file(s): each is empty or binary")
+    return tokens, tokenizer, vocab
+
+
+@contextlib.contextmanager
+def _progress():
+    """A line on a terminal's stderr while text is tokenized: documents and tokens so far."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a log file gets no spinner
+        yield lambda docs, tokens: None
+        return
+    columns = (SpinnerColumn(), TextColumn("tokenizing: {task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("starting")
+        yield lambda docs, tokens: bar.update(task, description=f"{docs:,} documents, {tokens:,} tokens")
+
+
+def _write(directory: Path, splits, tokenizer, meta) -> None:
     """Write the cache entry into a temporary folder, then rename it into place: a build cut
-    off midway leaves no entry, and its folder is removed by a later `prepare`."""
+    off midway leaves no entry, and its folder is removed by a later `prepare`. `splits(folder)`
+    writes train.npy and val.npy there; `meta(train, val)` describes them."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f"{BUILDING}{processes.owner()}-"))
     try:
-        np.save(tmp / "train.npy", train)
-        np.save(tmp / "val.npy", val)
+        train, val = splits(tmp)
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
-        (tmp / "meta.json").write_text(meta.model_dump_json(indent=2))
+        (tmp / "meta.json").write_text(meta(train, val).model_dump_json(indent=2))
+        del train, val  # their memory maps closed before the folder moves
         try:
             os.replace(tmp, directory)
         except OSError:  # another process finished the same build first
             if not (directory / "meta.json").exists():
                 raise
-    except OSError as e:
-        if e.errno is None and (full := full_disk(tmp, train.nbytes + val.nbytes)):  # numpy's short write
-            raise full from e
-        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -252,71 +315,45 @@ def remove_stale_builds(cache_root: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _read_documents(files: list[Path], max_bytes: int | None) -> list[str]:
-    docs, total = [], 0
-    for f in files:
-        raw = f.read_bytes()
-        if b"\0" in raw[:8192] or not raw.strip():
-            continue  # a binary or empty file inside a text directory
-        docs.append(raw.decode("utf-8", errors="replace"))
-        total += len(raw)
-        if max_bytes is not None and total >= max_bytes:
-            break
-    if not docs:
-        raise AblateError(f"data.source: no text in {len(files)} file(s): each is empty or binary")
-    return docs
-
-
-def _load_token_array(path: Path, vocab_size: int, key: str = "source") -> np.ndarray:
+def _load_token_array(path: Path, vocab_size: int, key: str = "source") -> stream.TokenFile:
+    """A token array file, its ids checked a block at a time, read as the vocabulary's dtype."""
     size = path.stat().st_size
     if size == 0:
         raise AblateError(f"data.{key}: {path} is empty")
     if path.suffix == ".bin" and size % 2:
         raise AblateError(f"data.{key}: {path} holds {size:,} bytes, not a whole number of uint16 tokens")
-    try:
-        tokens = np.load(path, mmap_mode="r") if path.suffix == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
-    except (ValueError, EOFError, OSError) as e:
-        raise AblateError(f"data.{key}: {path} is not a readable .npy array: {first_line(e)}") from None
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise AblateError(f"data.{key}: {path} must hold a 1-D integer token array")
-    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
-        raise AblateError(f"data.{key}: {path} holds token ids outside [0, data.vocab_size={vocab_size})")
-    return np.asarray(tokens, dtype=token_dtype(vocab_size))
+    cast = token_dtype(vocab_size)
+    if path.suffix == ".bin":
+        tokens = stream.TokenFile(path, np.uint16, cast=cast)
+    else:
+        try:
+            tokens = stream.TokenFile.npy(path, cast)
+        except (ValueError, EOFError, OSError, SyntaxError) as e:
+            raise AblateError(f"data.{key}: {path} is not a readable .npy array: {first_line(e)}") from None
+        if tokens.npy_layout != (1, False) or not np.issubdtype(tokens.stored, np.integer):
+            raise AblateError(f"data.{key}: {path} must hold a 1-D integer token array")
+    for block in (stream.TokenFile(path, tokens.stored, tokens.offset, tokens.size)).blocks():
+        if block.size and (int(block.min()) < 0 or int(block.max()) >= vocab_size):
+            raise AblateError(f"data.{key}: {path} holds token ids outside [0, data.vocab_size={vocab_size})")
+    return tokens
 
 
-def split(tokens: np.ndarray, val_fraction: float, max_piece: int = 16384, min_pieces: int = 20):
-    """Deterministic train/val split by whole pieces of the stream, picked with a fixed seed."""
-    piece = max(1, min(max_piece, tokens.size // min_pieces))
+def split(tokens: stream.TokenFile, val_fraction: float, folder: Path, tail: bool = False, max_piece: int = 16384):
+    """train.npy and val.npy in `folder`: whole pieces of the stream, the val ones picked with a
+    fixed seed, or (`tail`) the stream's last val_fraction as val (nanoGPT's split:
+    data[:int(n·0.9)], data[int(n·0.9):])."""
+    if tail:
+        cut = int(tokens.size * (1 - val_fraction))
+        if cut < 2 or tokens.size - cut < 2:
+            raise AblateError(f"data.source: the corpus has only {tokens.size} tokens, too few to split")
+        return stream.copy_into(folder, "train", tokens, 0, cut), stream.copy_into(folder, "val", tokens, cut)
+    piece = max(1, min(max_piece, tokens.size // 20))
     n_pieces = tokens.size // piece
     if n_pieces < 2:
         raise AblateError(f"data.source: the corpus has only {tokens.size} tokens, too few to split")
-    n_val = max(1, round(val_fraction * n_pieces))
     is_val = np.zeros(n_pieces, dtype=bool)
-    is_val[np.random.default_rng(0).choice(n_pieces, size=n_val, replace=False)] = True
-    pieces = tokens[: n_pieces * piece].reshape(n_pieces, piece)
-    return pieces[~is_val].reshape(-1), pieces[is_val].reshape(-1)
-
-
-def split_tail(tokens: np.ndarray, val_fraction: float):
-    """The last val_fraction of the stream is val (nanoGPT's split: data[:int(n·0.9)], data[int(n·0.9):])."""
-    cut = int(tokens.size * (1 - val_fraction))
-    if cut < 2 or tokens.size - cut < 2:
-        raise AblateError(f"data.source: the corpus has only {tokens.size} tokens, too few to split")
-    return tokens[:cut], tokens[cut:]
-
-
-def fingerprint(train: np.ndarray, val: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for part in (train, val):
-        h.update(np.ascontiguousarray(part).tobytes())
-    return h.hexdigest()[:16]
-
-
-def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
-    """Entropy of the token frequencies in nats: the loss of a model that ignores context."""
-    counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
+    is_val[np.random.default_rng(0).choice(n_pieces, size=max(1, round(val_fraction * n_pieces)), replace=False)] = True
+    return stream.split_into(folder, tokens, is_val, piece)
 
 
 class Batches:

@@ -1,20 +1,27 @@
-"""Text → token ids with HF `tokenizers`: a byte-level BPE trained to the vocabulary (`bpe`), one
-token per character (`char`) or per UTF-8 byte (`byte`). Each returns the token stream and the
-tokenizer, which is saved beside the cache entry and, later, each trained model."""
+"""The tokenizers ablate makes with HF `tokenizers`: a byte-level BPE trained to the vocabulary
+(`bpe`), one token per character (`char`) or per UTF-8 byte (`byte`). Each is made from one pass
+over the documents; the tokenizer is saved beside the cache entry and, later, each trained model.
+Documents are joined by the end-of-text token where the vocabulary has one (`separator`)."""
+
+from collections.abc import Iterable
 
 import numpy as np
 
 from ablate.errors import AblateError
 
 EOT = "<|endoftext|>"
-TEXT_BATCH = 256  # documents tokenized per call, to bound memory
 
 
 def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
-def bpe(docs: list[str], vocab_size: int):
+def separator(tokenizer) -> int | None:
+    """The token that ends each document: <|endoftext|> where the vocabulary has it."""
+    return tokenizer.token_to_id(EOT)
+
+
+def bpe(docs: Iterable[str], vocab_size: int):
     """A byte-level BPE trained on the documents, which are joined by <|endoftext|>."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -28,14 +35,14 @@ def bpe(docs: list[str], vocab_size: int):
         show_progress=False,
     )
     tokenizer.train_from_iterator(docs, trainer)
-    return _encode(tokenizer, docs, vocab_size, separator=tokenizer.token_to_id(EOT)), tokenizer
+    return tokenizer
 
 
-def characters(docs: list[str]) -> list[str]:
+def characters(docs: Iterable[str]) -> list[str]:
     return sorted(set().union(*map(set, docs)))
 
 
-def char(docs: list[str], vocab_size: int):
+def char(docs: Iterable[str], vocab_size: int):
     """One token per character: id i is the i-th of the text's sorted distinct characters (as
     nanoGPT's shakespeare_char encodes); documents follow each other without a separator."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -46,17 +53,17 @@ def char(docs: list[str], vocab_size: int):
     tokenizer = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
-    return _encode(tokenizer, docs, vocab_size), tokenizer
+    return tokenizer
 
 
-def byte(docs: list[str], vocab_size: int):
+def byte(docs: Iterable[str], vocab_size: int):
     """One token per UTF-8 byte, its value the token id; documents follow each other."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     tokenizer = Tokenizer(models.BPE({char: b for b, char in enumerate(_byte_alphabet())}, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
-    return _encode(tokenizer, docs, vocab_size), tokenizer
+    return tokenizer
 
 
 def _byte_alphabet() -> list[str]:
@@ -65,17 +72,6 @@ def _byte_alphabet() -> list[str]:
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = iter(range(256, 512))
     return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
-
-
-def _encode(tokenizer, docs: list[str], vocab_size: int, separator: int | None = None) -> np.ndarray:
-    dtype = token_dtype(vocab_size)
-    parts = []
-    for i in range(0, len(docs), TEXT_BATCH):
-        for enc in tokenizer.encode_batch(docs[i : i + TEXT_BATCH]):
-            parts.append(np.asarray(enc.ids, dtype=dtype))
-            if separator is not None:
-                parts.append(np.asarray([separator], dtype=dtype))
-    return np.concatenate(parts)
 
 
 TOKENIZERS = {"bpe": bpe, "char": char, "byte": byte}

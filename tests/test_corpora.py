@@ -1,0 +1,169 @@
+"""The forms corpora come in: the same documents as text files, JSON lines, parquet and a saved
+Hugging Face dataset give the same tokens; bad tables are one line; a tokenization cut off
+midway resumes; and tokenizing a corpus larger than the stated bound stays under it."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ablate.config import DataConfig
+from ablate.data import stream
+from ablate.data.corpus import prepare
+from ablate.errors import AblateError
+from tests.conftest import clean_env
+
+DOCS = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * (1 + i % 5) for i in range(400)]
+
+
+def _texts(folder):
+    folder.mkdir()
+    for i, doc in enumerate(DOCS):
+        (folder / f"{i:04d}.py").write_text(doc)
+    return folder
+
+
+def _jsonl(folder, field="text"):
+    folder.mkdir()
+    for part in range(2):
+        rows = DOCS[part * 200 : (part + 1) * 200]
+        (folder / f"part-{part}.jsonl").write_text(
+            "".join(json.dumps({field: d, "id": i}) + "\n" for i, d in enumerate(rows))
+        )
+    return folder / "*.jsonl"
+
+
+def _parquet(folder, field="text"):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    pq.write_table(pa.table({field: DOCS, "n": list(range(len(DOCS)))}), folder / "docs.parquet", row_group_size=64)
+    return folder / "docs.parquet"
+
+
+def _dataset(folder):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(folder), max_shard_size="20KB")
+    return folder
+
+
+@pytest.mark.parametrize("form", [_jsonl, _parquet, _dataset])
+def test_every_form_gives_the_tokens_the_same_text_files_give(tmp_path, form):
+    def tokens(source):
+        return prepare(DataConfig(source=str(source), vocab_size=300), tmp_path / "cache").meta.fingerprint
+
+    assert tokens(form(tmp_path / "table")) == tokens(_texts(tmp_path / "files"))
+
+
+def test_the_text_field_names_the_column(tmp_path):
+    source = _parquet(tmp_path / "p", field="story")
+    corpus = prepare(DataConfig(source=str(source), vocab_size=300, text_field="story"), tmp_path / "cache")
+    assert corpus.meta.n_train_tokens > 0
+
+
+def _bad_row(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "a"}\n\n{"body": "b"}\n')
+    return path
+
+
+def _bad_column(tmp_path):
+    return _parquet(tmp_path / "p", field="body")
+
+
+def _not_parquet(tmp_path):
+    path = tmp_path / "docs.parquet"
+    path.write_text("not parquet")
+    return path
+
+
+def _not_text(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": 3}\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    "bad, said",
+    [
+        (_bad_row, "docs.jsonl:3: the row has no 'text' field (data.text_field)"),
+        (_bad_column, "docs.parquet has no column 'text' (data.text_field); its columns: ['body', 'n']"),
+        (_not_parquet, "docs.parquet is not a readable parquet file"),
+        (_not_text, "docs.jsonl: row 1's 'text' is int, not text"),
+        (lambda tmp_path: tmp_path / "*.parquet", "matches no files"),
+    ],
+)
+def test_a_bad_table_is_one_line_naming_it(tmp_path, bad, said):
+    with pytest.raises(AblateError) as caught:
+        prepare(DataConfig(source=str(bad(tmp_path)), vocab_size=300), tmp_path / "cache")
+    assert said in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_tokenization_cut_off_midway_resumes_after_its_last_whole_chunk(tmp_path, monkeypatch):
+    source, config = _texts(tmp_path / "files"), None
+    config = DataConfig(source=str(source), tokenizer="byte")
+    whole = prepare(config, tmp_path / "whole").meta.fingerprint
+    monkeypatch.setattr(stream, "CHUNK_CHARS", 2000)
+    encoded = []
+    real = stream._write_chunk
+
+    def cut_after_three(out, tokenizer, batch, *rest):
+        if len(encoded) == 3:
+            raise KeyboardInterrupt
+        encoded.append(len(batch))
+        real(out, tokenizer, batch, *rest)
+
+    monkeypatch.setattr(stream, "_write_chunk", cut_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(config, tmp_path / "cache")
+    (partial,) = (tmp_path / "cache").glob("*.tokens")
+    assert json.loads((partial / "progress.json").read_text())["docs"] == sum(encoded)
+    monkeypatch.setattr(stream, "_write_chunk", real)
+    seen = []
+    monkeypatch.setattr(
+        stream, "_write_chunk", lambda out, tok, batch, *rest: seen.append(batch) or real(out, tok, batch, *rest)
+    )
+    assert prepare(config, tmp_path / "cache").meta.fingerprint == whole
+    assert seen[0][0] == DOCS[sum(encoded)]  # it went on where it stopped
+    assert not list((tmp_path / "cache").glob("*.tokens"))  # and cleaned up after itself
+
+
+BOUND_MB = 200  # docs/data.md states it
+MEASURE = textwrap.dedent(
+    """\
+    import resource, sys
+    from pathlib import Path
+    from ablate.config import DataConfig
+    from ablate.data.corpus import prepare
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    corpus = prepare(DataConfig(source=sys.argv[1], tokenizer="byte"), Path(sys.argv[2]))
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    print(corpus.meta.n_train_tokens + corpus.meta.n_val_tokens, grown // 1024)
+    """
+)
+
+
+@pytest.mark.slow
+def test_tokenizing_a_corpus_larger_than_the_bound_stays_under_it(tmp_path):
+    """300 MB of JSON lines (600 MB of tokens): the process grows by less than BOUND_MB."""
+    line = json.dumps({"text": "x = [i * i for i in range(10)]  # squares\n" * 40}) + "\n"
+    repeats = 300 * 2**20 // len(line)
+    with (tmp_path / "big.jsonl").open("w") as f:
+        for _ in range(repeats // 1000):
+            f.write(line * 1000)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(tmp_path / "big.jsonl"), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=clean_env(),
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tokens, grown_mb = map(int, proc.stdout.split())
+    assert tokens * 2 > 2 * BOUND_MB * 2**20  # the tokens alone are twice the bound and more
+    assert grown_mb < BOUND_MB, f"peak memory grew by {grown_mb} MB"
