@@ -208,7 +208,12 @@ class DataConfig(BaseModel):
     )
     train: str | None = Field(None, min_length=1, description="a train token array, with `val` (nanoGPT's train.bin)")
     val: str | None = Field(None, min_length=1, description="the val token array that goes with `train`")
-    tokenizer: Literal["bpe", "char", "byte"] = Field("bpe", description="how text becomes tokens")
+    tokenizer: str = Field(
+        "bpe",
+        min_length=1,
+        description="how text becomes tokens: bpe, char, byte, or a tokenizer.json of your own (or a "
+        "transformers tokenizer folder holding one)",
+    )
     text_field: str = Field("text", min_length=1, description="the text's column in jsonl, parquet and datasets")
     split: Literal["pieces", "tail"] = Field("pieces", description="val: random whole pieces, or the stream's tail")
     vocab_size: int | None = Field(
@@ -227,7 +232,7 @@ class DataConfig(BaseModel):
             raise ValueError(f"a BPE needs vocab_size > 256 (its 256 bytes and <|endoftext|>), got {self.vocab_size}")
         if self.tokenizer == "byte" and self.vocab_size is not None and self.vocab_size < 256:
             raise ValueError(f"the byte tokenizer needs vocab_size ≥ 256, got {self.vocab_size}")
-        if self.tokenizer != "bpe" and not self.is_text:
+        if self.tokenizer in ("char", "byte") and not self.is_text:
             raise ValueError(f"tokenizer {self.tokenizer!r} applies to text; token arrays are used as they are")
         return self
 

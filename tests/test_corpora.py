@@ -3,10 +3,12 @@ Hugging Face dataset give the same tokens; bad tables are one line; a tokenizati
 midway resumes; and tokenizing a corpus larger than the stated bound stays under it."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from ablate.config import DataConfig
@@ -167,3 +169,128 @@ def test_tokenizing_a_corpus_larger_than_the_bound_stays_under_it(tmp_path):
     tokens, grown_mb = map(int, proc.stdout.split())
     assert tokens * 2 > 2 * BOUND_MB * 2**20  # the tokens alone are twice the bound and more
     assert grown_mb < BOUND_MB, f"peak memory grew by {grown_mb} MB"
+
+
+def _shard(path, tokens, version=1, count=None):
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = 20240520, version, len(tokens) if count is None else count
+    path.write_bytes(header.tobytes() + np.asarray(tokens, dtype="<u2").tobytes())
+
+
+def test_llmc_shards_are_read_in_order_past_their_headers_with_val_from_the_val_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = {name: rng.integers(0, 300, 5000) for name in ("fw_train_000001", "fw_train_000002", "fw_val_000000")}
+    for name, tokens in parts.items():
+        _shard(tmp_path / f"{name}.bin", tokens)
+    corpus = prepare(DataConfig(source=str(tmp_path / "fw_*.bin"), vocab_size=300), tmp_path / "cache")
+    assert np.array_equal(corpus.train, np.concatenate([parts["fw_train_000001"], parts["fw_train_000002"]]))
+    assert np.array_equal(corpus.val, parts["fw_val_000000"])
+    one = prepare(DataConfig(source=str(tmp_path / "fw_train_000001.bin"), vocab_size=300), tmp_path / "cache")
+    assert np.array_equal(one.val, parts["fw_train_000001"][-250:])  # no val shard: val from the tail
+
+
+@pytest.mark.parametrize(
+    "shard, said",
+    [
+        (lambda p: _shard(p, range(100), count=200), "holds 100 tokens; its llm.c header says 200 (truncated?)"),
+        (lambda p: _shard(p, range(100), version=7), "is an llm.c shard of version 7; ablate reads version 1"),
+        (lambda p: _shard(p, [299, 300]), "holds token ids outside [0, data.vocab_size=300)"),
+    ],
+)
+def test_a_bad_llmc_shard_is_one_line(tmp_path, shard, said):
+    shard(tmp_path / "s.bin")
+    with pytest.raises(AblateError, match=re.escape(said)):
+        prepare(DataConfig(source=str(tmp_path / "s.bin"), vocab_size=300), tmp_path / "cache")
+
+
+def _own_tokenizer(folder):
+    """A tokenizer of the researcher's own, as transformers saves one (a folder with tokenizer.json)."""
+    from ablate.data import tokenize
+
+    folder.mkdir()
+    tokenize.bpe(DOCS, 280).save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_a_tokenizer_of_your_own_tokenizes_the_text_and_gives_the_vocabulary(tmp_path):
+    from tokenizers import Tokenizer
+
+    own = _own_tokenizer(tmp_path / "tok")
+    source = _jsonl(tmp_path / "docs")
+    corpus = prepare(DataConfig(source=str(source), tokenizer=str(own)), tmp_path / "cache")
+    mine = Tokenizer.from_file(str(own / "tokenizer.json"))
+    assert corpus.vocab_size == mine.get_vocab_size() == 280
+    assert Tokenizer.from_file(str(corpus.tokenizer_path)).to_str() == mine.to_str()
+    ids = mine.encode(DOCS[0]).ids
+    stream_ids = np.concatenate([corpus.train, corpus.val]).tolist()
+    assert any(stream_ids[i : i + len(ids)] == ids for i in range(2000))
+    with pytest.raises(AblateError, match=r"data.vocab_size: 100 is smaller than the tokenizer's vocabulary \(280\)"):
+        prepare(DataConfig(source=str(source), tokenizer=str(own), vocab_size=100), tmp_path / "cache")
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(AblateError, match="junk.json is not a tokenizer.json"):
+        prepare(DataConfig(source=str(source), tokenizer=str(tmp_path / "junk.json")), tmp_path / "cache")
+
+
+FORMS = {
+    "llm.c shards": lambda tmp_path: _shards_of(tmp_path / "shards"),
+    "parquet": lambda tmp_path: _parquet(tmp_path / "p"),
+    "jsonl glob": lambda tmp_path: _jsonl(tmp_path / "j"),
+    "saved dataset": lambda tmp_path: _dataset(tmp_path / "d"),
+}
+
+
+def _shards_of(folder):
+    """The documents tokenized by the researcher's tokenizer into llm.c shards, as llm.c's own
+    data scripts write them (a val shard first)."""
+    from tokenizers import Tokenizer
+
+    folder.mkdir()
+    mine = Tokenizer.from_file(str(folder.parent / "tok" / "tokenizer.json"))
+    eot = mine.token_to_id("<|endoftext|>")
+    tokens = [t for doc in DOCS for t in [eot, *mine.encode(doc).ids]]
+    _shard(folder / "docs_val_000000.bin", tokens[:3000])
+    _shard(folder / "docs_train_000001.bin", tokens[3000:9000])
+    _shard(folder / "docs_train_000002.bin", tokens[9000:])
+    return folder / "*.bin"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", FORMS)
+def test_each_form_trains_a_study_end_to_end_with_its_own_tokenizer(tmp_path, form, capsys, own_store):
+    from ablate.cli import main
+    from tests.conftest import write_study
+    from tests.test_end_to_end import store_of, trial_runs
+
+    own = _own_tokenizer(tmp_path / "tok")
+    source = FORMS[form](tmp_path)
+    study = write_study(
+        tmp_path,
+        f"""\
+        name: forms
+        data: {{source: "{source}", tokenizer: "{own}"}}
+        model: {{mixer: gla, context: 32, d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, ffn_dim: 64}}
+        train: {{steps: 20, batch_size: 8, warmup: 2, eval_every: 10, eval_batches: 2}}
+        variants: [{{name: gla}}]
+        """,
+    )
+    assert main(["run", str(study), "--results", str(tmp_path / "results")]) == 0
+    runs = trial_runs(store_of(tmp_path / "results"), "forms")
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
+    assert runs.iloc[0]["params.model.vocab_size"] == "280"
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "sample",
+                runs.iloc[0]["run_id"],
+                "--prompt",
+                "def ",
+                "--tokens",
+                "5",
+                "--results",
+                str(tmp_path / "results"),
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("def ")  # the run decodes with the researcher's tokenizer

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ablate.config import DataConfig
-from ablate.data.corpus import Batches, prepare, split, val_batches
+from ablate.data.build import split
+from ablate.data.corpus import Batches, prepare, val_batches
 from ablate.errors import AblateError
 
 
@@ -169,7 +170,7 @@ def test_builds_cut_off_by_a_dead_process_are_removed_by_the_next_prepare(tmp_pa
     import subprocess
     import time
 
-    from ablate.data.corpus import BUILDING
+    from ablate.data.build import BUILDING
 
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -74,8 +74,13 @@ def _jsonl(path: Path, field: str) -> Iterator[str]:
 
 def _table(path: Path, field: str) -> Iterator[str]:
     """A parquet file, or an Arrow stream (a saved dataset's shard), a batch of rows at a time."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise AblateError(
+            'data.source: parquet files and saved datasets need pyarrow: pip install "ablate[data]"'
+        ) from None
 
     try:
         if path.suffix == ".parquet":

@@ -53,6 +53,29 @@ class TokenFile:
             yield self[start : start + BLOCK]
 
 
+class Concatenated:
+    """Token files read as one stream, in the order given (llm.c's shards)."""
+
+    def __init__(self, parts: list[TokenFile]):
+        self.parts, self.dtype = parts, parts[0].dtype
+        self.starts = np.cumsum([0] + [p.size for p in parts])
+        self.size = int(self.starts[-1])
+        self.nbytes = self.size * self.dtype.itemsize
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        start, stop, _ = part.indices(self.size)
+        pieces = [
+            p[max(start - at, 0) : stop - at]
+            for p, at in zip(self.parts, self.starts[:-1].tolist())
+            if at < stop and at + p.size > start
+        ]
+        return np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
+
+    def blocks(self):
+        for start in range(0, self.size, BLOCK):
+            yield self[start : start + BLOCK]
+
+
 def tokenized(
     folder: Path,
     tokenizer,

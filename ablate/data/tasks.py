@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from ablate.config import TaskConfig
-from ablate.data.corpus import unigram_entropy
 from ablate.data.meta import DataMeta
+from ablate.data.stream import unigram_entropy
 from ablate.errors import AblateError, did_you_mean
 from ablate.nn.loss import IGNORE_INDEX as IGNORE
 

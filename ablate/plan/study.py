@@ -21,8 +21,8 @@ from ablate.config import (
     sized_name,
 )
 from ablate.data import tasks
-from ablate.data.corpus import source_files
-from ablate.data.corpus import vocab_size as data_vocab_size
+from ablate.data.sources import source_files
+from ablate.data.sources import vocab_size as data_vocab_size
 from ablate.errors import AblateError
 from ablate.model import LanguageModel, build_model
 from ablate.plan.budget import solve
@@ -157,7 +157,7 @@ def load(
             raise AblateError(f"{lines.at(where)}: {'.'.join(where)}: {e}") from None
     else:
         try:
-            vocab = data_vocab_size(config.data, source_files(config.data, base_dir))
+            vocab = data_vocab_size(config.data, source_files(config.data, base_dir), base_dir)
         except AblateError as e:
             key = str(e).split(":")[0].removeprefix("data.")  # errors name their key: data.source, data.val, ...
             raise AblateError(f"{lines.at(('data', key))}: {e}") from None
