@@ -211,8 +211,8 @@ class DataConfig(BaseModel):
     tokenizer: str = Field(
         "bpe",
         min_length=1,
-        description="how text becomes tokens: bpe, char, byte, or a tokenizer.json of your own (or a "
-        "transformers tokenizer folder holding one)",
+        description="how text becomes tokens: bpe, char, byte, gpt2 (through tiktoken), or a tokenizer.json "
+        "of your own (or a transformers tokenizer folder holding one)",
     )
     text_field: str = Field("text", min_length=1, description="the text's column in jsonl, parquet and datasets")
     split: Literal["pieces", "tail"] = Field("pieces", description="val: random whole pieces, or the stream's tail")

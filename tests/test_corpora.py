@@ -103,6 +103,7 @@ def test_a_bad_table_is_one_line_naming_it(tmp_path, bad, said):
     with pytest.raises(AblateError) as caught:
         prepare(DataConfig(source=str(bad(tmp_path)), vocab_size=300), tmp_path / "cache")
     assert said in str(caught.value) and "\n" not in str(caught.value)
+    assert not list((tmp_path / "cache").glob("*"))  # nothing half-written
 
 
 def test_a_tokenization_cut_off_midway_resumes_after_its_last_whole_chunk(tmp_path, monkeypatch):
@@ -294,3 +295,64 @@ def test_each_form_trains_a_study_end_to_end_with_its_own_tokenizer(tmp_path, fo
         == 0
     )
     assert capsys.readouterr().out.startswith("def ")  # the run decodes with the researcher's tokenizer
+
+
+R50K_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # GPT-2's, as tiktoken has it
+)
+
+
+def _tiktoken_like_gpt2():
+    """A tiktoken encoding built as GPT-2's is (bytes first, then merges in rank order, GPT-2's
+    pattern, <|endoftext|> last), from merges learned on DOCS: GPT-2's own table is a download."""
+    import tiktoken
+
+    from ablate.data import tokenize
+
+    learned = json.loads(tokenize.bpe(DOCS, 400).to_str())["model"]["merges"]
+    back = {c: b for b, c in enumerate(tokenize._byte_alphabet())}
+    as_bytes = lambda text: bytes(back[c] for c in text)
+    ranks = {bytes([b]): b for b in range(256)}
+    for merge in learned:
+        a, b = merge if isinstance(merge, list) else merge.split(" ")
+        ranks.setdefault(as_bytes(a) + as_bytes(b), len(ranks))
+    return tiktoken.Encoding(
+        "gpt2-like", pat_str=R50K_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)}
+    )
+
+
+def test_a_tiktoken_bpe_becomes_a_tokenizer_giving_the_same_ids():
+    from ablate.data import tokenize
+
+    encoding = _tiktoken_like_gpt2()
+    converted = tokenize.from_tiktoken(encoding)
+    texts = [*DOCS[:50], "Hello, world! It's 2026 — déjà vu?\n\n  indented\tlines", "<|endoftext|>"]
+    for text in texts:
+        assert converted.encode(text).ids == encoding.encode(text, allowed_special="all"), text
+        assert converted.decode(encoding.encode(text, allowed_special="all"), skip_special_tokens=False) == text
+
+
+def test_gpt2_through_tiktoken_tokenizes_the_corpus_and_offline_it_is_one_line(tmp_path, monkeypatch):
+    import tiktoken
+
+    from ablate.data import tokenize
+
+    encoding = _tiktoken_like_gpt2()
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: encoding)
+    tokenize.gpt2.cache_clear()
+    corpus = prepare(DataConfig(source=str(_jsonl(tmp_path / "j")), tokenizer="gpt2"), tmp_path / "cache")
+    assert corpus.vocab_size == encoding.n_vocab
+    stream_ids = np.concatenate([corpus.train, corpus.val]).tolist()
+    first = encoding.encode(DOCS[0])
+    assert any(stream_ids[i : i + len(first)] == first for i in range(2000))
+
+    def offline(name):
+        raise ConnectionError("Max retries exceeded with url: /gpt-2/encodings/main/vocab.bpe")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    tokenize.gpt2.cache_clear()
+    with pytest.raises(
+        AblateError, match=r"^data.tokenizer: gpt2: tiktoken cannot load GPT-2's table \(ConnectionError\)"
+    ):
+        prepare(DataConfig(source=str(tmp_path / "j" / "*.jsonl"), tokenizer="gpt2", vocab_size=60000), tmp_path / "c2")
+    tokenize.gpt2.cache_clear()

@@ -23,7 +23,6 @@ from ablate.data.sources import (
     llmc_header,
     load_token_array,
     own_tokenizer,
-    tokenizer_file,
     vocab_size,
 )
 from ablate.data.stream import fingerprint, unigram_entropy
@@ -58,8 +57,7 @@ def build(cfg: DataConfig, files: list[Path], directory: Path, base_dir: Path) -
     train.npy and val.npy, the tokenizer and meta.json, written a block at a time. A tokenizer of
     the researcher's own tokenizes the text, or is kept to decode the token arrays."""
     start, tokens_folder = time.perf_counter(), None
-    own = tokenizer_file(cfg, base_dir)
-    tokenizer = own_tokenizer(own) if own is not None else None
+    tokenizer = own_tokenizer(cfg, base_dir)
     tail = cfg.split == "tail"
     if cfg.train is not None or is_token_array(files):
         vocab = vocab_size(cfg, files, base_dir)
@@ -129,12 +127,16 @@ def _tokenized(cfg: DataConfig, files: list[Path], folder: Path, own, base_dir: 
         tokenizer = tokenize.TOKENIZERS[cfg.tokenizer](documents_of(cfg, files), vocab)
         folder.mkdir(parents=True, exist_ok=True)
         tokenizer.save(str(saved))
-    with _progress() as show:
-        tokens = stream.tokenized(
-            folder, tokenizer, documents_of(cfg, files), token_dtype(vocab), tokenize.separator(tokenizer), show
-        )
-    if tokens.size == 0:
-        raise AblateError(f"data.source: no text in {len(files)} file(s): each is empty or binary")
+    try:
+        with _progress() as show:
+            tokens = stream.tokenized(
+                folder, tokenizer, documents_of(cfg, files), token_dtype(vocab), tokenize.separator(tokenizer), show
+            )
+        if tokens.size == 0:
+            raise AblateError(f"data.source: no text in {len(files)} file(s): each is empty or binary")
+    except AblateError:
+        shutil.rmtree(folder, ignore_errors=True)  # bad input, not a cut: nothing is kept to resume
+        raise
     return tokens, tokenizer, vocab
 
 

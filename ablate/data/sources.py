@@ -79,8 +79,8 @@ def _one_file(path: Path, key: str) -> Path:
 
 def tokenizer_file(cfg: DataConfig, base_dir: Path) -> Path | None:
     """A tokenizer of the researcher's own: `data.tokenizer` a tokenizer.json, or a transformers
-    tokenizer folder holding one; None for the tokenizers ablate makes."""
-    if cfg.tokenizer in tokenize.TOKENIZERS:
+    tokenizer folder holding one; None for the tokenizers ablate makes, and for gpt2."""
+    if cfg.tokenizer in tokenize.TOKENIZERS or cfg.tokenizer == tokenize.GPT2:
         return None
     path = _inside(cfg.tokenizer, base_dir, "tokenizer")
     path = path / "tokenizer.json" if path.is_dir() else path
@@ -89,7 +89,15 @@ def tokenizer_file(cfg: DataConfig, base_dir: Path) -> Path | None:
     return path
 
 
-def own_tokenizer(path: Path):
+def own_tokenizer(cfg: DataConfig, base_dir: Path):
+    """The tokenizer `data.tokenizer` names that ablate does not make (a file, or gpt2), else None."""
+    if cfg.tokenizer == tokenize.GPT2:
+        return tokenize.gpt2()
+    path = tokenizer_file(cfg, base_dir)
+    return None if path is None else _tokenizer_from(path)
+
+
+def _tokenizer_from(path: Path):
     from tokenizers import Tokenizer
 
     try:
@@ -101,8 +109,8 @@ def own_tokenizer(path: Path):
 def vocab_size(cfg: DataConfig, files: list[Path], base_dir: Path = Path(".")) -> int:
     """The model's vocabulary: as given, else a tokenizer of your own's, 8192 (BPE, token arrays),
     256 (bytes) or the number of distinct characters of the text (char)."""
-    if (own := tokenizer_file(cfg, base_dir)) is not None:
-        held = own_tokenizer(own).get_vocab_size()
+    if (own := own_tokenizer(cfg, base_dir)) is not None:
+        held = own.get_vocab_size()
         if cfg.vocab_size is not None and cfg.vocab_size < held:
             raise AblateError(f"data.vocab_size: {cfg.vocab_size} is smaller than the tokenizer's vocabulary ({held})")
         return cfg.vocab_size or held

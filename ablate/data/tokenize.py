@@ -3,6 +3,8 @@
 over the documents; the tokenizer is saved beside the cache entry and, later, each trained model.
 Documents are joined by the end-of-text token where the vocabulary has one (`separator`)."""
 
+import functools
+import itertools
 from collections.abc import Iterable
 
 import numpy as np
@@ -10,6 +12,7 @@ import numpy as np
 from ablate.errors import AblateError
 
 EOT = "<|endoftext|>"
+GPT2 = "gpt2"  # data.tokenizer: GPT-2's BPE, through tiktoken
 
 
 def token_dtype(vocab_size: int):
@@ -72,6 +75,59 @@ def _byte_alphabet() -> list[str]:
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = iter(range(256, 512))
     return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
+
+
+@functools.cache  # converting its 50,000 merges takes a moment, and the plan and the build both ask
+def gpt2():
+    """GPT-2's tokenizer (50,257 tokens): tiktoken's table, fetched on its first use and cached
+    where TIKTOKEN_CACHE_DIR says, as a `tokenizers` BPE."""
+    try:
+        import tiktoken
+    except ImportError:
+        raise AblateError('data.tokenizer: gpt2 needs tiktoken: pip install "ablate[data]"') from None
+    try:
+        encoding = tiktoken.get_encoding(GPT2)
+    except Exception as e:  # noqa: BLE001 - a failed download surfaces as whatever requests raised
+        raise AblateError(
+            f"data.tokenizer: gpt2: tiktoken cannot load GPT-2's table ({type(e).__name__}); offline, point "
+            "TIKTOKEN_CACHE_DIR at a folder where it was cached (docs/data.md), or give a tokenizer.json"
+        ) from None
+    return from_tiktoken(encoding)
+
+
+def from_tiktoken(encoding):
+    """A tiktoken byte-level BPE (GPT-2's pattern) as a `tokenizers` BPE giving the same ids: each
+    token's bytes written as the byte-level pre-tokenizer writes them, and the merge that made
+    each token recovered from the ranks, lowest first, as BPE made them."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    ranks = encoding._mergeable_ranks
+    alphabet = _byte_alphabet()
+    written = lambda token: "".join(alphabet[b] for b in token)
+    merges = [
+        tuple(written(part) for part in _last_merge(token, ranks))
+        for token, _ in sorted(ranks.items(), key=lambda item: item[1])
+        if len(token) > 1
+    ]
+    tokenizer = Tokenizer(models.BPE({written(t): r for t, r in ranks.items()}, merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    for text, _ in sorted(encoding._special_tokens.items(), key=lambda item: item[1]):
+        tokenizer.add_special_tokens([AddedToken(text, special=True)])
+    return tokenizer
+
+
+def _last_merge(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """The two parts BPE joined into `token`: its bytes merged pair by pair, lowest rank first,
+    with the ranks below the token's own, until two parts are left."""
+    parts, limit = [bytes([b]) for b in token], ranks[token]
+    while len(parts) > 2:
+        pairs = [(ranks.get(a + b, limit), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
+        rank, i = min(pairs)
+        if rank >= limit:
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts[0], b"".join(parts[1:])
 
 
 TOKENIZERS = {"bpe": bpe, "char": char, "byte": byte}
