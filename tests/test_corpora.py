@@ -356,3 +356,24 @@ def test_gpt2_through_tiktoken_tokenizes_the_corpus_and_offline_it_is_one_line(t
     ):
         prepare(DataConfig(source=str(tmp_path / "j" / "*.jsonl"), tokenizer="gpt2", vocab_size=60000), tmp_path / "c2")
     tokenize.gpt2.cache_clear()
+
+
+def test_a_vocabulary_past_uint16_is_stored_as_uint32(tmp_path):
+    """A tokenizer of 70,000 words: ids past 65,535 would wrap in uint16 files."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {f"w{i}": i for i in range(70_000)}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "words.json"))
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(
+            json.dumps({"text": " ".join(f"w{(i * 7919) % 70_000}" for i in range(j, j + 50))}) + "\n"
+            for j in range(0, 20_000, 50)
+        )
+    )
+    corpus = prepare(
+        DataConfig(source=str(tmp_path / "docs.jsonl"), tokenizer=str(tmp_path / "words.json")), tmp_path / "c"
+    )
+    assert corpus.vocab_size == 70_000 and corpus.train.dtype == np.uint32
+    assert int(np.concatenate([corpus.train, corpus.val]).max()) > 65_535

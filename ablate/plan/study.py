@@ -31,6 +31,16 @@ from ablate.plan.flops import flops_per_token
 from ablate.plan.resources import DoesNotFit, check_fits
 from ablate.plan.search import SearchConfig, check_space
 
+LATER_DATA_KEYS = ("text_field",)  # data settings added after studies ran: keyed only away from their default
+
+
+def _keyed_data(data: DataConfig | TaskConfig) -> dict[str, Any]:
+    """The data's settings as a trial's key hashes them: a setting added later counts only away
+    from its default, so that an upgrade does not retrain what a study finished."""
+    dumped = data.model_dump()
+    fields = type(data).model_fields
+    return {k: v for k, v in dumped.items() if not (k in LATER_DATA_KEYS and v == fields[k].default)}
+
 
 @dataclass
 class Trial:
@@ -48,7 +58,7 @@ class Trial:
 
     def key(self, data: DataConfig | TaskConfig) -> str:
         """Identifies the trial's whole configuration: a rerun skips trials already finished."""
-        spec = {"data": data.model_dump(), "variant": self.variant, "seed": self.seed, "model": self._keyed_model()}
+        spec = {"data": _keyed_data(data), "variant": self.variant, "seed": self.seed, "model": self._keyed_model()}
         spec["train"] = self.train.model_dump(mode="json")
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
