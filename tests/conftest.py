@@ -1,6 +1,7 @@
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -55,6 +56,18 @@ def run_ablate(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """The installed `ablate` command, run to its end, its output captured."""
     return subprocess.run(
         ["ablate", *args], check=False, capture_output=True, text=True, timeout=timeout, env=clean_env()
+    )
+
+
+def run_python(script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """A fresh Python process running `script`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=timeout,
     )
 
 

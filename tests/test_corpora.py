@@ -4,8 +4,6 @@ midway resumes; and tokenizing a corpus larger than the stated bound stays under
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -15,7 +13,7 @@ from ablate.config import DataConfig
 from ablate.data import stream
 from ablate.data.corpus import prepare
 from ablate.errors import AblateError
-from tests.conftest import clean_env
+from tests.conftest import run_python
 
 DOCS = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * (1 + i % 5) for i in range(400)]
 
@@ -158,14 +156,7 @@ def test_tokenizing_a_corpus_larger_than_the_bound_stays_under_it(tmp_path):
     with (tmp_path / "big.jsonl").open("w") as f:
         for _ in range(repeats // 1000):
             f.write(line * 1000)
-    proc = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(tmp_path / "big.jsonl"), str(tmp_path / "cache")],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=clean_env(),
-        timeout=900,
-    )
+    proc = run_python(MEASURE, str(tmp_path / "big.jsonl"), str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     tokens, grown_mb = map(int, proc.stdout.split())
     assert tokens * 2 > 2 * BOUND_MB * 2**20  # the tokens alone are twice the bound and more

@@ -112,12 +112,20 @@ class AblateForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
     def prepare_inputs_for_generation(
-        self, input_ids: torch.LongTensor, cache: AblateCache | None = None, use_cache: bool = True, **kwargs
+        self,
+        input_ids: torch.LongTensor,
+        cache: AblateCache | None = None,
+        use_cache: bool = True,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
     ) -> dict[str, Any]:
         """The next forward's inputs, as `ablate sample` decodes: from the state while the sequence
-        is within its reach, else the forward over the last `context` tokens."""
+        is within its reach, else the forward over the last `context` tokens. The attention mask
+        goes along, so that a padded batch is refused rather than read as tokens."""
         if not use_cache or input_ids.size(1) > state_reach(self.model)[0]:
-            return {"input_ids": input_ids[:, -self.model.cfg.context :], "use_cache": False}
-        if cache is None:
-            return {"input_ids": input_ids, "use_cache": True}
-        return {"input_ids": input_ids[:, cache.decoding.length :], "cache": cache, "use_cache": True}
+            inputs = {"input_ids": input_ids[:, -self.model.cfg.context :], "use_cache": False}
+        elif cache is None:
+            inputs = {"input_ids": input_ids, "use_cache": True}
+        else:
+            inputs = {"input_ids": input_ids[:, cache.decoding.length :], "cache": cache, "use_cache": True}
+        return inputs | {"attention_mask": attention_mask}
