@@ -1,7 +1,7 @@
 """`ablate import` and `ablate eval`: what a model is worth, measured the same way for every model.
 
-`import strawberry` records a seed checkpoint as a finished run with its model artifacts.
-`eval` takes any run with a saved model (a finished final trial or an import) and measures,
+`import strawberry`, `import nanogpt` and `import hf` (a folder `ablate export` wrote) record a
+checkpoint as a finished run with its model artifacts. `eval` takes any run with a saved model (a finished final trial or an import) and measures,
 on data it names: val_loss and val_accuracy, the causality audit and, for a model that
 leaks, the honest prefix_val_loss beside the teacher-forced loss at the same positions. The
 result is an evaluation run, nested under the run it evaluates.
@@ -10,7 +10,7 @@ result is an evaluation run, nested under the run it evaluates.
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ablate import audit, checkpoints, nanogpt, sample, strawberry
@@ -34,7 +34,7 @@ class Imported:
     step: int
     reported: dict[str, float]
     identity: Path
-    tokenizer: Path | None = field(default=None)
+    tokenizer: Path | None = None
 
 
 def _strawberry(path: Path) -> Imported:

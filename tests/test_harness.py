@@ -100,6 +100,10 @@ def test_an_unknown_task_is_one_line_before_anything_runs(finished, tmp_path, ca
     )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown lm-eval task 'ablate_choise'" in err
+    assert main(["eval", run_id, "--lm-eval", "ablate_text", "--data", "x.yaml", "--results", str(results)]) == 2
+    assert "not --data: give one of them" in capsys.readouterr().err
+    assert main(["eval", run_id, "--limit", "5", "--results", str(results)]) == 2
+    assert "--limit and --include-path go with --lm-eval" in capsys.readouterr().err
     study = write_study(tmp_path, "name: x\nvariants: [{name: a}]\neval: {lm_eval: [nosuch]}\n")
     assert main(["run", str(study), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

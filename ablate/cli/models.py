@@ -307,6 +307,8 @@ def eval_command(args) -> int:
 
     if args.lm_eval is None and (args.limit or args.include_path):
         raise AblateError("--limit and --include-path go with --lm-eval")
+    if args.lm_eval is not None and args.data is not None:
+        raise AblateError("--lm-eval scores the harness's own tasks, not --data: give one of them")
     tracker = Tracker(where, args.results)
     if args.lm_eval is not None:
         return _lm_eval(args, tracker)
