@@ -380,14 +380,24 @@ class DecodeConfig(BaseModel):
 
 
 class EvalConfig(BaseModel):
-    """`eval:`: after training, lm-evaluation-harness scores each final trial's model on these
-    tasks, and its run logs lm_eval/TASK/METRIC (`ablate.harness`)."""
+    """`eval:`: after training, each final trial's model is scored at other lengths (its run logs
+    val_loss_at/T, `ablate.lengths`) and by lm-evaluation-harness on its tasks (lm_eval/TASK/METRIC,
+    `ablate.harness`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    lm_eval: list[str] = Field(min_length=1, description="lm-eval task names (arc_easy, lambada_openai, ...)")
+    contexts: list[Annotated[StrictInt, Field(ge=8)]] | None = Field(
+        None, min_length=1, description="lengths to score the model at, past its training context too"
+    )
+    lm_eval: list[str] | None = Field(None, min_length=1, description="lm-eval task names (arc_easy, ...)")
     include_path: str | None = Field(None, description="a folder of task YAMLs of your own, from the study's folder")
     limit: int | None = Field(None, ge=1, description="the first N documents of each task (default: all)")
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.contexts is None and self.lm_eval is None:
+            raise ValueError("name contexts, lm_eval tasks, or both")
+        return self
 
 
 class Expectation(BaseModel):

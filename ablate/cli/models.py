@@ -149,6 +149,13 @@ def _eval_parser(sub) -> None:
     evaluate.add_argument(
         "--include-path", type=Path, help="with --lm-eval: a folder of task YAMLs of your own (their data files inside)"
     )
+    evaluate.add_argument(
+        "--contexts",
+        type=contexts,
+        metavar="LENGTHS",
+        help="score the model at these lengths instead (256,1k,4k), past its training context too, "
+        "logging val_loss_at/T to the run",
+    )
     evaluate.add_argument("--json", action="store_true", help="the metrics and the evaluation run id as JSON")
     store_options(evaluate)
     evaluate.set_defaults(func=eval_command)
@@ -309,9 +316,13 @@ def eval_command(args) -> int:
         raise AblateError("--limit and --include-path go with --lm-eval")
     if args.lm_eval is not None and args.data is not None:
         raise AblateError("--lm-eval scores the harness's own tasks, not --data: give one of them")
+    if args.lm_eval is not None and args.contexts is not None:
+        raise AblateError("--lm-eval and --contexts are two evaluations: give one of them")
     tracker = Tracker(where, args.results)
     if args.lm_eval is not None:
         return _lm_eval(args, tracker)
+    if args.contexts is not None:
+        return _lengths(args, tracker)
     model = evaluate.load_model(tracker.client, args.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = evaluate.eval_data(
@@ -327,6 +338,31 @@ def eval_command(args) -> int:
         print(corpus.describe())
         evaluate.print_result(metrics)
         print(f"logged as evaluation run {eval_id}, nested under run {args.run_id}")
+    return 0
+
+
+def _lengths(args, tracker) -> int:
+    """The run's model scored at each length, logged on the run itself."""
+    import tempfile
+
+    from ablate import evaluate, lengths
+    from ablate.tracking.schema import Tag
+    from ablate.train.evaluation import device_named
+
+    model = evaluate.load_model(tracker.client, args.run_id).to(device_named(args.device))
+    kept, stopped = lengths.reach(model, args.contexts)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = evaluate.eval_data(
+            tracker.client, args.run_id, args.data, model.cfg.vocab_size, args.results, Path(tmp)
+        )
+    metrics = lengths.losses(model, corpus.val, kept, args.batch_size * model.cfg.context, args.batches)
+    tracker.log_final(args.run_id, metrics)
+    tracker.tag(args.run_id, {Tag.LENGTH_METHOD: lengths.METHOD} | ({Tag.LENGTH_STOPPED: stopped} if stopped else {}))
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, **metrics, "stopped": stopped}))
+    else:
+        lengths.print_table(metrics, kept, model.cfg.context, stopped)
+        print(f"logged on run {args.run_id}")
     return 0
 
 

@@ -181,13 +181,14 @@ def load(
 
 
 def _check_eval(config: StudyConfig, lines: Document, base_dir: Path) -> None:
-    """`eval:`'s tasks known to lm-eval before anything trains; text to score them on."""
+    """`eval:` on a corpus (lengths and lm-eval's tasks score text), its tasks known to lm-eval
+    before anything trains."""
     from ablate import harness
 
     if isinstance(config.data, TaskConfig):
-        raise AblateError(
-            f"{lines.at(('eval',))}: eval: lm-eval's tasks are text; this study trains on a synthetic task"
-        )
+        raise AblateError(f"{lines.at(('eval',))}: eval: scores a corpus; this study trains on a synthetic task")
+    if config.eval.lm_eval is None:
+        return
     try:
         harness.check_tasks(config.eval.lm_eval, harness.task_manager(harness.include_folder(config.eval, base_dir)))
     except AblateError as e:

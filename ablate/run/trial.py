@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from ablate import audit, harness, inference, sample
+from ablate import audit, harness, inference, lengths, sample
 from ablate.model import build_model
 from ablate.plan.search import search_train, with_params
 from ablate.plan.study import Trial
@@ -176,6 +176,7 @@ class TrialRunner:
                 if job.keep_model:
                     sample.save(run, trainer.model, trial.model, p.data.tokenizer_path)
                     self._decode(job, trainer, run)
+                    self._lengths(job, trainer, run)
                     self._lm_eval(job, trainer, run)
                 status = Status.FINISHED
             except Pruned:
@@ -206,10 +207,25 @@ class TrialRunner:
             run.tag(Tag.DECODE_STOPPED, row["stopped"])
         trainer.model.train()
 
+    def _lengths(self, job: Job, trainer: Trainer, run: RunLog) -> None:
+        """Where the study asks (`eval.contexts`), the trained model's loss at each length, logged on its run."""
+        asked, cfg = self.prepared.study.config.eval, trainer.cfg
+        if asked is None or asked.contexts is None:
+            return
+        kept, stopped = lengths.reach(trainer.model, tuple(asked.contexts))
+        self.progress.console.print(f"{job.label}: val loss at {', '.join(map(str, kept))} tokens")
+        val = self.prepared.data.val
+        run.metrics(
+            cfg.steps, lengths.losses(trainer.model, val, kept, cfg.batch_size * trainer.context, cfg.eval_batches)
+        )
+        run.tag(Tag.LENGTH_METHOD, lengths.METHOD)
+        if stopped:
+            run.tag(Tag.LENGTH_STOPPED, stopped)
+
     def _lm_eval(self, job: Job, trainer: Trainer, run: RunLog) -> None:
-        """Where the study asks (`eval:`), lm-evaluation-harness's scores of the trained model, logged on its run."""
+        """Where the study asks (`eval.lm_eval`), lm-evaluation-harness's scores of the trained model, logged on its run."""
         asked, p = self.prepared.study.config.eval, self.prepared
-        if asked is None:
+        if asked is None or asked.lm_eval is None:
             return
         self.progress.console.print(f"{job.label}: lm-eval on {', '.join(asked.lm_eval)}")
         include = harness.include_folder(asked, p.study.path.parent)

@@ -38,6 +38,8 @@ class Tag:
     SOURCE_CHECKPOINT = "ablate.source_checkpoint"  # an import's file
     EVALUATES = "ablate.evaluates"  # an evaluation's run
     DECODE_STOPPED = "ablate.decode_stopped"  # where decoding from state stopped short of the asked contexts
+    LENGTH_METHOD = "ablate.length_method"  # how val_loss@T was measured (ablate.lengths)
+    LENGTH_STOPPED = "ablate.length_stopped"  # why the longer lengths were not measured
 
 
 class Role:
@@ -91,6 +93,7 @@ class Metric:
     DECODE_TOKENS_PER_S = "decode_tokens_per_s"
     DECODE_MS_PER_TOKEN = "decode_ms_per_token/"  # ... + the context: decode_ms_per_token/4096
     STATE_BYTES = "state_bytes/"  # + the context
+    VAL_LOSS_AT = "val_loss_at/"  # + a length: val_loss_at/2048 (ablate.lengths), and .../positions_A-B
     LM_EVAL = "lm_eval/{task}/{metric}"  # lm-evaluation-harness's: lm_eval/arc_easy/acc
 
 
