@@ -97,8 +97,10 @@ class ModelConfig(BaseModel):
     ffn_type: Literal["swiglu", "gelu", "relu2"] = "swiglu"
     init: Literal["seed", "gpt2", "modern"] = "seed"
     embed_norm: bool = Field(True, description="norm the embedding output before the first block, as the seed does")
-    pos: Literal["rope", "learned", "none"] = Field(
-        "rope", description="rope: rotary in the attention mixers; learned: GPT-2's position embedding; none"
+    pos: Literal["rope", "alibi", "learned", "none"] = Field(
+        "rope",
+        description="rope: rotary in the attention mixers; alibi: ALiBi's linear biases (mha); learned: GPT-2's "
+        "position embedding; none",
     )
     norm: Literal["rms", "layer"] = Field("rms", description="rms: without a weight; layer: LayerNorm, with one")
     norm_bias: bool = Field(False, description="LayerNorm's bias (default: as `bias`)")

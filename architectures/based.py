@@ -24,7 +24,7 @@ from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn import ops
-from ablate.nn.layers import Rotary, ShortConv, attention_softmax_flops, kv_cache, softmax_attention
+from ablate.nn.layers import Rotary, ShortConv, attention_softmax_flops, kv_cache, refuse_alibi, softmax_attention
 from ablate.nn.ops.based import feature_map
 from ablate.nn.ops.kernels import check_kernel, run_op
 
@@ -53,6 +53,7 @@ class Based(Mixer):
         self.v = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
         self.conv = ShortConv(2 * cfg.n_heads * feature_dim + cfg.qkv_dim, conv_size)
         self.local_qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
+        refuse_alibi(cfg, "based")
         self.rotary = Rotary(cfg.head_dim, cfg.context) if cfg.pos == "rope" else None
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 

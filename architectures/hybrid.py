@@ -13,7 +13,7 @@ from torch import nn
 from ablate.errors import AblateError
 from ablate.mixers import registry
 from ablate.mixers.registry import Mixer, check_int, register
-from ablate.nn.layers import Rotary, attention_softmax_flops, kv_cache, rms_norm, softmax_attention
+from ablate.nn.layers import Rotary, attention_softmax_flops, kv_cache, refuse_alibi, rms_norm, softmax_attention
 from ablate.nn.ops import causal_softmax_mean, causal_softmax_mean_flops, softmax_mean_state, softmax_mean_step
 
 DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
@@ -78,6 +78,7 @@ class HybridHeads(Mixer):
         self.n_heads, self.aft_heads, self.window = cfg.n_heads, aft_heads, window
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
+        refuse_alibi(cfg, "hybrid-heads")
         self.rotary = Rotary(cfg.head_dim, cfg.context) if cfg.pos == "rope" else None
         self.qk_norm = cfg.qk_norm
 

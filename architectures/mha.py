@@ -6,14 +6,15 @@ key among many, and such a model fails associative recall. So, as in QK-Norm (He
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import (
     Rotary,
+    alibi_slopes,
     attention_probs,
     attention_softmax_flops,
+    cached_attention,
     kv_cache,
     rms_norm,
     softmax_attention,
@@ -25,7 +26,8 @@ class MultiHeadAttention(Mixer):
     """Causal softmax attention (rotary, QK-norm); `window` makes it sliding-window local.
 
     Rotary and QK-norm apply where both the option and the backbone say so (`pos: rope`,
-    `qk_norm: true`); the backbone's `bias` gives the maps biases and its `dropout` drops
+    `qk_norm: true`); `pos: alibi` adds ALiBi's per-head linear bias −m·(t − t′) to the scores
+    instead (Press et al. 2022); the backbone's `bias` gives the maps biases and its `dropout` drops
     attention weights in training. Without rotary and QK-norm, and with biases, this is
     GPT-2's attention."""
 
@@ -38,6 +40,13 @@ class MultiHeadAttention(Mixer):
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=cfg.bias)
         self.rotary = Rotary(cfg.head_dim, cfg.context) if rope and cfg.pos == "rope" else None
         self.qk_gain = nn.Parameter(torch.ones(cfg.n_heads)) if self.qk_norm else None
+        self.alibi = cfg.pos == "alibi"
+        if self.alibi:
+            self.register_buffer("slopes", self.derived_buffers()["slopes"], persistent=False)
+
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        """ALiBi's head slopes, computed afresh: what a loader that restores no buffers sets."""
+        return {"slopes": alibi_slopes(self.n_heads)} if self.alibi else {}
 
     def reset_parameters(self) -> None:
         if self.qk_gain is not None:
@@ -62,13 +71,17 @@ class MultiHeadAttention(Mixer):
     def prefill(self, x):
         """The output, and the KV cache: every key and value, or the last `window` of them."""
         q, k, v = self.heads(x)
-        y = softmax_attention(q, k, v, self.window, self.dropout if self.training else 0.0)
+        y = softmax_attention(q, k, v, self.window, self.dropout if self.training else 0.0, self.alibi_slopes)
         return self.output(y), kv_cache(k, v, self.window)
 
     def step(self, x, state, pos):
         q, k, v = self.heads(x, pos)
         state = kv_cache(k, v, self.window, state)
-        return self.output(F.scaled_dot_product_attention(q, state["k"], state["v"])), state
+        return self.output(cached_attention(q, state, self.alibi_slopes)), state
+
+    @property
+    def alibi_slopes(self) -> torch.Tensor | None:
+        return self.slopes if self.alibi else None
 
     def output(self, y: torch.Tensor) -> torch.Tensor:
         """(B, H, T, d) heads concatenated and mapped back to the stream."""
@@ -76,10 +89,10 @@ class MultiHeadAttention(Mixer):
 
     def attention_probs(self, x):
         q, k, _ = self.heads(x)
-        return attention_probs(q, k, self.window)
+        return attention_probs(q, k, self.window, self.alibi_slopes)
 
     def elementwise_flops(self, T):
-        return attention_softmax_flops(self.n_heads, T, self.window)
+        return attention_softmax_flops(self.n_heads, T, self.window, self.alibi)
 
     def state_size(self):
         return 2 * self.window * self.out.in_features if self.window else None  # a window of keys and values

@@ -24,7 +24,14 @@ from torch import nn
 
 from ablate.errors import AblateError
 from ablate.mixers.registry import Mixer, check_choice, check_int, register
-from ablate.nn.layers import HalfSplitRotary, attention_softmax_flops, kv_cache, rms_norm, softmax_attention
+from ablate.nn.layers import (
+    HalfSplitRotary,
+    attention_softmax_flops,
+    kv_cache,
+    refuse_alibi,
+    rms_norm,
+    softmax_attention,
+)
 
 SCOPES = ("chunk", "sequence", "batch")
 
@@ -58,6 +65,7 @@ class Retention(Mixer):
         check_choice(scope, "retention scope", SCOPES)
         check_int(recurrence, "retention recurrence")
         check_int(chunk_size, "retention chunk_size")
+        refuse_alibi(cfg, "retention")
         if scope == "chunk" and chunk_size >= cfg.context:
             raise AblateError(
                 f"retention chunk_size {chunk_size} must be below the context {cfg.context}: "

@@ -66,7 +66,7 @@ def test_a_layernorm_bias_follows_bias_and_presets_yield_to_the_keys_given():
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("pos: absolute", "study.yaml:3: model.pos: Input should be 'rope', 'learned' or 'none'"),
+        ("pos: absolute", "study.yaml:3: model.pos: Input should be 'rope', 'alibi', 'learned' or 'none'"),
         ("norm_bias: true", "study.yaml:6: variants.0.model: norm_bias needs norm: layer"),  # the merged model
         ("preset: gpt3", "study.yaml:3: model.preset: Input should be 'strawberry', 'nanogpt' or 'modern'"),
         ("dropout: 1.5", "study.yaml:3: model.dropout: Input should be less than 1"),

@@ -35,9 +35,10 @@ class ElementwiseCount(TorchDispatchMode):
         return out
 
 
-def violations(name: str, options: dict | None = None) -> list[str]:
-    """The rules the mixer breaks at its default options (or these), each as 'rule: what happened'."""
-    config = {**SHAPE, "mixer": name, "mixer_options": options or {}}
+def violations(name: str, options: dict | None = None, backbone: dict | None = None) -> list[str]:
+    """The rules the mixer breaks at its default options (or these), on the default backbone (or
+    these switches), each as 'rule: what happened'."""
+    config = {**SHAPE, **(backbone or {}), "mixer": name, "mixer_options": options or {}}
     found = []
     try:  # plan, budgets and FLOPs build every trial on the meta device, without data
         meta = ablate.build_model(config, device="meta")

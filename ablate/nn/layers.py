@@ -97,33 +97,84 @@ class HalfSplitRotary(_Float64Tables):
 
 
 def softmax_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None, dropout: float = 0.0
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int | None = None,
+    dropout: float = 0.0,
+    slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal softmax attention over (B, H, T, d); with `window`, position t sees t-window+1..t only;
-    `dropout` on the attention weights (pass 0 outside training). A window much shorter than the
-    sequence is attended block by block (`windowed_blocks`), in O(T·window) memory."""
+    `dropout` on the attention weights (pass 0 outside training); `slopes` (H,) add ALiBi's bias
+    −m·(t − t′) to each score. A window much shorter than the sequence is attended block by block
+    (`windowed_blocks`), in O(T·window) memory."""
     T = q.size(-2)
-    if window is None or window >= T:
+    if (window is None or window >= T) and slopes is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-    if T > BLOCKS_PAST * window:
-        return windowed_blocks(q, k, v, window, dropout)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, window, q.device), dropout_p=dropout)
+    if window is not None and (T > BLOCKS_PAST * window or slopes is not None):  # biases: only those a block needs
+        return windowed_blocks(q, k, v, window, dropout, slopes)
+    lag = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attention_mask(lag, window, slopes, q.dtype), dropout_p=dropout
+    )
 
 
 BLOCKS_PAST = 8  # a window shorter than an eighth of the sequence is attended block by block
 
 
-def windowed_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout: float) -> torch.Tensor:
+def attention_mask(lag: torch.Tensor, window: int | None, slopes: torch.Tensor | None, dtype) -> torch.Tensor:
+    """What sdpa's attn_mask takes for queries and keys `lag` = t − t′ apart: where a query may
+    look (0 ≤ lag < window), as booleans, or with ALiBi's slopes as the additive bias −m·lag
+    there and −inf elsewhere, (H, Tq, Tk)."""
+    reach = (lag >= 0) if window is None else (lag >= 0) & (lag < window)
+    if slopes is None:
+        return reach
+    bias = -slopes.to(dtype)[:, None, None] * lag.to(dtype)
+    return bias.masked_fill(~reach, float("-inf"))
+
+
+def refuse_alibi(cfg, owner: str) -> None:
+    """One line for `pos: alibi` on a mixer whose softmax attention does not take it yet."""
+    if cfg.pos == "alibi":
+        raise AblateError(f"pos alibi applies in mha (and hybrid's mha layers); {owner}'s attention takes rope or none")
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's head slopes (Press et al. 2022): the geometric sequence 2^(−8/n), 2^(−16/n), … for n
+    a power of two; otherwise those of the power of two below, then every other one of twice it."""
+
+    def powers(n: int) -> list[float]:
+        return [2 ** (-8 * (h + 1) / n) for h in range(n)]
+
+    below = 2 ** math.floor(math.log2(n_heads))
+    slopes = powers(below) + powers(2 * below)[0::2][: n_heads - below]
+    return torch.tensor(slopes, dtype=torch.float64)
+
+
+def windowed_blocks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout: float, slopes: torch.Tensor | None = None
+) -> torch.Tensor:
     """Windowed causal attention, `window` queries at a time against the keys they can reach
     (their own block and the `window` − 1 positions before it): the same numbers, without a T × T mask."""
     T, out = q.size(-2), []
     for start in range(0, T, window):
         end, first = min(start + window, T), max(start - window + 1, 0)
         lag = torch.arange(start, end, device=q.device)[:, None] - torch.arange(first, end, device=q.device)[None, :]
-        reach = (lag >= 0) & (lag < window)
+        mask = attention_mask(lag, window, slopes, q.dtype)
         block = (t[..., first:end, :] for t in (k, v))
-        out.append(F.scaled_dot_product_attention(q[..., start:end, :], *block, attn_mask=reach, dropout_p=dropout))
+        out.append(F.scaled_dot_product_attention(q[..., start:end, :], *block, attn_mask=mask, dropout_p=dropout))
     return torch.cat(out, dim=-2)
+
+
+def cached_attention(q: torch.Tensor, cache: dict, slopes: torch.Tensor | None = None) -> torch.Tensor:
+    """One query per sequence (B, H, 1, d) against a KV cache whose last key is its own position:
+    the keys are 0, 1, … positions behind it, newest last."""
+    if slopes is None:
+        return F.scaled_dot_product_attention(q, cache["k"], cache["v"])
+    behind = torch.arange(cache["k"].size(2) - 1, -1, -1, device=q.device)[None, :]
+    return F.scaled_dot_product_attention(
+        q, cache["k"], cache["v"], attn_mask=attention_mask(behind, None, slopes, q.dtype)
+    )
 
 
 def kv_cache(
@@ -144,10 +195,15 @@ def causal_mask(T: int, window: int | None, device) -> torch.Tensor:
     return (lag >= 0) & (lag < (window or T))
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, window: int | None = None) -> torch.Tensor:
+def attention_probs(
+    q: torch.Tensor, k: torch.Tensor, window: int | None = None, slopes: torch.Tensor | None = None
+) -> torch.Tensor:
     """The (B, H, T, T) weights softmax_attention applies, written out (for diagnostics)."""
+    T = q.size(-2)
+    lag = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
+    mask = attention_mask(lag, window, slopes, q.dtype)
     scores = (q @ k.transpose(-1, -2)) / q.size(-1) ** 0.5
-    return torch.softmax(scores.masked_fill(~causal_mask(q.size(-2), window, q.device), float("-inf")), dim=-1)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")) if slopes is None else scores + mask, dim=-1)
 
 
 def mean_keys(T: int, window: int | None = None) -> float:
@@ -158,9 +214,9 @@ def mean_keys(T: int, window: int | None = None) -> float:
 
 # Declared element-wise work per token, which torch's FLOP counter (matmuls only) does not see.
 # Counts are operations per element: a softmax is max, subtract, exp, sum and divide.
-def attention_softmax_flops(n_heads: int, T: int, window: int | None = None) -> float:
-    """The softmax over each head's attended scores."""
-    return 5 * n_heads * mean_keys(T, window)
+def attention_softmax_flops(n_heads: int, T: int, window: int | None = None, alibi: bool = False) -> float:
+    """The softmax over each head's attended scores (and ALiBi's bias added to each)."""
+    return (6 if alibi else 5) * n_heads * mean_keys(T, window)
 
 
 class SwiGLU(nn.Module):
