@@ -5,7 +5,8 @@ short sliding-window softmax attention (`window`) in the same layer.
 Per head:
     linear   o_t = Σ_{s≤t} (1 + s_ts + s_ts²/2) v_s / Σ_{s≤t} (1 + s_ts + s_ts²/2),  s_ts = q_t·k_s / √feature_dim
     local    softmax attention over the last `window` positions, its q and k rotated (rotary, where
-             the backbone has `pos: rope`) as in the paper's sliding-window attention: without
+             the backbone has `pos: rope`; ALiBi's bias on its scores under `pos: alibi`) as in the
+             paper's sliding-window attention: without
              positions a window sees an unordered set and cannot bind a key to the value after it
     y_t = W_out (o_t + local_t)
 `conv_size` puts a short causal convolution per channel on the linear part's q, k and v (none by
@@ -19,12 +20,20 @@ runs ablate's `chunk_linear_attn` on the feature maps for the prompt (O(T) memor
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn import ops
-from ablate.nn.layers import Rotary, ShortConv, attention_softmax_flops, kv_cache, refuse_alibi, softmax_attention
+from ablate.nn.layers import (
+    Rotary,
+    ShortConv,
+    alibi,
+    attention_softmax_flops,
+    cached_attention,
+    kv_cache,
+    slopes_of,
+    softmax_attention,
+)
 from ablate.nn.ops.based import feature_map
 from ablate.nn.ops.kernels import check_kernel, run_op
 
@@ -53,8 +62,8 @@ class Based(Mixer):
         self.v = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
         self.conv = ShortConv(2 * cfg.n_heads * feature_dim + cfg.qkv_dim, conv_size)
         self.local_qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
-        refuse_alibi(cfg, "based")
         self.rotary = Rotary(cfg.head_dim, cfg.context) if cfg.pos == "rope" else None
+        self.alibi = alibi(cfg, cfg.n_heads)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
     cannot_decode = None
@@ -78,7 +87,7 @@ class Based(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         linear, _ = run_op("parallel_based", self.kernel, *self.linear_heads(self.conv(self.linear_input(x))))
-        local = softmax_attention(*self.local_heads(x), min(self.window, x.size(1)))
+        local = softmax_attention(*self.local_heads(x), min(self.window, x.size(1)), slopes=slopes_of(self.alibi))
         return self.output(linear, local)
 
     def prefill(self, x):
@@ -90,7 +99,7 @@ class Based(Mixer):
         features = feature_map(q * self.feature_dim**-0.5), feature_map(k)
         linear, state = ops.chunk_linear_attn(*features, v, scale=1.0, output_final_state=True)
         lq, lk, lv = self.local_heads(x)
-        local = softmax_attention(lq, lk, lv, min(self.window, x.size(1)))
+        local = softmax_attention(lq, lk, lv, min(self.window, x.size(1)), slopes=slopes_of(self.alibi))
         return self.output(linear, local), {"conv": tail, "state": state, "window": kv_cache(lk, lv, self.window)}
 
     def step(self, x, state, pos):
@@ -100,7 +109,7 @@ class Based(Mixer):
         )
         lq, lk, lv = self.local_heads(x, pos)
         window = kv_cache(lk, lv, self.window, state["window"])
-        local = F.scaled_dot_product_attention(lq, window["k"], window["v"])
+        local = cached_attention(lq, window, slopes_of(self.alibi))
         return self.output(linear, local), {"conv": tail, "state": s, "window": window}
 
     def output(self, linear: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
@@ -110,7 +119,8 @@ class Based(Mixer):
     def elementwise_flops(self, T):
         """The Taylor polynomial of every causal score and its normaliser (5 per score), and the
         window's softmax."""
-        return 5 * self.n_heads * T * (T + 1) / (2 * T) + attention_softmax_flops(self.n_heads, T, self.window)
+        window = attention_softmax_flops(self.n_heads, T, self.window, self.alibi is not None)
+        return 5 * self.n_heads * T * (T + 1) / (2 * T) + window
 
     def state_size(self):
         f, C = self.feature_dim, self.out.in_features

@@ -7,13 +7,21 @@ softmax attention, and their outputs are concatenated before the output map.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ablate.errors import AblateError
 from ablate.mixers import registry
 from ablate.mixers.registry import Mixer, check_int, register
-from ablate.nn.layers import Rotary, attention_softmax_flops, kv_cache, refuse_alibi, rms_norm, softmax_attention
+from ablate.nn.layers import (
+    Rotary,
+    alibi,
+    attention_softmax_flops,
+    cached_attention,
+    kv_cache,
+    rms_norm,
+    slopes_of,
+    softmax_attention,
+)
 from ablate.nn.ops import causal_softmax_mean, causal_softmax_mean_flops, softmax_mean_state, softmax_mean_step
 
 DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
@@ -78,8 +86,8 @@ class HybridHeads(Mixer):
         self.n_heads, self.aft_heads, self.window = cfg.n_heads, aft_heads, window
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
-        refuse_alibi(cfg, "hybrid-heads")
         self.rotary = Rotary(cfg.head_dim, cfg.context) if cfg.pos == "rope" else None
+        self.alibi = alibi(cfg, cfg.n_heads - aft_heads)
         self.qk_norm = cfg.qk_norm
 
     cannot_decode = None
@@ -103,14 +111,16 @@ class HybridHeads(Mixer):
     def prefill(self, x):
         """The output; the AFT heads' running sums and the window's keys and values."""
         (aq, ak, av), (q, k, v) = self.heads(x)
-        y = self.output(aq, causal_softmax_mean(ak, av), softmax_attention(q, k, v, self.window))
+        y = self.output(
+            aq, causal_softmax_mean(ak, av), softmax_attention(q, k, v, self.window, slopes=slopes_of(self.alibi))
+        )
         return y, {"sums": softmax_mean_state(ak, av), **kv_cache(k, v, self.window)}
 
     def step(self, x, state, pos):
         (aq, ak, av), (q, k, v) = self.heads(x, pos)
         mean, sums = softmax_mean_step(ak[:, 0], av[:, 0], state["sums"])
         kept = kv_cache(k, v, self.window, state)
-        y = self.output(aq, mean[:, None], F.scaled_dot_product_attention(q, kept["k"], kept["v"]))
+        y = self.output(aq, mean[:, None], cached_attention(q, kept, slopes_of(self.alibi)))
         return y, {"sums": sums, **kept}
 
     def output(self, aq: torch.Tensor, mean: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
@@ -122,7 +132,7 @@ class HybridHeads(Mixer):
         return (
             causal_softmax_mean_flops(aft_channels)
             + 6 * aft_channels
-            + attention_softmax_flops(self.n_heads - self.aft_heads, T, self.window)
+            + attention_softmax_flops(self.n_heads - self.aft_heads, T, self.window, self.alibi is not None)
         )
 
     def state_size(self):

@@ -11,12 +11,13 @@ from torch import nn
 from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import (
     Rotary,
-    alibi_slopes,
+    alibi,
     attention_probs,
     attention_softmax_flops,
     cached_attention,
     kv_cache,
     rms_norm,
+    slopes_of,
     softmax_attention,
 )
 
@@ -40,13 +41,7 @@ class MultiHeadAttention(Mixer):
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=cfg.bias)
         self.rotary = Rotary(cfg.head_dim, cfg.context) if rope and cfg.pos == "rope" else None
         self.qk_gain = nn.Parameter(torch.ones(cfg.n_heads)) if self.qk_norm else None
-        self.alibi = cfg.pos == "alibi"
-        if self.alibi:
-            self.register_buffer("slopes", self.derived_buffers()["slopes"], persistent=False)
-
-    def derived_buffers(self) -> dict[str, torch.Tensor]:
-        """ALiBi's head slopes, computed afresh: what a loader that restores no buffers sets."""
-        return {"slopes": alibi_slopes(self.n_heads)} if self.alibi else {}
+        self.alibi = alibi(cfg, cfg.n_heads)
 
     def reset_parameters(self) -> None:
         if self.qk_gain is not None:
@@ -71,17 +66,13 @@ class MultiHeadAttention(Mixer):
     def prefill(self, x):
         """The output, and the KV cache: every key and value, or the last `window` of them."""
         q, k, v = self.heads(x)
-        y = softmax_attention(q, k, v, self.window, self.dropout if self.training else 0.0, self.alibi_slopes)
+        y = softmax_attention(q, k, v, self.window, self.dropout if self.training else 0.0, slopes_of(self.alibi))
         return self.output(y), kv_cache(k, v, self.window)
 
     def step(self, x, state, pos):
         q, k, v = self.heads(x, pos)
         state = kv_cache(k, v, self.window, state)
-        return self.output(cached_attention(q, state, self.alibi_slopes)), state
-
-    @property
-    def alibi_slopes(self) -> torch.Tensor | None:
-        return self.slopes if self.alibi else None
+        return self.output(cached_attention(q, state, slopes_of(self.alibi))), state
 
     def output(self, y: torch.Tensor) -> torch.Tensor:
         """(B, H, T, d) heads concatenated and mapped back to the stream."""
@@ -89,10 +80,10 @@ class MultiHeadAttention(Mixer):
 
     def attention_probs(self, x):
         q, k, _ = self.heads(x)
-        return attention_probs(q, k, self.window, self.alibi_slopes)
+        return attention_probs(q, k, self.window, slopes_of(self.alibi))
 
     def elementwise_flops(self, T):
-        return attention_softmax_flops(self.n_heads, T, self.window, self.alibi)
+        return attention_softmax_flops(self.n_heads, T, self.window, self.alibi is not None)
 
     def state_size(self):
         return 2 * self.window * self.out.in_features if self.window else None  # a window of keys and values

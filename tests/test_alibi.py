@@ -39,12 +39,16 @@ def test_mha_with_alibi_attends_as_the_formula_says(window):
     assert torch.allclose(mixer(x), mixer.output(y), atol=1e-12)
 
 
-@pytest.mark.parametrize("options", [{}, {"window": 16}])
-def test_mha_with_alibi_meets_the_contract(options):
-    assert violations("mha", options, backbone={"pos": "alibi"}) == []
+@pytest.mark.parametrize(
+    "name, options", [("mha", {}), ("mha", {"window": 16}), ("based", {}), ("hybrid-heads", {}), ("hybrid", {})]
+)
+def test_the_softmax_mixers_with_alibi_meet_the_contract(name, options):
+    assert violations(name, options, backbone={"pos": "alibi"}) == []
 
 
-@pytest.mark.parametrize("mixer", ["based", "hybrid-heads", "retention"])
-def test_a_mixer_whose_attention_does_not_take_alibi_says_so(mixer):
-    with pytest.raises(AblateError, match=f"pos alibi applies in mha .*; {mixer}'s attention takes rope or none"):
-        ablate.build_model({**SHAPE, "mixer": mixer, "pos": "alibi"})
+def test_alibi_reaches_every_softmax_head_and_retention_refuses_it():
+    torch.manual_seed(0)
+    model = ablate.build_model({**SHAPE, "mixer": "hybrid-heads", "pos": "alibi", "mixer_options": {"aft_heads": 1}})
+    assert model.blocks[0].mixer.alibi.slopes.tolist() == [2**-8]  # its one attention head
+    with pytest.raises(AblateError, match="pos alibi applies in the softmax attention of mha, hybrid-heads and based"):
+        ablate.build_model({**SHAPE, "mixer": "retention", "pos": "alibi"})

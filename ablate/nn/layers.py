@@ -133,10 +133,34 @@ def attention_mask(lag: torch.Tensor, window: int | None, slopes: torch.Tensor |
     return bias.masked_fill(~reach, float("-inf"))
 
 
+class Alibi(nn.Module):
+    """ALiBi's head slopes (a buffer, not a parameter) for `n_heads` softmax heads."""
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.register_buffer("slopes", self.derived_buffers()["slopes"], persistent=False)
+
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        """The slopes, computed afresh: what a loader that restores no buffers sets them to."""
+        return {"slopes": alibi_slopes(self.n_heads)}
+
+
+def alibi(cfg, n_heads: int) -> Alibi | None:
+    """The backbone's `pos: alibi` for a mixer's `n_heads` softmax heads; None under other positions."""
+    return Alibi(n_heads) if cfg.pos == "alibi" else None
+
+
+def slopes_of(alibi: Alibi | None) -> torch.Tensor | None:
+    return None if alibi is None else alibi.slopes
+
+
 def refuse_alibi(cfg, owner: str) -> None:
-    """One line for `pos: alibi` on a mixer whose softmax attention does not take it yet."""
+    """One line for `pos: alibi` on a mixer whose attention does not take it."""
     if cfg.pos == "alibi":
-        raise AblateError(f"pos alibi applies in mha (and hybrid's mha layers); {owner}'s attention takes rope or none")
+        raise AblateError(
+            f"pos alibi applies in the softmax attention of mha, hybrid-heads and based; {owner} takes rope or none"
+        )
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
