@@ -101,7 +101,7 @@ def test_a_bad_table_is_one_line_naming_it(tmp_path, bad, said):
     with pytest.raises(AblateError) as caught:
         prepare(DataConfig(source=str(bad(tmp_path)), vocab_size=300), tmp_path / "cache")
     assert said in str(caught.value) and "\n" not in str(caught.value)
-    assert not list((tmp_path / "cache").glob("*"))  # nothing half-written
+    assert not [p for p in (tmp_path / "cache").glob("*") if p.suffix != ".lock"]  # nothing half-written
 
 
 def test_a_tokenization_cut_off_midway_resumes_after_its_last_whole_chunk(tmp_path, monkeypatch):
@@ -368,3 +368,36 @@ def test_a_vocabulary_past_uint16_is_stored_as_uint32(tmp_path):
     )
     assert corpus.vocab_size == 70_000 and corpus.train.dtype == np.uint32
     assert int(np.concatenate([corpus.train, corpus.val]).max()) > 65_535
+
+
+TWICE = """
+import sys
+from pathlib import Path
+from ablate.config import DataConfig
+from ablate.data import stream
+from ablate.data.corpus import prepare
+stream.CHUNK_CHARS = 500  # many chunks, so that the two builds overlap
+print(prepare(DataConfig(source=sys.argv[1], tokenizer="byte"), Path(sys.argv[2])).meta.fingerprint)
+"""
+
+
+def test_two_processes_building_one_entry_at_once_both_get_it(tmp_path):
+    """The second waits for the first's build, then reads its entry (no tokens removed under it)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import clean_env
+
+    source = _texts(tmp_path / "files")
+    args = [sys.executable, "-c", TWICE, str(source), str(tmp_path / "cache")]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert (
+        outs[0][0]
+        == outs[1][0]
+        == prepare(DataConfig(source=str(source), tokenizer="byte"), tmp_path / "cache").meta.fingerprint + "\n"
+    )

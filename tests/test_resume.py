@@ -198,8 +198,8 @@ def test_compare_of_a_study_whose_every_run_failed_says_so_with_a_reason(tmp_pat
     assert err.count("\n") == 1
 
 
-WORKERS_STUDY = (
-    TINY_STUDY.replace("steps: 30", "steps: 20")
+WORKERS_STUDY = (  # units long enough that a worker still importing torch finds work left (2 cores)
+    TINY_STUDY.replace("steps: 30", "steps: 60")
     .replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
     .replace(
         "  - {name: aft, model: {mixer: aft-simple, ffn: false}}",

@@ -22,6 +22,7 @@ from ablate.config import DataConfig
 from ablate.data.build import build, remove_stale_builds, token_meta
 from ablate.data.meta import DataMeta
 from ablate.data.sources import source_files, tokenizer_file
+from ablate.data.stream import locked
 from ablate.errors import AblateError
 
 CACHE_VERSION = 2
@@ -78,8 +79,11 @@ def prepare(cfg: DataConfig, cache_root: Path, base_dir: Path = Path(".")) -> Co
     directory = cache_root / key
     remove_stale_builds(cache_root)
     built = not (directory / "meta.json").exists()
-    if built:
-        build(cfg, files, directory, base_dir)
+    if built:  # one build of an entry at a time: another process's tokens are not this one's to remove
+        with locked(cache_root / f"{key}.lock"):
+            built = not (directory / "meta.json").exists()
+            if built:
+                build(cfg, files, directory, base_dir)
     meta = DataMeta.model_validate_json((directory / "meta.json").read_text())
     return Corpus(
         train=np.load(directory / "train.npy", mmap_mode="r"),

@@ -3,7 +3,7 @@ where an interrupted run stopped), split into train and val by copying whole pie
 summarised (fingerprint, unigram entropy) a block at a time.
 
 Memory stays bounded by CHUNK_CHARS of text and its tokens, whatever the corpus's size; the
-tokenizer itself (`tokenizers`, in Rust) encodes each chunk on every core.
+tokenizer itself (`tokenizers`, in Rust) encodes a chunk's documents in parallel threads.
 """
 
 import fcntl
@@ -90,7 +90,8 @@ def tokenized(
     tokens_file, record = folder / "tokens.bin", folder / "progress.json"
     done = json.loads(record.read_text()) if record.exists() else {"docs": 0, "tokens": 0}
     itemsize = np.dtype(dtype).itemsize
-    with locked(folder), tokens_file.open("ab") as out:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tokens_file.open("ab") as out:
         out.truncate(done["tokens"] * itemsize)  # a chunk written in part, before the cut: again
         batch, size = [], 0
         for doc in itertools.islice(docs, done["docs"], None):
@@ -124,10 +125,10 @@ def _write_chunk(out, tokenizer, batch: list[str], dtype, separator: int | None,
 
 
 @contextmanager
-def locked(folder: Path):
-    """One process at a time tokenizes into `folder` (another waits, then resumes from its end)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "lock").open("w") as handle:
+def locked(path: Path):
+    """One process at a time holds the lock file `path` (another waits for it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
