@@ -51,6 +51,12 @@ def load(client, run_id: str, folder: Path):
     return model.eval(), tokenizer
 
 
+def tokenizer_file(folder: Path) -> Path | None:
+    """The tokenizer file `load` downloaded into `folder` (None for token-array data)."""
+    path = folder / ARTIFACTS / "tokenizer.json"
+    return path if path.is_file() else None
+
+
 def state_reach(model: LanguageModel) -> tuple[int | float, str | None]:
     """How many positions `generate` decodes from the model's state, and why no further (None: no
     end). A fixed state goes on past the training context; a state that grows with the sequence

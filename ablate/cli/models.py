@@ -375,10 +375,9 @@ def _lm_eval(args, tracker) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = sample.load(tracker.client, args.run_id, Path(tmp))
-        tokenizer = Path(tmp) / sample.ARTIFACTS / "tokenizer.json"
         metrics = harness.evaluate(
             model,
-            tokenizer if tokenizer.is_file() else None,
+            sample.tokenizer_file(Path(tmp)),
             args.lm_eval,
             args.include_path,
             args.limit,

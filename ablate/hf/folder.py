@@ -38,17 +38,8 @@ def export(client, run_id: str, folder: Path, force: bool) -> None:
 
     check_destination(folder, force)
     with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = sample.load(client, run_id, Path(tmp))
-        tokenizer_file = Path(tmp) / "tokenizer.json"
-        if tokenizer is not None:
-            tokenizer.save(str(tokenizer_file))
-        write(
-            model,
-            tokenizer_file if tokenizer is not None else None,
-            folder,
-            card(client.get_run(run_id), folder.name),
-            force,
-        )
+        model, _ = sample.load(client, run_id, Path(tmp))
+        write(model, sample.tokenizer_file(Path(tmp)), folder, card(client.get_run(run_id), folder.name), force)
 
 
 def check_destination(folder: Path, force: bool) -> None:
