@@ -261,9 +261,32 @@ class TaskConfig(BaseModel):
     k_motif_size: int = Field(2, gt=0, description="fuzzy_recall: tokens per key")
     v_motif_size: int = Field(2, gt=0, description="fuzzy_recall: tokens per value")
     num_tokens_to_copy: int = Field(8, gt=0, description="selective_copy: tokens to copy")
+    haystack: str = Field(
+        "noise", min_length=1, description="passkey, niah, variable_tracking: noise, or text ('stdlib' or a text file)"
+    )
+    needle: Literal["single", "multikey", "multivalue", "multiquery"] = Field("single", description="niah: RULER's")
+    num_needles: int = Field(4, gt=1, description="niah multikey, multivalue, multiquery: needles")
+    needle_len: int = Field(5, gt=0, description="passkey, niah: digits of the number to retrieve")
+    depths: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        min_length=1,
+        description="passkey, niah: the needle depths (0: start, 1: end) the val examples are spread over",
+    )
+    num_chains: int = Field(2, ge=1, le=10, description="variable_tracking: chains, one of them asked for")
+    num_hops: int = Field(4, ge=1, description="variable_tracking: names bound along each chain")
+    eval_seq_lens: list[Annotated[StrictInt, Field(ge=8)]] | None = Field(
+        None, min_length=1, description="lengths past seq_len the final models are scored at too (val_exact_at/T)"
+    )
     n_train: int | None = Field(None, gt=0, description="a fixed training set of this many; default: fresh every step")
     n_val: int = Field(512, gt=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _longer(self):
+        short = [n for n in self.eval_seq_lens or () if n < self.seq_len]
+        if short:
+            raise ValueError(f"eval_seq_lens must be ≥ seq_len ({self.seq_len}): got {short[0]}")
+        return self
 
     @property
     def vocab_size(self) -> int:

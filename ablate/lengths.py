@@ -1,5 +1,6 @@
-"""Loss past the training length: the model scored on validation windows longer than the context
-it trained at, as length-generalisation papers plot it (ALiBi's "train short, test longer").
+"""Past the training length: the model scored on validation windows longer than the context it
+trained at, as length-generalisation papers plot it (ALiBi's "train short, test longer"), and
+on a synthetic task's val examples drawn at longer lengths (`task_scores`: passkey, niah, ...).
 
 Each length T gives `val_loss_at/T` (MLflow's names allow no @) and the loss over each quarter
 of the positions (`val_loss_at/T/positions_A-B`), so that a curve shows where a model breaks. The windows are scored
@@ -15,18 +16,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ablate.data import tasks
 from ablate.data.corpus import val_batches
+from ablate.data.tasks import TaskData
 from ablate.errors import AblateError
 from ablate.model import LanguageModel
+from ablate.nn.loss import IGNORE_INDEX as IGNORE
 from ablate.tracking.schema import Metric
 from ablate.train.evaluation import autocast
 
 BUCKETS = 4  # position ranges per length
-METHOD = "forward over windows of T tokens"
+METHOD = "forward over windows of T tokens"  # of val text, or of a task's val examples drawn at T
 
 
 def val_loss_at(length: int) -> str:
     return Metric.VAL_LOSS_AT + str(length)
+
+
+def val_exact_at(length: int) -> str:
+    return Metric.VAL_EXACT_AT + str(length)
+
+
+def depth_name(length: int, depth: float) -> str:
+    """The exact-match metric of the val examples whose needle is at `depth` (0–1), as a percent."""
+    return f"{val_exact_at(length)}/depth_{round(100 * depth)}"
 
 
 def reach(model: LanguageModel, lengths: tuple[int, ...]) -> tuple[list[int], str | None]:
@@ -66,12 +79,51 @@ def losses(model: LanguageModel, val: np.ndarray, lengths: list[int], batch_toke
     return out
 
 
-def print_table(metrics: dict[str, float], lengths: list[int], context: int, stopped: str | None) -> None:
-    """One line per length: its loss, and its loss over each quarter of the positions."""
+@torch.no_grad()
+def task_scores(model: LanguageModel, data: TaskData, lengths: list[int], batch_tokens: int) -> dict:
+    """At each length T, the task's val examples drawn at T: val_accuracy_at/T (answer tokens
+    right), val_exact_at/T (examples whose every answer token is right) and, for a needle task,
+    val_exact_at/T/depth_P for each depth, forward in batches of batch_tokens // T examples."""
+    device, was_training = model.embed.weight.device, model.training
+    model.eval()
+    out = {}
     for length in lengths:
-        name = val_loss_at(length)
-        parts = [f"{k.split('/positions_')[1]}: {v:.4f}" for k, v in metrics.items() if k.startswith(name + "/")]
+        x, y = data.val_examples(length)
+        size = max(1, batch_tokens // length)
+        right = []
+        for i in range(0, len(x), size):
+            xb, yb = x[i : i + size].to(device), y[i : i + size].to(device)
+            with autocast(device):
+                guess = model(xb).argmax(-1)
+            right.append(((guess == yb) | (yb == IGNORE)).cpu())
+        right, scored = torch.cat(right), y != IGNORE
+        exact = right.all(dim=1)
+        out[Metric.VAL_ACCURACY_AT + str(length)] = float(right[scored].float().mean())
+        out[val_exact_at(length)] = float(exact.float().mean())
+        if tasks.TASKS[data.cfg.task].deep:
+            depths = tasks.depths_of(data.cfg, len(x))
+            for depth in sorted(set(data.cfg.depths)):
+                out[depth_name(length, depth)] = float(exact[torch.from_numpy(depths == depth)].float().mean())
+    model.train(was_training)
+    return out
+
+
+def scores(model: LanguageModel, data, lengths: tuple[int, ...], batch_tokens: int, batches: int):
+    """The model at each length it can reach: a task's scores (`task_scores`) or a corpus's
+    losses (`losses`). Returns the metrics, the lengths scored and why the rest were not (or None)."""
+    kept, stopped = reach(model, lengths)
+    if isinstance(data, TaskData):
+        return task_scores(model, data, kept, batch_tokens), kept, stopped
+    return losses(model, data.val, kept, batch_tokens, batches), kept, stopped
+
+
+def print_table(metrics: dict[str, float], lengths: list[int], context: int, stopped: str | None) -> None:
+    """One line per length: its metrics, then those by position range or needle depth."""
+    for length in lengths:
+        ours = {k: v for k, v in metrics.items() if k.split("/")[1] == str(length)}
+        whole = "  ".join(f"{k.split('/')[0]} {v:.4f}" for k, v in ours.items() if k.count("/") == 1)
+        parts = "  ".join(f"{k.split('/')[2]}: {v:.4f}" for k, v in ours.items() if k.count("/") == 2)
         mark = " (the training length)" if length == context else ""
-        print(f"{name} {metrics[name]:.4f}{mark}   by position {'  '.join(parts)}")
+        print(f"{length} tokens{mark}: {whole}   by {parts}")
     if stopped:
         print(f"longer lengths: n/a ({stopped})")

@@ -154,7 +154,7 @@ def _eval_parser(sub) -> None:
         type=contexts,
         metavar="LENGTHS",
         help="score the model at these lengths instead (256,1k,4k), past its training context too, "
-        "logging val_loss_at/T to the run",
+        "logging val_loss_at/T to the run (a task's run: val_accuracy_at/T and val_exact_at/T)",
     )
     evaluate.add_argument("--json", action="store_true", help="the metrics and the evaluation run id as JSON")
     store_options(evaluate)
@@ -350,12 +350,11 @@ def _lengths(args, tracker) -> int:
     from ablate.train.evaluation import device_named
 
     model = evaluate.load_model(tracker.client, args.run_id).to(device_named(args.device))
-    kept, stopped = lengths.reach(model, args.contexts)
+    lengths.reach(model, args.contexts)  # a model that leaks is refused before its data is built
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = evaluate.eval_data(
-            tracker.client, args.run_id, args.data, model.cfg.vocab_size, args.results, Path(tmp)
-        )
-    metrics = lengths.losses(model, corpus.val, kept, args.batch_size * model.cfg.context, args.batches)
+        data = evaluate.eval_data(tracker.client, args.run_id, args.data, model.cfg.vocab_size, args.results, Path(tmp))
+    batch_tokens = args.batch_size * model.cfg.context
+    metrics, kept, stopped = lengths.scores(model, data, args.contexts, batch_tokens, args.batches)
     tracker.log_final(args.run_id, metrics)
     tracker.tag(args.run_id, {Tag.LENGTH_METHOD: lengths.METHOD} | ({Tag.LENGTH_STOPPED: stopped} if stopped else {}))
     if args.json:

@@ -36,5 +36,5 @@ class DataSource(Protocol):
 def open_source(config: DataConfig | TaskConfig, cache: Path, base_dir: Path) -> DataSource:
     """The data a study's `data:` section describes (a corpus is built into `cache` once)."""
     if isinstance(config, TaskConfig):
-        return TaskData(config)
+        return TaskData(config, base_dir)
     return prepare(config, cache, base_dir)

@@ -27,6 +27,8 @@ Tasks (after Zoology, Arora et al. 2023, and MAD, Poli et al. 2024):
   signal; the model is to write the scattered tokens in order.
 - memorization: key-value pairs from one fixed table (drawn from `seed`) shared by every
   sequence, train and val alike: the answers can only come from the weights.
+- passkey, niah, variable_tracking: long-context retrieval (`ablate.data.retrieval`), scored at
+  `eval_seq_lens` past their training length too (`ablate.lengths.task_scores`).
 
 Each task has a chance level (`chance_accuracy`): the expected val_accuracy of the best
 guess that lacks the capability under test, computed exactly on the val set. Recall:
@@ -39,11 +41,13 @@ import hashlib
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ablate.config import TaskConfig
+from ablate.data import retrieval
 from ablate.data.meta import DataMeta
 from ablate.data.stream import unigram_entropy
 from ablate.errors import AblateError, did_you_mean
@@ -62,6 +66,7 @@ Rules = Callable[[TaskConfig], str | None]
 class Task:
     generate: Generator
     rules: Rules
+    deep: bool = False  # a needle task: its generator also takes each example's depth (ablate.data.retrieval)
 
 
 def _mqar_rules(cfg: TaskConfig) -> str | None:
@@ -202,22 +207,36 @@ TASKS: dict[str, Task] = {  # a new task: its generator and its rules, here
     "fuzzy_recall": Task(_fuzzy, _fuzzy_rules),
     "selective_copy": Task(_selective_copy, _selective_copy_rules),
     "memorization": Task(lambda cfg, rng, n: _pairs(cfg, rng, n, table=memorization_table(cfg)), _memorization_rules),
+    "passkey": Task(retrieval.passkey, retrieval.rules, deep=True),
+    "niah": Task(retrieval.niah, retrieval.rules, deep=True),
+    "variable_tracking": Task(retrieval.variable_tracking, retrieval.rules),
 }
 
 
-def check(cfg: TaskConfig) -> None:
+def check(cfg: TaskConfig, base_dir: Path = Path(".")) -> None:
     """Refuse a task that does not exist, or settings it cannot run with (an AblateError naming why)."""
     if cfg.task not in TASKS:
         raise AblateError(f"unknown task {cfg.task!r}{did_you_mean(cfg.task, TASKS)}; tasks: {', '.join(TASKS)}")
-    problem = TASKS[cfg.task].rules(cfg)
+    problem = TASKS[cfg.task].rules(retrieval.resolved(cfg, base_dir))
     if problem is not None:
         raise AblateError(problem)
 
 
-def generate(cfg: TaskConfig, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n examples: inputs (n, seq_len) and targets (n, seq_len), IGNORE where not scored."""
-    tokens, answers = TASKS[cfg.task].generate(cfg, rng, n)
+def generate(cfg: TaskConfig, rng: np.random.Generator, n: int, val: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """n examples: inputs (n, seq_len) and targets (n, seq_len), IGNORE where not scored. A
+    needle's depth is drawn for training, and spread over `depths` for val (example i at
+    depths[i mod len(depths)], `depths_of`)."""
+    task = TASKS[cfg.task]
+    if task.deep:
+        tokens, answers = task.generate(cfg, rng, n, depths_of(cfg, n) if val else rng.random(n))
+    else:
+        tokens, answers = task.generate(cfg, rng, n)
     return torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(answers[:, 1:].copy())
+
+
+def depths_of(cfg: TaskConfig, n: int) -> np.ndarray:
+    """The needle depth of each of n val examples."""
+    return np.resize(np.array(cfg.depths), n)
 
 
 def chance_accuracy(cfg: TaskConfig, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -225,6 +244,8 @@ def chance_accuracy(cfg: TaskConfig, x: torch.Tensor, y: torch.Tensor) -> float:
     module docstring): recall guesses uniformly among the values of the keys seen so far, copy
     among the scattered tokens not yet copied, memorization the most frequent answer."""
     scored = y != IGNORE
+    if cfg.task in retrieval.TASKS:
+        return retrieval.chance(cfg, x, y)
     if cfg.task == "memorization":
         return float(np.bincount(y[scored].numpy()).max() / scored.sum().item())
     if cfg.task == "mqar":
@@ -276,10 +297,12 @@ class TaskData:
     """What the Trainer and the runner need of a data source, for a synthetic task."""
 
     cfg: TaskConfig
+    base_dir: Path = Path(".")  # where a haystack file's name starts
     meta: DataMeta = field(init=False)
     tokenizer_path = None  # token ids are the task's own: there is no text to tokenize
 
     def __post_init__(self):
+        self.drawn = retrieval.resolved(self.cfg, self.base_dir)  # the settings examples are drawn with
         x, y = self.val_examples()
         answers = y[y != IGNORE].numpy()
         self.meta = DataMeta(
@@ -301,11 +324,15 @@ class TaskData:
     def check_context(self, context: int) -> None:
         """Nothing to check: the plan fits every model's context to the task's seq_len."""
 
-    def val_examples(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return generate(self.cfg, np.random.default_rng([self.cfg.seed, 3]), self.cfg.n_val)
+    def val_examples(self, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The n_val val examples, at seq_len or at another length (drawn from their own seed)."""
+        if length is None or length == self.cfg.seq_len:
+            return generate(self.drawn, np.random.default_rng([self.cfg.seed, 3]), self.cfg.n_val, val=True)
+        longer = self.drawn.model_copy(update={"seq_len": length})
+        return generate(longer, np.random.default_rng([self.cfg.seed, 3, length]), self.cfg.n_val, val=True)
 
     def batches(self, context: int, batch_size: int, seed: int, device=None) -> TaskBatches:
-        return TaskBatches(self.cfg, batch_size, seed, device)
+        return TaskBatches(self.drawn, batch_size, seed, device)
 
     def val_batches(self, context: int, batch_size: int, n_batches: int) -> list:
         """Every val example, in batches (n_batches does not apply: the set is fixed by n_val)."""

@@ -31,7 +31,11 @@ from ablate.plan.flops import flops_per_token
 from ablate.plan.resources import DoesNotFit, check_fits
 from ablate.plan.search import SearchConfig, check_space
 
-LATER_DATA_KEYS = ("text_field",)  # data settings added after studies ran: keyed only away from their default
+# data settings added after studies ran: keyed only away from their default
+LATER_DATA_KEYS = (
+    *("text_field", "haystack", "needle", "num_needles", "needle_len", "depths", "num_chains", "num_hops"),
+    "eval_seq_lens",
+)
 
 
 def _keyed_data(data: DataConfig | TaskConfig) -> dict[str, Any]:
@@ -39,7 +43,11 @@ def _keyed_data(data: DataConfig | TaskConfig) -> dict[str, Any]:
     from its default, so that an upgrade does not retrain what a study finished."""
     dumped = data.model_dump()
     fields = type(data).model_fields
-    return {k: v for k, v in dumped.items() if not (k in LATER_DATA_KEYS and v == fields[k].default)}
+    return {
+        k: v
+        for k, v in dumped.items()
+        if not (k in LATER_DATA_KEYS and v == fields[k].get_default(call_default_factory=True))
+    }
 
 
 @dataclass
@@ -161,7 +169,7 @@ def load(
     vocab = config.data.vocab_size
     if isinstance(config.data, TaskConfig):
         try:
-            tasks.check(config.data)
+            tasks.check(config.data, base_dir)
         except AblateError as e:
             where = ("data", "task") if config.data.task not in tasks.TASKS else ("data",)
             raise AblateError(f"{lines.at(where)}: {'.'.join(where)}: {e}") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from ablate import audit, harness, inference, lengths, sample
+from ablate.data.tasks import TaskData
 from ablate.model import build_model
 from ablate.plan.search import search_train, with_params
 from ablate.plan.study import Trial
@@ -208,16 +209,20 @@ class TrialRunner:
         trainer.model.train()
 
     def _lengths(self, job: Job, trainer: Trainer, run: RunLog) -> None:
-        """Where the study asks (`eval.contexts`), the trained model's loss at each length, logged on its run."""
-        asked, cfg = self.prepared.study.config.eval, trainer.cfg
-        if asked is None or asked.contexts is None:
+        """Where the study asks (`eval.contexts`, or a task's `eval_seq_lens`), the trained model
+        scored at each length, logged on its run."""
+        data, cfg, asked = self.prepared.data, trainer.cfg, self.prepared.study.config.eval
+        if isinstance(data, TaskData):
+            longer = data.cfg.eval_seq_lens
+            asked = None if longer is None else [data.cfg.seq_len, *longer]
+        else:
+            asked = None if asked is None else asked.contexts
+        if asked is None:
             return
-        kept, stopped = lengths.reach(trainer.model, tuple(asked.contexts))
-        self.progress.console.print(f"{job.label}: val loss at {', '.join(map(str, kept))} tokens")
-        val = self.prepared.data.val
-        run.metrics(
-            cfg.steps, lengths.losses(trainer.model, val, kept, cfg.batch_size * trainer.context, cfg.eval_batches)
-        )
+        self.progress.console.print(f"{job.label}: scored at {', '.join(map(str, asked))} tokens")
+        batch_tokens = cfg.batch_size * trainer.context
+        metrics, _, stopped = lengths.scores(trainer.model, data, tuple(asked), batch_tokens, cfg.eval_batches)
+        run.metrics(cfg.steps, metrics)
         run.tag(Tag.LENGTH_METHOD, lengths.METHOD)
         if stopped:
             run.tag(Tag.LENGTH_STOPPED, stopped)

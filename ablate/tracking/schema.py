@@ -94,6 +94,8 @@ class Metric:
     DECODE_MS_PER_TOKEN = "decode_ms_per_token/"  # ... + the context: decode_ms_per_token/4096
     STATE_BYTES = "state_bytes/"  # + the context
     VAL_LOSS_AT = "val_loss_at/"  # + a length: val_loss_at/2048 (ablate.lengths), and .../positions_A-B
+    VAL_ACCURACY_AT = "val_accuracy_at/"  # + a length: a task's answer tokens right (ablate.lengths) ...
+    VAL_EXACT_AT = "val_exact_at/"  # ... and its examples answered whole; a needle's also .../depth_P (percent)
     LM_EVAL = "lm_eval/{task}/{metric}"  # lm-evaluation-harness's: lm_eval/arc_easy/acc
 
 
@@ -123,6 +125,7 @@ HIGHER_IS_BETTER = {
 }  # and every accuracy
 LOWER_IS_BETTER = {Metric.TRAIN_TIME_S}  # and every loss
 LOWER_IS_BETTER_PREFIXES = (Metric.DECODE_MS_PER_TOKEN, Metric.STATE_BYTES)
+HIGHER_IS_BETTER_PREFIXES = (Metric.VAL_ACCURACY_AT, Metric.VAL_EXACT_AT)
 # lm-eval's metrics by their own names (lm_eval/TASK/NAME[_FILTER]): scores, and surprises
 LM_EVAL_HIGHER = ("acc", "acc_norm", "acc_mutual_info", "exact_match", "f1", "em", "mcc", "contains", "bleu", "rouge")
 LM_EVAL_LOWER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
@@ -132,7 +135,8 @@ def lower_is_better(metric: str, given: bool | None = None) -> bool:
     """The direction of a metric: as given, else known for losses, accuracy and speed."""
     if given is not None:
         return given
-    if metric in HIGHER_IS_BETTER or metric.endswith("accuracy") or _lm_eval_named(metric, LM_EVAL_HIGHER):
+    higher = metric in HIGHER_IS_BETTER or metric.endswith("accuracy") or metric.startswith(HIGHER_IS_BETTER_PREFIXES)
+    if higher or _lm_eval_named(metric, LM_EVAL_HIGHER):
         return False
     if metric in LOWER_IS_BETTER or "loss" in metric or metric.startswith(LOWER_IS_BETTER_PREFIXES):
         return True
