@@ -433,7 +433,19 @@ class Expectation(BaseModel):
     variant: str
     against: str | None = Field(None, description="the variant it is compared with (default: the baseline)")
     metric: str = "val_loss"
-    verdict: Literal["better", "worse", "same"]
+    than: str | None = Field(None, description="instead, the variant's own other metric (val_loss_at/128), by seed")
+    verdict: Literal["better", "worse", "same", "n/a"] = Field(description="n/a: the variant logs no value of it")
+    within: float | None = Field(None, gt=0, lt=1, description="same: its 95% CI within ± this share of the other's")
+
+    @model_validator(mode="after")
+    def _one_comparison(self):
+        if self.than is not None and self.against is not None:
+            raise ValueError("compare with another variant (against) or with another metric (than), not both")
+        if self.within is not None and self.verdict != "same":
+            raise ValueError("within bounds a 'same' verdict")
+        if self.verdict == "n/a" and (self.than or self.against):
+            raise ValueError("n/a says the variant logs no value of the metric: it names no other side")
+        return self
 
     @field_validator("metric")
     @classmethod
@@ -445,7 +457,7 @@ class Expectation(BaseModel):
         return metric
 
 
-def _compared(a: str, b: str | None, info: ValidationInfo) -> None:
+def _compared(a: str, b: str | None, info: ValidationInfo, alone: bool = False) -> None:
     """A contrast (a, b) or an expectation (b None: the baseline) names the study's variants; in
     a scaling study both at one size each (NAME@SIZE) or both bare (at every size)."""
     data = info.data
@@ -457,6 +469,8 @@ def _compared(a: str, b: str | None, info: ValidationInfo) -> None:
     for name in (a, b):
         if name is not None and name not in names + sized:
             raise ValueError(f"{name!r} is not a variant{did_you_mean(name, names + sized)}")
+    if b is None and alone:  # compared with its own other metric, or with nothing
+        return
     if a == (b or data.get("baseline") or names[0]):
         raise ValueError(f"{a!r} is compared with itself")
     if sized and b is not None and ("@" in a) != ("@" in b):
@@ -469,7 +483,7 @@ def _contrast(pair: tuple[str, str], info: ValidationInfo) -> tuple[str, str]:
 
 
 def _expectation(e: "Expectation", info: ValidationInfo) -> "Expectation":
-    _compared(e.variant, e.against, info)
+    _compared(e.variant, e.against, info, alone=e.than is not None or e.verdict == "n/a")
     return e
 
 

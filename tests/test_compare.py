@@ -194,6 +194,36 @@ def test_expectations_hold_or_fail():
     assert list(checks["verdict"]) == ["better", "no significant difference", "better"]
 
 
+def test_expectations_against_a_variants_own_metric_within_a_bound_and_not_measured():
+    """`than` pairs a variant's metric with its own other metric by seed; `within` holds 'same'
+    only where the difference's 95% interval lies inside the bound; n/a holds where the variant
+    logged no value (a learned table past its end)."""
+    seeds = [0, 1, 2, 3]
+    runs = frame({"alibi": (seeds, [4.00, 4.10, 3.95, 4.05]), "learned": (seeds, [3.9, 4.0, 3.95, 4.1])})
+    long = {"alibi": [4.10, 4.22, 4.01, 4.14], "learned": [np.nan] * 4}
+    runs["metrics.val_loss_at/1024"] = [v for name in ("alibi", "learned") for v in long[name]]
+    runs["metrics.val_loss_at/128"] = runs["metrics.val_loss"]
+    expected = [
+        Expectation(variant="alibi", metric="val_loss_at/1024", than="val_loss_at/128", verdict="worse"),
+        Expectation(variant="alibi", metric="val_loss_at/1024", than="val_loss_at/128", verdict="same", within=0.1),
+        Expectation(variant="alibi", metric="val_loss_at/1024", than="val_loss_at/128", verdict="same", within=0.01),
+        Expectation(variant="learned", metric="val_loss_at/1024", verdict="n/a"),
+        Expectation(variant="alibi", metric="val_loss_at/1024", verdict="n/a"),
+    ]
+    checks = expectations(runs, expected, "alibi", lambda metric: True)
+    d = np.subtract(long["alibi"], [4.00, 4.10, 3.95, 4.05])
+    low, high = stats.ttest_rel(long["alibi"], [4.00, 4.10, 3.95, 4.05]).confidence_interval(0.95)
+    assert checks.loc[0, "diff"] == pytest.approx(d.mean()) and checks.loc[0, "against"] == "its val_loss_at/128"
+    assert checks.loc[0, "p"] == pytest.approx(stats.ttest_rel(long["alibi"], [4.00, 4.10, 3.95, 4.05]).pvalue)
+    assert 0 < low and high < 0.1 * 4.025 and high > 0.01 * 4.025  # inside 10%, not inside 1%
+    assert list(checks["verdict"]) == ["worse", "same within 10%", "not shown within 1%", "n/a", "measured"]
+    assert list(checks["held"]) == [True, True, False, True, False]
+    with pytest.raises(ValueError, match="not both"):
+        Expectation(variant="a", against="b", than="val_loss", metric="val_loss_at/256", verdict="worse")
+    with pytest.raises(ValueError, match="within bounds a 'same' verdict"):
+        Expectation(variant="a", verdict="worse", within=0.1)
+
+
 def test_convergence_marks_a_curve_still_falling_and_one_near_the_unigram_entropy():
     history = pd.DataFrame(
         [("done", 0, s, v) for s, v in [(100, 5.0), (200, 4.6), (300, 4.58)]]

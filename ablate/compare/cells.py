@@ -103,7 +103,7 @@ def expectations(c: Comparison) -> Table:
         [
             f"{r.variant} vs {r.against}",
             r.metric,
-            r.expected,
+            r.expected if math.isnan(r.within) else f"{r.expected} within {r.within:.0%}",
             _borderline(r),
             number(r.p_holm),
             "yes" if r.held else "NO",

@@ -198,24 +198,55 @@ def pairs_table(runs: pd.DataFrame, metric: str, pairs: list[tuple[str, str]], l
 
 
 def expectations(runs: pd.DataFrame, expected: list[Expectation], baseline: str, lower_of) -> pd.DataFrame:
-    """Each expectation (variant, against: default the baseline, metric, verdict) tested, Holm over
-    the expectations of each metric, and whether the verdict reached is the one expected
-    ('same' is held by "no significant difference")."""
+    """Each expectation tested, and whether the verdict reached is the one expected ('same' is held
+    by "no significant difference", or with `within` by an interval inside the bound). Against
+    another variant (default the baseline): Holm over the expectations of each metric; against
+    the variant's own other metric (`than`): each its own test, paired by seed; n/a: held when
+    the variant logged no value of the metric."""
     frames = []
-    for metric in dict.fromkeys(e.metric for e in expected):
-        mine = [e for e in expected if e.metric == metric]
-        if metric_column(metric) not in runs:
-            raise AblateError(f"an expectation names metric {metric!r}, which these runs did not log")
+    for metric in dict.fromkeys(e.metric for e in expected if e.than is None and e.verdict != "n/a"):
+        mine = [e for e in expected if e.metric == metric and e.than is None and e.verdict != "n/a"]
+        _logged(runs, metric)
         pairs = [(e.variant, e.against or baseline) for e in mine]
         table = pairs_table(runs, metric, pairs, lower_of(metric))
-        table.insert(0, "metric", metric)
-        table["expected"] = [e.verdict for e in mine]
-        frames.append(table)
+        frames.append(table.assign(metric=metric, expected=[e.verdict for e in mine], within=np.nan))
+    for e in expected:
+        if e.than is not None:
+            frames.append(_against_itself(runs, e, lower_of(e.metric)))
+        elif e.verdict == "n/a":
+            logged = metric_column(e.metric) in runs and len(values(runs, e.variant, e.metric)) > 0
+            row = {"metric": e.metric, "variant": e.variant, "against": "-", "verdict": "measured" if logged else "n/a"}
+            frames.append(pd.DataFrame([row | {"expected": "n/a", "diff": np.nan, "within": np.nan}]))
     if not frames:
-        return pd.DataFrame(columns=["metric", "variant", "against", "verdict", "expected", "held"])
+        return pd.DataFrame(columns=["metric", "variant", "against", "verdict", "expected", "within", "held"])
     table = pd.concat(frames, ignore_index=True)
+    table["borderline"] = table["borderline"].astype("boolean").fillna(False).astype(bool)  # n/a: no test
     reached = table["verdict"].replace({"no significant difference": "same"})
     table["held"] = reached == table["expected"]
+    bounded = table["within"].notna()
+    table.loc[bounded, "held"] = table.loc[bounded, "verdict"].str.startswith("same within")
+    return table
+
+
+def _logged(runs: pd.DataFrame, metric: str) -> None:
+    if metric_column(metric) not in runs:
+        raise AblateError(f"an expectation names metric {metric!r}, which these runs did not log")
+
+
+def _against_itself(runs: pd.DataFrame, e: Expectation, lower: bool) -> pd.DataFrame:
+    """The variant's metric against its own `than`, paired by seed (val_loss_at/1024 against
+    val_loss_at/128); with `within`, 'same within W' when the difference's 95% interval lies
+    inside ± W of the mean of `than`."""
+    _logged(runs, e.metric)
+    _logged(runs, e.than)
+    mine = runs[runs[VARIANT] == e.variant]
+    at_other = mine.assign(**{VARIANT: f"its {e.than}", metric_column(e.metric): mine[metric_column(e.than)]})
+    table = pairs_table(pd.concat([mine, at_other]), e.metric, [(e.variant, f"its {e.than}")], lower)
+    table = table.assign(metric=e.metric, expected=e.verdict, within=e.within)
+    if e.within is not None and not table["diff"].isna().all():
+        bound = e.within * abs(values(runs, e.variant, e.than).mean())
+        inside = -bound <= table.loc[0, "diff_ci_low"] and table.loc[0, "diff_ci_high"] <= bound
+        table.loc[0, "verdict"] = f"{'same within' if inside else 'not shown within'} {e.within:.0%}"
     return table
 
 
