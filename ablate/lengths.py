@@ -3,7 +3,9 @@ trained at, as length-generalisation papers plot it (ALiBi's "train short, test 
 on a synthetic task's val examples drawn at longer lengths (`task_scores`: passkey, niah, ...).
 
 Each length T gives `val_loss_at/T` (MLflow's names allow no @) and the loss over each quarter
-of the positions (`val_loss_at/T/positions_A-B`), so that a curve shows where a model breaks. The windows are scored
+of the positions (`val_loss_at/T/positions_A-B`), so that a curve shows where a model breaks.
+Every length scores the same val tokens (`span`), cut into consecutive windows of T, as ALiBi's
+paper evaluates: a change with length is the model's, not the text's. The windows are scored
 by the model's forward over T tokens (the same numbers decoding from its state gives, by the
 mixer contract), a batch holding as many tokens as a training batch. Rotary tables grow as far
 as asked; a learned table (positions, AFT's pair biases) ends where it ends, and the lengths past
@@ -17,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from ablate.data import tasks
-from ablate.data.corpus import val_batches
 from ablate.data.tasks import TaskData
 from ablate.errors import AblateError
 from ablate.model import LanguageModel
@@ -26,7 +27,7 @@ from ablate.tracking.schema import Metric
 from ablate.train.evaluation import autocast
 
 BUCKETS = 4  # position ranges per length
-METHOD = "forward over windows of T tokens"  # of val text, or of a task's val examples drawn at T
+METHOD = "forward over consecutive windows of T tokens"  # of the same val text, or of a task's examples drawn at T
 
 
 def val_loss_at(length: int) -> str:
@@ -53,24 +54,33 @@ def reach(model: LanguageModel, lengths: tuple[int, ...]) -> tuple[list[int], st
     return kept, None if len(kept) == len(lengths) else f"{limit[1]} ends at position {limit[0]}"
 
 
+def span(val_size: int, lengths: list[int], batch_tokens: int, batches: int) -> int:
+    """How many val tokens every length scores: batches × batch_tokens, cut to a whole number of
+    windows of the longest length (at least one), so that each length scores the same tokens."""
+    longest = max(lengths)
+    if val_size <= longest:
+        raise AblateError(f"the val split has {val_size:,} tokens, too few for windows of {longest}")
+    return max(1, min(batches * batch_tokens, val_size - 1) // longest) * longest
+
+
 @torch.no_grad()
 def losses(model: LanguageModel, val: np.ndarray, lengths: list[int], batch_tokens: int, batches: int) -> dict:
-    """val_loss_at/T and its position ranges for each length T, over `batches` fixed windows of
-    batch_tokens // T sequences (at least one)."""
+    """val_loss_at/T and its position ranges for each length T, over the same first `span` val
+    tokens at every length, cut into consecutive windows of T (batch_tokens // T to a batch)."""
     device, was_training = model.embed.weight.device, model.training
     model.eval()
-    out = {}
+    out, size = {}, span(val.size, lengths, batch_tokens, batches)
+    tokens = torch.from_numpy(np.asarray(val[: size + 1], dtype=np.int64))
     for length in lengths:
-        if val.size <= length + 1:
-            raise AblateError(f"the val split has {val.size:,} tokens, too few for windows of {length}")
+        x, y = tokens[:-1].view(-1, length), tokens[1:].view(-1, length)
         per_position = torch.zeros(length, dtype=torch.float64)
-        windows = val_batches(val, length, max(1, batch_tokens // length), batches)
-        for x, y in windows:
+        rows = max(1, batch_tokens // length)
+        for i in range(0, len(x), rows):
             with autocast(device):
-                logits = model(x.to(device)).float()
-            loss = F.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none")  # (B, T)
+                logits = model(x[i : i + rows].to(device)).float()
+            loss = F.cross_entropy(logits.transpose(1, 2), y[i : i + rows].to(device), reduction="none")  # (B, T)
             per_position += loss.sum(0).double().cpu()
-        per_position /= sum(x.size(0) for x, _ in windows)
+        per_position /= len(x)
         out[val_loss_at(length)] = float(per_position.mean())
         edges = np.linspace(0, length, BUCKETS + 1).astype(int)
         for a, b in itertools.pairwise(edges.tolist()):
@@ -121,9 +131,9 @@ def print_table(metrics: dict[str, float], lengths: list[int], context: int, sto
     """One line per length: its metrics, then those by position range or needle depth."""
     for length in lengths:
         ours = {k: v for k, v in metrics.items() if k.split("/")[1] == str(length)}
-        whole = "  ".join(f"{k.split('/')[0]} {v:.4f}" for k, v in ours.items() if k.count("/") == 1)
+        whole = "  ".join(f"{k} {v:.4f}" for k, v in ours.items() if k.count("/") == 1)
         parts = "  ".join(f"{k.split('/')[2]}: {v:.4f}" for k, v in ours.items() if k.count("/") == 2)
         mark = " (the training length)" if length == context else ""
-        print(f"{length} tokens{mark}: {whole}   by {parts}")
+        print(f"{whole}{mark}" + (f"   by {parts}" if parts else ""))
     if stopped:
         print(f"longer lengths: n/a ({stopped})")

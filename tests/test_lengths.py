@@ -41,14 +41,12 @@ def test_every_causal_mixer_is_scored_past_its_context_or_says_where_its_table_e
         assert len(quarters) == 4 and np.mean(quarters) == pytest.approx(metrics[f"val_loss_at/{n}"])
 
 
-def test_at_the_training_length_it_is_the_evaluations_val_loss(finished, capsys):
-    """The same fixed windows (a batch of batch-size sequences at the context), the same loss."""
+def test_every_length_scores_the_same_val_tokens_in_consecutive_windows(finished, capsys):
+    """At each length the first `span` val tokens, cut into windows of that length: the loss is the
+    mean over exactly those tokens (checked by hand at 64 and 128), and `eval --contexts` logs it."""
     study, results, _ = finished
     run_id = trial_runs(store_of(results), "tiny").iloc[0]["run_id"]
     store = ["--results", str(results), "--batch-size", "4", "--batches", "3", "--json"]
-    assert main(["eval", run_id, "--data", str(study), *store]) == 0
-    plain = json.loads(capsys.readouterr().out)["val_loss"]
-    # the tiny study's context is 32: 64 is the smallest length the flag takes, so score 32 through the API
     assert main(["eval", run_id, "--data", str(study), "--contexts", "64,128", *store]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"val_loss_at/64", "val_loss_at/128", "val_loss_at/128/positions_96-127"}
@@ -56,8 +54,15 @@ def test_at_the_training_length_it_is_the_evaluations_val_loss(finished, capsys)
     from ablate.data import open_source
     from ablate.plan import study as study_mod
 
-    corpus = open_source(study_mod.load(study).config.data, results / "cache", study.parent)
-    assert lengths.losses(model, corpus.val, [32], 4 * 32, 3)["val_loss_at/32"] == pytest.approx(plain, rel=1e-6)
+    val = open_source(study_mod.load(study).config.data, results / "cache", study.parent).val
+    size = lengths.span(val.size, [64, 128], 4 * 32, 3)
+    assert size == 384  # 3 batches of 4 × 32 tokens, in whole windows of 128
+    tokens = torch.from_numpy(np.asarray(val[: size + 1], dtype=np.int64))
+    for n in (64, 128):
+        with torch.no_grad():
+            logits = model(tokens[:-1].view(-1, n))
+        by_hand = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[1:]).item()
+        assert out[f"val_loss_at/{n}"] == pytest.approx(by_hand, rel=1e-5)
     logged = ablate.tracking.store.client(store_of(results)).get_run(run_id)
     assert logged.data.metrics["val_loss_at/128"] == out["val_loss_at/128"]
     assert logged.data.tags["ablate.length_method"] == lengths.METHOD

@@ -127,3 +127,25 @@ def test_a_study_of_state_sizes_plots_its_metric_against_them(tmp_path):
     c.runs["params.state_size"] = c.runs["tags.ablate.variant"].map(sizes)
     names = [p.name for p in report.write(c, tmp_path)]
     assert "val_accuracy_by_state.png" in names
+
+
+def test_a_study_scored_past_its_training_length_plots_the_metric_by_length_and_the_needle_grid(tmp_path):
+    """One line per variant through the lengths it was measured at, "n/a" where its table ended
+    (no value logged), the training length marked; and exact match by length and depth."""
+    from ablate.compare import by_length
+
+    c = study(metric="val_loss")
+    assert by_length.plot(c, "val_loss_at/", tmp_path / "none.png") is None  # scored at one length only
+    c.runs["params.model.context"] = "128"
+    for n in (128, 256, 1024):
+        c.runs[f"metrics.val_loss_at/{n}"] = c.runs["metrics.val_loss"] + n / 1000
+        for depth in (0, 50, 100):
+            c.runs[f"metrics.val_exact_at/{n}/depth_{depth}"] = 1 - n / 2048
+    learned = c.runs["tags.ablate.variant"] == "aft"
+    c.runs.loc[learned, ["metrics.val_loss_at/256", "metrics.val_loss_at/1024"]] = float("nan")
+    assert list(by_length.lengths(c.runs, "val_loss_at/")) == [128, 256, 1024]
+    names = [p.name for p in report.write(c, tmp_path)]
+    assert {"val_loss_at_by_length.png", "needles_by_length_and_depth.png"} <= set(names)
+    assert "val_exact_at_by_length.png" not in names  # no val_exact_at/T of its own was logged
+    page = (tmp_path / "report.html").read_text()
+    assert 'alt="val_loss_at_by_length"' in page and 'alt="needles_by_length_and_depth"' in page

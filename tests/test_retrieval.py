@@ -71,7 +71,7 @@ def _needle_tokens(cfg: TaskConfig) -> int:
 def test_the_asked_needle_sits_at_its_depth(name):
     """Depth d puts the asked needle's start at d of the haystack: 0 opens the sequence, 1 ends
     right before the question (the other needles fall anywhere, multivalue's after the first)."""
-    cfg, _, x, y = _val(name, seq_len=128, n=50)
+    cfg, _, x, _ = _val(name, seq_len=128, n=50)
     at = retrieval.layout(cfg)
     for row, depth in zip(x.tolist(), depths_of(cfg, len(x))):
         question = row.index(at.query)

@@ -3,7 +3,8 @@ and logged as artifacts of the study's parent MLflow run.
 
 The page opens on the study's answer: each declared contrast's paired difference with its
 interval and minimum detectable effect, then the tables (formatted as in the terminal), then
-learning curves and rank by depth as small multiples, one panel per mixer family.
+learning curves and rank by depth as small multiples, one panel per mixer family; where the runs
+were scored past their training length, the metric by length and the needle heatmap (`by_length`).
 """
 
 import base64
@@ -11,15 +12,12 @@ import html
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import FormatStrFormatter
 
-from ablate.compare import Comparison, cells, scaling
+from ablate.compare import Comparison, by_length, cells, scaling
+from ablate.compare.figures import panels, plt, save
 from ablate.compare.runs import SEED, VARIANT
 from ablate.compare.stats import POWER
 from ablate.tracking import store
@@ -76,7 +74,7 @@ def plot_contrasts(c: Comparison, path: Path) -> Path | None:
         title=f"contrasts (grey: ± the difference detected with {POWER:.0%} power)",
     )
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_scaling(c: Comparison, path: Path) -> Path:
@@ -111,7 +109,7 @@ def plot_scaling(c: Comparison, path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize="x-small")
     axes[0][0].set_ylabel(f"{s.metric}: seeds, fit and its 95% band (dashed: extrapolated)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_intervals(c: Comparison, path: Path) -> Path:
@@ -132,7 +130,7 @@ def plot_intervals(c: Comparison, path: Path) -> Path:
     ax.set(xlabel=f"{c.metric}: each seed, and the mean with its 95% CI", title=f"{c.metric} by variant")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_state(c: Comparison, path: Path) -> Path | None:
@@ -162,7 +160,7 @@ def plot_state(c: Comparison, path: Path) -> Path | None:
     ax.set_title(f"{c.metric} against state size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_cost(c: Comparison, path: Path) -> Path | None:
@@ -196,14 +194,14 @@ def plot_cost(c: Comparison, path: Path) -> Path | None:
     missing = sorted(set(c.runs[VARIANT]) - set(runs[VARIANT]))
     ax.set_title(f"{quality} against decoding cost" + (f" ({', '.join(missing)}: not reached)" if missing else ""))
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_curves(c: Comparison, metric: str, path: Path) -> Path:
     """One panel per family: each variant's metric at every eval, mean over seeds, with a band
     from the lowest to the highest seed."""
     grouped, history = families(c), c.curves[metric]
-    fig, axes = _panels(len(grouped), sharey=True)
+    fig, axes = panels(len(grouped), sharey=True)
     for ax, (family, variants) in zip(axes, grouped.items()):
         for variant in variants:
             by_step = history[history["variant"] == variant].groupby("step")["value"]
@@ -216,7 +214,7 @@ def plot_curves(c: Comparison, metric: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     axes[0].set_ylabel(f"{metric}: mean, min–max band")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_rank(c: Comparison, path: Path) -> Path | None:
@@ -227,7 +225,7 @@ def plot_rank(c: Comparison, path: Path) -> Path | None:
     if not columns:
         return None
     grouped = families(c)
-    fig, axes = _panels(len(grouped), sharey=True)
+    fig, axes = panels(len(grouped), sharey=True)
     for ax, (family, variants) in zip(axes, grouped.items()):
         for variant in variants:
             means = c.runs.loc[c.runs[VARIANT] == variant, columns].mean().dropna()
@@ -238,25 +236,7 @@ def plot_rank(c: Comparison, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     axes[0].set_ylabel("effective rank after the block")
-    return _save(fig, path)
-
-
-def _panels(n: int, sharey: bool):
-    """n panels in rows of up to three; the spare cells of the last row are hidden."""
-    ncols = min(3, n)
-    nrows = math.ceil(n / ncols)
-    fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), sharey=sharey, squeeze=False)
-    axes = list(grid.flat)
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, axes[:n]
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def write(c: Comparison, folder: Path, ui: str | None = None) -> list[Path]:
@@ -266,6 +246,11 @@ def write(c: Comparison, folder: Path, ui: str | None = None) -> list[Path]:
     name = _file_name(c.metric)
     answer = plot_contrasts(c, folder / f"{name}_contrasts.png")
     images = [plot_intervals(c, folder / f"{name}_intervals.png")]
+    for prefix in (Metric.VAL_LOSS_AT, Metric.VAL_EXACT_AT):
+        if (image := by_length.plot(c, prefix, folder / f"{_file_name(prefix)}by_length.png")) is not None:
+            images.append(image)
+    if (needles := by_length.plot_needles(c, folder / "needles_by_length_and_depth.png")) is not None:
+        images.append(needles)
     if (state := plot_state(c, folder / f"{name}_by_state.png")) is not None:
         images.append(state)
     if (cost := plot_cost(c, folder / "quality_by_decode_cost.png")) is not None:
