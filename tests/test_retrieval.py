@@ -168,3 +168,41 @@ def test_bad_retrieval_settings_are_one_line_naming_the_allowed_range(tmp_path, 
     with pytest.raises(AblateError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
         study_mod.load(path)
     assert "\n" not in str(e.value) and "study.yaml" in str(e.value)
+
+
+def test_a_task_study_scores_its_final_models_at_eval_seq_lens(tmp_path, capsys):
+    """Each final trial logs val_accuracy_at/T, val_exact_at/T and each depth's exact match at
+    seq_len and every eval_seq_lens; a learned table is not measured past its end (the tag says
+    where); `ablate eval --contexts` scores a task run the same way, and compare ranks the lengths."""
+    import json
+
+    from ablate.cli import main
+    from tests.test_end_to_end import store_of, trial_runs
+
+    study = write_study(
+        tmp_path,
+        """\
+        name: retrieval
+        data: {task: passkey, needle_len: 1, seq_len: 32, n_val: 20, eval_seq_lens: [64], depths: [0, 1]}
+        model: {d_model: 32, n_layers: 1, n_heads: 2, qkv_dim: 32, ffn: false}
+        train: {steps: 6, batch_size: 4, warmup: 1, eval_every: 3}
+        variants: [{name: rope, model: {mixer: mha}}, {name: learned, model: {mixer: mha, pos: learned}}]
+        """,
+    )
+    results = tmp_path / "results"
+    assert main(["run", str(study), "--results", str(results)]) == 0
+    runs = trial_runs(store_of(results), "retrieval").set_index("tags.ablate.variant")
+    for name in ("val_accuracy_at/32", "val_exact_at/32", "val_exact_at/32/depth_0", "val_exact_at/32/depth_100"):
+        assert runs[f"metrics.{name}"].between(0, 1).all()
+    assert 0 <= runs.loc["rope", "metrics.val_exact_at/64"] <= 1 and np.isnan(runs.loc["learned", "metrics.val_exact_at/64"])
+    assert runs.loc["learned", "tags.ablate.length_stopped"] == "the learned position table ends at position 32"
+    depths = runs.loc["rope", ["metrics.val_exact_at/64/depth_0", "metrics.val_exact_at/64/depth_100"]].mean()
+    assert depths == pytest.approx(runs.loc["rope", "metrics.val_exact_at/64"])  # half the examples at each depth
+    capsys.readouterr()
+    run_id = runs.loc["rope", "run_id"]
+    assert main(["eval", run_id, "--contexts", "128", "--json", "--results", str(results)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"val_accuracy_at/128", "val_exact_at/128", "val_exact_at/128/depth_0"}
+    assert main(["compare", "--metric", "val_exact_at/64", "--format", "json", "--no-report", "--results", str(results)]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["rope"]["n"] == 1 and rows["learned"]["n"] == 0
