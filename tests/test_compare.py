@@ -2,12 +2,14 @@
 effect sizes against values worked out by hand."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from ablate.compare import cells
 from ablate.compare.runs import latest_per_seed
 from ablate.compare.stats import d_z, detectable, hedges_g, holm
 from ablate.compare.tables import (
@@ -218,6 +220,9 @@ def test_expectations_against_a_variants_own_metric_within_a_bound_and_not_measu
     assert 0 < low and high < 0.1 * 4.025 and high > 0.01 * 4.025  # inside 10%, not inside 1%
     assert list(checks["verdict"]) == ["worse", "same within 10%", "not shown within 1%", "n/a", "measured"]
     assert list(checks["held"]) == [True, True, False, True, False]
+    _, rows = cells.expectations(SimpleNamespace(checks=checks))
+    assert [row[0] for row in rows] == ["alibi vs its val_loss_at/128"] * 3 + ["learned", "alibi"]
+    assert [row[2] for row in rows] == ["worse", "same within 10%", "same within 1%", "n/a", "n/a"]
     with pytest.raises(ValueError, match="not both"):
         Expectation(variant="a", against="b", than="val_loss", metric="val_loss_at/256", verdict="worse")
     with pytest.raises(ValueError, match="within bounds a 'same' verdict"):

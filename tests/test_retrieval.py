@@ -194,7 +194,9 @@ def test_a_task_study_scores_its_final_models_at_eval_seq_lens(tmp_path, capsys)
     runs = trial_runs(store_of(results), "retrieval").set_index("tags.ablate.variant")
     for name in ("val_accuracy_at/32", "val_exact_at/32", "val_exact_at/32/depth_0", "val_exact_at/32/depth_100"):
         assert runs[f"metrics.{name}"].between(0, 1).all()
-    assert 0 <= runs.loc["rope", "metrics.val_exact_at/64"] <= 1 and np.isnan(runs.loc["learned", "metrics.val_exact_at/64"])
+    assert 0 <= runs.loc["rope", "metrics.val_exact_at/64"] <= 1 and np.isnan(
+        runs.loc["learned", "metrics.val_exact_at/64"]
+    )
     assert runs.loc["learned", "tags.ablate.length_stopped"] == "the learned position table ends at position 32"
     depths = runs.loc["rope", ["metrics.val_exact_at/64/depth_0", "metrics.val_exact_at/64/depth_100"]].mean()
     assert depths == pytest.approx(runs.loc["rope", "metrics.val_exact_at/64"])  # half the examples at each depth
@@ -203,6 +205,9 @@ def test_a_task_study_scores_its_final_models_at_eval_seq_lens(tmp_path, capsys)
     assert main(["eval", run_id, "--contexts", "128", "--json", "--results", str(results)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"val_accuracy_at/128", "val_exact_at/128", "val_exact_at/128/depth_0"}
-    assert main(["compare", "--metric", "val_exact_at/64", "--format", "json", "--no-report", "--results", str(results)]) == 0
+    assert (
+        main(["compare", "--metric", "val_exact_at/64", "--format", "json", "--no-report", "--results", str(results)])
+        == 0
+    )
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["rope"]["n"] == 1 and rows["learned"]["n"] == 0

@@ -156,7 +156,7 @@ COMPARISON_COLUMNS = (
 
 def small_samples(table: pd.DataFrame) -> list[str]:
     """Variants with fewer than 3 runs: their intervals and tests say little."""
-    return list(table.loc[table["n"] < 3, "variant"])
+    return list(table.loc[table["n"].between(1, 2), "variant"])  # none: "not measured", said in the table
 
 
 def _causal(group: pd.DataFrame) -> str:
@@ -242,7 +242,7 @@ def _against_itself(runs: pd.DataFrame, e: Expectation, lower: bool) -> pd.DataF
     mine = runs[runs[VARIANT] == e.variant]
     at_other = mine.assign(**{VARIANT: f"its {e.than}", metric_column(e.metric): mine[metric_column(e.than)]})
     table = pairs_table(pd.concat([mine, at_other]), e.metric, [(e.variant, f"its {e.than}")], lower)
-    table = table.assign(metric=e.metric, expected=e.verdict, within=e.within)
+    table = table.assign(metric=e.metric, expected=e.verdict, within=np.nan if e.within is None else e.within)
     if e.within is not None and not table["diff"].isna().all():
         bound = e.within * abs(values(runs, e.variant, e.than).mean())
         inside = -bound <= table.loc[0, "diff_ci_low"] and table.loc[0, "diff_ci_high"] <= bound
