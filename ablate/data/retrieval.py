@@ -51,11 +51,7 @@ class Layout:
     digit: int  # the first of the ten digits
     needle: int  # marks a needle or an assignment
     query: int  # marks the question
-    key: int  # the first of num_keys keys
-
-    @property
-    def vocab(self) -> int:
-        return self.key  # + num_keys
+    key: int  # the first of num_keys keys: the last ids
 
 
 def layout(cfg: TaskConfig) -> Layout:
@@ -85,15 +81,16 @@ def text(haystack: str) -> np.ndarray:
         return np.frombuffer(b"".join(parts)[:TEXT_BYTES], dtype=np.uint8)
     path = Path(haystack)
     if not path.is_file():
-        raise AblateError(f"data.haystack: {haystack} is not a file (noise, stdlib or a text file)")
+        raise AblateError(f"haystack {haystack} is not a file (give noise, stdlib or a text file)")
     return np.frombuffer(path.read_bytes(), dtype=np.uint8)
 
 
 def rules(cfg: TaskConfig) -> str | None:
     """What a retrieval task needs of its settings (haystack: a text long enough for the longest length)."""
-    need = layout(cfg).vocab + (cfg.num_keys if cfg.task != "passkey" else 0)
+    need = layout(cfg).key + (cfg.num_keys if cfg.task != "passkey" else 0)
     if need > cfg.vocab:
-        return f"{cfg.task} with a {_haystack_kind(cfg)} haystack needs vocab ≥ {need}, got {cfg.vocab}"
+        kind = "noise" if cfg.haystack == "noise" else "text"
+        return f"{cfg.task} with a {kind} haystack needs vocab ≥ {need}, got {cfg.vocab}"
     if cfg.task == "variable_tracking" and cfg.num_chains * cfg.num_hops > cfg.num_keys:
         return f"variable_tracking needs num_keys ≥ num_chains·num_hops = {cfg.num_chains * cfg.num_hops}"
     if cfg.task == "niah" and cfg.needle != "multivalue" and _needles(cfg) > cfg.num_keys:
@@ -106,10 +103,6 @@ def rules(cfg: TaskConfig) -> str | None:
         if have < longest:
             return f"the haystack {cfg.haystack} has {have:,} bytes, too few for length {longest}: give ≥ {longest:,}"
     return None
-
-
-def _haystack_kind(cfg: TaskConfig) -> str:
-    return "noise" if cfg.haystack == "noise" else "text"
 
 
 def _needles(cfg: TaskConfig) -> int:
