@@ -67,7 +67,7 @@ def test_compare_ranks_variants_on_decode_cost_and_checks_the_expectation(decode
     store = ["--results", str(decoded), "--study", "tiny-cost"]
     assert main(["compare", *store, "--metric", "decode_ms_per_token/512", "--format", "json", "--no-report"]) == 0
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["gla"]["n"] == rows["mha"]["n"] == 3 and rows["aft-full"]["verdict"] == "not measured"
+    assert rows["gla"]["n"] == rows["mha"]["n"] == 3 and rows["aft-full"]["verdict"] == "n/a (not measured)"
     assert main(["compare", *store, "--metric", "state_bytes/512", "--format", "json", "--no-report"]) == 0
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["gla"]["verdict"] == "better" and rows["gla"]["mean"] == 2048  # 1 layer, 2 heads of 16 × 16, float32

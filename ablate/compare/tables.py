@@ -61,7 +61,7 @@ def _verdict(r, baseline: str) -> str:
     if r.variant == baseline:
         return "baseline"
     if r.n == 0:
-        return "not measured" if r.runs else "every run failed"
+        return "n/a (not measured)" if r.runs else "every run failed"
     return r.verdict
 
 
@@ -156,7 +156,7 @@ COMPARISON_COLUMNS = (
 
 def small_samples(table: pd.DataFrame) -> list[str]:
     """Variants with fewer than 3 runs: their intervals and tests say little."""
-    return list(table.loc[table["n"].between(1, 2), "variant"])  # none: "not measured", said in the table
+    return list(table.loc[table["n"].between(1, 2), "variant"])  # none: "n/a", said in the table
 
 
 def _causal(group: pd.DataFrame) -> str:
