@@ -103,7 +103,7 @@ def expectations(c: Comparison) -> Table:
         [
             r.variant if r.against == "-" else f"{r.variant} vs {r.against}",
             r.metric,
-            r.expected if r.within is None or math.isnan(r.within) else f"{r.expected} within {r.within:.0%}",
+            r.expected if math.isnan(r.within) else f"{r.expected} within {r.within:.0%}",
             _borderline(r),
             number(r.p_holm),
             "yes" if r.held else "NO",
@@ -174,7 +174,7 @@ def crossings(s: Scaling) -> Table:
     columns = ["pair", "x", "crossing at [95% CI]", "replicates crossing", "lower at the far end", "where"]
     rows = [
         [
-            r.variant if r.against == "-" else f"{r.variant} vs {r.against}",
+            f"{r.variant} vs {r.against}",
             AXES[r.axis],
             "-" if math.isnan(r.at) else f"{_g(r.at)} [{_g(r.ci_low)}, {_g(r.ci_high)}]",
             "-" if math.isnan(r.share) else f"{r.share:.0%}",

@@ -110,14 +110,12 @@ def _needles(cfg: TaskConfig) -> int:
 
 
 def _facts(cfg: TaskConfig) -> int:
-    """Tokens of an example that are not haystack: needles, questions and answers."""
-    if cfg.task == "variable_tracking":
-        return 3 * cfg.num_chains * cfg.num_hops + 2 + cfg.num_hops
-    count, keyed = _needles(cfg), cfg.task == "niah"
-    needles = count * (1 + keyed + cfg.needle_len)
-    if cfg.needle == "multivalue":
-        return needles + 1 + keyed + count * cfg.needle_len
-    return needles + (count if cfg.needle == "multiquery" else 1) * (1 + keyed + cfg.needle_len)
+    """Tokens of an example that are not haystack (needles, questions and answers), counted on one
+    example's facts: the same for every example of the settings."""
+    facts = (_chain_facts if cfg.task == "variable_tracking" else _needle_facts)(
+        cfg, layout(cfg), np.random.default_rng(0)
+    )
+    return sum(map(len, facts.pieces)) + len(facts.tail)
 
 
 @dataclass
@@ -130,11 +128,8 @@ class Facts:
     placed: str  # "anywhere" (in order), "first at depth" (the rest anywhere), "in order from depth"
 
 
-def passkey(cfg: TaskConfig, rng: np.random.Generator, n: int, depths: np.ndarray):
-    return _examples(cfg, rng, n, depths, _needle_facts)
-
-
-def niah(cfg: TaskConfig, rng: np.random.Generator, n: int, depths: np.ndarray):
+def needles(cfg: TaskConfig, rng: np.random.Generator, n: int, depths: np.ndarray):
+    """passkey and niah: n examples, the asked needle of example i at depths[i]."""
     return _examples(cfg, rng, n, depths, _needle_facts)
 
 

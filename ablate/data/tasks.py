@@ -207,8 +207,8 @@ TASKS: dict[str, Task] = {  # a new task: its generator and its rules, here
     "fuzzy_recall": Task(_fuzzy, _fuzzy_rules),
     "selective_copy": Task(_selective_copy, _selective_copy_rules),
     "memorization": Task(lambda cfg, rng, n: _pairs(cfg, rng, n, table=memorization_table(cfg)), _memorization_rules),
-    "passkey": Task(retrieval.passkey, retrieval.rules, deep=True),
-    "niah": Task(retrieval.niah, retrieval.rules, deep=True),
+    "passkey": Task(retrieval.needles, retrieval.rules, deep=True),
+    "niah": Task(retrieval.needles, retrieval.rules, deep=True),
     "variable_tracking": Task(retrieval.variable_tracking, retrieval.rules),
 }
 
