@@ -113,9 +113,8 @@ def softmax_attention(
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
     if window is not None and (T > BLOCKS_PAST * window or slopes is not None):  # biases: only those a block needs
         return windowed_blocks(q, k, v, window, dropout, slopes)
-    lag = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attention_mask(lag, window, slopes, q.dtype), dropout_p=dropout
+        q, k, v, attn_mask=attention_mask(lags(T, q.device), window, slopes, q.dtype), dropout_p=dropout
     )
 
 
@@ -213,19 +212,21 @@ def kv_cache(
     return {"k": k, "v": v}
 
 
+def lags(T: int, device) -> torch.Tensor:
+    """(T, T): t − t′ for each query t and key t′ of a sequence of T."""
+    return torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
+
+
 def causal_mask(T: int, window: int | None, device) -> torch.Tensor:
     """(T, T), True where query t may see key t': t - window < t' ≤ t (every t' ≤ t without a window)."""
-    lag = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
-    return (lag >= 0) & (lag < (window or T))
+    return attention_mask(lags(T, device), window, None, None)
 
 
 def attention_probs(
     q: torch.Tensor, k: torch.Tensor, window: int | None = None, slopes: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The (B, H, T, T) weights softmax_attention applies, written out (for diagnostics)."""
-    T = q.size(-2)
-    lag = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
-    mask = attention_mask(lag, window, slopes, q.dtype)
+    mask = attention_mask(lags(q.size(-2), q.device), window, slopes, q.dtype)
     scores = (q @ k.transpose(-1, -2)) / q.size(-1) ** 0.5
     return torch.softmax(scores.masked_fill(~mask, float("-inf")) if slopes is None else scores + mask, dim=-1)
 
