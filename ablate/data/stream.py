@@ -71,10 +71,6 @@ class Concatenated:
         ]
         return np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
 
-    def blocks(self):
-        for start in range(0, self.size, BLOCK):
-            yield self[start : start + BLOCK]
-
 
 def tokenized(
     folder: Path,
