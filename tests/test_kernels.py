@@ -115,3 +115,95 @@ def test_fla_kernels_agree_with_the_torch_forms(name, precision):
     max_rel, min_cosine = TOLERANCE[precision]
     assert rel < max_rel
     assert worst > min_cosine
+
+
+def gla_inputs(T: int = 100):
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, T, 2, 8, generator=g) for _ in range(3))
+    return q, k, v, torch.nn.functional.logsigmoid(torch.randn(2, T, 2, 8, generator=g))
+
+
+def chunked(*args, **kwargs):
+    return kernels.torch_op("chunk_gla", 16)(*args, **kwargs)
+
+
+def recurrent(*args, **kwargs):
+    return kernels.torch_op("recurrent_gla")(*args, **kwargs)
+
+
+def test_the_probe_passes_a_kernel_that_computes_the_same_outputs_and_gradients():
+    assert kernels.disagreement(chunked, recurrent, gla_inputs(), {}) is None
+
+
+def test_the_probe_catches_a_wrong_output():
+    def off(*args, **kwargs):
+        return chunked(*args, **kwargs)[0] * 1.2, None
+
+    problem = kernels.disagreement(off, recurrent, gla_inputs(), {})
+    assert problem == "differs from the torch form (output: error ratio 0.2 > 0.05)"
+
+
+def test_the_probe_catches_a_wrong_gradient_behind_a_right_output():
+    """The failure the probe exists for: fla's gated backward on Hopper with some Tritons."""
+
+    def half_grad_of_k(q, k, v, g, **kwargs):
+        return chunked(q, k * 0.5 + (k * 0.5).detach(), v, g, **kwargs)
+
+    problem = kernels.disagreement(half_grad_of_k, recurrent, gla_inputs(), {})
+    assert problem.startswith("differs from the torch form (gradient of input 1: error ratio 0.5")
+
+
+def test_the_probe_reports_a_kernel_that_raises_in_one_line():
+    def refuses(*args, **kwargs):
+        raise RuntimeError("backward is broken here, see #640\nsecond line")
+
+    problem = kernels.disagreement(refuses, recurrent, gla_inputs(), {})
+    assert problem == "failed (RuntimeError: backward is broken here, see #640)"
+
+
+def test_the_probe_runs_inside_inference_mode():
+    with torch.inference_mode():
+        assert kernels.disagreement(chunked, recurrent, gla_inputs(), {}) is None
+
+
+def test_an_unsound_default_kernel_falls_back_to_torch_with_one_line_once(monkeypatch, capsys):
+    calls = []
+
+    def broken(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return chunked(*args, **kwargs)[0] * 2, None
+
+        return call
+
+    monkeypatch.setattr(kernels, "default_kernel", lambda device: "fla")
+    monkeypatch.setattr(kernels, "fla_op", broken)
+    monkeypatch.setattr(kernels, "_probed", {})
+    want, _ = kernels.run_op("chunk_gla", "torch", *gla_inputs())
+    for _ in range(3):
+        got, _ = kernels.run_op("chunk_gla", None, *gla_inputs())
+        assert torch.equal(got, want)
+    assert calls == ["chunk_gla"]  # the probe's one call
+    assert capsys.readouterr().err.splitlines() == [
+        "kernel: fla's chunk_gla differs from the torch form (output: error ratio 1 > 0.05) on this device; "
+        "running ablate's torch form instead"
+    ]
+
+
+def test_a_sound_default_kernel_is_chosen_after_its_probe(monkeypatch, capsys):
+    calls = []
+
+    def sound(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return chunked(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(kernels, "default_kernel", lambda device: "fla")
+    monkeypatch.setattr(kernels, "fla_op", sound)
+    monkeypatch.setattr(kernels, "_probed", {})
+    for _ in range(2):
+        kernels.run_op("chunk_gla", None, *gla_inputs())
+    assert calls == ["chunk_gla"] * 3  # the probe, then both calls
+    assert capsys.readouterr().err == ""

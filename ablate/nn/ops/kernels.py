@@ -3,14 +3,19 @@ Triton kernel of the same name in flash-linear-attention (`pip install "ablate[f
 on CUDA only.
 
 A mixer's `kernel` option chooses: `torch`, `fla`, or unset, which takes fla where it is
-installed and the tensors are on CUDA, and torch elsewhere. On the meta device (planning, the
-budget solver and the FLOP count build every model there) the torch form always stands in: it
-has the same shapes, and its matrix products are the ones the FLOP count sees. fla's kernels pick
-their own chunk length, so a mixer's `chunk_size` is the torch form's.
+installed and the tensors are on CUDA, and torch elsewhere. Unset, fla's kernel is first probed
+(once per op and device in a process) against the torch form on a slice of its first inputs,
+forward and backward: some fla kernels fail or compute wrong gradients on some cards and Triton
+versions (the gated ones' backward on Hopper with Triton 3.4–3.7.0), and a default must not
+choose a path that fails the trial. On the meta device (planning, the budget solver and the FLOP
+count build every model there) the torch form always stands in: it has the same shapes, and its
+matrix products are the ones the FLOP count sees. fla's kernels pick their own chunk length, so a
+mixer's `chunk_size` is the torch form's.
 """
 
 import importlib
 import importlib.util
+import sys
 from functools import cache
 
 import torch
@@ -39,15 +44,16 @@ def check_kernel(kernel: str | None, owner: str) -> None:
         )
 
 
-def uses_fla(kernel: str | None, x: torch.Tensor) -> bool:
-    """Whether an op on tensors like x runs fla's kernel under this `kernel` option."""
+def uses_fla(kernel: str | None, name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether op `name` on these inputs runs fla's kernel under this `kernel` option."""
+    x = args[0]
     if kernel == "torch" or x.device.type == "meta":
         return False
     if kernel == "fla":
         if not x.is_cuda:
             raise AblateError(f"kernel fla runs on CUDA tensors only, not on {x.device.type}: use kernel: torch")
         return True
-    return default_kernel(x.device) == "fla"
+    return default_kernel(x.device) == "fla" and sound(name, args, kwargs)
 
 
 def default_kernel(device: str | torch.device) -> str:
@@ -58,12 +64,90 @@ def default_kernel(device: str | torch.device) -> str:
 def run_op(name: str, kernel: str | None, *args, chunk_size: int | None = None, **kwargs):
     """`name(*args, **kwargs)` from fla or from ablate.nn.ops, as `kernel` and the tensors decide;
     returns (o, final_state) either way (fla's parallel_based returns o alone)."""
-    if uses_fla(kernel, args[0]):
-        out = getattr(importlib.import_module("fla.ops"), name)(*_autocast_inputs(name, args), **kwargs)
+    if uses_fla(kernel, name, args, kwargs):
+        return fla_op(name)(*args, **kwargs)
+    return torch_op(name, chunk_size)(*args, **kwargs)
+
+
+def fla_op(name: str):
+    """fla's kernel `name`, called as ablate's ops are: inputs cast as autocast would, (o, state) out."""
+    kernel = getattr(importlib.import_module("fla.ops"), name)
+
+    def call(*args, **kwargs):
+        out = kernel(*_autocast_inputs(name, args), **kwargs)
         return (out, None) if isinstance(out, torch.Tensor) else out
-    if chunk_size is not None:
-        kwargs["chunk_size"] = chunk_size
-    return getattr(importlib.import_module("ablate.nn.ops"), name)(*args, **kwargs)
+
+    return call
+
+
+def torch_op(name: str, chunk_size: int | None = None):
+    """ablate's own form of op `name`, at `chunk_size` where one is given."""
+    op = getattr(importlib.import_module("ablate.nn.ops"), name)
+    return op if chunk_size is None else lambda *args, **kwargs: op(*args, chunk_size=chunk_size, **kwargs)
+
+
+PROBE_STEPS = 64  # the probe's slice of the first call: batch 1, this many positions
+# fla's bf16 kernel against the float32 torch form, as fla's tests measure it (the RMS of the
+# difference over the RMS of the reference), above which the unset kernel runs torch's form.
+# fla's own bf16 tests allow up to about 0.01; a broken kernel is off by far more.
+PROBE_TOLERANCE = 0.05
+_probed: dict[tuple[str, torch.device], bool] = {}  # (op, device) -> whether fla's kernel is sound there
+
+
+def sound(name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether fla's `name` agrees with ablate's form on this device: probed on the first call in
+    this process, which prints one line where it does not and the torch form stands in."""
+    key = (name, args[0].device)
+    if key not in _probed:
+        problem = disagreement(fla_op(name), torch_op(name), args, kwargs)
+        _probed[key] = problem is None
+        if problem is not None:
+            print(
+                f"kernel: fla's {name} {problem} on this device; running ablate's torch form instead", file=sys.stderr
+            )
+    return _probed[key]
+
+
+@torch.compiler.disable
+def disagreement(fast, reference, args: tuple, kwargs: dict) -> str | None:
+    """None where `fast` computes what `reference` does, outputs and input gradients, on a slice of
+    `args` (batch 1, PROBE_STEPS positions): `fast` as the caller runs it (under its autocast), the
+    reference in float32; otherwise what went wrong, in a few words."""
+    with torch.inference_mode(False), torch.enable_grad():
+        small = [_probe_slice(a) for a in args]
+        learned = [i for i, a in enumerate(small) if isinstance(a, torch.Tensor) and a.requires_grad]
+        try:
+            out = fast(*small, **kwargs)[0]
+            cotangent = torch.randn(out.shape, device=out.device, generator=_generator(out.device))
+            got = (out, *torch.autograd.grad(out, [small[i] for i in learned], cotangent.to(out.dtype)))
+        except Exception as e:  # noqa: BLE001 (any failure of the kernel means: do not choose it)
+            return f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})"
+        with torch.autocast(args[0].device.type, enabled=False):
+            exact = [a.detach().float().requires_grad_() if i in learned else a for i, a in enumerate(small)]
+            ref = reference(*exact, **kwargs)[0]
+            want = (ref, *torch.autograd.grad(ref, [exact[i] for i in learned], cotangent))
+    for what, a, b in zip(("output", *(f"gradient of input {i}" for i in learned)), got, want):
+        ratio = error_ratio(a, b)
+        if not ratio <= PROBE_TOLERANCE:  # NaN included
+            return f"differs from the torch form ({what}: error ratio {ratio:.3g} > {PROBE_TOLERANCE})"
+    return None
+
+
+def error_ratio(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The RMS of the difference over the RMS of `want`, in float64: fla's tests' measure."""
+    got, want = got.detach().double(), want.detach().double()
+    return ((got - want).square().mean().sqrt() / want.square().mean().sqrt().clamp_min(1e-30)).item()
+
+
+def _probe_slice(a):
+    if not isinstance(a, torch.Tensor):
+        return a
+    small = a[:1, :PROBE_STEPS].detach().clone(memory_format=torch.contiguous_format)
+    return small.requires_grad_() if small.is_floating_point() else small
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device).manual_seed(0)
 
 
 def _autocast_inputs(name: str, args: tuple) -> tuple:
