@@ -192,9 +192,11 @@ def measure(
     corpus = _random_tokens(built.cfg.vocab_size, built.cfg.context, cfg.batch_size, cfg.eval_batches)
     trainer = Trainer(built, corpus, cfg, seed=0)
     with peak_memory(trainer.device) as peak:
+        start = time.perf_counter()
         for _ in range(warmup):
             trainer.train_step()
         synchronize(trainer.device)
+        warmup_s = time.perf_counter() - start
         if barrier is not None:
             barrier.wait()
         start = time.perf_counter()
@@ -219,6 +221,7 @@ def measure(
         "n_params_non_embedding": built.n_params(non_embedding=True),
         "tokens_per_s": tokens / elapsed,
         "ms_per_step": 1000 * elapsed / steps,
+        "warmup_s": warmup_s,
         "peak_mem_bytes": peak_bytes,
         "flops_per_token": flops,
         "achieved_flops_per_s": flops * tokens / elapsed,
