@@ -56,6 +56,7 @@ def test_the_dry_run_runs_every_part_on_the_cpu_and_writes_its_report(tmp_path):
     assert set(parts["5"]["figures"]) == {"trial", "1 at once", "2 at once"}
     page = (tmp_path / "out" / "gpu_suite.md").read_text()
     assert "- card: none (CPU)" in page and "## 5. Packing" in page and "| ablate_over_nanogpt |" in page
+    assert page.count("| none: a dry run |") == 7  # the targets, judged only on a card
 
 
 @pytest.mark.slow
@@ -75,3 +76,16 @@ def test_a_folder_that_is_no_nanogpt_checkout_is_refused_in_one_line(tmp_path):
         f"gpu_suite: --nanogpt {tmp_path}: no train.py there (a checkout of karpathy/nanoGPT)"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_targets_are_judged_from_the_figures_and_a_missing_figure_is_not_measured():
+    sys.path.insert(0, str(SUITE.parent))
+    import gpu_suite
+
+    parts = {
+        1: {"figures": {"ablate": {"mfu": 0.45}, "ablate_over_nanogpt": 0.9}},
+        2: {"figures": {"one_trial": {"wall_s": 61.0}}},
+        3: {"figures": {"gla/fla@16384": {"tokens_per_s": 3e6}, "gla/torch@16384": {"tokens_per_s": 1e6}}},
+    }
+    judged = [(value, met) for _, value, met in gpu_suite.targets(parts)]
+    assert judged == [(0.45, True), (0.9, False), (61.0, False), (None, None), (3.0, True), (None, None), (None, None)]
