@@ -143,6 +143,11 @@ class ModelConfig(BaseModel):
         return {k: getattr(self, k) for k in ("ffn_type", "init", "embed_norm", *LATER_SWITCHES)}
 
 
+# train settings that change how a trial runs, not what it computes (to rounding): not in its key,
+# so that a study resumes on another number of devices
+HOW_IT_RUNS = frozenset({"devices", "micro_steps"})
+
+
 class TrainConfig(BaseModel):
     """The `train:` section of a study (defaults: the Strawberry seed recipe)."""
 
@@ -180,6 +185,18 @@ class TrainConfig(BaseModel):
         le=10_000,  # 500 times Chinchilla's 20: past it, a typo
         description="train each model on this many tokens per budgeted parameter (sets steps)",
     )
+    devices: StrictInt = Field(1, ge=1, description="processes training each trial together (one GPU each)")
+    micro_steps: StrictInt = Field(
+        1, ge=1, validate_default=True, description="each process's rows of a batch in parts, gradients accumulated"
+    )
+
+    @field_validator("micro_steps")
+    @classmethod
+    def _batch_divides(cls, micro_steps: int, info: ValidationInfo) -> int:
+        batch, devices = info.data.get("batch_size"), info.data.get("devices")
+        if batch and devices and batch % (devices * micro_steps):
+            raise ValueError(f"batch_size {batch} is not divisible by devices × micro_steps = {devices * micro_steps}")
+        return micro_steps
 
     @field_validator("warmup")
     @classmethod

@@ -114,10 +114,13 @@ def _status_hint(args) -> str:
 
 def worker_command(args) -> int:
     """One worker of a study: the stores are made by whoever comes first; units are claimed one by one."""
+    from ablate.data import open_source
     from ablate.plan import study as study_mod
     from ablate.processes import stop_with_parent
     from ablate.run.prepare import prepare
     from ablate.run.schedule import work
+    from ablate.run.trial import follow
+    from ablate.train import distributed
 
     stop_with_parent()
     if args.threads or args.gpu_fraction:
@@ -128,8 +131,18 @@ def worker_command(args) -> int:
         if args.gpu_fraction and torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(args.gpu_fraction)
     study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)
-    out = console()
-    outcomes = work(prepare(study, _stores(args), out), out, live=not args.no_progress)
+    group = distributed.from_environment()  # torchrun's ranks, where a trial trains on several devices
+    try:
+        if not group.leads:
+            follow(group, lambda: open_source(study.config.data, args.results / "cache", study.path.parent))
+            return 0
+        out = console()
+        try:
+            outcomes = work(prepare(study, _stores(args), out), out, live=not args.no_progress, group=group)
+        finally:
+            group.send(None)  # the other ranks: nothing more to train
+    finally:
+        distributed.leave(group)
     out.print(f"worker {os.getpid()}: ran {len(outcomes)} units of {study.name}; no unit left to claim")
     return 0
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from ablate.config import (
     DEFAULT_PRESET,
+    HOW_IT_RUNS,
     LATER_SWITCHES,
     Budget,
     DataConfig,
@@ -67,7 +68,7 @@ class Trial:
     def key(self, data: DataConfig | TaskConfig) -> str:
         """Identifies the trial's whole configuration: a rerun skips trials already finished."""
         spec = {"data": _keyed_data(data), "variant": self.variant, "seed": self.seed, "model": self._keyed_model()}
-        spec["train"] = self.train.model_dump(mode="json")
+        spec["train"] = self.train.model_dump(mode="json", exclude=HOW_IT_RUNS)
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def _keyed_model(self) -> dict[str, Any]:

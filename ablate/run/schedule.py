@@ -19,6 +19,7 @@ from ablate.run.progress import PROGRESS_COLUMNS
 from ablate.run.trial import Outcome, Status, TrialRunner
 from ablate.run.workers import Stores, WorkerSpec
 from ablate.tracking.schema import Metric, Tag
+from ablate.train.distributed import ALONE, Group
 
 
 @dataclass
@@ -169,9 +170,10 @@ def _end_parents(prepared: PreparedStudy, status: Status, reason: str = "") -> N
         prepared.tracker.set_status(run_id, status.value)
 
 
-def work(prepared: PreparedStudy, console, live: bool = True) -> list[Outcome]:
+def work(prepared: PreparedStudy, console, live: bool = True, group: Group = ALONE) -> list[Outcome]:
     """Claim and run units until every unit of the study has ended (some may be done by other
-    workers meanwhile); a variant's final trials become claimable once its search has ended."""
+    workers meanwhile); a variant's final trials become claimable once its search has ended.
+    `group`: the ranks that train each trial beside this worker, which leads them."""
     todo = units(prepared.study)
     prepared.work.register([u.name for u in todo])
     finals = [u for u in todo if u.trial is not None]
@@ -179,7 +181,7 @@ def work(prepared: PreparedStudy, console, live: bool = True) -> list[Outcome]:
     ended = sum(1 for u in finals if claims.has_ended(rows, u.name))
     # one redraw a second is enough for trials of minutes, and leaves the CPU to training
     with Progress(*PROGRESS_COLUMNS, console=console, disable=not live, refresh_per_second=1) as progress:
-        runner = TrialRunner(prepared, progress)
+        runner = TrialRunner(prepared, progress, group=group)
         for variant, cfg in prepared.study.searches.items():
             slots = [u.name for u in todo if u.trial is None and u.variant == variant]
             done = sum(1 for name in slots if claims.has_ended(rows, name))

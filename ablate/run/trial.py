@@ -12,7 +12,9 @@ from pathlib import Path
 from rich.progress import Progress
 
 from ablate import audit, harness, inference, lengths, sample
+from ablate.data import DataSource
 from ablate.data.tasks import TaskData
+from ablate.errors import Terminated
 from ablate.model import build_model
 from ablate.plan.search import search_train, with_params
 from ablate.plan.study import Trial
@@ -24,6 +26,7 @@ from ablate.tracking import records
 from ablate.tracking.schema import Metric, Phase, Tag
 from ablate.tracking.store import RunLog
 from ablate.train.checkpoint import DamagedCheckpoint
+from ablate.train.distributed import ALONE, Group
 from ablate.train.trainer import Diverged, Trainer, seed_everything
 
 
@@ -80,6 +83,7 @@ class TrialRunner:
     overall: int | None = None  # the study's bar
     pace: Pace = field(default_factory=Pace)
     queued: list[tuple[str, int]] = field(default_factory=list)  # (family, steps) of final trials not yet taken
+    group: Group = ALONE  # the ranks that train each trial together, this process leading them
 
     def final(self, trial: Trial, index: int, claim: Claim) -> Outcome:
         """The index-th of the study's final trials, with its variant's best searched setting."""
@@ -149,10 +153,9 @@ class TrialRunner:
             self.progress.remove_task(task)
 
     def _trainer(self, trial: Trial) -> Trainer:
-        """A trainer at step 0 for the trial: its model drawn from the trial's seed."""
-        seed_everything(trial.seed)
+        """A trainer at step 0 for the trial, in this process's group."""
         causal = audit.is_causal(self.prepared.leaks[trial.variant])
-        return Trainer(build_model(trial.model), self.prepared.data, trial.train, trial.seed, prefix_eval=not causal)
+        return trainer_for(trial, self.prepared.data, not causal, self.group)
 
     def _fit(self, job: Job, trainer: Trainer, run: RunLog, task: int) -> Outcome:
         p, trial, reason, final = self.prepared, job.trial, "", {}
@@ -170,6 +173,7 @@ class TrialRunner:
                 p.first_step_at = p.first_step_at or time.perf_counter()
                 p.tracking.start()  # where the store is still to be set up: while this trial trains
                 run.start_opening()
+                self.group.send(Lead(trial, trainer.prefix_eval, checkpoint() if trainer.step else None))
                 final |= trainer.fit(on_metrics, checkpoint)
                 if job.on_eval is None:
                     self.pace.record(trial.model.mixer, time.perf_counter() - started, trainer.cfg.steps - first_step)
@@ -343,6 +347,39 @@ class TrialRunner:
         if p.fresh and job.on_run is None:  # after the store's setup: one background worker, in order
             return RunLog.later(Deferred(opened))
         return opened()
+
+
+def trainer_for(trial: Trial, data, prefix_eval: bool, group: Group) -> Trainer:
+    """A trainer at step 0 for the trial: its model drawn from the trial's seed."""
+    seed_everything(trial.seed)
+    return Trainer(build_model(trial.model), data, trial.train, trial.seed, prefix_eval, group)
+
+
+@dataclass(frozen=True)
+class Lead:
+    """What the leader of a group tells the other ranks to train: the trial, and the checkpoint it
+    resumed from (None: from step 0)."""
+
+    trial: Trial
+    prefix_eval: bool
+    resume_from: Path | None
+
+
+def follow(group: Group, data: Callable[[], DataSource]) -> int:
+    """A rank other than the leader: train what the leader says, beside it, until it says that
+    nothing is left (None). Whatever stops a trial (the leader letting it go, SIGTERM, a
+    divergence every rank sees) is the leader's to record; this rank waits for the next word.
+    Returns the trials it trained in."""
+    source, trained = None, 0
+    while (lead := group.receive()) is not None:
+        source = source or data()
+        trainer = trainer_for(lead.trial, source, lead.prefix_eval, group)
+        if lead.resume_from is not None:
+            trainer.load(lead.resume_from)
+        with contextlib.suppress(Terminated, Diverged):
+            trainer.fit()
+        trained += 1
+    return trained
 
 
 def _oom():

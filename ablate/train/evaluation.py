@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ablate import audit
 from ablate.nn.loss import IGNORE_INDEX as IGNORE
 from ablate.tracking.schema import Metric
+from ablate.train.distributed import ALONE, Group
 
 
 def device_named(name: str) -> torch.device:
@@ -24,24 +25,27 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model, batches: list, forward=None) -> dict[str, float]:
+def evaluate(model, batches: list, forward=None, group: Group = ALONE) -> dict[str, float]:
     """val_loss and val_accuracy (the share of scored positions whose most likely token is the
     target) over the batches, on the model's device; positions with target IGNORE are not
-    scored. `forward`: the model as it runs (compiled), if not the model itself."""
+    scored. `forward`: the model as it runs (compiled), if not the model itself. In a group,
+    each rank scores its rows of every batch and the sums are added up."""
     device, forward = model.embed.weight.device, model if forward is None else forward
     was_training = model.training
     model.eval()
-    loss = correct = count = 0.0
+    loss = correct = count = 0  # sums, on the device until the end
     for x, y in batches:
-        x, y = x.to(device), y.to(device)
+        x, y = group.shard(x).to(device), group.shard(y).to(device)
         with autocast(device):
             logits = forward(x).float()
         scored = y != IGNORE
-        loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
-        correct += ((logits.argmax(-1) == y) & scored).sum()
-        count += scored.sum()
+        loss = loss + F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        correct = correct + ((logits.argmax(-1) == y) & scored).sum()
+        count = count + scored.sum()
     model.train(was_training)
-    return {Metric.VAL_LOSS: float(loss / count), Metric.VAL_ACCURACY: float(correct / count)}
+    sums = torch.tensor([float(loss), float(correct), float(count)], dtype=torch.float64, device=device)
+    loss, correct, count = group.sum(sums).tolist()
+    return {Metric.VAL_LOSS: loss / count, Metric.VAL_ACCURACY: correct / count}
 
 
 def prefix_losses(model, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:

@@ -7,6 +7,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from ablate.data import DataSource
 from ablate.errors import Terminated, first_line
 from ablate.tracking.schema import Metric
 from ablate.train import checkpoint, diagnostics
+from ablate.train.distributed import ALONE, Group, LossOf
 from ablate.train.evaluation import autocast, device_named, evaluate, prefix_losses
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
@@ -90,9 +92,15 @@ class Trainer:
     predicts a fixed set of val positions each from a forward pass over its own prefix alone."""
 
     def __init__(
-        self, model: torch.nn.Module, corpus: DataSource, cfg: TrainConfig, seed: int, prefix_eval: bool = False
+        self,
+        model: torch.nn.Module,
+        corpus: DataSource,
+        cfg: TrainConfig,
+        seed: int,
+        prefix_eval: bool = False,
+        group: Group = ALONE,
     ):
-        self.cfg, self.device, self.prefix_eval = cfg, device_named(cfg.device), prefix_eval
+        self.cfg, self.device, self.prefix_eval, self.group = cfg, device_named(cfg.device), prefix_eval, group
         if self.device.type == "cpu":
             keep_freed_memory()
         self.model = model.to(self.device)
@@ -106,7 +114,7 @@ class Trainer:
         self.optimizers = optimizers(model, cfg, fused=on_gpu)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in self.optimizers]
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.model_loss = torch.compile(self.model.loss) if cfg.compile else self.model.loss
+        self._model_loss = None  # built at the first step: wrapping it for a group is a collective
         self.autocast = autocast(self.device)
         # where training stands: saved in checkpoints, so that a resumed trial takes the same steps
         self.step, self.n_since, self.metrics, self.train_time_s = 0, 0, {}, 0.0
@@ -118,6 +126,26 @@ class Trainer:
         self.block_grad_norms = torch.zeros(len(model.blocks), device=self.device)
         self._started = time.perf_counter()
 
+    @property
+    def model_loss(self):
+        """The model's loss as training calls it: compiled where asked, and under
+        DistributedDataParallel where a group trains the trial."""
+        return self._built()[0]
+
+    def _built(self):
+        """(the loss as training calls it, its DistributedDataParallel module or None), built once."""
+        if self._model_loss is None:
+            self._ddp = self.group.wrap(LossOf(self.model)) if self.group.size > 1 else None
+            loss = self.model.loss if self._ddp is None else self._ddp
+            self._model_loss = torch.compile(loss) if self.cfg.compile else loss
+        return self._model_loss, self._ddp
+
+    def _syncing(self, last: bool):
+        """Where a group trains the trial, its gradients are averaged once a step, after the last
+        of the micro-steps: the others run without DistributedDataParallel's sync."""
+        ddp = self._built()[1]
+        return nullcontext() if last or ddp is None else ddp.no_sync()
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
@@ -125,8 +153,9 @@ class Trainer:
             return self.model_loss(x, y)
 
     def evaluate(self) -> dict[str, float]:
-        """val_loss and val_accuracy over the val batches (`evaluation.evaluate`)."""
-        return evaluate(self.model, self.val, self.forward)
+        """val_loss and val_accuracy over the val batches (`evaluation.evaluate`), each rank of a
+        group scoring its rows."""
+        return evaluate(self.model, self.val, self.forward, self.group)
 
     def state_dict(self) -> dict:
         """Everything a resumed trial needs to take the same steps an uninterrupted one would."""
@@ -180,11 +209,18 @@ class Trainer:
         added up on the device, not read back: fit reads them every log_every steps, so steps
         do not wait on the host. With `measure`, the gradient norms (before clipping) are kept
         for fit to read."""
-        loss = self.loss(*next(self.batches))
-        aux = self.model.take_aux_loss()
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        (loss if aux is None else loss + aux).backward()
+        x, y = (self.group.shard(t) for t in next(self.batches))
+        parts, step_loss, step_aux = self.cfg.micro_steps, 0.0, None
+        for i, (xi, yi) in enumerate(zip(x.chunk(parts), y.chunk(parts), strict=True)):
+            with self._syncing(last=i == parts - 1):
+                loss = self.loss(xi, yi)
+                aux = self.model.take_aux_loss()
+                ((loss if aux is None else loss + aux) / parts).backward()
+            step_loss = step_loss + loss.detach() / parts
+            if aux is not None:
+                step_aux = (0.0 if step_aux is None else step_aux) + aux.detach() / parts
         if measure:
             self.block_grad_norms = diagnostics.grad_norms(self.model)
         if self.cfg.grad_clip:
@@ -197,9 +233,9 @@ class Trainer:
         for optimizer, scheduler in zip(self.optimizers, self.schedulers):
             optimizer.step()
             scheduler.step()
-        self.loss_sum += loss.detach()
-        if aux is not None:
-            self.aux_loss_sum += aux.detach()
+        self.loss_sum += step_loss
+        if step_aux is not None:
+            self.aux_loss_sum += step_aux
             self.with_aux = True
         self.n_since += 1
         self.step += 1
@@ -207,7 +243,8 @@ class Trainer:
     def read_train_metrics(self) -> dict[str, float]:
         """The train loss (and auxiliary loss, where the mixers add one) and clipped fraction since
         the last read, and the last measured gradient norms (one host sync for all of them)."""
-        sums = torch.stack([self.loss_sum, self.aux_loss_sum, self.clipped, self.grad_norm])
+        losses = self.group.sum(torch.stack([self.loss_sum, self.aux_loss_sum])) / self.group.size  # each rank's rows
+        sums = torch.cat([losses, torch.stack([self.clipped, self.grad_norm])])
         loss_sum, aux_loss_sum, clipped, grad_norm, *blocks = torch.cat([sums, self.block_grad_norms]).tolist()
         out = {
             Metric.TRAIN_LOSS: loss_sum / self.n_since,
@@ -229,13 +266,17 @@ class Trainer:
         tokens_per_step = cfg.batch_size * self.context
         first = self.step + 1
         if first == 1:  # where the curves start: the untrained model's val loss (ln vocab or above)
-            emit(0, self.evaluate(), "start")
+            evaluated = self.evaluate()
+            with self._led():
+                emit(0, evaluated, "start")
+            if self.group.agree(False):  # the leader's callback stopped it before the first step
+                raise Terminated
         self._started = last = time.perf_counter()
         self.model.train()
         for step in range(first, cfg.steps + 1):
-            with processes.sigterm_deferred() as stop:
+            with processes.sigterm_deferred() as stop, self._led():
                 last = self._iteration(step, emit, checkpoint, last, tokens_per_step)
-            if stop.requested:  # SIGTERM: the step is whole; keep it, then stop
+            if self.group.agree(stop.requested):  # SIGTERM (on any rank): the step is whole; keep it, then stop
                 if checkpoint is not None:
                     self.save(checkpoint() if callable(checkpoint) else checkpoint)
                 raise Terminated
@@ -246,12 +287,32 @@ class Trainer:
             Metric.MEAN_TOKENS_PER_S: (cfg.steps - first + 1) * tokens_per_step / (time.perf_counter() - self._started),
         }
 
+    @contextmanager
+    def _led(self):
+        """Where what it runs raises on one rank only (the leader's callback: pruned, lost), the
+        other ranks stop at their next agreement instead of waiting in a collective."""
+        try:
+            yield
+        except BaseException:
+            self.group.abandon()
+            raise
+
+    def _pool_losses(self) -> None:
+        """Every rank of a group holds the group's mean train loss so far, so that a checkpoint
+        (written by the leader) holds it too; means being linear, the next read is unchanged."""
+        if self.group.size > 1:
+            pooled = self.group.sum(torch.stack([self.loss_sum, self.aux_loss_sum])) / self.group.size
+            self.loss_sum.copy_(pooled[0])
+            self.aux_loss_sum.copy_(pooled[1])
+
     def _iteration(self, step: int, emit: Callback, checkpoint, last: float, tokens_per_step: int) -> float:
         """One step with its log, eval and checkpoint where they fall; the time the next log's
-        throughput counts from."""
+        throughput counts from. The callback sees the step after everything a group of ranks
+        computes together, so that one raising in it leaves no rank inside a collective."""
         cfg = self.cfg
         log = step % cfg.log_every == 0 or step == cfg.steps
         self.train_step(measure=log)
+        logged = evaluated = None
         if log:
             now = time.perf_counter()
             logged = self.read_train_metrics()
@@ -259,7 +320,6 @@ class Trainer:
             logged[Metric.LR] = self.optimizers[0].param_groups[0]["lr"]
             logged[Metric.TOKENS_PER_S] = self.n_since * tokens_per_step / (now - last)
             self.metrics |= logged
-            emit(step, logged, "log")
             self.loss_sum.zero_()
             self.aux_loss_sum.zero_()
             self.clipped.zero_()
@@ -273,9 +333,15 @@ class Trainer:
             if self.prefix_eval and step == cfg.steps:
                 evaluated |= prefix_losses(self.model, self.val[0])
             self.metrics |= evaluated
+            self._pool_losses()
+            last += time.perf_counter() - eval_start  # keep eval (and checkpoint) time out of tokens/s
+        if logged is not None:
+            emit(step, logged, "log")
+        if evaluated is not None:
             emit(step, evaluated, "eval")
             evals = step // cfg.eval_every
             if checkpoint is not None and cfg.checkpoint_evals and evals % cfg.checkpoint_evals == 0:
+                saved = time.perf_counter()
                 self.save(checkpoint() if callable(checkpoint) else checkpoint)
-            last += time.perf_counter() - eval_start  # keep eval (and checkpoint) time out of tokens/s
+                last += time.perf_counter() - saved
         return last

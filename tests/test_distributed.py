@@ -1,0 +1,145 @@
+"""One trial on several processes (`train.devices`), through torch.distributed over gloo on the CPU:
+every rank ends with the same parameters, and N ranks take the steps one process takes on the
+whole batch; micro-steps accumulate to the same step; a stop on the leader alone stops every
+rank; a resumed group continues an uninterrupted one. In float64, so that "the same" is to
+rounding far below any training effect."""
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ablate.config import TrainConfig
+from ablate.data.corpus import in_memory
+from ablate.model import build_model
+from ablate.train import distributed
+from ablate.train.distributed import Group
+from ablate.train.trainer import Trainer, seed_everything
+
+SHAPE = {"mixer": "mha", "vocab_size": 64, "context": 16, "d_model": 32, "n_layers": 2, "n_heads": 2, "qkv_dim": 32}
+SHAPE |= {"ffn_dim": 64}
+TRAIN = {"steps": 12, "batch_size": 8, "lr": 1e-2, "warmup": 2, "eval_every": 4, "eval_batches": 2, "log_every": 1}
+
+
+class StopHere(Exception):
+    """The leader's callback stopping a trial (as pruning or a lost claim does)."""
+
+
+def corpus():
+    rng = np.random.default_rng(0)
+    return in_memory(rng.integers(0, 64, 4096, dtype=np.int32), rng.integers(0, 64, 1024, dtype=np.int32), 64, "t")
+
+
+def rank(index: int, size: int, port: int, train: dict, out: Path, stop_at: int | None, resume: bool) -> None:
+    """One rank: train the model from seed 0, write its parameters and the leader's logged losses."""
+    os.environ |= {"RANK": str(index), "LOCAL_RANK": str(index), "WORLD_SIZE": str(size)}
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    torch.set_default_dtype(torch.float64)
+    group = distributed.from_environment()
+    seed_everything(0)
+    trainer = Trainer(build_model(SHAPE), corpus(), TrainConfig(**train, device="cpu"), seed=0, group=group)
+    checkpoint = out / "checkpoint.pt"
+    if resume:
+        trainer.load(checkpoint)
+    logged = {}
+
+    def callback(step, metrics, kind):
+        logged[(step, kind)] = metrics
+        if stop_at is not None and step == stop_at and kind == "log":
+            raise StopHere
+
+    try:
+        trainer.fit(callback if group.leads else None, checkpoint if group.leads else None)
+        ended = "finished"
+    except (StopHere, KeyboardInterrupt) as e:  # the leader's stop; the others' Terminated
+        ended = type(e).__name__
+    torch.save(
+        {
+            "params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
+            "logged": logged,
+            "ended": ended,
+        },
+        out / f"rank{index}.pt",
+    )
+    distributed.leave(group)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(out: Path, size: int, stop_at: int | None = None, resume: bool = False, **train) -> list[dict]:
+    """Train with `size` ranks (1: a process alone, without torch.distributed); each rank's results."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = TRAIN | train
+    if size == 1:
+        torch.set_default_dtype(torch.float64)
+        try:
+            seed_everything(0)
+            trainer = Trainer(build_model(SHAPE), corpus(), TrainConfig(**settings, device="cpu"), seed=0)
+            logged = {}
+            trainer.fit(lambda step, metrics, kind: logged.__setitem__((step, kind), metrics))
+        finally:
+            torch.set_default_dtype(torch.float32)
+        return [{"params": dict(trainer.model.named_parameters()), "logged": logged, "ended": "finished"}]
+    mp.spawn(rank, args=(size, free_port(), settings, out, stop_at, resume), nprocs=size)
+    return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(size)]
+
+
+def assert_same(a: dict, b: dict, exact: bool = False) -> None:
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        if exact:
+            assert torch.equal(value, b[name]), name
+        else:
+            torch.testing.assert_close(value.double(), b[name].double(), rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_the_shards_of_a_batch_are_equal_disjoint_and_cover_it_in_order():
+    x = torch.arange(24).view(12, 2)
+    for size in (1, 2, 3, 4):
+        shards = [Group(r, size).shard(x) for r in range(size)]
+        assert {len(s) for s in shards} == {12 // size}
+        assert torch.equal(torch.cat(shards), x)
+
+
+@pytest.mark.slow
+def test_two_ranks_match_each_other_exactly_and_one_process_on_the_whole_batch(tmp_path):
+    alone = train(tmp_path / "alone", 1)[0]
+    first, second = train(tmp_path / "two", 2)
+    assert first["ended"] == second["ended"] == "finished"
+    assert_same(first["params"], second["params"], exact=True)
+    assert_same(first["params"], alone["params"])
+    # the leader logs the whole batch's train loss and the whole val set's loss, as one process does
+    # (to float32's rounding: the fused loss sums in float32, a mean of two halves against one whole)
+    for key, metric in (((12, "log"), "train_loss"), ((12, "eval"), "val_loss"), ((12, "eval"), "val_accuracy")):
+        assert first["logged"][key][metric] == pytest.approx(alone["logged"][key][metric], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_micro_steps_accumulate_to_the_step_of_the_whole_batch(tmp_path):
+    whole = train(tmp_path / "whole", 1)[0]
+    assert_same(train(tmp_path / "parts", 1, micro_steps=4)[0]["params"], whole["params"])
+    first, second = train(tmp_path / "two-parts", 2, micro_steps=2)
+    assert_same(first["params"], second["params"], exact=True)
+    assert_same(first["params"], whole["params"])
+
+
+@pytest.mark.slow
+def test_a_stop_on_the_leader_stops_every_rank_and_the_group_resumes_the_same_curve(tmp_path):
+    whole = train(tmp_path / "whole", 2)
+    cut = train(tmp_path / "cut", 2, stop_at=6)  # after the checkpoint at step 4's eval
+    assert [r["ended"] for r in cut] == ["StopHere", "Terminated"]
+    resumed = train(tmp_path / "cut", 2, resume=True)
+    assert [r["ended"] for r in resumed] == ["finished", "finished"]
+    assert_same(resumed[0]["params"], whole[0]["params"])
+    for step in range(5, 13):
+        assert resumed[0]["logged"][(step, "log")]["train_loss"] == pytest.approx(
+            whole[0]["logged"][(step, "log")]["train_loss"], rel=1e-6
+        )
