@@ -249,7 +249,11 @@ def launch(args, spec):
     if local_only and args.cpus_per_worker:
         cores(str(args.cpus_per_worker), "--cpus-per-worker")
     resources = Resources(args.cpus_per_worker, args.gpus_per_worker)
-    if local_only and args.workers == 1 and resources == Resources():
+    if spec.devices > 1:
+        from ablate.run.executors.local import devices_per_worker
+
+        resources = devices_per_worker(spec.devices, args, resources)
+    elif local_only and args.workers == 1 and resources == Resources():
         return None
     options = Options(
         args.ray_address,

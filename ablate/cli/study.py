@@ -90,7 +90,7 @@ def run_command(args) -> int:
 
     study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)  # all checked before writing
     stores = _stores(args)
-    spec = WorkerSpec(args.study, stores, args.smoke, Path(args.data) if args.data else None)
+    spec = WorkerSpec(args.study, stores, args.smoke, Path(args.data) if args.data else None, study.devices)
     out = console()
     run = run_study(study, stores, out, launch(args, spec), since=started)
     if run.detached:

@@ -115,6 +115,15 @@ class Study:
         """variant → its search, for the variants that search before their final seeds."""
         return {t.variant: t.search for t in self.trials if t.search is not None}
 
+    @property
+    def devices(self) -> int:
+        """The processes each trial trains on (train.devices): one number for the whole study, since
+        a worker is started as that many ranks."""
+        counts = sorted({t.train.devices for t in self.trials})
+        if len(counts) > 1:
+            raise AblateError(f"{self.path}: train.devices must be the same for every variant, got {counts}")
+        return counts[0]
+
 
 # `--smoke`: the same models and data, trained just long enough to see every part run on a CPU.
 SMOKE_TRAIN = {"steps": 20, "warmup": 2, "eval_every": 20, "eval_batches": 2, "log_every": 5}

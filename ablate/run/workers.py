@@ -32,11 +32,17 @@ class WorkerSpec:
     stores: Stores
     smoke: bool = False
     data: Path | None = None  # --data: the study's data.source replaced
+    devices: int = 1  # processes per trial (train.devices): the worker starts as that many ranks under torchrun
 
     def argv(self, threads: int | None = None, gpu_fraction: float | None = None) -> list[str]:
-        """The `ablate worker` command line (`gpu_fraction`: the share of its GPU's memory it may take)."""
+        """The `ablate worker` command line (`gpu_fraction`: the share of its GPU's memory it may
+        take), under torchrun where a trial trains on several processes (`threads` then per rank)."""
         s = self.stores
         argv = [sys.executable, "-m", "ablate.cli", "worker", str(self.study.resolve()), "--no-progress"]
+        if self.devices > 1:
+            ranks = ["-m", "ablate.run.ranks", "--standalone", f"--nproc-per-node={self.devices}"]
+            argv[1:1] = ranks
+            threads = max(1, threads // self.devices) if threads else None
         argv += ["--results", str(s.results.resolve()), "--tracking-uri", s.uri, "--storage", s.storage]
         argv += ["--checkpoints", str(s.checkpoints.resolve())] + ["--smoke"] * self.smoke
         argv += ["--data", str(self.data.resolve())] if self.data else []
