@@ -5,10 +5,15 @@ rank; a resumed group continues an uninterrupted one. In float64, so that "the s
 rounding far below any training effect."""
 
 import os
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -19,6 +24,7 @@ from ablate.model import build_model
 from ablate.train import distributed
 from ablate.train.distributed import Group
 from ablate.train.trainer import Trainer, seed_everything
+from tests.conftest import clean_env, run_ablate, write_study
 
 SHAPE = {"mixer": "mha", "vocab_size": 64, "context": 16, "d_model": 32, "n_layers": 2, "n_heads": 2, "qkv_dim": 32}
 SHAPE |= {"ffn_dim": 64}
@@ -143,3 +149,106 @@ def test_a_stop_on_the_leader_stops_every_rank_and_the_group_resumes_the_same_cu
         assert resumed[0]["logged"][(step, "log")]["train_loss"] == pytest.approx(
             whole[0]["logged"][(step, "log")]["train_loss"], rel=1e-6
         )
+
+
+STUDY = """\
+name: ranks
+data: {source: stdlib, vocab_size: 512, max_bytes: 300000}
+model: {context: 32, d_model: 32, n_layers: 2, n_heads: 2, qkv_dim: 32, ffn_dim: 64}
+train: {steps: 400, batch_size: 8, warmup: 4, eval_every: 20, eval_batches: 2, log_every: 5, devices: 2}
+variants:
+  - {name: mha, model: {mixer: mha}}
+seeds: [0]
+"""
+
+
+def trial_runs(results: Path) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "ranks"]
+    runs = client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if "ablate.role" not in r.data.tags]
+
+
+def one_process_val_loss(tmp_path: Path) -> float:
+    """The same study with one process per trial (the same trial key: devices is how, not what)."""
+    study = write_study(tmp_path, STUDY.replace(", devices: 2}", "}"), "alone.yaml")
+    assert run_ablate("run", str(study), "--results", str(tmp_path / "alone")).returncode == 0
+    _, (run,) = trial_runs(tmp_path / "alone")
+    return run.data.metrics["val_loss"]
+
+
+def start(study: Path, results: Path) -> subprocess.Popen:
+    argv = ["ablate", "run", str(study), "--results", str(results)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+
+
+def wait_for_checkpoint(results: Path, proc: subprocess.Popen, step: int) -> None:
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        for path in (results / "checkpoints").glob("*.pt") if (results / "checkpoints").exists() else ():
+            try:
+                if torch.load(path, weights_only=False)["step"] >= step:
+                    return
+            except (OSError, RuntimeError, EOFError):
+                pass  # being replaced right now
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint at step {step} (the study ended with {proc.poll()})")
+
+
+def ranks_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The study's worker ranks: the processes under it that torchrun started, by rank."""
+    found = {}
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            env = child.environ()
+        except psutil.Error:
+            continue
+        if "ablate.cli" in child.cmdline() and "LOCAL_RANK" in env:
+            found[int(env["RANK"])] = child
+    return [found[r] for r in sorted(found)]
+
+
+def assert_resumed_to_the_end(tmp_path: Path, study: Path, results: Path) -> None:
+    rerun = run_ablate("run", str(study), "--results", str(results))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming run" in rerun.stdout
+    client, (run,) = trial_runs(results)  # only the leader opened a run
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert steps == list(range(0, 401, 20))  # one unbroken curve: every eval once
+    assert run.data.metrics["val_loss"] == pytest.approx(one_process_val_loss(tmp_path), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_study_with_devices_2_trains_each_trial_on_two_ranks_into_one_run_as_one_process_would(tmp_path):
+    study = write_study(tmp_path, STUDY)
+    done = run_ablate("run", str(study), "--results", str(tmp_path / "results"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    _, (run,) = trial_runs(tmp_path / "results")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.devices"] == "2"
+    assert run.data.metrics["val_loss"] == pytest.approx(one_process_val_loss(tmp_path), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_rank_at_one_step_and_a_rerun_resumes_the_run(tmp_path):
+    study, results = write_study(tmp_path, STUDY), tmp_path / "results"
+    proc = start(study, results)
+    wait_for_checkpoint(results, proc, 40)
+    ranks = ranks_of(proc)
+    assert len(ranks) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert not [r for r in ranks if r.is_running() and r.status() != psutil.STATUS_ZOMBIE]
+    assert_resumed_to_the_end(tmp_path, study, results)
+
+
+@pytest.mark.slow
+def test_a_rank_killed_fails_its_group_within_the_timeout_and_a_rerun_resumes(tmp_path):
+    study, results = write_study(tmp_path, STUDY), tmp_path / "results"
+    proc = start(study, results)
+    wait_for_checkpoint(results, proc, 40)
+    (_, follower) = ranks_of(proc)
+    follower.kill()
+    assert proc.wait(timeout=120) != 0  # the group failed instead of hanging
+    assert_resumed_to_the_end(tmp_path, study, results)
