@@ -130,6 +130,14 @@ CASES = {
         ("steps: 30", "steps: 30, steps: 40"),
         "study.yaml:4: train.steps: duplicate key (first at line 4)",
     ),
+    "a batch the ranks and micro-steps do not divide": (
+        ("steps: 30", "steps: 30, devices: 3"),
+        "study.yaml:4: train.micro_steps: batch_size 8 is not divisible by devices × micro_steps = 3",
+    ),
+    "devices differing between variants": (
+        ("{name: mha, model: {mixer: mha}}", "{name: mha, model: {mixer: mha}, train: {devices: 2}}"),
+        "study.yaml: train.devices must be the same for every variant, got [1, 2]",
+    ),
     "a duplicate key in a variant": (
         ("{name: mha, model: {mixer: mha}}", "{name: mha, model: {mixer: mha}, model: {mixer: aft-simple}}"),
         "study.yaml:6: variants.0.model: duplicate key (first at line 6)",

@@ -252,3 +252,27 @@ def test_a_rank_killed_fails_its_group_within_the_timeout_and_a_rerun_resumes(tm
     follower.kill()
     assert proc.wait(timeout=120) != 0  # the group failed instead of hanging
     assert_resumed_to_the_end(tmp_path, study, results)
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--executor", "ray"], "train.devices 2: only --executor local trains a trial on several processes so far"),
+        (["--gpus-per-worker", "0.5"], "train.devices 2 takes a GPU per process; --gpus-per-worker 0.5 packs workers"),
+        (
+            ["--workers", str(os.cpu_count())],
+            f"train.devices 2 × {os.cpu_count()} workers: {2 * os.cpu_count()} processes",
+        ),
+    ],
+    ids=["another-executor", "packed-on-a-gpu", "more-processes-than-cores"],
+)
+def test_devices_the_launch_cannot_give_are_refused_in_one_line_before_anything_is_written(
+    flags, said, tmp_path, capsys, own_store
+):
+    from ablate.cli import main
+
+    results = tmp_path / "results"
+    assert main(["run", str(write_study(tmp_path, STUDY)), "--results", str(results), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err
+    assert not results.exists()
