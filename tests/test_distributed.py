@@ -276,3 +276,13 @@ def test_devices_the_launch_cannot_give_are_refused_in_one_line_before_anything_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and said in err
     assert not results.exists()
+
+
+def test_the_plan_shows_the_processes_each_trial_trains_on(tmp_path, capsys):
+    from ablate.cli import main
+
+    assert main(["plan", str(write_study(tmp_path, STUDY.replace("devices: 2", "devices: 2, micro_steps: 2")))]) == 0
+    assert (
+        "devices: each trial trains on 2 processes (one GPU each on CUDA), each taking 1/2 of every batch in 2 micro-step(s)"
+        in capsys.readouterr().out
+    )

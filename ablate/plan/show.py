@@ -36,6 +36,12 @@ def print_plan(study: Study, console) -> None:
     print("FLOPs/token: forward pass, matrix products counted by torch plus each mixer's declared element-wise work")
     print("state: numbers per sequence a decoder carries between tokens ('-': grows with the sequence)")
     print("tokens: what the trial trains on (steps × batch × context)")
+    if (devices := study.devices) > 1:
+        micro = sorted({t.train.micro_steps for t in study.trials})
+        print(
+            f"devices: each trial trains on {devices} processes (one GPU each on CUDA), each taking 1/{devices} "
+            f"of every batch in {'/'.join(map(str, micro))} micro-step(s)"
+        )
     backbones = {t.variant: t.model for t in study.trials}
     for variant, model in backbones.items():
         switches = ", ".join(f"{k} {v}" for k, v in model.switches().items())
