@@ -61,7 +61,7 @@ GPT2 = {"mixer": "mha", "preset": "nanogpt", "vocab_size": 50304, "context": 102
 GPT2 |= {"n_heads": 12, "qkv_dim": 768, "ffn_dim": 3072}
 SHAPES = {  # per part: the card's shapes, and the dry run's on a CPU
     "full": {
-        1: {"model": GPT2, "batch": 32, "warmup": 10, "steps": 20},
+        1: {"model": GPT2, "batch": 16, "warmup": 10, "steps": 20},
         2: {"variant": "mha", "steps": 200, "warmup": 20, "recipe_steps": None, "seeds": 5},
         3: {
             "d_model": 1024,

@@ -43,7 +43,9 @@ def main() -> None:
             )
             grown.append(int(done.stdout.split()[-1]))
         ratio = grown[-1] / max(grown[0], 1)
-        print(f"{mixer:<8}" + "".join(f"{g:>8}" for g in grown) + f"   {sizes[-1] // sizes[0]}x the length: {ratio:.1f}x")
+        print(
+            f"{mixer:<8}" + "".join(f"{g:>8}" for g in grown) + f"   {sizes[-1] // sizes[0]}x the length: {ratio:.1f}x"
+        )
 
 
 if __name__ == "__main__":
