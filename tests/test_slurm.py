@@ -71,6 +71,24 @@ def test_a_job_array_trains_each_trial_once(slurm, database, tmp_path):
     assert (results / "artifacts" / "onslurm").is_dir()  # beside the results, not in whatever folder ran it
 
 
+def test_a_trial_on_two_devices_runs_as_one_job_of_two_tasks(slurm, database, tmp_path):
+    """`train.devices: 2`: one job per worker, SLURM's two tasks its two ranks (torch.distributed
+    set up from SLURM's environment), the trial's one run logged by rank 0, with one process's loss."""
+    storage, uri = database(), database()
+    text = engine_study("onslurm", 40, "[0]", ("mha",)).replace("log_every: 5}", "log_every: 5, devices: 2}")
+    study, results = write_study(tmp_path, text), tmp_path / "results"
+    proc = _run(study, results, storage, uri)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "workers: submitted 1 SLURM jobs" in proc.stdout
+    assert len(list((results / "slurm" / "study").glob("*_log.out"))) == 2  # submitit's logs: one per task
+    _, (run,) = _runs(uri)
+    assert run.info.status == "FINISHED" and run.data.params["train.devices"] == "2"
+    alone, alone_uri = write_study(tmp_path, text.replace(", devices: 2", ""), "alone.yaml"), database()
+    assert _run(alone, tmp_path / "alone", database(), alone_uri).returncode == 0
+    _, (single,) = _runs(alone_uri)
+    assert run.data.metrics["val_loss"] == pytest.approx(single.data.metrics["val_loss"], rel=1e-5)
+
+
 def test_a_job_cut_by_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(slurm, database, tmp_path):
     """One job with a 1-minute limit and more training than one job's minute holds: SLURM's
     signal (30 s ahead of the limit) stops the worker after a whole step, it saves and hands the

@@ -236,7 +236,7 @@ def executor_options(cmd) -> None:
 
 def launch(args, spec):
     """The workers `run` starts (None: it trains in its own process)."""
-    from ablate.run.executors import Options, Resources, executor
+    from ablate.run.executors import Options, Resources, devices_per_worker, executor
     from ablate.run.schedule import Launch
 
     local_only = args.executor == "local"
@@ -250,8 +250,6 @@ def launch(args, spec):
         cores(str(args.cpus_per_worker), "--cpus-per-worker")
     resources = Resources(args.cpus_per_worker, args.gpus_per_worker)
     if spec.devices > 1:
-        from ablate.run.executors.local import devices_per_worker
-
         resources = devices_per_worker(spec.devices, args, resources)
     elif local_only and args.workers == 1 and resources == Resources():
         return None

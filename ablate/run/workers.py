@@ -34,12 +34,13 @@ class WorkerSpec:
     data: Path | None = None  # --data: the study's data.source replaced
     devices: int = 1  # processes per trial (train.devices): the worker starts as that many ranks under torchrun
 
-    def argv(self, threads: int | None = None, gpu_fraction: float | None = None) -> list[str]:
+    def argv(self, threads: int | None = None, gpu_fraction: float | None = None, torchrun: bool = True) -> list[str]:
         """The `ablate worker` command line (`gpu_fraction`: the share of its GPU's memory it may
-        take), under torchrun where a trial trains on several processes (`threads` then per rank)."""
+        take), under torchrun where a trial trains on several processes (`threads` then per rank),
+        unless the engine starts the ranks itself (`torchrun=False`: SLURM's tasks)."""
         s = self.stores
         argv = [sys.executable, "-m", "ablate.cli", "worker", str(self.study.resolve()), "--no-progress"]
-        if self.devices > 1:
+        if self.devices > 1 and torchrun:
             ranks = ["-m", "ablate.run.ranks", "--standalone", f"--nproc-per-node={self.devices}"]
             argv[1:1] = ranks
             threads = max(1, threads // self.devices) if threads else None

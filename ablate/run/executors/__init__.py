@@ -90,6 +90,40 @@ def shared_stores(stores: Stores, engine: str) -> None:
         )
 
 
+def devices_per_worker(devices: int, args, resources: Resources) -> Resources:
+    """What a worker whose trials train on `devices` ranks gets: locally, one GPU per rank where
+    there are GPUs (by default), or as many cores as ranks; on SLURM, a task per rank. Refused in
+    one line where the executor or the machine cannot give them."""
+    asked = f"train.devices {devices}"
+    if args.executor == "ray":
+        raise AblateError(f"{asked}: --executor ray trains one process per trial so far; use local or slurm")
+    if 0 < resources.gpus < 1:
+        raise AblateError(f"{asked} takes a GPU per process; --gpus-per-worker {resources.gpus:g} packs workers on one")
+    if args.executor == "slurm":
+        if args.pack > 1:
+            raise AblateError(
+                f"{asked} with --pack {args.pack}: a job holds one worker's {devices} ranks, not several workers"
+            )
+        return resources
+    import os
+
+    import torch
+
+    from ablate.run.executors.local import gpu_slots
+
+    if gpus := torch.cuda.device_count():
+        resources = Resources(resources.cpus, resources.gpus or devices)
+        if resources.gpus < devices:
+            raise AblateError(f"{asked} needs a GPU per process; --gpus-per-worker {resources.gpus:g} gives fewer")
+        gpu_slots(args.workers, resources.gpus, gpus)  # refuses more than this machine has
+    elif devices * args.workers > (os.cpu_count() or 1):
+        processes = devices * args.workers
+        raise AblateError(
+            f"{asked} × {args.workers} workers: {processes} processes, this machine has {os.cpu_count()} cores"
+        )
+    return resources
+
+
 def executor(name: str, options: Options) -> Executor:
     if name == "local":
         from ablate.run.executors.local import Local

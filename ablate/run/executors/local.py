@@ -27,30 +27,6 @@ def gpu_slots(n: int, gpus: float, available: int) -> list[str | None]:
     return slots
 
 
-def devices_per_worker(devices: int, args, resources: Resources) -> Resources:
-    """A worker whose trials train on `devices` processes (torchrun's ranks): whole GPUs, one per
-    rank, where there are GPUs, and as many cores as ranks at least; refused in one line where
-    this machine, or the executor, cannot give them."""
-    import torch
-
-    asked = f"train.devices {devices}"
-    if args.executor != "local":
-        raise AblateError(f"{asked}: only --executor local trains a trial on several processes so far")
-    if 0 < resources.gpus < 1:
-        raise AblateError(f"{asked} takes a GPU per process; --gpus-per-worker {resources.gpus:g} packs workers on one")
-    gpus = torch.cuda.device_count()
-    if gpus:
-        resources = Resources(resources.cpus, resources.gpus or devices)
-        if resources.gpus < devices:
-            raise AblateError(f"{asked} needs a GPU per process; --gpus-per-worker {resources.gpus:g} gives fewer")
-        gpu_slots(args.workers, resources.gpus, gpus)  # refuses more than this machine has
-    elif devices * args.workers > (os.cpu_count() or 1):
-        raise AblateError(
-            f"{asked} × {args.workers} workers: {devices * args.workers} processes, this machine has {os.cpu_count()} cores"
-        )
-    return resources
-
-
 class Local(Executor):
     name = "local"
 

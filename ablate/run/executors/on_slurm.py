@@ -25,12 +25,18 @@ MAX_REQUEUES = 100  # a study longer than many time limits requeues as often as 
 
 
 class Workers:
-    """One array job: `pack` `ablate worker` processes; checkpointable, so that submitit requeues it."""
+    """One array job: `pack` `ablate worker` processes; checkpointable, so that submitit requeues it.
+    With `ranks`, each of the job's tasks is one rank of a worker whose trials train on all of
+    them, torch.distributed set up from SLURM's environment."""
 
-    def __init__(self, argv: list[str], pack: int):
-        self.argv, self.pack, self.procs = argv, pack, []
+    def __init__(self, argv: list[str], pack: int, ranks: bool = False):
+        self.argv, self.pack, self.ranks, self.procs = argv, pack, ranks, []
 
     def __call__(self) -> None:
+        if self.ranks:
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         self.procs = [subprocess.Popen(self.argv, env=watched_by_me()) for _ in range(self.pack)]
         while any(p.poll() is None for p in self.procs):  # not p.wait(): it would hold the lock that
             time.sleep(POLL_S)  # `checkpoint`, run from the signal handler meanwhile, waits on
@@ -47,10 +53,10 @@ class Workers:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             p.wait()
-        return submitit.helpers.DelayedSubmission(Workers(self.argv, self.pack))
+        return submitit.helpers.DelayedSubmission(Workers(self.argv, self.pack, self.ranks))
 
     def __getstate__(self):
-        return {"argv": self.argv, "pack": self.pack, "procs": []}
+        return {"argv": self.argv, "pack": self.pack, "ranks": self.ranks, "procs": []}
 
 
 class OnSlurm(Executor):
@@ -83,6 +89,8 @@ class OnSlurm(Executor):
             "signal_delay_s": SIGNAL_DELAY_S,
             "additional_parameters": dict(o.slurm_extra),
         }
+        if spec.devices > 1:  # a job per worker, a task per rank, on one node
+            params["ntasks_per_node"] = spec.devices
         if o.partition:
             params["partition"] = o.partition
         if o.time_min:
@@ -95,10 +103,10 @@ class OnSlurm(Executor):
         except ValueError as e:  # an --slurm-extra key sbatch does not have
             raise AblateError(f"slurm: {e}") from None
         fraction = 1 / o.pack if o.pack > 1 else resources.gpu_fraction()
-        argv = spec.argv(cpus, fraction)
+        argv = spec.argv(cpus, fraction, torchrun=False)
         try:
             with executor.batch():
-                self.jobs = [executor.submit(Workers(argv, o.pack)) for _ in range(n)]
+                self.jobs = [executor.submit(Workers(argv, o.pack, spec.devices > 1)) for _ in range(n)]
         except submitit.core.utils.FailedJobError as e:  # sbatch's own words: a partition, an option, a size
             said = first_line(e).removeprefix("sbatch: ").removeprefix("error: ")
             raise AblateError(f"SLURM refused the jobs: {said}") from None
