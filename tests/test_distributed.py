@@ -257,10 +257,7 @@ def test_a_rank_killed_fails_its_group_within_the_timeout_and_a_rerun_resumes(tm
 @pytest.mark.parametrize(
     "flags, said",
     [
-        (
-            ["--executor", "ray"],
-            "train.devices 2: --executor ray trains one process per trial so far; use local or slurm",
-        ),
+        (["--gpus-per-worker", "1"], "train.devices 2 needs a GPU per process; --gpus-per-worker 1 gives fewer"),
         (["--executor", "slurm", "--pack", "2"], "train.devices 2 with --pack 2: a job holds one worker's 2 ranks"),
         (["--gpus-per-worker", "0.5"], "train.devices 2 takes a GPU per process; --gpus-per-worker 0.5 packs workers"),
         (
@@ -268,7 +265,7 @@ def test_a_rank_killed_fails_its_group_within_the_timeout_and_a_rerun_resumes(tm
             f"train.devices 2 × {os.cpu_count()} workers: {2 * os.cpu_count()} processes",
         ),
     ],
-    ids=["ray", "slurm-packed", "packed-on-a-gpu", "more-processes-than-cores"],
+    ids=["too-few-gpus", "slurm-packed", "packed-on-a-gpu", "more-processes-than-cores"],
 )
 def test_devices_the_launch_cannot_give_are_refused_in_one_line_before_anything_is_written(
     flags, said, tmp_path, capsys, own_store

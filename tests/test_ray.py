@@ -16,7 +16,7 @@ import pytest
 
 from ablate.run import claims
 from ablate.ui import free_port
-from tests.conftest import clean_env, engine_study, planned_keys, write_study
+from tests.conftest import clean_env, engine_study, planned_keys, run_ablate, write_study
 
 pytestmark = pytest.mark.slow  # a real Ray cluster
 
@@ -140,6 +140,23 @@ def test_without_an_address_a_ray_of_this_machine_is_started_for_the_study_and_s
         time.sleep(0.2)
     assert not _ray_processes(), "the study's Ray outlived it"
     assert token.exists() == had_token  # its token was its own, not one left in the home for other clusters
+
+
+def test_a_trial_on_two_devices_is_one_ray_task_holding_two_cores_for_its_two_ranks(tmp_path):
+    """`train.devices: 2`: each worker one task with a core per rank, torchrun starting the ranks in
+    it; the trial's one run is logged by rank 0, with one process's loss."""
+    text = engine_study("onray", 40, "[0]", ("mha",)).replace("log_every: 5}", "log_every: 5, devices: 2}")
+    study, results = write_study(tmp_path, text), tmp_path / "results"
+    args = ["ablate", "run", str(study), "--results", str(results), "--executor", "ray"]
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, env=clean_env(), timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "workers: 1 Ray tasks on a Ray started on this machine (2 CPU, 0 GPU each)" in proc.stdout
+    (run,) = _trial_runs(results)
+    assert run.info.status == "FINISHED" and run.data.params["train.devices"] == "2"
+    alone = write_study(tmp_path, text.replace(", devices: 2", ""), "alone.yaml")
+    assert run_ablate("run", str(alone), "--results", str(tmp_path / "alone")).returncode == 0
+    (single,) = _trial_runs(tmp_path / "alone")
+    assert run.data.metrics["val_loss"] == pytest.approx(single.data.metrics["val_loss"], rel=1e-5)
 
 
 def _training(results: Path) -> int:

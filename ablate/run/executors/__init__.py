@@ -92,13 +92,16 @@ def shared_stores(stores: Stores, engine: str) -> None:
 
 def devices_per_worker(devices: int, args, resources: Resources) -> Resources:
     """What a worker whose trials train on `devices` ranks gets: locally, one GPU per rank where
-    there are GPUs (by default), or as many cores as ranks; on SLURM, a task per rank. Refused in
-    one line where the executor or the machine cannot give them."""
+    there are GPUs (by default), or as many cores as ranks; on Ray, one task holding a core (and,
+    with --gpus-per-worker, a GPU) per rank on one node, its ranks started by torchrun; on SLURM, a
+    task per rank. Refused in one line where the executor or the machine cannot give them."""
     asked = f"train.devices {devices}"
-    if args.executor == "ray":
-        raise AblateError(f"{asked}: --executor ray trains one process per trial so far; use local or slurm")
     if 0 < resources.gpus < 1:
         raise AblateError(f"{asked} takes a GPU per process; --gpus-per-worker {resources.gpus:g} packs workers on one")
+    if resources.gpus and resources.gpus < devices:
+        raise AblateError(f"{asked} needs a GPU per process; --gpus-per-worker {resources.gpus:g} gives fewer")
+    if args.executor == "ray":
+        return Resources(max(resources.cpus or 1, devices), resources.gpus)
     if args.executor == "slurm":
         if args.pack > 1:
             raise AblateError(
@@ -113,8 +116,6 @@ def devices_per_worker(devices: int, args, resources: Resources) -> Resources:
 
     if gpus := torch.cuda.device_count():
         resources = Resources(resources.cpus, resources.gpus or devices)
-        if resources.gpus < devices:
-            raise AblateError(f"{asked} needs a GPU per process; --gpus-per-worker {resources.gpus:g} gives fewer")
         gpu_slots(args.workers, resources.gpus, gpus)  # refuses more than this machine has
     elif devices * args.workers > (os.cpu_count() or 1):
         processes = devices * args.workers
