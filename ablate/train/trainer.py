@@ -243,8 +243,8 @@ class Trainer:
     def read_train_metrics(self) -> dict[str, float]:
         """The train loss (and auxiliary loss, where the mixers add one) and clipped fraction since
         the last read, and the last measured gradient norms (one host sync for all of them)."""
-        losses = self.group.sum(torch.stack([self.loss_sum, self.aux_loss_sum])) / self.group.size  # each rank's rows
-        sums = torch.cat([losses, torch.stack([self.clipped, self.grad_norm])])
+        self._pool_losses()
+        sums = torch.stack([self.loss_sum, self.aux_loss_sum, self.clipped, self.grad_norm])
         loss_sum, aux_loss_sum, clipped, grad_norm, *blocks = torch.cat([sums, self.block_grad_norms]).tolist()
         out = {
             Metric.TRAIN_LOSS: loss_sum / self.n_since,
@@ -298,8 +298,9 @@ class Trainer:
             raise
 
     def _pool_losses(self) -> None:
-        """Every rank of a group holds the group's mean train loss so far, so that a checkpoint
-        (written by the leader) holds it too; means being linear, the next read is unchanged."""
+        """Every rank of a group holds the group's mean train loss so far (each summed its own
+        rows), for a read, or for a checkpoint the leader writes; means being linear, pooling early
+        changes no later read."""
         if self.group.size > 1:
             pooled = self.group.sum(torch.stack([self.loss_sum, self.aux_loss_sum])) / self.group.size
             self.loss_sum.copy_(pooled[0])
