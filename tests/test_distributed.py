@@ -287,3 +287,20 @@ def test_the_plan_shows_the_processes_each_trial_trains_on(tmp_path, capsys):
         "devices: each trial trains on 2 processes (one GPU each on CUDA), each taking 1/2 of every batch in 2 micro-step(s)"
         in capsys.readouterr().out
     )
+
+
+@pytest.mark.slow
+def test_a_search_on_two_ranks_trains_each_unit_and_a_diverging_one_fails_alone(tmp_path):
+    """Optuna's search trials, one of them diverging on every rank at once, then the final trials:
+    the ranks go from unit to unit together, and each unit has one run."""
+    text = STUDY.replace("steps: 400", "steps: 30").replace(
+        "seeds: [0]",
+        "search: {space: {lr: {choice: [2.0e-3, 1.0e+6]}}, trials: 2, search_steps: 15, sampler: grid, pruner: none}\n"
+        "seeds: [0]",
+    )
+    results = tmp_path / "results"
+    done = run_ablate("run", str(write_study(tmp_path, text)), "--results", str(results))
+    assert done.returncode == 0, done.stdout + done.stderr
+    _, runs = trial_runs(results)
+    phases = sorted((r.data.tags["ablate.phase"], r.info.status) for r in runs)
+    assert phases == [("final", "FINISHED"), ("search", "FAILED"), ("search", "FINISHED")]
