@@ -53,7 +53,14 @@ ROOT = Path(__file__).resolve().parent.parent
 LIMITS = {1: 170, 2: 100, 3: 110, 4: 50, 5: 50}  # seconds per part on the card: 8 minutes in all
 DRY_LIMIT = 60  # seconds per part in a dry run
 # dense bf16 peaks (FLOP/s) from the vendors' sheets, matched on the card's name in this order
-PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12))
+PEAKS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+)
 RECURRENT = ("linear-attn", "based", "gla", "deltanet", "gated-deltanet", "mamba2")
 DECODERS = ("mha", "retnet", "gla", "gated-deltanet", "mamba2")
 
