@@ -9,6 +9,7 @@ others what to train (`send`), and every step all of them agree whether to go on
 that a stop (SIGTERM, pruning, a unit lost) ends every rank at the same step.
 """
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,10 +53,8 @@ class Group:
     def abandon(self) -> None:
         """The leader leaves mid-trial (an exception between steps): the others stop at their
         next agreement. Best effort: the group may be broken already, which is why it is left."""
-        try:
+        with contextlib.suppress(RuntimeError, dist.DistBackendError):
             self.agree(True)
-        except (RuntimeError, dist.DistBackendError):
-            pass
 
     def send(self, message: Any) -> None:
         """The leader's message to the others (anything picklable)."""
