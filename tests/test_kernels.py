@@ -205,3 +205,26 @@ def test_a_sound_default_kernel_is_chosen_after_its_probe(monkeypatch, capsys):
         kernels.run_op("chunk_gla", None, *gla_inputs())
     assert calls == ["chunk_gla"] * 3  # the probe, then both calls
     assert capsys.readouterr().err == ""
+
+
+def test_a_run_trained_after_a_failed_probe_names_the_ops_that_ran_in_torchs_form(tmp_path, monkeypatch, own_store):
+    """Its default_kernel param says fla; the tag says which ops did not run it."""
+    import mlflow
+
+    from ablate.cli import main
+    from tests.conftest import TINY_STUDY, write_study
+
+    monkeypatch.setattr(
+        kernels, "_probed", {("chunk_gla", torch.device("cpu")): False, ("chunk_delta_rule", None): True}
+    )
+    study = TINY_STUDY.replace("seeds: [0, 1]", "seeds: [0]").replace(
+        "  - {name: aft, model: {mixer: aft-simple, ffn: false}}\n", ""
+    )
+    assert main(["run", str(write_study(tmp_path, study)), "--results", str(tmp_path / "results")]) == 0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    (run,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+        if "ablate.role" not in r.data.tags
+    ]
+    assert run.data.tags["ablate.fla_fallbacks"] == "chunk_gla"

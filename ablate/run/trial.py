@@ -16,6 +16,7 @@ from ablate.data import DataSource
 from ablate.data.tasks import TaskData
 from ablate.errors import Terminated
 from ablate.model import build_model
+from ablate.nn.ops import kernels
 from ablate.plan.search import search_train, with_params
 from ablate.plan.study import Trial
 from ablate.run import claims, search
@@ -175,6 +176,8 @@ class TrialRunner:
                 run.start_opening()
                 self.group.send(Lead(trial, trainer.prefix_eval, checkpoint() if trainer.step else None))
                 final |= trainer.fit(on_metrics, checkpoint)
+                if fell_back := kernels.fallbacks():  # the run's default_kernel param says fla; these ran torch
+                    run.tag(Tag.FLA_FALLBACKS, ", ".join(fell_back))
                 if job.on_eval is None:
                     self.pace.record(trial.model.mixer, time.perf_counter() - started, trainer.cfg.steps - first_step)
                 run.metrics(trainer.cfg.steps, {k: final[k] for k in (Metric.TRAIN_TIME_S, Metric.MEAN_TOKENS_PER_S)})

@@ -40,6 +40,7 @@ class Tag:
     DECODE_STOPPED = "ablate.decode_stopped"  # where decoding from state stopped short of the asked contexts
     LENGTH_METHOD = "ablate.length_method"  # how val_loss@T was measured (ablate.lengths)
     LENGTH_STOPPED = "ablate.length_stopped"  # why the longer lengths were not measured
+    FLA_FALLBACKS = "ablate.fla_fallbacks"  # fla ops its worker runs in torch's form: their probe failed there
 
 
 class Role:

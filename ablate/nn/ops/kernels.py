@@ -95,6 +95,11 @@ PROBE_TOLERANCE = 0.05
 _probed: dict[tuple[str, torch.device], bool] = {}  # (op, device) -> whether fla's kernel is sound there
 
 
+def fallbacks() -> list[str]:
+    """The fla ops this process runs in torch's form although fla is the default: their probe failed."""
+    return sorted({name for (name, _), ok in _probed.items() if not ok})
+
+
 def sound(name: str, args: tuple, kwargs: dict) -> bool:
     """Whether fla's `name` agrees with ablate's form on this device: probed on the first call in
     this process, which prints one line where it does not and the torch form stands in."""
