@@ -154,3 +154,18 @@ def test_strong_decays_stay_finite_in_long_chunks():
     ]:
         assert torch.isfinite(o).all()
     assert math.isfinite(ops.chunk_simple_gla(q, k, v, -1e4 * torch.ones_like(head_g))[0].abs().max().item())
+
+
+def test_the_delta_rule_runs_in_bf16_with_its_triangular_solve_in_float32():
+    """torch has no triangular solve in half precision; a model cast to bf16 (decoding an exported
+    model, the GPU suite's decode part) reaches the delta rule with bf16 tensors."""
+    from ablate.nn.ops.delta_rule import chunk_gated_delta_rule
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.nn.functional.normalize(torch.randn(1, 40, 2, 8, generator=g), dim=-1) for _ in range(3))
+    decay = -torch.rand(1, 40, 2, generator=g) * 0.1
+    beta = torch.rand(1, 40, 2, generator=g)
+    want, _ = chunk_gated_delta_rule(q, k, v, decay, beta, chunk_size=16)
+    got, _ = chunk_gated_delta_rule(*(t.bfloat16() for t in (q, k, v, decay, beta)), chunk_size=16)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.02)

@@ -20,6 +20,15 @@ import torch
 from ablate.nn.ops.gla import _chunks, _unchunk
 
 
+def solve_unit_lower(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """The unit lower-triangular solve, in float32 at least: torch has no triangular solve in half
+    precision (a model cast to bf16 reaches it with bf16 tensors), and the result goes back to
+    the inputs' dtype."""
+    wide = torch.promote_types(rhs.dtype, torch.float32)
+    u = torch.linalg.solve_triangular(system.to(wide), rhs.to(wide), upper=False, unitriangular=True)
+    return u.to(rhs.dtype)
+
+
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, chunk_size=64):
     """g (B, T, H): log decay per head; beta (B, T, H)."""
     B, T, H, K = q.shape
@@ -38,7 +47,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     out = []
     for n in range(q.size(2)):
         rhs = beta[:, :, n] * (v[:, :, n] - gamma[:, :, n] * (k[:, :, n] @ state))
-        u = torch.linalg.solve_triangular(system[:, :, n], rhs, upper=False, unitriangular=True)
+        u = solve_unit_lower(system[:, :, n], rhs)
         out.append(gamma[:, :, n] * (q[:, :, n] @ state) + attend[:, :, n] @ u)
         state = across[:, :, n, :, None] * state + k_out[:, :, n].transpose(-1, -2) @ u
     return _unchunk(torch.stack(out, dim=2), T), (state if output_final_state else None)
