@@ -44,6 +44,7 @@ import torch
 
 from ablate import bench, inference
 from ablate.config import TrainConfig
+from ablate.errors import first_line
 from ablate.model import build_model
 from ablate.nn.ops.kernels import error_ratio, fla_installed
 from ablate.train.evaluation import autocast
@@ -288,7 +289,7 @@ def mixer_speed(name: str, options: dict, T: int, s: dict, device: torch.device)
         warmup = timed(device, call, 2) * 2
         seconds = timed(device, call, s["repeats"])
     except RuntimeError as e:  # out of memory, or a kernel fla refuses on this card: the part goes on
-        return {"batch": batch, "error": _first_line(e)}
+        return {"batch": batch, "error": f"{type(e).__name__}: {first_line(e)}"}
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -304,7 +305,7 @@ def against_torch(name: str, kernel: str, s: dict, device: torch.device) -> dict
     try:
         (ours, our_grads), (theirs, their_grads) = (logits_and_grads(name, k, s, x) for k in ("torch", kernel))
     except RuntimeError as e:
-        return {"error": _first_line(e)}
+        return {"error": f"{type(e).__name__}: {first_line(e)}"}
     return {
         "logit_max_diff_rel": ((ours - theirs).abs().max() / ours.abs().max()).item(),
         "logit_error_ratio": error_ratio(theirs, ours),
@@ -321,10 +322,6 @@ def logits_and_grads(name: str, kernel: str, s: dict, x: torch.Tensor) -> tuple:
         logits = net(x)
     logits.float().square().mean().backward()
     return logits.detach().float(), {n: p.grad.float() for n, p in net.named_parameters()}
-
-
-def _first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
 def metadata_version(dist: str) -> str:
@@ -350,7 +347,7 @@ def part_decode(s: dict, args, device: torch.device, record: Record) -> None:
                 states, stopped = inference.prefilled(model, batch, list(s["contexts"]), s["steps"])
                 timed_steps = inference.decode_seconds(model, batch, states, s["steps"])
             except RuntimeError as e:  # the part goes on with the next
-                record(f"{name}/batch {batch}", {"error": _first_line(e)})
+                record(f"{name}/batch {batch}", {"error": f"{type(e).__name__}: {first_line(e)}"})
                 continue
             finally:
                 states = None

@@ -20,7 +20,7 @@ from functools import cache
 
 import torch
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, first_line
 
 KERNELS = ("torch", "fla")
 GATED = ("chunk_gla", "chunk_simple_gla", "chunk_gated_delta_rule")  # their fourth argument is a log decay g
@@ -127,7 +127,7 @@ def disagreement(fast, reference, args: tuple, kwargs: dict) -> str | None:
             cotangent = torch.randn(out.shape, device=out.device, generator=_generator(out.device))
             got = (out, *torch.autograd.grad(out, [small[i] for i in learned], cotangent.to(out.dtype)))
         except Exception as e:  # noqa: BLE001 (any failure of the kernel means: do not choose it)
-            return f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})"
+            return f"failed ({type(e).__name__}: {first_line(e)})"
         with torch.autocast(args[0].device.type, enabled=False):
             exact = [a.detach().float().requires_grad_() if i in learned else a for i, a in enumerate(small)]
             ref = reference(*exact, **kwargs)[0]
