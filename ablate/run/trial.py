@@ -368,12 +368,11 @@ class Lead:
     resume_from: Path | None
 
 
-def follow(group: Group, data: Callable[[], DataSource]) -> int:
+def follow(group: Group, data: Callable[[], DataSource]) -> None:
     """A rank other than the leader: train what the leader says, beside it, until it says that
     nothing is left (None). Whatever stops a trial (the leader letting it go, SIGTERM, a
-    divergence every rank sees) is the leader's to record; this rank waits for the next word.
-    Returns the trials it trained in."""
-    source, trained = None, 0
+    divergence every rank sees) is the leader's to record; this rank waits for the next word."""
+    source = None
     while (lead := group.receive()) is not None:
         source = source or data()
         trainer = trainer_for(lead.trial, source, lead.prefix_eval, group)
@@ -381,8 +380,6 @@ def follow(group: Group, data: Callable[[], DataSource]) -> int:
             trainer.load(lead.resume_from)
         with contextlib.suppress(Terminated, Diverged):
             trainer.fit()
-        trained += 1
-    return trained
 
 
 def _oom():
