@@ -8,7 +8,6 @@ GPU each on CUDA), as `ablate run` does with `train.devices: N`.
 
 import argparse
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from ablate import bench
 from ablate.model import build_model
 from ablate.train import distributed
 from ablate.train.trainer import Trainer, seed_everything
+from ablate.ui import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,12 +44,6 @@ def rank(index: int, size: int, port: int, target, steps: int, warmup: int, thre
     if group.leads:
         (out / f"{size}.txt").write_text(str(train.batch_size * model.context * steps / seconds))
     distributed.leave(group)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

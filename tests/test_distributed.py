@@ -6,7 +6,6 @@ rounding far below any training effect."""
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from ablate.model import build_model
 from ablate.train import distributed
 from ablate.train.distributed import Group
 from ablate.train.trainer import Trainer, seed_everything
+from ablate.ui import free_port
 from tests.conftest import clean_env, run_ablate, write_study
 
 SHAPE = {"mixer": "mha", "vocab_size": 64, "context": 16, "d_model": 32, "n_layers": 2, "n_heads": 2, "qkv_dim": 32}
@@ -72,12 +72,6 @@ def rank(index: int, size: int, port: int, train: dict, out: Path, stop_at: int 
         out / f"rank{index}.pt",
     )
     distributed.leave(group)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train(out: Path, size: int, stop_at: int | None = None, resume: bool = False, **train) -> list[dict]:
