@@ -145,7 +145,7 @@ class ModelConfig(BaseModel):
 
 # train settings that change how a trial runs, not what it computes (to rounding): not in its key,
 # so that a study resumes on another number of devices
-HOW_IT_RUNS = frozenset({"devices", "micro_steps"})
+HOW_IT_RUNS = frozenset({"devices", "micro_steps", "shard"})
 
 
 class TrainConfig(BaseModel):
@@ -189,6 +189,19 @@ class TrainConfig(BaseModel):
     micro_steps: StrictInt = Field(
         1, ge=1, validate_default=True, description="each process's rows of a batch in parts, gradients accumulated"
     )
+
+    shard: bool = Field(
+        False, description="FSDP: each process holds 1/devices of the parameters, gradients and optimizer state"
+    )
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_needs_ranks(cls, shard: bool, info: ValidationInfo) -> bool:
+        if shard and info.data.get("devices") == 1:
+            raise ValueError("shards a model over the processes of train.devices, which is 1")
+        if shard and info.data.get("optimizer") == "muon":
+            raise ValueError("works with optimizer adamw: torch's Muon on sharded matrices steps unlike on whole ones")
+        return shard
 
     @field_validator("micro_steps")
     @classmethod

@@ -134,6 +134,14 @@ CASES = {
         ("steps: 30", "steps: 30, devices: 3"),
         "study.yaml:4: train.micro_steps: batch_size 8 is not divisible by devices × micro_steps = 3",
     ),
+    "a model sharded over one process": (
+        ("steps: 30", "steps: 30, shard: true"),
+        "study.yaml:4: train.shard: shards a model over the processes of train.devices, which is 1",
+    ),
+    "a sharded model under muon": (
+        ("steps: 30", "steps: 30, devices: 2, shard: true, optimizer: muon"),
+        "study.yaml:4: train.shard: works with optimizer adamw",
+    ),
     "devices differing between variants": (
         ("{name: mha, model: {mixer: mha}}", "{name: mha, model: {mixer: mha}, train: {devices: 2}}"),
         "study.yaml: train.devices must be the same for every variant, got [1, 2]",

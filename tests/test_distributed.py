@@ -7,6 +7,7 @@ rounding far below any training effect."""
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch.multiprocessing as mp
 from ablate.config import TrainConfig
 from ablate.data.corpus import in_memory
 from ablate.model import build_model
-from ablate.train import distributed
+from ablate.train import distributed, sharded
 from ablate.train.distributed import Group
 from ablate.train.trainer import Trainer, seed_everything
 from ablate.ui import free_port
@@ -63,11 +64,13 @@ def rank(index: int, size: int, port: int, train: dict, out: Path, stop_at: int 
         ended = "finished"
     except (StopHere, KeyboardInterrupt) as e:  # the leader's stop; the others' Terminated
         ended = type(e).__name__
+    held = None if trainer.sharded is None else sum(sharded.local(p).numel() for p in trainer.sharded.parameters())
     torch.save(
         {
             "params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
             "logged": logged,
             "ended": ended,
+            "held": held,  # of a sharded model, the numbers this rank held
         },
         out / f"rank{index}.pt",
     )
@@ -77,7 +80,7 @@ def rank(index: int, size: int, port: int, train: dict, out: Path, stop_at: int 
 def train(out: Path, size: int, stop_at: int | None = None, resume: bool = False, **train) -> list[dict]:
     """Train with `size` ranks (1: a process alone, without torch.distributed); each rank's results."""
     out.mkdir(parents=True, exist_ok=True)
-    settings = TRAIN | train
+    settings = TRAIN | {"devices": size} | train
     if size == 1:
         torch.set_default_dtype(torch.float64)
         try:
@@ -138,6 +141,39 @@ def test_a_stop_on_the_leader_stops_every_rank_and_the_group_resumes_the_same_cu
     assert [r["ended"] for r in cut] == ["StopHere", "Terminated"]
     resumed = train(tmp_path / "cut", 2, resume=True)
     assert [r["ended"] for r in resumed] == ["finished", "finished"]
+    assert_same(resumed[0]["params"], whole[0]["params"])
+    for step in range(5, 13):
+        assert resumed[0]["logged"][(step, "log")]["train_loss"] == pytest.approx(
+            whole[0]["logged"][(step, "log")]["train_loss"], rel=1e-6
+        )
+
+
+@pytest.mark.slow
+def test_a_sharded_group_takes_the_steps_of_one_process_each_rank_holding_half_the_model(tmp_path):
+    alone = train(tmp_path / "alone", 1)[0]
+    first, second = train(tmp_path / "two", 2, shard=True)
+    assert first["ended"] == second["ended"] == "finished"
+    assert_same(first["params"], second["params"], exact=True)  # gathered whole at the end
+    assert_same(first["params"], alone["params"])
+    total = sum(p.numel() for p in alone["params"].values())
+    assert first["held"] + second["held"] == total and max(first["held"], second["held"]) < 0.6 * total
+    for key, metric in (((12, "log"), "train_loss"), ((12, "eval"), "val_loss")):
+        assert first["logged"][key][metric] == pytest.approx(alone["logged"][key][metric], rel=1e-6)
+    # the gradient norms (logged per block) are those of the whole gradient, not of one rank's part
+    for metric in ("grad_norm", "grad_norm/block0", "grad_norm/block1"):
+        assert first["logged"][(12, "log")][metric] == pytest.approx(alone["logged"][(12, "log")][metric], rel=1e-6)
+    parts = train(tmp_path / "parts", 2, shard=True, micro_steps=2)[0]
+    assert_same(parts["params"], alone["params"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut_sharded", [True, False], ids=["sharded-then-not", "not-then-sharded"])
+def test_a_checkpoint_resumes_sharded_or_not_on_the_same_curve(tmp_path, cut_sharded):
+    """A sharded group's checkpoint holds the whole state in a single process's layout."""
+    whole = train(tmp_path / "whole", 2)
+    cut = train(tmp_path / "cut", 2, stop_at=6, shard=cut_sharded)
+    assert [r["ended"] for r in cut] == ["StopHere", "Terminated"]
+    resumed = train(tmp_path / "cut", 2, resume=True, shard=not cut_sharded)
     assert_same(resumed[0]["params"], whole[0]["params"])
     for step in range(5, 13):
         assert resumed[0]["logged"][(step, "log")]["train_loss"] == pytest.approx(
@@ -214,8 +250,9 @@ def assert_resumed_to_the_end(tmp_path: Path, study: Path, results: Path) -> Non
 
 
 @pytest.mark.slow
-def test_a_study_with_devices_2_trains_each_trial_on_two_ranks_into_one_run_as_one_process_would(tmp_path):
-    study = write_study(tmp_path, STUDY)
+@pytest.mark.parametrize("shard", [False, True], ids=["ddp", "sharded"])
+def test_a_study_with_devices_2_trains_each_trial_on_two_ranks_into_one_run_as_one_process_would(tmp_path, shard):
+    study = write_study(tmp_path, STUDY.replace("devices: 2", f"devices: 2, shard: {str(shard).lower()}"))
     done = run_ablate("run", str(study), "--results", str(tmp_path / "results"))
     assert done.returncode == 0, done.stdout + done.stderr
     _, (run,) = trial_runs(tmp_path / "results")
@@ -273,6 +310,19 @@ def test_devices_the_launch_cannot_give_are_refused_in_one_line_before_anything_
     assert not results.exists()
 
 
+def test_sharding_on_a_torch_without_fsdp2_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    from ablate.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch.distributed.fsdp", None)  # as a torch before 2.6 has it
+    study = write_study(tmp_path, STUDY.replace("devices: 2", "devices: 2, shard: true"))
+    assert main(["plan", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (
+        f"study.yaml:4: train.shard: torch {torch.__version__} has no FSDP2 (torch.distributed.fsdp.fully_shard" in err
+    )
+
+
 def test_the_plan_shows_the_processes_each_trial_trains_on(tmp_path, capsys):
     from ablate.cli import main
 
@@ -281,6 +331,8 @@ def test_the_plan_shows_the_processes_each_trial_trains_on(tmp_path, capsys):
         "devices: each trial trains on 2 processes (one GPU each on CUDA), each taking 1/2 of every batch in 2 micro-step(s)"
         in capsys.readouterr().out
     )
+    assert main(["plan", str(write_study(tmp_path, STUDY.replace("devices: 2", "devices: 2, shard: true")))]) == 0
+    assert "; sharded (FSDP), each holding 1/2 of the model: mha" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -38,9 +38,15 @@ def print_plan(study: Study, console) -> None:
     print("tokens: what the trial trains on (steps × batch × context)")
     if (devices := study.devices) > 1:
         micro = sorted({t.train.micro_steps for t in study.trials})
+        shards = sorted(t.variant for t in study.trials if t.train.shard)
         print(
             f"devices: each trial trains on {devices} processes (one GPU each on CUDA), each taking 1/{devices} "
             f"of every batch in {'/'.join(map(str, micro))} micro-step(s)"
+            + (
+                f"; sharded (FSDP), each holding 1/{devices} of the model: {', '.join(dict.fromkeys(shards))}"
+                if shards
+                else ""
+            )
         )
     backbones = {t.variant: t.model for t in study.trials}
     for variant, model in backbones.items():

@@ -31,6 +31,7 @@ from ablate.plan.explain import Document
 from ablate.plan.flops import flops_per_token
 from ablate.plan.resources import DoesNotFit, check_fits
 from ablate.plan.search import SearchConfig, check_space
+from ablate.train import sharded
 
 # data settings added after studies ran: keyed only away from their default
 LATER_DATA_KEYS = (
@@ -332,6 +333,8 @@ def _resolve(
         train_cfg = TrainConfig(**written)
     except ValidationError as e:
         raise AblateError(lines.explain(e, place.train)) from None
+    if train_cfg.shard and (why := sharded.missing()):
+        raise AblateError(f"{lines.at(place.train(('shard',)))}: train.shard: {why}")
     try:
         built = model_for(_model_settings(place, lines, vocab), train_cfg.batch_size, train_cfg.device)
     except ValidationError as e:

@@ -12,6 +12,8 @@ import torch
 
 from ablate.nn.layers import rms_norm
 from ablate.tracking.schema import Metric
+from ablate.train import sharded
+from ablate.train.distributed import Group
 
 
 def effective_rank(h: torch.Tensor) -> float:
@@ -52,12 +54,10 @@ def per_block(model, idx: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def grad_norms(model) -> torch.Tensor:
+def grad_norms(model, shards: Group | None = None) -> torch.Tensor:
     """The gradient's norm per block, a tensor on the device (no host sync): read it only where
-    the loss is read anyway."""
-    return torch.stack(
-        [
-            torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in b.parameters()])))
-            for b in model.blocks
-        ]
-    )
+    the loss is read anyway. Where the model is sharded over a group (`shards`), each rank holds a
+    part of every gradient, and the parts' squares are summed over the ranks."""
+    grads = [[p.grad if shards is None else sharded.local(p.grad) for p in b.parameters()] for b in model.blocks]
+    squares = torch.stack([torch.stack(torch._foreach_norm(g)).square().sum() for g in grads])
+    return (squares if shards is None else shards.sum(squares)).sqrt()

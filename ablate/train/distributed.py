@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+STOP, LEFT = 1, 2  # how the ranks agree to stop: asked to (and keep the step), or the leader gone
 TIMEOUT = timedelta(seconds=float(os.environ.get("ABLATE_DIST_TIMEOUT_S", "300")))  # a lost rank fails the group
 
 
@@ -42,19 +43,21 @@ class Group:
             dist.all_reduce(t)
         return t
 
-    def agree(self, stop: bool) -> bool:
-        """Whether any rank stops here; every rank calls it at the same point of every step."""
+    def agree(self, stop: bool, left: bool = False) -> int:
+        """Whether the ranks go on (0) or stop here: STOP where any rank was asked to (SIGTERM),
+        LEFT where the leader has left mid-step (`abandon`), which outranks it. Every rank calls
+        it at the same point of every step."""
         if self.size == 1:
-            return stop
-        flag = torch.tensor([int(stop)])
+            return STOP if stop else 0
+        flag = torch.tensor([LEFT if left else STOP if stop else 0])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.control)
-        return bool(flag.item())
+        return int(flag.item())
 
     def abandon(self) -> None:
         """The leader leaves mid-trial (an exception between steps): the others stop at their
         next agreement. Best effort: the group may be broken already, which is why it is left."""
         with contextlib.suppress(RuntimeError, dist.DistBackendError):
-            self.agree(True)
+            self.agree(True, left=True)
 
     def send(self, message: Any) -> None:
         """The leader's message to the others (anything picklable)."""

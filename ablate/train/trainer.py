@@ -17,9 +17,10 @@ from ablate import processes
 from ablate.config import TrainConfig
 from ablate.data import DataSource
 from ablate.errors import Terminated, first_line
+from ablate.model import build_model
 from ablate.tracking.schema import Metric
-from ablate.train import checkpoint, diagnostics
-from ablate.train.distributed import ALONE, Group, LossOf
+from ablate.train import checkpoint, diagnostics, sharded
+from ablate.train.distributed import ALONE, STOP, Group, LossOf
 from ablate.train.evaluation import autocast, device_named, evaluate, prefix_losses
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
@@ -111,10 +112,10 @@ class Trainer:
             (x.to(self.device), y.to(self.device))
             for x, y in corpus.val_batches(self.context, cfg.batch_size, cfg.eval_batches)
         ]
-        self.optimizers = optimizers(model, cfg, fused=on_gpu)
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in self.optimizers]
+        self._optimize()
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self._model_loss = None  # built at the first step: wrapping it for a group is a collective
+        self.sharded = None  # the model as sharded over the group (train.shard), from the first step
         self.autocast = autocast(self.device)
         # where training stands: saved in checkpoints, so that a resumed trial takes the same steps
         self.step, self.n_since, self.metrics, self.train_time_s = 0, 0, {}, 0.0
@@ -126,6 +127,13 @@ class Trainer:
         self.block_grad_norms = torch.zeros(len(model.blocks), device=self.device)
         self._started = time.perf_counter()
 
+    def _optimize(self) -> None:
+        """The optimizers over the model's parameters as they are now, and their schedules."""
+        self.optimizers = optimizers(self.model, self.cfg, fused=self.device.type == "cuda")
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, self.cfg)) for o in self.optimizers
+        ]
+
     @property
     def model_loss(self):
         """The model's loss as training calls it: compiled where asked, and under
@@ -135,15 +143,43 @@ class Trainer:
     def _built(self):
         """(the loss as training calls it, its DistributedDataParallel module or None), built once."""
         if self._model_loss is None:
-            self._ddp = self.group.wrap(LossOf(self.model)) if self.group.size > 1 else None
+            shard = self.cfg.shard and self.group.size > 1
+            if shard:
+                self._shard()
+            self._ddp = self.group.wrap(LossOf(self.model)) if self.group.size > 1 and not shard else None
             loss = self.model.loss if self._ddp is None else self._ddp
             self._model_loss = torch.compile(loss) if self.cfg.compile else loss
         return self._model_loss, self._ddp
 
+    def _shard(self) -> None:
+        """Shard the model over the group, and move the optimizers and their schedules onto its
+        sharded parameters, with the state a checkpoint gave them."""
+        states = [(o.state_dict(), s.state_dict()) for o, s in zip(self.optimizers, self.schedulers)]
+        sharded.shard(self.model)
+        self.sharded = self.model
+        self._optimize()
+        for optimizer, scheduler, (state, schedule) in zip(self.optimizers, self.schedulers, states, strict=True):
+            if state["state"]:  # a resumed trainer's
+                sharded.load_optimizer_state(self.model, optimizer, state)
+            scheduler.load_state_dict(schedule)
+
+    def _unshard(self) -> None:
+        """The trained model whole and plain on every rank (a collective), for what follows
+        training on the leader alone: sampling, decoding, scoring at other lengths."""
+        state = sharded.model_state(self.sharded)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            whole = build_model(self.sharded.cfg, self.device)  # its initialisation draws no numbers a seed fixed
+        whole.load_state_dict(state)
+        whole.train(self.sharded.training)
+        self.model = self.forward = whole
+
     def _syncing(self, last: bool):
         """Where a group trains the trial, its gradients are averaged once a step, after the last
-        of the micro-steps: the others run without DistributedDataParallel's sync."""
+        of the micro-steps: the others run without DistributedDataParallel's sync (or, sharded,
+        without FSDP's reduction)."""
         ddp = self._built()[1]
+        if self.sharded is not None:
+            self.sharded.set_requires_gradient_sync(last)
         return nullcontext() if last or ddp is None else ddp.no_sync()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -158,11 +194,15 @@ class Trainer:
         return evaluate(self.model, self.val, self.forward, self.group)
 
     def state_dict(self) -> dict:
-        """Everything a resumed trial needs to take the same steps an uninterrupted one would."""
+        """Everything a resumed trial needs to take the same steps an uninterrupted one would; of
+        a sharded model, gathered whole (every rank of its group calls this at the same point)."""
+        shards = self.sharded
         return {
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizers": [o.state_dict() for o in self.optimizers],
+            "model": self.model.state_dict() if shards is None else sharded.model_state(shards),
+            "optimizers": [
+                o.state_dict() if shards is None else sharded.optimizer_state(shards, o) for o in self.optimizers
+            ],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "rng": checkpoint.rng_state(self.batches.rng),
             "loss_sum": self.loss_sum.item(),
@@ -174,6 +214,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Before training starts: a sharded trainer shards what it loaded at its first step."""
         self.model.load_state_dict(state["model"])
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
@@ -188,6 +229,17 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         checkpoint.write(self.state_dict(), path)
+
+    def _taken(self, path: Path | Callable[[], Path] | None) -> dict | None:
+        """The state to checkpoint where fit keeps one: the leader's, which holds the path. Where
+        the model is sharded, every rank takes part in gathering it, so the leader's callback,
+        which may raise on the leader alone, sees the step only after this."""
+        return self.state_dict() if path is not None or self.sharded is not None else None
+
+    @staticmethod
+    def _write(state: dict | None, path: Path | Callable[[], Path] | None) -> None:
+        if path is not None:
+            checkpoint.write(state, path() if callable(path) else path)
 
     def load(self, path: Path) -> None:
         """Resume from a checkpoint; DamagedCheckpoint when it does not fit this trainer (another
@@ -222,12 +274,13 @@ class Trainer:
             if aux is not None:
                 step_aux = (0.0 if step_aux is None else step_aux) + aux.detach() / parts
         if measure:
-            self.block_grad_norms = diagnostics.grad_norms(self.model)
+            self.block_grad_norms = diagnostics.grad_norms(self.model, self.group if self.sharded is not None else None)
         if self.cfg.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            norm = self._whole(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
             self.clipped += norm > self.cfg.grad_clip
         elif measure:  # without clipping the total norm is needed only where it is logged
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = self._whole(torch.nn.utils.get_total_norm(grads))
         if measure:
             self.grad_norm = norm
         for optimizer, scheduler in zip(self.optimizers, self.schedulers):
@@ -239,6 +292,9 @@ class Trainer:
             self.with_aux = True
         self.n_since += 1
         self.step += 1
+
+    def _whole(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.sharded is None else sharded.whole(t)
 
     def read_train_metrics(self) -> dict[str, float]:
         """The train loss (and auxiliary loss, where the mixers add one) and clipped fraction since
@@ -261,7 +317,8 @@ class Trainer:
         """Train up to cfg.steps from the current step (0, or a loaded checkpoint's); return the
         final train and val loss and the throughput. With `checkpoint`, the state is saved there
         every cfg.checkpoint_evals evals, after the callback has seen (and flushed) that eval (a
-        callable gives the path when it is first needed)."""
+        callable gives the path when it is first needed). In a group the leader alone gives one;
+        where the model is sharded, every other rank joins in gathering what it writes."""
         cfg, emit = self.cfg, callback or (lambda *_: None)
         tokens_per_step = cfg.batch_size * self.context
         first = self.step + 1
@@ -276,16 +333,19 @@ class Trainer:
         for step in range(first, cfg.steps + 1):
             with processes.sigterm_deferred() as stop, self._led():
                 last = self._iteration(step, emit, checkpoint, last, tokens_per_step)
-            if self.group.agree(stop.requested):  # SIGTERM (on any rank): the step is whole; keep it, then stop
-                if checkpoint is not None:
-                    self.save(checkpoint() if callable(checkpoint) else checkpoint)
+            if agreed := self.group.agree(stop.requested):
+                if agreed == STOP:  # SIGTERM (on any rank): the step is whole; keep it, then stop
+                    self._write(self._taken(checkpoint), checkpoint)
                 raise Terminated
         elapsed = self.train_time_s + time.perf_counter() - self._started
-        return {
+        final = {
             **{k: v for k, v in self.metrics.items() if k not in (Metric.LR, Metric.TOKENS_PER_S)},
             Metric.TRAIN_TIME_S: elapsed,
             Metric.MEAN_TOKENS_PER_S: (cfg.steps - first + 1) * tokens_per_step / (time.perf_counter() - self._started),
         }
+        if self.sharded is not None:
+            self._unshard()
+        return final
 
     @contextmanager
     def _led(self):
@@ -330,19 +390,23 @@ class Trainer:
             evaluated = self.evaluate()
             if not math.isfinite(evaluated[Metric.VAL_LOSS]):
                 raise Diverged(step, f"val loss is {evaluated[Metric.VAL_LOSS]}")
-            evaluated |= diagnostics.per_block(self.model, self.val[0][0])
+            with nullcontext() if self.sharded is None else sharded.blocks_kept_whole(self.sharded):
+                evaluated |= diagnostics.per_block(self.model, self.val[0][0])
             if self.prefix_eval and step == cfg.steps:
                 evaluated |= prefix_losses(self.model, self.val[0])
             self.metrics |= evaluated
             self._pool_losses()
             last += time.perf_counter() - eval_start  # keep eval (and checkpoint) time out of tokens/s
+        keep = evaluated is not None and cfg.checkpoint_evals and (step // cfg.eval_every) % cfg.checkpoint_evals == 0
+        saving = time.perf_counter()
+        state = self._taken(checkpoint) if keep else None
+        last += time.perf_counter() - saving
         if logged is not None:
             emit(step, logged, "log")
         if evaluated is not None:
             emit(step, evaluated, "eval")
-            evals = step // cfg.eval_every
-            if checkpoint is not None and cfg.checkpoint_evals and evals % cfg.checkpoint_evals == 0:
-                saved = time.perf_counter()
-                self.save(checkpoint() if callable(checkpoint) else checkpoint)
-                last += time.perf_counter() - saved
+        if keep:
+            saving = time.perf_counter()
+            self._write(state, checkpoint)
+            last += time.perf_counter() - saving
         return last
