@@ -12,7 +12,7 @@ from ablate.config import ModelConfig
 from ablate.errors import AblateError
 from ablate.mixers import registry
 from ablate.model import LanguageModel, build_model
-from ablate.tracking.schema import Metric
+from ablate.schema import Metric
 
 TOLERANCE = 1e-5  # float32, as the spec fixes it
 PREFIX_POSITIONS = 16  # per window: the positions prefix_val_loss predicts

@@ -24,18 +24,13 @@ from ablate.config import ModelConfig, TrainConfig
 from ablate.data.corpus import Corpus, in_memory
 from ablate.errors import AblateError, did_you_mean
 from ablate.model import build_model
+from ablate.nn.devices import device_named, synchronize
 from ablate.plan.flops import bytes_per_token, flops_per_token
-from ablate.train.evaluation import device_named
 from ablate.train.trainer import Trainer, seed_everything
 
 DEFAULT_VARIANTS = ("mha", "aft-simple", "retention")
 PEAK_SIZE = 2048  # the matmul whose speed is the peak: 2048³, fp32 on a CPU, bf16 on a GPU
 STREAM_SIZE = 1 << 25  # floats per array of the bandwidth triad: 128 MiB each, far beyond any cache
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak(device: torch.device, repeats: int = 10) -> float:

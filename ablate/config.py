@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from ablate.errors import AblateError, did_you_mean
-from ablate.tracking.schema import lower_is_better
+from ablate.schema import lower_is_better
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 NAME_RULE = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"

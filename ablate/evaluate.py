@@ -17,8 +17,9 @@ from ablate import audit, checkpoints, nanogpt, sample, strawberry
 from ablate.config import DataConfig
 from ablate.errors import AblateError
 from ablate.model import LanguageModel
+from ablate.nn import devices
+from ablate.schema import Metric, Param, Role, Tag
 from ablate.tracking.records import flatten
-from ablate.tracking.schema import Metric, Param, Role, Tag
 from ablate.tracking.store import Tracker
 from ablate.train import evaluation
 
@@ -143,7 +144,7 @@ def evaluate(model, corpus, batch_size: int, batches: int, device: str) -> dict[
             f"the data's sequences are {val[0][0].shape[1]} tokens, longer than the model's context "
             f"{model.cfg.context}: evaluate on data of seq_len ≤ {model.cfg.context}"
         )
-    model.to(evaluation.device_named(device))
+    model.to(devices.device_named(device))
     leak = audit.model_leak(model)
     metrics = evaluation.evaluate(model, val) | {Metric.MAX_LEAK: leak}
     if not audit.is_causal(leak):

@@ -19,7 +19,7 @@ import torch
 from ablate.config import EvalConfig
 from ablate.errors import AblateError
 from ablate.model import LanguageModel
-from ablate.tracking.schema import Metric
+from ablate.schema import Metric
 
 # what loglikelihood scoring costs beside a forward over the batch: lm-eval sorts and pads requests
 BATCH_SIZE = 1

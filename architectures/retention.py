@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.errors import AblateError
-from ablate.mixers.registry import Mixer, check_choice, check_int, register
+from ablate.errors import AblateError, check_choice
+from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import (
     HalfSplitRotary,
     attention_softmax_flops,

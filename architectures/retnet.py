@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.mixers.registry import Mixer, check_choice, check_int, register
+from ablate.errors import check_choice
+from ablate.mixers.registry import Mixer, check_int, register
 from ablate.nn.layers import Rotary, mean_keys
 
 

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from ablate import bench
 from ablate.model import build_model
+from ablate.nn.devices import synchronize
 from ablate.train import distributed, sharded
 from ablate.train.trainer import Trainer, seed_everything
 from ablate.ui import free_port
@@ -44,7 +45,7 @@ def rank(index: int, size: int, port: int, target, steps: int, warmup: int, thre
     trainer = Trainer(build_model(model), corpus, train, seed=0, group=group)
     for _ in range(warmup):
         trainer.train_step()
-    bench.synchronize(trainer.device)
+    synchronize(trainer.device)
     start = time.perf_counter()
     for _ in range(steps):
         trainer.train_step()

@@ -46,8 +46,8 @@ from ablate import bench, inference
 from ablate.config import TrainConfig
 from ablate.errors import first_line
 from ablate.model import build_model
+from ablate.nn.devices import autocast, synchronize
 from ablate.nn.ops.kernels import error_ratio, fla_installed
-from ablate.train.evaluation import autocast
 from ablate.train.trainer import Trainer, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,11 +113,11 @@ class Record:
 
 def timed(device: torch.device, fn, repeats: int = 1) -> float:
     """Seconds per call of fn over `repeats` calls, the device's queue drained on both sides."""
-    bench.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
-    bench.synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - start) / repeats
 
 
@@ -234,7 +234,7 @@ def recipe(model, train: TrainConfig, seed: int) -> float:
     trainer = Trainer(built, corpus, train, seed=seed)
     start = time.perf_counter()
     trainer.fit()
-    bench.synchronize(trainer.device)
+    synchronize(trainer.device)
     return time.perf_counter() - start
 
 

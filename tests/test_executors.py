@@ -8,7 +8,7 @@ import pytest
 from ablate.cli import main
 from ablate.errors import AblateError
 from ablate.run import claims, status
-from ablate.run.executors import Resources, shared_stores
+from ablate.run.executors.base import Resources, shared_stores
 from ablate.run.executors.local import gpu_slots
 from ablate.run.executors.on_ray import one_host
 from ablate.run.workers import Stores

@@ -9,7 +9,7 @@ import pytest
 
 from ablate.cli import main
 from ablate.config import StudyConfig
-from ablate.tracking.schema import lower_is_better
+from ablate.schema import lower_is_better
 from tests.conftest import write_study
 
 STUDY = """\

@@ -236,7 +236,8 @@ def executor_options(cmd) -> None:
 
 def launch(args, spec):
     """The workers `run` starts (None: it trains in its own process)."""
-    from ablate.run.executors import Options, Resources, devices_per_worker, executor
+    from ablate.run.executors import devices_per_worker, executor
+    from ablate.run.executors.base import Options, Resources
     from ablate.run.schedule import Launch
 
     local_only = args.executor == "local"

@@ -214,7 +214,7 @@ def _bench_decode(args, chosen) -> int:
 
     from ablate import inference
     from ablate.model import build_model
-    from ablate.train.evaluation import device_named
+    from ablate.nn.devices import device_named
     from ablate.train.trainer import seed_everything
 
     device, rows = device_named(args.device), []
@@ -346,8 +346,8 @@ def _lengths(args, tracker) -> int:
     import tempfile
 
     from ablate import evaluate, lengths
-    from ablate.tracking.schema import Tag
-    from ablate.train.evaluation import device_named
+    from ablate.nn.devices import device_named
+    from ablate.schema import Tag
 
     model = evaluate.load_model(tracker.client, args.run_id).to(device_named(args.device))
     lengths.reach(model, args.contexts)  # a model that leaks is refused before its data is built
@@ -370,7 +370,7 @@ def _lm_eval(args, tracker) -> int:
     import tempfile
 
     from ablate import harness, sample
-    from ablate.train.evaluation import device_named
+    from ablate.nn.devices import device_named
 
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = sample.load(tracker.client, args.run_id, Path(tmp))

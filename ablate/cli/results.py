@@ -129,8 +129,8 @@ def compare_command(args) -> int:
     from ablate import compare
     from ablate.compare import console as draw
     from ablate.compare import report, tables
+    from ablate.schema import lower_is_better
     from ablate.tracking import store
-    from ablate.tracking.schema import lower_is_better
 
     lower = lower_is_better(args.metric, args.lower_is_better)
     if args.at and not args.scaling:

@@ -84,8 +84,8 @@ def _stores(args):
 def run_command(args) -> int:
     started = time.perf_counter()
     from ablate.plan import study as study_mod
-    from ablate.run.progress import print_summary
     from ablate.run.schedule import run_study
+    from ablate.run.summary import print_summary
     from ablate.run.workers import WorkerSpec
 
     study = study_mod.load(args.study, smoke_form=args.smoke, data_source=args.data)  # all checked before writing

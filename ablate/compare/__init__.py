@@ -36,9 +36,9 @@ from ablate.compare.tables import (
 )
 from ablate.config import Budget
 from ablate.errors import AblateError
+from ablate.schema import Param, Tag, lower_is_better, param_column, tag_column
 from ablate.tracking import store as tracking_store
 from ablate.tracking.records import StudyRecord
-from ablate.tracking.schema import Param, Tag, lower_is_better, param_column, tag_column
 
 
 @dataclass

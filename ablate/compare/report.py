@@ -20,8 +20,7 @@ from ablate.compare import Comparison, by_length, cells, scaling
 from ablate.compare.figures import panels, plt, save
 from ablate.compare.runs import SEED, VARIANT
 from ablate.compare.stats import POWER
-from ablate.tracking import store
-from ablate.tracking.schema import (
+from ablate.schema import (
     LOWER_IS_BETTER_PREFIXES,
     Metric,
     Param,
@@ -30,6 +29,7 @@ from ablate.tracking.schema import (
     param_column,
     tag_column,
 )
+from ablate.tracking import store
 from ablate.tracking.views import run_page
 
 RANK = metric_column(Metric.RANK)

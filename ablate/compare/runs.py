@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from ablate.errors import AblateError
+from ablate.schema import Metric, Param, Tag, param_column, tag_column
 from ablate.tracking import store
 from ablate.tracking.records import StudyRecord
-from ablate.tracking.schema import Metric, Param, Tag, param_column, tag_column
 
 CURVE_METRIC = Metric.VAL_LOSS  # the curve convergence is judged on, drawn beside the compared metric's
 VARIANT, SEED = tag_column(Tag.VARIANT), tag_column(Tag.SEED)  # the frame's columns a comparison groups by

@@ -11,7 +11,7 @@ from ablate.compare.runs import SEED, VARIANT
 from ablate.compare.stats import ALPHA, against, borderline, describe, detectable, holm, verdict
 from ablate.config import Budget, Expectation
 from ablate.errors import AblateError
-from ablate.tracking.schema import Param, Tag, metric_column, param_column, tag_column
+from ablate.schema import Param, Tag, metric_column, param_column, tag_column
 
 
 def summarize(

@@ -191,11 +191,3 @@ def check_int(value: Any, what: str, minimum: int = 1, allow_none: bool = False)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         allowed = f"an integer ≥ {minimum}" + (" or null" if allow_none else "")
         raise AblateError(f"{what} must be {allowed}, got {value!r}")
-
-
-def check_choice(value: Any, what: str, choices: tuple[str, ...]) -> None:
-    """Refuse a mixer option that must be one of a few names."""
-    if value not in choices:
-        raise AblateError(
-            f"{what} must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}"
-        )

@@ -15,8 +15,8 @@ from ablate.plan.study import Study
 from ablate.run import claims, search
 from ablate.run.claims import Claim, WorkList
 from ablate.run.workers import Stores
+from ablate.schema import Role, Tag
 from ablate.tracking import records
-from ablate.tracking.schema import Role, Tag
 from ablate.tracking.store import Tracker
 
 if TYPE_CHECKING:

@@ -13,12 +13,12 @@ from ablate import errors
 from ablate.data.meta import DataMeta
 from ablate.plan.study import Study, Trial
 from ablate.run import claims
-from ablate.run.executors import Executor, Resources
+from ablate.run.executors.base import Executor, Resources
 from ablate.run.prepare import POLL_S, PreparedStudy, prepare
 from ablate.run.progress import PROGRESS_COLUMNS
 from ablate.run.trial import Outcome, Status, TrialRunner
 from ablate.run.workers import Stores, WorkerSpec
-from ablate.tracking.schema import Metric, Tag
+from ablate.schema import Metric, Tag
 from ablate.train.distributed import ALONE, Group
 
 

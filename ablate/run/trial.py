@@ -23,8 +23,8 @@ from ablate.run import claims, search
 from ablate.run.claims import Claim
 from ablate.run.prepare import Deferred, PreparedStudy
 from ablate.run.progress import Pace, clock
+from ablate.schema import Metric, Phase, Tag
 from ablate.tracking import records
-from ablate.tracking.schema import Metric, Phase, Tag
 from ablate.tracking.store import RunLog
 from ablate.train.checkpoint import DamagedCheckpoint
 from ablate.train.distributed import ALONE, Group

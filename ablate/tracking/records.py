@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ablate import processes
 from ablate.config import Budget, DataConfig, Expectation, TaskConfig
-from ablate.tracking.schema import Param, Tag
+from ablate.schema import Param, Tag
 from ablate.tracking.views import VIEW_TAG, runs_view
 
 if TYPE_CHECKING:  # the records read a planned study and its data; importing them would import torch

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ablate.errors import AblateError
-from ablate.tracking.schema import Metric, Phase, Role, Tag, metric_column, param_column, quoted, tag_column
+from ablate.schema import Metric, Phase, Role, Tag, metric_column, param_column, quoted, tag_column
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -11,7 +11,7 @@ import math
 import torch
 
 from ablate.nn.layers import rms_norm
-from ablate.tracking.schema import Metric
+from ablate.schema import Metric
 from ablate.train import sharded
 from ablate.train.distributed import Group
 

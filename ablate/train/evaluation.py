@@ -1,27 +1,14 @@
 """The evaluation every model gets, the same in training and in `ablate eval`: val loss and val
 accuracy over a fixed set of batches, and, for a model that leaks, its honest prefix loss."""
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 
 from ablate import audit
+from ablate.nn.devices import autocast
 from ablate.nn.loss import IGNORE_INDEX as IGNORE
-from ablate.tracking.schema import Metric
+from ablate.schema import Metric
 from ablate.train.distributed import ALONE, Group
-
-
-def device_named(name: str) -> torch.device:
-    """A train config's `device`: "auto" is CUDA when there is one."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 @torch.no_grad()

@@ -18,10 +18,11 @@ from ablate.config import TrainConfig
 from ablate.data import DataSource
 from ablate.errors import Terminated, first_line
 from ablate.model import build_model
-from ablate.tracking.schema import Metric
+from ablate.nn.devices import autocast, device_named
+from ablate.schema import Metric
 from ablate.train import checkpoint, diagnostics, sharded
 from ablate.train.distributed import ALONE, STOP, Group, LossOf
-from ablate.train.evaluation import autocast, device_named, evaluate, prefix_losses
+from ablate.train.evaluation import evaluate, prefix_losses
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
 # "start" for the val metrics of the untrained model (step 0, before a fresh run's first step).

@@ -20,7 +20,7 @@ from functools import cache
 
 import torch
 
-from ablate.errors import AblateError, first_line
+from ablate.errors import AblateError, check_choice, first_line
 
 KERNELS = ("torch", "fla")
 GATED = ("chunk_gla", "chunk_simple_gla", "chunk_gated_delta_rule")  # their fourth argument is a log decay g
@@ -35,8 +35,6 @@ def check_kernel(kernel: str | None, owner: str) -> None:
     """Refuse a kernel that is not one of KERNELS, or fla where it is not installed."""
     if kernel is None:
         return
-    from ablate.mixers.registry import check_choice
-
     check_choice(kernel, f"{owner} kernel", KERNELS)
     if kernel == "fla" and not fla_installed():
         raise AblateError(

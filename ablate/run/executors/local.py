@@ -6,7 +6,7 @@ import subprocess
 
 from ablate.errors import AblateError
 from ablate.processes import watched_by_me
-from ablate.run.executors import Executor, Resources
+from ablate.run.executors.base import Executor, Resources
 from ablate.run.workers import WorkerSpec
 
 

@@ -11,7 +11,7 @@ import subprocess
 
 from ablate.errors import AblateError, Terminated
 from ablate.processes import sigterm_deferred, watched_by_me
-from ablate.run.executors import Executor, Resources, shared_stores
+from ablate.run.executors.base import Executor, Resources, shared_stores
 from ablate.run.workers import Stores, WorkerSpec
 
 RETRIES = 3  # a task whose worker died is started again this many times

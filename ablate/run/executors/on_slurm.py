@@ -14,7 +14,7 @@ import time
 
 from ablate.errors import AblateError, first_line
 from ablate.processes import watched_by_me
-from ablate.run.executors import Executor, Options, Resources
+from ablate.run.executors.base import Executor, Options, Resources
 from ablate.run.workers import WorkerSpec
 
 SIGNAL_DELAY_S = 30  # USR2 this long before the time limit: time to finish a step and save
