@@ -9,7 +9,8 @@ from torch import nn
 import ablate
 from ablate.config import TrainConfig
 from ablate.mixers.registry import Mixer, mixer_class, register
-from ablate.train.trainer import Trainer, lr_factor, seed_everything
+from ablate.train.optimizers import lr_factor
+from ablate.train.trainer import Trainer, seed_everything
 
 MODEL = {
     "mixer": "mha",

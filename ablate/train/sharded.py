@@ -81,6 +81,17 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=_options())
 
 
+def whole_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A plain copy of a sharded model, whole on every rank (a collective)."""
+    from ablate.model import build_model
+
+    state = model_state(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        whole = build_model(model.cfg, device)  # its initialisation draws no numbers a seed fixed
+    whole.load_state_dict(state)
+    return whole.train(model.training)
+
+
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The whole state of an optimizer over a sharded model (a collective), keyed by parameter
     index as `Optimizer.state_dict` keys it, so that one process can load it."""

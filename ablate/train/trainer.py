@@ -1,10 +1,8 @@
 """The one trainer every variant shares. It knows nothing of studies or MLflow:
 it reports metrics through a callback."""
 
-import ctypes
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -12,37 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from ablate import processes
 from ablate.config import TrainConfig
 from ablate.data import DataSource
 from ablate.errors import Terminated, first_line
-from ablate.model import build_model
 from ablate.nn.devices import autocast, device_named
 from ablate.schema import Metric
 from ablate.train import checkpoint, diagnostics, sharded
 from ablate.train.distributed import ALONE, STOP, Group, LossOf
 from ablate.train.evaluation import evaluate, prefix_losses
+from ablate.train.optimizers import lr_factor, optimizers
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
 # "start" for the val metrics of the untrained model (step 0, before a fresh run's first step).
 Callback = Callable[[int, dict[str, float], str], None]
-
-
-def keep_freed_memory() -> None:
-    """Make glibc's malloc keep freed memory for reuse rather than hand each large block back to
-    the OS. A training step on a CPU frees and allocates the same large tensors every step; a
-    block mapped afresh is zero-filled page by page on first touch (retention at the seed's
-    shape spent 12 s of a 29 s bench in the kernel so). The cost: the process keeps its peak
-    memory. Does nothing where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-4, 0)  # M_MMAP_MAX: no block is mapped on its own; all come from the heap ...
-    mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: ... and the heap's top is not trimmed below 2 GiB
 
 
 def seed_everything(seed: int) -> None:
@@ -50,35 +33,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to 1; then cosine decay to min_lr_ratio at the last step, or (wsd) 1 until
-    the last cooldown_frac of the steps and that cosine decay over them."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    start = cfg.warmup if cfg.schedule == "cosine" else max(cfg.warmup, int((1 - cfg.cooldown_frac) * cfg.steps))
-    progress = max(0, step - start) / max(1, cfg.steps - start)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def optimizers(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> list[torch.optim.Optimizer]:
-    """AdamW over every parameter (matrices decayed, vectors not); with `muon`, the blocks'
-    matrices go to torch's Muon instead (its update scaled by √max(1, rows/cols), as Keller
-    Jordan's Muon and the seed's have it) and AdamW keeps the embedding and the vectors."""
-    named = list(model.named_parameters())
-    to_muon = [p for n, p in named if cfg.optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
-    chosen = {id(p) for p in to_muon}
-    decay = [p for _, p in named if p.dim() >= 2 and id(p) not in chosen]
-    no_decay = [p for _, p in named if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
-    if not to_muon:
-        return [adamw]
-    muon = torch.optim.Muon(
-        to_muon, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, adjust_lr_fn="original"
-    )
-    return [adamw, muon]
 
 
 class Diverged(Exception):
@@ -104,7 +58,7 @@ class Trainer:
     ):
         self.cfg, self.device, self.prefix_eval, self.group = cfg, device_named(cfg.device), prefix_eval, group
         if self.device.type == "cpu":
-            keep_freed_memory()
+            processes.keep_freed_memory()
         self.model = model.to(self.device)
         self.context = model.cfg.context
         on_gpu = self.device.type == "cuda"  # the token array fits any GPU: gather batches there
@@ -131,18 +85,11 @@ class Trainer:
     def _optimize(self) -> None:
         """The optimizers over the model's parameters as they are now, and their schedules."""
         self.optimizers = optimizers(self.model, self.cfg, fused=self.device.type == "cuda")
-        self.schedulers = [
-            torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, self.cfg)) for o in self.optimizers
-        ]
-
-    @property
-    def model_loss(self):
-        """The model's loss as training calls it: compiled where asked, and under
-        DistributedDataParallel where a group trains the trial."""
-        return self._built()[0]
+        self.schedulers = [LambdaLR(o, lambda s: lr_factor(s, self.cfg)) for o in self.optimizers]
 
     def _built(self):
-        """(the loss as training calls it, its DistributedDataParallel module or None), built once."""
+        """(the model's loss as training calls it, its DistributedDataParallel module or None),
+        built once: compiled where asked; sharded, or under DistributedDataParallel, in a group."""
         if self._model_loss is None:
             shard = self.cfg.shard and self.group.size > 1
             if shard:
@@ -164,16 +111,6 @@ class Trainer:
                 sharded.load_optimizer_state(self.model, optimizer, state)
             scheduler.load_state_dict(schedule)
 
-    def _unshard(self) -> None:
-        """The trained model whole and plain on every rank (a collective), for what follows
-        training on the leader alone: sampling, decoding, scoring at other lengths."""
-        state = sharded.model_state(self.sharded)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            whole = build_model(self.sharded.cfg, self.device)  # its initialisation draws no numbers a seed fixed
-        whole.load_state_dict(state)
-        whole.train(self.sharded.training)
-        self.model = self.forward = whole
-
     def _syncing(self, last: bool):
         """Where a group trains the trial, its gradients are averaged once a step, after the last
         of the micro-steps: the others run without DistributedDataParallel's sync (or, sharded,
@@ -187,7 +124,7 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         with self.autocast:
-            return self.model_loss(x, y)
+            return self._built()[0](x, y)
 
     def evaluate(self) -> dict[str, float]:
         """val_loss and val_accuracy over the val batches (`evaluation.evaluate`), each rank of a
@@ -344,8 +281,8 @@ class Trainer:
             Metric.TRAIN_TIME_S: elapsed,
             Metric.MEAN_TOKENS_PER_S: (cfg.steps - first + 1) * tokens_per_step / (time.perf_counter() - self._started),
         }
-        if self.sharded is not None:
-            self._unshard()
+        if self.sharded is not None:  # whole on every rank, for what follows on the leader alone (sampling, decoding)
+            self.model = self.forward = sharded.whole_model(self.sharded, self.device)
         return final
 
     @contextmanager
