@@ -387,11 +387,11 @@ def test_a_stop_between_an_evals_metrics_and_its_checkpoint_logs_no_eval_twice(t
     study, results = write_study(tmp_path, text), tmp_path / "results"
     save, calls = Trainer.save, []
 
-    def interrupted(trainer, path):
+    def interrupted(trainer, path, state=None):
         calls.append(trainer.step)
         if len(calls) == 2:  # the eval at step 30 is in MLflow; its checkpoint is not written
             raise KeyboardInterrupt
-        save(trainer, path)
+        save(trainer, path, state)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "save", interrupted)
@@ -490,8 +490,8 @@ def test_a_checkpoint_that_is_not_the_trials_is_set_aside_and_the_trial_trained_
     study, results, marker = write_study(tmp_path, ONE_TRIAL), tmp_path / "results", tmp_path / "ran"
     save = Trainer.save
 
-    def interrupted(trainer, path):
-        save(trainer, path)
+    def interrupted(trainer, path, state=None):
+        save(trainer, path, state)
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as patch:

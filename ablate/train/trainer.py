@@ -85,7 +85,8 @@ class Trainer:
     def _optimize(self) -> None:
         """The optimizers over the model's parameters as they are now, and their schedules."""
         self.optimizers = optimizers(self.model, self.cfg, fused=self.device.type == "cuda")
-        self.schedulers = [LambdaLR(o, lambda s: lr_factor(s, self.cfg)) for o in self.optimizers]
+        cfg = self.cfg  # the schedule is the one the trainer was built with
+        self.schedulers = [LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in self.optimizers]
 
     def _built(self):
         """(the model's loss as training calls it, its DistributedDataParallel module or None),
@@ -165,19 +166,16 @@ class Trainer:
         self.clipped.fill_(state.get("clipped", 0.0))
         self.train_time_s = state["train_time_s"]
 
-    def save(self, path: Path) -> None:
-        checkpoint.write(self.state_dict(), path)
+    def save(self, path: Path | Callable[[], Path], state: dict | None = None) -> None:
+        """Write the state (taken now, or as `state_dict` gave it earlier) to path (or where a
+        callable says, asked only now), atomically."""
+        checkpoint.write(self.state_dict() if state is None else state, path() if callable(path) else path)
 
     def _taken(self, path: Path | Callable[[], Path] | None) -> dict | None:
         """The state to checkpoint where fit keeps one: the leader's, which holds the path. Where
         the model is sharded, every rank takes part in gathering it, so the leader's callback,
         which may raise on the leader alone, sees the step only after this."""
         return self.state_dict() if path is not None or self.sharded is not None else None
-
-    @staticmethod
-    def _write(state: dict | None, path: Path | Callable[[], Path] | None) -> None:
-        if path is not None:
-            checkpoint.write(state, path() if callable(path) else path)
 
     def load(self, path: Path) -> None:
         """Resume from a checkpoint; DamagedCheckpoint when it does not fit this trainer (another
@@ -272,8 +270,9 @@ class Trainer:
             with processes.sigterm_deferred() as stop, self._led():
                 last = self._iteration(step, emit, checkpoint, last, tokens_per_step)
             if agreed := self.group.agree(stop.requested):
-                if agreed == STOP:  # SIGTERM (on any rank): the step is whole; keep it, then stop
-                    self._write(self._taken(checkpoint), checkpoint)
+                state = self._taken(checkpoint) if agreed == STOP else None  # SIGTERM: the step is whole; keep it
+                if state is not None and checkpoint is not None:
+                    self.save(checkpoint, state)
                 raise Terminated
         elapsed = self.train_time_s + time.perf_counter() - self._started
         final = {
@@ -343,8 +342,8 @@ class Trainer:
             emit(step, logged, "log")
         if evaluated is not None:
             emit(step, evaluated, "eval")
-        if keep:
+        if keep and checkpoint is not None:
             saving = time.perf_counter()
-            self._write(state, checkpoint)
+            self.save(checkpoint, state)
             last += time.perf_counter() - saving
         return last
