@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ablate.config import EvalConfig
 from ablate.errors import AblateError
 from ablate.model import LanguageModel
+from ablate.questions import EvalConfig
 from ablate.schema import Metric
 
 # what loglikelihood scoring costs beside a forward over the batch: lm-eval sorts and pads requests

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from ablate.config import Budget, ModelConfig
+from ablate.config import ModelConfig
 from ablate.errors import AblateError
 from ablate.model import build_model
 from ablate.plan import study as study_mod
 from ablate.plan.budget import solve
 from ablate.plan.flops import flops_per_token
+from ablate.questions import Budget
 from tests.conftest import write_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from ablate.compare.tables import (
     summarize,
     unequal_cost,
 )
-from ablate.config import Budget, Expectation
 from ablate.errors import AblateError
+from ablate.questions import Budget, Expectation
 from ablate.schema import lower_is_better
 
 BASE = [4.71, 4.68, 4.75, 4.70, 4.73]  # seeds 0-4

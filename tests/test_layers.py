@@ -18,7 +18,7 @@ BEGIN, END = "<!-- layers: drawn by tests/test_layers.py -->", "<!-- end of laye
 LAYERS = [
     (
         "core: errors, processes, the study schema and the names runs are tracked by (no torch)",
-        ["ablate.errors", "ablate.processes", "ablate.config", "ablate.schema"],
+        ["ablate.errors", "ablate.processes", "ablate.config", "ablate.questions", "ablate.schema"],
     ),
     ("layers, ops and devices", ["ablate.nn"]),
     ("the mixer contract and registry, and the variants registered in it", ["ablate.mixers", "ablate.architectures"]),

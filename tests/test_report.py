@@ -10,8 +10,9 @@ import yaml
 from rich.console import Console
 
 from ablate.compare import build, console, report
-from ablate.config import Budget, StudyConfig
+from ablate.config import StudyConfig
 from ablate.plan.study import sized
+from ablate.questions import Budget
 from ablate.tracking.records import StudyRecord
 from tests.test_compare import BASE, PAIRED, frame
 

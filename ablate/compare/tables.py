@@ -9,8 +9,8 @@ import pandas as pd
 
 from ablate.compare.runs import SEED, VARIANT
 from ablate.compare.stats import ALPHA, against, borderline, describe, detectable, holm, verdict
-from ablate.config import Budget, Expectation
 from ablate.errors import AblateError
+from ablate.questions import Budget, Expectation
 from ablate.schema import Param, Tag, metric_column, param_column, tag_column
 
 

@@ -12,14 +12,12 @@ from ablate.config import (
     DEFAULT_PRESET,
     HOW_IT_RUNS,
     LATER_SWITCHES,
-    Budget,
     DataConfig,
     ModelConfig,
     StudyConfig,
     TaskConfig,
     TrainConfig,
     VariantConfig,
-    sized_name,
 )
 from ablate.data import tasks
 from ablate.data.sources import source_files
@@ -31,6 +29,7 @@ from ablate.plan.explain import Document
 from ablate.plan.flops import flops_per_token
 from ablate.plan.resources import DoesNotFit, check_fits
 from ablate.plan.search import SearchConfig, check_space
+from ablate.questions import Budget, sized_name
 from ablate.train import sharded
 
 # data settings added after studies ran: keyed only away from their default

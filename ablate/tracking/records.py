@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ablate import processes
-from ablate.config import Budget, DataConfig, Expectation, TaskConfig
+from ablate.config import DataConfig, TaskConfig
+from ablate.questions import Budget, Expectation
 from ablate.schema import Param, Tag
 from ablate.tracking.views import VIEW_TAG, runs_view
 
