@@ -9,7 +9,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from ablate.compare import build, console, report
+from ablate.compare import build, console, plots, report
 from ablate.config import StudyConfig
 from ablate.plan.study import sized
 from ablate.questions import Budget
@@ -83,8 +83,8 @@ def test_without_a_ui_the_run_ids_are_shown(tmp_path):
 
 def test_curves_and_ranks_have_one_panel_per_family(tmp_path):
     c = study()
-    assert report.families(c) == {"mha": ["mha", "mha-no-ffn"], "aft": ["aft", "aft-no-ffn"]}
-    for path in (report.plot_curves(c, "val_loss", tmp_path / "curves.png"), report.plot_rank(c, tmp_path / "r.png")):
+    assert plots.families(c) == {"mha": ["mha", "mha-no-ffn"], "aft": ["aft", "aft-no-ffn"]}
+    for path in (plots.plot_curves(c, "val_loss", tmp_path / "curves.png"), plots.plot_rank(c, tmp_path / "r.png")):
         assert path.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -123,7 +123,7 @@ def test_the_terminal_table_fits_120_columns_one_line_a_row_and_wide_shows_every
 
 def test_a_study_of_state_sizes_plots_its_metric_against_them(tmp_path):
     c = study(metric="val_accuracy")
-    assert report.plot_state(c, tmp_path / "none.png") is None  # no family with two state sizes
+    assert plots.plot_state(c, tmp_path / "none.png") is None  # no family with two state sizes
     sizes = {"mha": "None", "mha-no-ffn": "None", "aft": "96", "aft-no-ffn": "384"}
     c.runs["params.state_size"] = c.runs["tags.ablate.variant"].map(sizes)
     names = [p.name for p in report.write(c, tmp_path)]
