@@ -186,20 +186,7 @@ def measure(
     built = build_model(model)
     corpus = _random_tokens(built.cfg.vocab_size, built.cfg.context, cfg.batch_size, cfg.eval_batches)
     trainer = Trainer(built, corpus, cfg, seed=0)
-    with peak_memory(trainer.device) as peak:
-        start = time.perf_counter()
-        for _ in range(warmup):
-            trainer.train_step()
-        synchronize(trainer.device)
-        warmup_s = time.perf_counter() - start
-        if barrier is not None:
-            barrier.wait()
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-        loss = trainer.loss_sum.item() / trainer.n_since  # waits for the last step
-        elapsed = time.perf_counter() - start
-        peak_bytes = peak()
+    warmup_s, elapsed, loss, peak_bytes = _timed(trainer, warmup, steps, barrier)
     tokens = steps * cfg.batch_size * built.cfg.context
     flops = flops_per_token(build_model(model, device="meta"), training=True)
     moved = bytes_per_token(build_model(model, device="meta"), cfg.batch_size)  # fresh: no gradients to add to
@@ -224,6 +211,24 @@ def measure(
         "achieved_bytes_per_s": moved * tokens / elapsed,
         "train_loss": loss,
     }
+
+
+def _timed(trainer: Trainer, warmup: int, steps: int, barrier) -> tuple[float, float, float, int]:
+    """(the warm-up's seconds, the timed steps' seconds, their mean train loss, the peak memory)."""
+    with peak_memory(trainer.device) as peak:
+        start = time.perf_counter()
+        for _ in range(warmup):
+            trainer.train_step()
+        synchronize(trainer.device)
+        warmup_s = time.perf_counter() - start
+        if barrier is not None:
+            barrier.wait()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        loss = trainer.loss_sum.item() / trainer.n_since  # waits for the last step
+        elapsed = time.perf_counter() - start
+        return warmup_s, elapsed, loss, peak()
 
 
 def measure_parallel(

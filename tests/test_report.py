@@ -11,7 +11,7 @@ from rich.console import Console
 
 from ablate.compare import build, console, plots, report
 from ablate.config import StudyConfig
-from ablate.plan.study import sized
+from ablate.plan.forms import sized
 from ablate.questions import Budget
 from ablate.tracking.records import StudyRecord
 from tests.test_compare import BASE, PAIRED, frame

@@ -1,6 +1,6 @@
 """`ablate` command line: parsing and dispatch only; each command group is a module of its own
-(study: run, worker, plan, audit; results: compare, ui; models: bench, sample, import, eval,
-variants), and what a command prints is drawn where the thing it draws lives."""
+(study: run, worker, plan, audit; results: compare, ui; models: bench, sample, import, export,
+variants; scores: eval), and what a command prints is drawn where the thing it draws lives."""
 
 import argparse
 import logging
@@ -9,7 +9,7 @@ import sys
 import threading
 
 import ablate
-from ablate.cli import models, results, study
+from ablate.cli import models, results, scores, study
 from ablate.errors import AblateError, Terminated, environment_error
 
 
@@ -58,6 +58,6 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="ablate", description="Architecture ablations for small language models.")
     p.add_argument("--version", action="version", version=f"ablate {ablate.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (study, results, models):
+    for group in (study, results, models, scores):
         group.add_commands(sub)
     return p

@@ -264,3 +264,17 @@ def launch(args, spec):
         args.detach,
     )
     return Launch(executor(args.executor, options), spec, args.workers, resources)
+
+
+def contexts(text: str) -> tuple[int, ...]:
+    """256,1k,4k: positive token counts, k meaning 1,024."""
+    import argparse
+
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        digits, scale = (part[:-1], 1024) if part.endswith("k") else (part, 1)
+        if not digits.isdigit() or int(digits) * scale < 64:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a context of at least 64 tokens (256, 4k, ...)")
+        out.append(int(digits) * scale)
+    return tuple(sorted(set(out)))

@@ -36,18 +36,7 @@ def print_plan(study: Study, console) -> None:
     print("FLOPs/token: forward pass, matrix products counted by torch plus each mixer's declared element-wise work")
     print("state: numbers per sequence a decoder carries between tokens ('-': grows with the sequence)")
     print("tokens: what the trial trains on (steps × batch × context)")
-    if (devices := study.devices) > 1:
-        micro = sorted({t.train.micro_steps for t in study.trials})
-        shards = sorted(t.variant for t in study.trials if t.train.shard)
-        print(
-            f"devices: each trial trains on {devices} processes (one GPU each on CUDA), each taking 1/{devices} "
-            f"of every batch in {'/'.join(map(str, micro))} micro-step(s)"
-            + (
-                f"; sharded (FSDP), each holding 1/{devices} of the model: {', '.join(dict.fromkeys(shards))}"
-                if shards
-                else ""
-            )
-        )
+    _print_devices(study)
     backbones = {t.variant: t.model for t in study.trials}
     for variant, model in backbones.items():
         switches = ", ".join(f"{k} {v}" for k, v in model.switches().items())
@@ -55,3 +44,17 @@ def print_plan(study: Study, console) -> None:
     for variant, search in study.searches.items():
         print(f"search {variant}: {search.describe()}; its final seeds train with the best setting")
     print("model settings (mixer options, ffn type) in full: ablate plan --json")
+
+
+def _print_devices(study: Study) -> None:
+    """How each trial's processes share it, where it trains on several (train.devices)."""
+    devices = study.devices
+    if devices == 1:
+        return
+    micro = "/".join(map(str, sorted({t.train.micro_steps for t in study.trials})))
+    shards = ", ".join(dict.fromkeys(t.variant for t in study.trials if t.train.shard))
+    print(
+        f"devices: each trial trains on {devices} processes (one GPU each on CUDA), each taking 1/{devices} "
+        f"of every batch in {micro} micro-step(s)"
+        + (f"; sharded (FSDP), each holding 1/{devices} of the model: {shards}" if shards else "")
+    )

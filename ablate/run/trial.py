@@ -11,15 +11,14 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from ablate import audit, harness, inference, lengths, sample
+from ablate import audit, sample
 from ablate.data import DataSource
-from ablate.data.tasks import TaskData
 from ablate.errors import Terminated
 from ablate.model import build_model
 from ablate.nn.ops import kernels
 from ablate.plan.search import search_train, with_params
 from ablate.plan.study import Trial
-from ablate.run import claims, search
+from ablate.run import claims, measures, search
 from ablate.run.claims import Claim
 from ablate.run.prepare import Deferred, PreparedStudy
 from ablate.run.progress import Pace, clock
@@ -183,9 +182,7 @@ class TrialRunner:
                 run.metrics(trainer.cfg.steps, {k: final[k] for k in (Metric.TRAIN_TIME_S, Metric.MEAN_TOKENS_PER_S)})
                 if job.keep_model:
                     sample.save(run, trainer.model, trial.model, p.data.tokenizer_path)
-                    self._decode(job, trainer, run)
-                    self._lengths(job, trainer, run)
-                    self._lm_eval(job, trainer, run)
+                    measures.after_training(p, self.progress.console.print, job.label, trainer, run)
                 status = Status.FINISHED
             except Pruned:
                 status = Status.PRUNED  # stopped on purpose: its curve up to here is kept
@@ -201,51 +198,6 @@ class TrialRunner:
         p.work.end(job.claim, claims.FAILED if status == Status.FAILED else claims.DONE, reason or None)
         checkpoint().unlink(missing_ok=True)
         return Outcome(trial, status, final | {"run_id": run.run_id}, reason)
-
-    def _decode(self, job: Job, trainer: Trainer, run: RunLog) -> None:
-        """Where the study asks (`decode:`), what the trained model costs to run, logged on its run."""
-        asked = self.prepared.study.config.decode
-        if asked is None:
-            return
-        self.progress.console.print(f"{job.label}: decoding from its state at {', '.join(map(str, asked.contexts))}")
-        row = inference.measure(trainer.model, tuple(asked.contexts), asked.steps)
-        run.metrics(trainer.cfg.steps, inference.metrics(row))
-        if row["stopped"]:
-            self.progress.console.print(f"{job.label}: decoding stopped {row['stopped']}")
-            run.tag(Tag.DECODE_STOPPED, row["stopped"])
-        trainer.model.train()
-
-    def _lengths(self, job: Job, trainer: Trainer, run: RunLog) -> None:
-        """Where the study asks (`eval.contexts`, or a task's `eval_seq_lens`), the trained model
-        scored at each length, logged on its run."""
-        data, cfg, asked = self.prepared.data, trainer.cfg, self.prepared.study.config.eval
-        if isinstance(data, TaskData):
-            longer = data.cfg.eval_seq_lens
-            asked = None if longer is None else [data.cfg.seq_len, *longer]
-        else:
-            asked = None if asked is None else asked.contexts
-        if asked is None:
-            return
-        self.progress.console.print(f"{job.label}: scored at {', '.join(map(str, asked))} tokens")
-        batch_tokens = cfg.batch_size * trainer.context
-        metrics, _, stopped = lengths.scores(trainer.model, data, tuple(asked), batch_tokens, cfg.eval_batches)
-        run.metrics(cfg.steps, metrics)
-        run.tag(Tag.LENGTH_METHOD, lengths.METHOD)
-        if stopped:
-            run.tag(Tag.LENGTH_STOPPED, stopped)
-
-    def _lm_eval(self, job: Job, trainer: Trainer, run: RunLog) -> None:
-        """Where the study asks (`eval.lm_eval`), lm-evaluation-harness's scores of the trained model, logged on its run."""
-        asked, p = self.prepared.study.config.eval, self.prepared
-        if asked is None or asked.lm_eval is None:
-            return
-        self.progress.console.print(f"{job.label}: lm-eval on {', '.join(asked.lm_eval)}")
-        include = harness.include_folder(asked, p.study.path.parent)
-        metrics = harness.evaluate(
-            trainer.model, p.data.tokenizer_path, asked.lm_eval, include, asked.limit, trainer.device
-        )
-        run.metrics(trainer.cfg.steps, metrics)
-        trainer.model.train()
 
     def _open_run(self, job: Job, trainer: Trainer) -> tuple[RunLog, Trainer]:
         """The run to train into and its trainer: the earlier run with the trainer resumed from its
