@@ -5,7 +5,6 @@ import difflib
 import errno
 import os
 import shutil
-from typing import Any
 
 
 class AblateError(Exception):
@@ -74,11 +73,3 @@ def did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=3)
     swapped = [c for c in close if sorted(c) == sorted(word)]
     return f" (did you mean {(swapped or close)[0]!r}?)" if close else ""
-
-
-def check_choice(value: Any, what: str, choices: tuple[str, ...]) -> None:
-    """Refuse a value (a mixer option, a kernel) that must be one of a few names."""
-    if value not in choices:
-        raise AblateError(
-            f"{what} must be one of {', '.join(choices)}, got {value!r}{did_you_mean(str(value), choices)}"
-        )

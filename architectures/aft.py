@@ -8,7 +8,7 @@ window and 0 outside it (aft-local: out-of-window keys stay in the sums).
 import torch
 from torch import nn
 
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn.layers import causal_mask, head_rms_norm, mean_keys
 from ablate.nn.ops import (
     causal_biased_softmax_mean,
@@ -164,6 +164,5 @@ class AFTFull(_BiasedAFT):
 class AFTLocal(_BiasedAFT):
     """AFT with a learned bias for t - t' < window; keys further back stay in the sums with bias 0."""
 
-    def __init__(self, cfg, layer_idx, *, window: int = 32, qk_norm: bool = False):
-        check_int(window, "aft-local window")
+    def __init__(self, cfg, layer_idx, *, window: Size = 32, qk_norm: bool = False):
         super().__init__(cfg, qk_norm=qk_norm, window=window)

@@ -22,7 +22,7 @@ runs ablate's `chunk_linear_attn` on the feature maps for the prompt (O(T) memor
 import torch
 from torch import nn
 
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn import ops
 from ablate.nn.layers import (
     Rotary,
@@ -35,7 +35,7 @@ from ablate.nn.layers import (
     softmax_attention,
 )
 from ablate.nn.ops.based import feature_map
-from ablate.nn.ops.kernels import check_kernel, run_op
+from ablate.nn.ops.kernels import Kernel, run_op
 
 
 @register("based")
@@ -47,16 +47,12 @@ class Based(Mixer):
         cfg,
         layer_idx,
         *,
-        feature_dim: int = 16,
-        window: int = 64,
-        conv_size: int | None = None,
-        kernel: str | None = None,
+        feature_dim: Size = 16,
+        window: Size = 64,
+        conv_size: Size | None = None,
+        kernel: Kernel | None = None,
     ):
         super().__init__()
-        check_int(feature_dim, "based feature_dim")
-        check_int(window, "based window")
-        check_int(conv_size, "based conv_size", allow_none=True)
-        check_kernel(kernel, "based")
         self.n_heads, self.feature_dim, self.window, self.kernel = cfg.n_heads, feature_dim, window, kernel
         self.qk = nn.Linear(cfg.d_model, 2 * cfg.n_heads * feature_dim, bias=False)
         self.v = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)

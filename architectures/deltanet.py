@@ -19,21 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn import ops
 from ablate.nn.layers import ShortConv, rms_norm, spread_decays
-from ablate.nn.ops.kernels import check_kernel, run_op
+from ablate.nn.ops.kernels import Kernel, run_op
 
 
 @register("deltanet")
 class DeltaNet(Mixer):
     """The delta rule (Schlag et al. 2021; Yang et al. 2024): L2-normalised keys, a write strength β per token."""
 
-    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64, conv_size: int | None = 4, kernel: str | None = None):
+    def __init__(
+        self, cfg, layer_idx, *, chunk_size: Size = 64, conv_size: Size | None = 4, kernel: Kernel | None = None
+    ):
         super().__init__()
-        check_int(chunk_size, f"{self.name} chunk_size")
-        check_int(conv_size, f"{self.name} conv_size", allow_none=True)
-        check_kernel(kernel, self.name)
         self.n_heads, self.chunk_size, self.kernel = cfg.n_heads, chunk_size, kernel
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
@@ -91,7 +90,9 @@ class DeltaNet(Mixer):
 class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet (Yang et al. 2024): the delta rule with a decay per head set by the input, and an output gate."""
 
-    def __init__(self, cfg, layer_idx, *, chunk_size: int = 64, conv_size: int | None = 4, kernel: str | None = None):
+    def __init__(
+        self, cfg, layer_idx, *, chunk_size: Size = 64, conv_size: Size | None = 4, kernel: Kernel | None = None
+    ):
         super().__init__(cfg, layer_idx, chunk_size=chunk_size, conv_size=conv_size, kernel=kernel)
         self.alpha = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
         self.A_log = nn.Parameter(torch.zeros(cfg.n_heads))

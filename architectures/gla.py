@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn import ops
 from ablate.nn.layers import ShortConv, rms_norm
-from ablate.nn.ops.kernels import check_kernel, run_op
+from ablate.nn.ops.kernels import Kernel, run_op
 
 GATE_NORMALIZER = 16.0  # the decay's log is logsigmoid / 16: close to 1, as GLA starts it
 
@@ -32,16 +32,12 @@ class GatedLinearAttention(Mixer):
         cfg,
         layer_idx,
         *,
-        gate_rank: int = 16,
-        chunk_size: int = 16,
-        conv_size: int | None = None,
-        kernel: str | None = None,
+        gate_rank: Size = 16,
+        chunk_size: Size = 16,
+        conv_size: Size | None = None,
+        kernel: Kernel | None = None,
     ):
         super().__init__()
-        check_int(gate_rank, "gla gate_rank")
-        check_int(chunk_size, "gla chunk_size")
-        check_int(conv_size, "gla conv_size", allow_none=True)
-        check_kernel(kernel, "gla")
         self.n_heads, self.chunk_size, self.kernel = cfg.n_heads, chunk_size, kernel
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)

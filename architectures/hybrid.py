@@ -11,7 +11,7 @@ from torch import nn
 
 from ablate.errors import AblateError
 from ablate.mixers import registry
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn.layers import (
     Rotary,
     alibi,
@@ -76,13 +76,11 @@ class HybridHeads(Mixer):
 
     The attention heads take rotary and QK-norm where the backbone says so (`pos`, `qk_norm`)."""
 
-    def __init__(self, cfg, layer_idx, *, aft_heads: int | None = None, window: int = 64):
+    def __init__(self, cfg, layer_idx, *, aft_heads: Size | None = None, window: Size = 64):
         super().__init__()
         aft_heads = cfg.n_heads // 2 if aft_heads is None else aft_heads
-        check_int(aft_heads, "hybrid-heads aft_heads", minimum=1)
         if aft_heads >= cfg.n_heads:
             raise AblateError(f"hybrid-heads aft_heads must leave attention heads: {aft_heads} of {cfg.n_heads}")
-        check_int(window, "hybrid-heads window")
         self.n_heads, self.aft_heads, self.window = cfg.n_heads, aft_heads, window
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)

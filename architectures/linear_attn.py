@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn import ops
 from ablate.nn.layers import ShortConv
-from ablate.nn.ops.kernels import check_kernel, run_op
+from ablate.nn.ops.kernels import Kernel, run_op
 
 
 @register("linear-attn")
@@ -30,14 +30,11 @@ class LinearAttention(Mixer):
         layer_idx,
         *,
         normalize: bool = True,
-        chunk_size: int = 64,
-        conv_size: int | None = None,
-        kernel: str | None = None,
+        chunk_size: Size = 64,
+        conv_size: Size | None = None,
+        kernel: Kernel | None = None,
     ):
         super().__init__()
-        check_int(chunk_size, "linear-attn chunk_size")
-        check_int(conv_size, "linear-attn conv_size", allow_none=True)
-        check_kernel(kernel, "linear-attn")
         self.n_heads, self.normalize, self.chunk_size, self.kernel = cfg.n_heads, normalize, chunk_size, kernel
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)

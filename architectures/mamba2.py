@@ -6,7 +6,7 @@ convolution and a swish; then per head, with a decay a = exp(−exp(A_log) · dt
     S_t = a_t S_{t-1} + B_tᵀ (dt_t x_t)        y_t = C_t S_t + D x_t
 that is linear attention with q = C, k = B, v = dt·x and a log decay per head (`chunk_simple_gla`);
 then rms_norm(y ⊙ swish(z)) and the output map. A state of d_state × P per head, plus the
-convolution's last d_conv − 1 inputs.
+convolution's last conv_size − 1 inputs.
 `kernel`: `chunk_simple_gla` from ablate.nn.ops (torch) or flash-linear-attention (fla); unset, fla
 where it is installed and the model is on CUDA (`ablate.nn.ops.kernels`); decoding from a state
 runs ablate's `chunk_simple_gla` for the prompt and `recurrent_simple_gla` per token.
@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn import ops
 from ablate.nn.layers import ShortConv, rms_norm, spread_decays
-from ablate.nn.ops.kernels import check_kernel, run_op
+from ablate.nn.ops.kernels import Kernel, run_op
 
 
 @register("mamba2")
@@ -27,17 +27,21 @@ class Mamba2(Mixer):
     """Mamba-2's SSD (Dao & Gu 2024): a short causal convolution, a decay per head set by the input, a gate."""
 
     def __init__(
-        self, cfg, layer_idx, *, d_state: int = 16, d_conv: int = 4, chunk_size: int = 64, kernel: str | None = None
+        self,
+        cfg,
+        layer_idx,
+        *,
+        d_state: Size = 16,
+        conv_size: Size = 4,
+        chunk_size: Size = 64,
+        kernel: Kernel | None = None,
     ):
         super().__init__()
-        for value, what in ((d_state, "d_state"), (d_conv, "d_conv"), (chunk_size, "chunk_size")):
-            check_int(value, f"mamba2 {what}")
-        check_kernel(kernel, "mamba2")
         self.n_heads, self.d_state, self.chunk_size, self.kernel = cfg.n_heads, d_state, chunk_size, kernel
         inner = cfg.qkv_dim
         self.conv_width = inner + 2 * d_state
         self.in_proj = nn.Linear(cfg.d_model, inner + self.conv_width + cfg.n_heads, bias=False)
-        self.conv = ShortConv(self.conv_width, d_conv)
+        self.conv = ShortConv(self.conv_width, conv_size)
         self.A_log = nn.Parameter(torch.zeros(cfg.n_heads))
         self.dt_bias = nn.Parameter(torch.zeros(cfg.n_heads))
         self.D = nn.Parameter(torch.ones(cfg.n_heads))

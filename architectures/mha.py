@@ -8,7 +8,7 @@ key among many, and such a model fails associative recall. So, as in QK-Norm (He
 import torch
 from torch import nn
 
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn.layers import (
     Rotary,
     alibi,
@@ -32,9 +32,8 @@ class MultiHeadAttention(Mixer):
     attention weights in training. Without rotary and QK-norm, and with biases, this is
     GPT-2's attention."""
 
-    def __init__(self, cfg, layer_idx, *, window: int | None = None, rope: bool = True, qk_norm: bool = True):
+    def __init__(self, cfg, layer_idx, *, window: Size | None = None, rope: bool = True, qk_norm: bool = True):
         super().__init__()
-        check_int(window, "mha window", allow_none=True)
         self.n_heads, self.window, self.dropout = cfg.n_heads, window, cfg.dropout
         self.qk_norm = qk_norm and cfg.qk_norm
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=cfg.bias)

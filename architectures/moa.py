@@ -19,7 +19,7 @@ from torch import nn
 
 from ablate.errors import AblateError
 from ablate.mixers import registry
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 
 DEFAULT_EXPERTS = ({"mha": {"window": 64}}, "aft-simple")
 
@@ -31,7 +31,7 @@ class MixtureOfAttention(Mixer):
     cannot_decode = None  # unless a part cannot: then its reason, per instance
 
     def __init__(
-        self, cfg, layer_idx, *, experts: list | tuple = DEFAULT_EXPERTS, top_k: int = 1, aux_weight: float = 0.01
+        self, cfg, layer_idx, *, experts: list | tuple = DEFAULT_EXPERTS, top_k: Size = 1, aux_weight: float = 0.01
     ):
         super().__init__()
         if not isinstance(experts, list | tuple) or len(experts) < 2:
@@ -40,7 +40,6 @@ class MixtureOfAttention(Mixer):
         nested = {name for name, _ in entries} & {"moa", "hybrid"}
         if nested:
             raise AblateError(f"moa experts are single mixers, not {', '.join(sorted(nested))}")
-        check_int(top_k, "moa top_k")
         if top_k > len(entries):
             raise AblateError(f"moa top_k {top_k} is more than its {len(entries)} experts")
         if aux_weight < 0:

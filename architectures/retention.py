@@ -17,13 +17,14 @@ interleaved per head and its half-split rotary turned by −θ.
 """
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.errors import AblateError, check_choice
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.errors import AblateError
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn.layers import (
     HalfSplitRotary,
     attention_softmax_flops,
@@ -32,8 +33,6 @@ from ablate.nn.layers import (
     rms_norm,
     softmax_attention,
 )
-
-SCOPES = ("chunk", "sequence", "batch")
 
 
 def rescale(w: torch.Tensor) -> torch.Tensor:
@@ -60,11 +59,16 @@ class Retention(Mixer):
     adds_residual = True
     cannot_decode = None
 
-    def __init__(self, cfg, layer_idx, *, scope: str = "chunk", recurrence: int = 2, chunk_size: int = 32):
+    def __init__(
+        self,
+        cfg,
+        layer_idx,
+        *,
+        scope: Literal["chunk", "sequence", "batch"] = "chunk",
+        recurrence: Size = 2,
+        chunk_size: Size = 32,
+    ):
         super().__init__()
-        check_choice(scope, "retention scope", SCOPES)
-        check_int(recurrence, "retention recurrence")
-        check_int(chunk_size, "retention chunk_size")
         refuse_alibi(cfg, "retention")
         if scope == "chunk" and chunk_size >= cfg.context:
             raise AblateError(

@@ -7,12 +7,13 @@ Per head h with decay γ_h = 1 - 2^(-5-h), on rotary-rotated q and k (k scaled b
 then a group norm per head (no learned weight), a swish gate and the output map.
 """
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.errors import check_choice
-from ablate.mixers.registry import Mixer, check_int, register
+from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn.layers import Rotary, mean_keys
 
 
@@ -62,17 +63,19 @@ def chunkwise(q, k, v, gamma, size: int):
     return torch.cat(ys, dim=2)[:, :, :T]
 
 
-FORMS = ("parallel", "chunkwise", "recurrent")
-
-
 @register("retnet")
 class MultiScaleRetention(Mixer):
     """RetNet retention: per-head decays, rotary q/k, group norm and swish gate; parallel/chunkwise/recurrent."""
 
-    def __init__(self, cfg, layer_idx, *, form: str = "chunkwise", chunk_size: int = 64):
+    def __init__(
+        self,
+        cfg,
+        layer_idx,
+        *,
+        form: Literal["parallel", "chunkwise", "recurrent"] = "chunkwise",
+        chunk_size: Size = 64,
+    ):
         super().__init__()
-        check_choice(form, "retnet form", FORMS)
-        check_int(chunk_size, "retnet chunk_size")
         self.n_heads, self.form, self.chunk_size = cfg.n_heads, form, chunk_size
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
         self.gate = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)

@@ -48,9 +48,12 @@ CASES = {
     ),
     "unknown retention scope": (
         ("mixer: mha}", "mixer: retention, mixer_options: {scope: global, chunk_size: 8}}"),
-        "retention scope must be one of chunk, sequence, batch, got 'global'",
+        "mixer 'retention' option 'scope': Input should be 'chunk', 'sequence' or 'batch', got 'global'",
     ),
-    "retnet form": (("mixer: mha}", "mixer: retnet, mixer_options: {form: fast}}"), "retnet form must be one of"),
+    "retnet form": (
+        ("mixer: mha}", "mixer: retnet, mixer_options: {form: fast}}"),
+        "mixer 'retnet' option 'form': Input should be 'parallel', 'chunkwise' or 'recurrent', got 'fast'",
+    ),
     "hybrid pattern of unknown mixer": (
         ("mixer: mha}", "mixer: hybrid, mixer_options: {pattern: [aft-simple, mhaa]}}"),
         "study.yaml:6: variant 'mha': unknown variant 'mhaa' (did you mean 'mha'?)",
@@ -61,7 +64,7 @@ CASES = {
     ),
     "aft-local window": (
         ("mixer: mha}", "mixer: aft-local, mixer_options: {window: 0}}"),
-        "aft-local window must be an integer ≥ 1, got 0",
+        "mixer 'aft-local' option 'window': Input should be greater than or equal to 1, got 0",
     ),
     "unsafe name": (("name: tiny", "name: ../escape"), "study.yaml:1: name: must be"),
     "bad yaml": (("variants:", "variants: [\n"), "invalid YAML"),

@@ -33,7 +33,7 @@ def fla_present(monkeypatch):
 
 def test_an_unknown_kernel_is_refused_with_the_choices():
     with pytest.raises(
-        AblateError, match=r"gla kernel must be one of torch, fla, got 'flash' \(did you mean 'fla'\?\)"
+        AblateError, match=r"option 'kernel': Input should be 'torch' or 'fla', got 'flash' \(did you mean 'fla'\?\)"
     ):
         model("gla", "flash")
 
@@ -41,7 +41,8 @@ def test_an_unknown_kernel_is_refused_with_the_choices():
 def test_kernel_fla_without_fla_installed_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(kernels, "fla_installed", lambda: False)
     with pytest.raises(
-        AblateError, match=r'deltanet kernel fla needs flash-linear-attention: pip install "ablate\[fla\]"'
+        AblateError,
+        match=r'mixer .deltanet. option .kernel.: Value error, fla needs flash-linear-attention: pip install "ablate\[fla\]"',
     ):
         model("deltanet", "fla")
 

@@ -263,7 +263,7 @@ def test_a_broken_mixer_is_told_which_rules_it_breaks(scratch_registry):
         ("aft-simple", {"qk_norm": True}),
         ("retnet", {"form": "recurrent"}),
         ("linear-attn", {"normalize": False}),
-        ("mamba2", {"d_conv": 2, "chunk_size": 16}),
+        ("mamba2", {"conv_size": 2, "chunk_size": 16}),
         ("hybrid", {"pattern": [{"mha": {"window": 8}}]}),
         ("hybrid-heads", {"aft_heads": 1, "window": 8}),
         ("retention", {"recurrence": 1, "chunk_size": 16}),
@@ -309,5 +309,5 @@ def test_no_mixer_takes_a_number_that_is_not_finite(value):
     floats = [(n, o) for n in SHIPPED for o, d in registry.mixer_options(n, {}).items() if isinstance(d, float)]
     assert ("moa", "aux_weight") in floats
     for name, option in floats:
-        with pytest.raises(AblateError, match=f"option '{option}' must be a finite number"):
+        with pytest.raises(AblateError, match=f"option '{option}': Input should be a finite number"):
             registry.mixer_options(name, {option: value})

@@ -170,5 +170,5 @@ def test_generated_weights_depend_on_the_input(scope):
 def test_chunk_size_must_be_below_the_context():
     with pytest.raises(AblateError, match="chunk_size 16 must be below the context 16"):
         ablate.build_model({**SHAPE, "mixer_options": {"chunk_size": 16}})
-    with pytest.raises(AblateError, match="scope must be one of"):
+    with pytest.raises(AblateError, match="option 'scope': Input should be 'chunk', 'sequence' or 'batch'"):
         ablate.build_model({**SHAPE, "mixer_options": {"scope": "global"}})

@@ -5,14 +5,21 @@ import importlib
 import inspect
 import math
 import pkgutil
-from typing import Any
+import typing
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ablate.errors import AblateError, did_you_mean
 
 _MIXERS: dict[str, type["Mixer"]] = {}
+
+# options renamed so that one name means one thing across mixers: the old name is answered with the new
+RENAMED_OPTIONS = {"d_conv": "conv_size"}
+# the bound of most mixer options, for their annotations: a width, a length, a count
+Size = Annotated[int, Field(ge=1)]
 
 
 class Mixer(nn.Module):
@@ -147,10 +154,9 @@ def mixer_class(name: str) -> type[Mixer]:
 
 
 def mixer_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The mixer's options with defaults filled in. Unknown options are an error, and so is a
-    value whose type is not the one the constructor annotates (`window: int | None`)."""
-    from pydantic import TypeAdapter, ValidationError
-
+    """The mixer's options with defaults filled in. An unknown option is an error, and so is a
+    value its constructor's annotation refuses (`window: Size | None`, `form: Literal[...]`):
+    the bounds are the annotation's, so that every option error reads the same way."""
     params = {
         p.name: p
         for p in inspect.signature(mixer_class(name).__init__).parameters.values()
@@ -158,18 +164,37 @@ def mixer_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
     }
     for key, value in given.items():
         if key not in params:
-            raise AblateError(f"mixer {name!r} has no option {key!r}{did_you_mean(key, params)}")
-        wanted = params[key].annotation
-        if wanted is inspect.Parameter.empty:
-            continue
-        try:
-            TypeAdapter(wanted).validate_python(value, strict=True)
-        except ValidationError:
-            shown = getattr(wanted, "__name__", str(wanted))
-            raise AblateError(f"mixer {name!r} option {key!r} must be {shown}, got {value!r}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise AblateError(f"mixer {name!r} option {key!r} must be a finite number, got {value!r}")
+            renamed = RENAMED_OPTIONS.get(key)
+            hint = f" (did you mean {renamed!r}?)" if renamed in params else did_you_mean(key, params)
+            raise AblateError(f"mixer {name!r} has no option {key!r}{hint}")
+        if (problem := _refused(params[key].annotation, value)) is not None:
+            raise AblateError(f"mixer {name!r} option {key!r}: {problem}")
     return {key: p.default for key, p in params.items()} | given
+
+
+def _refused(annotation: Any, value: Any) -> str | None:
+    """Why the annotation refuses the value (pydantic's word, and a did-you-mean among its names),
+    or None."""
+    from pydantic import TypeAdapter, ValidationError
+
+    if annotation is inspect.Parameter.empty:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"Input should be a finite number, got {value!r}"
+    try:
+        TypeAdapter(annotation).validate_python(value, strict=True)
+    except ValidationError as e:
+        names = [a for a in _literals(annotation) if isinstance(a, str)]
+        close = did_you_mean(value, names) if isinstance(value, str) and value not in names else ""
+        return f"{e.errors()[0]['msg']}, got {value!r}{close}"
+    return None
+
+
+def _literals(annotation: Any) -> list[Any]:
+    """The values of the Literal types in an annotation (through unions and Annotated)."""
+    if typing.get_origin(annotation) is Literal:
+        return list(typing.get_args(annotation))
+    return [v for arg in typing.get_args(annotation) for v in _literals(arg)]
 
 
 def mixer_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
@@ -182,12 +207,3 @@ def mixer_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
         if isinstance(name, str) and isinstance(options, dict | None):
             return name, mixer_options(name, options or {})
     raise AblateError(f"{where} entries are a mixer name or {{name: {{options}}}}, got {entry!r}")
-
-
-def check_int(value: Any, what: str, minimum: int = 1, allow_none: bool = False) -> None:
-    """Refuse a mixer option that must be an integer ≥ minimum (or null where allowed)."""
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        allowed = f"an integer ≥ {minimum}" + (" or null" if allow_none else "")
-        raise AblateError(f"{what} must be {allowed}, got {value!r}")

@@ -17,12 +17,13 @@ import importlib
 import importlib.util
 import sys
 from functools import cache
+from typing import Annotated, Literal
 
 import torch
+from pydantic import AfterValidator
 
-from ablate.errors import AblateError, check_choice, first_line
+from ablate.errors import AblateError, first_line
 
-KERNELS = ("torch", "fla")
 GATED = ("chunk_gla", "chunk_simple_gla", "chunk_gated_delta_rule")  # their fourth argument is a log decay g
 
 
@@ -31,15 +32,14 @@ def fla_installed() -> bool:
     return importlib.util.find_spec("fla") is not None
 
 
-def check_kernel(kernel: str | None, owner: str) -> None:
-    """Refuse a kernel that is not one of KERNELS, or fla where it is not installed."""
-    if kernel is None:
-        return
-    check_choice(kernel, f"{owner} kernel", KERNELS)
+def _installed(kernel: str) -> str:
     if kernel == "fla" and not fla_installed():
-        raise AblateError(
-            f'{owner} kernel fla needs flash-linear-attention: pip install "ablate[fla]" (on a CUDA machine)'
-        )
+        raise ValueError('fla needs flash-linear-attention: pip install "ablate[fla]" (on a CUDA machine)')
+    return kernel
+
+
+# a mixer's `kernel` option, for its annotation (`kernel: Kernel | None = None`): fla only where installed
+Kernel = Annotated[Literal["torch", "fla"], AfterValidator(_installed)]
 
 
 def uses_fla(kernel: str | None, name: str, args: tuple, kwargs: dict) -> bool:
