@@ -316,7 +316,7 @@ def print_table(rows: list[dict], device: torch.device, parallel: bool, console)
     print(
         f"peak: a {PEAK_SIZE}³ {precision} matmul here runs at {r['peak_flops_per_s'] / 1e9:,.1f} GFLOP/s; stream: "
         f"a triad over 128 MiB arrays moves {r['stream_bytes_per_s'] / 1e9:,.1f} GB/s; FLOPs/token: one training "
-        "step's matrix products (torch's counter, attention dense) plus 3× the declared element-wise work; "
+        "step's matrix products (torch's counter, attention dense) plus 3× the mixers' element-wise work; "
         "bytes/token: every operation's inputs and outputs, read and written once (unfused); roofline: the "
         "tokens/s of the slower of the two at peak and stream rate (bound by that one)"
     )

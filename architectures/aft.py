@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from ablate.mixers.registry import Mixer, Size, register
-from ablate.nn.layers import causal_mask, head_rms_norm, mean_keys
+from ablate.nn.layers import causal_mask, head_rms_norm
 from ablate.nn.ops import (
     causal_biased_softmax_mean,
     causal_softmax_mean,
-    causal_softmax_mean_flops,
     softmax_mean_state,
     softmax_mean_step,
 )
@@ -60,9 +59,6 @@ class _AFT(Mixer):
         """The weighted mean at position pos with one more key and value (B, C), and the new state."""
         raise NotImplementedError
 
-    def elementwise_flops(self, T):
-        return 6 * self.out.in_features  # σ(q) (5 per element) and the product with the mean
-
 
 @register("aft-simple")
 class AFTSimple(_AFT):
@@ -79,9 +75,6 @@ class AFTSimple(_AFT):
 
     def mean_step(self, k, v, state, pos):
         return softmax_mean_step(k, v, state)
-
-    def elementwise_flops(self, T):
-        return super().elementwise_flops(T) + causal_softmax_mean_flops(self.out.in_features)
 
     def state_size(self):
         return 3 * self.out.in_features  # per channel: the log-sums of exp(k), exp(k)·v⁺ and exp(k)·v⁻
@@ -142,10 +135,6 @@ class _BiasedAFT(_AFT):
         e, carried = torch.exp(scores - top[:, None]), torch.exp(m - top)
         y = (num * carried + (e * values).sum(1)) / (den * carried + e.sum(1))
         return y, {"k": keys, "v": values, "sums": sums}
-
-    def elementwise_flops(self, T):
-        # per key seen and channel: add the bias, exp, and weight v; then the two means combined
-        return super().elementwise_flops(T) + (3 * mean_keys(T) + 10) * self.out.in_features
 
     def state_size(self):
         # in-window keys and values, and the three running sums of the keys beyond the window

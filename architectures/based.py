@@ -28,7 +28,6 @@ from ablate.nn.layers import (
     Rotary,
     ShortConv,
     alibi,
-    attention_softmax_flops,
     cached_attention,
     kv_cache,
     slopes_of,
@@ -111,12 +110,6 @@ class Based(Mixer):
     def output(self, linear: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         """The linear part's (B, T, H, d) and the local part's (B, H, T, d) outputs summed, mapped back."""
         return self.out((linear + local.transpose(1, 2)).flatten(2))
-
-    def elementwise_flops(self, T):
-        """The Taylor polynomial of every causal score and its normaliser (5 per score), and the
-        window's softmax."""
-        window = attention_softmax_flops(self.n_heads, T, self.window, self.alibi is not None)
-        return 5 * self.n_heads * T * (T + 1) / (2 * T) + window
 
     def state_size(self):
         f, C = self.feature_dim, self.out.in_features

@@ -74,13 +74,6 @@ class DeltaNet(Mixer):
         """Each head's (B, T, H, d) output normed and mapped back."""
         return self.out(rms_norm(o).flatten(2))
 
-    def elementwise_flops(self, T):
-        """swish on q, k, v (4 each per element), two L2 norms (4), β's sigmoid, the chunk's causal
-        masks and triangular solve (one multiply-add per pair of a chunk's steps per channel), the
-        head norm (5)."""
-        C, L = self.out.in_features, min(self.chunk_size, T)
-        return 12 * C + 8 * C + 4 * self.n_heads + C * L + 5 * C
-
     def state_size(self):
         C = self.out.in_features
         return C * (C // self.n_heads) + self.conv.state_size()
@@ -113,9 +106,3 @@ class GatedDeltaNet(DeltaNet):
     def output(self, x, o):
         """Each head's output normed, gated by swish(W_g x) and mapped back."""
         return self.out(rms_norm(o).flatten(2) * F.silu(self.out_gate(x)))
-
-    def elementwise_flops(self, T):
-        """The delta rule's, plus the decay (softplus and scale, 6 per head, and the chunk's decay
-        ratios, 2 per pair of steps per head) and the swish gate (5 and its product)."""
-        L = min(self.chunk_size, T)
-        return super().elementwise_flops(T) + self.n_heads * (6 + 2 * L) + 6 * self.out.in_features

@@ -72,13 +72,6 @@ class GatedLinearAttention(Mixer):
         """Each head's (B, T, H, d) output normed, gated by swish(W_g x) and mapped back."""
         return self.out(rms_norm(o).flatten(2) * F.silu(self.out_gate(x)))
 
-    def elementwise_flops(self, T):
-        """The gate (logsigmoid and scale, 5 per channel), each chunk's decays (b_t − b_s, exp and
-        the product into the score: 3 per channel per score pair), the decays into and out of the
-        state (4 per channel), the head norm (5) and the swish gate (5 and its product)."""
-        C, L = self.out.in_features, min(self.chunk_size, T)
-        return 5 * C + 3 * C * (L + 1) / 2 + 4 * C + 11 * C
-
     def state_size(self):
         C = self.out.in_features
         return C * (C // self.n_heads) + self.conv.state_size()

@@ -15,14 +15,13 @@ from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn.layers import (
     Rotary,
     alibi,
-    attention_softmax_flops,
     cached_attention,
     kv_cache,
     rms_norm,
     slopes_of,
     softmax_attention,
 )
-from ablate.nn.ops import causal_softmax_mean, causal_softmax_mean_flops, softmax_mean_state, softmax_mean_step
+from ablate.nn.ops import causal_softmax_mean, softmax_mean_state, softmax_mean_step
 
 DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 64}})
 
@@ -56,9 +55,6 @@ class Hybrid(Mixer):
 
     def decode_limit(self):
         return self.mixer.decode_limit()
-
-    def elementwise_flops(self, T):
-        return self.mixer.elementwise_flops(T)
 
     def residual_maps(self):
         return self.mixer.residual_maps()
@@ -124,14 +120,6 @@ class HybridHeads(Mixer):
     def output(self, aq: torch.Tensor, mean: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """σ(q)·mean of the AFT heads beside the attention heads' (B, H − a, T, d), mapped back."""
         return self.out(torch.cat([torch.sigmoid(aq) * mean, attended.transpose(1, 2).flatten(2)], dim=-1))
-
-    def elementwise_flops(self, T):
-        aft_channels = self.aft_heads * self.out.in_features // self.n_heads
-        return (
-            causal_softmax_mean_flops(aft_channels)
-            + 6 * aft_channels
-            + attention_softmax_flops(self.n_heads - self.aft_heads, T, self.window, self.alibi is not None)
-        )
 
     def state_size(self):
         d = self.out.in_features // self.n_heads

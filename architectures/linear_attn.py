@@ -66,12 +66,6 @@ class LinearAttention(Mixer):
         )
         return self.out(y.flatten(2)), {"conv": tail, "state": s}
 
-    def elementwise_flops(self, T):
-        """elu + 1 on q and k (3 each per element), the causal mask of each chunk's scores (one per
-        score) and the normaliser's division."""
-        C = self.out.in_features
-        return 6 * C + self.n_heads * min(self.chunk_size, T) + C
-
     def state_size(self):
         C = self.out.in_features
         d = C // self.n_heads

@@ -94,13 +94,6 @@ class Mamba2(Mixer):
         """The skip D·x added, the gate, the norm and the output map."""
         return self.out(rms_norm((y + self.D[:, None] * xs).flatten(2) * F.silu(z)))
 
-    def elementwise_flops(self, T):
-        """The convolution's swish (4 per channel), softplus and decay (6 per head), dt·x, the
-        chunk's decays (exp and product, 2 per pair of steps per head, and into and out of the
-        state, 2 per channel), the skip (2), the gate (5 and its product) and the norm (5)."""
-        C, L = self.out.in_features, min(self.chunk_size, T)
-        return 4 * self.conv_width + self.n_heads * (6 + 2 * L) + C + 2 * C + 2 * C + 6 * C + 5 * C
-
     def state_size(self):
         C = self.out.in_features
         return self.d_state * C + self.conv.state_size()

@@ -13,7 +13,6 @@ from ablate.nn.layers import (
     Rotary,
     alibi,
     attention_probs,
-    attention_softmax_flops,
     cached_attention,
     kv_cache,
     rms_norm,
@@ -80,9 +79,6 @@ class MultiHeadAttention(Mixer):
     def attention_probs(self, x):
         q, k, _ = self.heads(x)
         return attention_probs(q, k, self.window, slopes_of(self.alibi))
-
-    def elementwise_flops(self, T):
-        return attention_softmax_flops(self.n_heads, T, self.window, self.alibi is not None)
 
     def state_size(self):
         return 2 * self.window * self.out.in_features if self.window else None  # a window of keys and values

@@ -77,12 +77,6 @@ class MixtureOfAttention(Mixer):
             self.aux_loss = self.aux_weight * len(self.experts) * (share * probs.mean((0, 1))).sum()
         return (torch.stack(outputs, dim=-1) * gates.unsqueeze(2)).sum(-1)  # (B, T, d_model, E) weighted
 
-    def elementwise_flops(self, T):
-        """The experts' own, the router's softmax (5 per expert) and the weighted sum (2 per
-        expert per channel)."""
-        E, d_model = len(self.experts), self.router.in_features
-        return sum(expert.elementwise_flops(T) for expert in self.experts) + 5 * E + 2 * E * d_model
-
     def residual_maps(self):
         return [m for expert in self.experts for m in expert.residual_maps()]
 

@@ -27,7 +27,6 @@ from ablate.errors import AblateError
 from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn.layers import (
     HalfSplitRotary,
-    attention_softmax_flops,
     kv_cache,
     refuse_alibi,
     rms_norm,
@@ -89,18 +88,6 @@ class Retention(Mixer):
         # W_t: one generated row of width C per C entries of each static weight.
         self.transform = nn.Linear(C, sum(w.numel() for w in self.static()) // C, bias=False)
         self.rotary = HalfSplitRotary(cfg.head_dim, cfg.context + chunk_size)  # covers the padded tail
-
-    def elementwise_flops(self, T):
-        """Per AFT step: q and k norms, σ(q) and the gate, the running means (exp, product, two
-        cumulative sums, + eps, division); the output maps' swish; each update
-        of the weights (swish, product, sum, rescale: ~10 per entry) and the generated weights'
-        rescale (3 per entry), shared by the tokens of a chunk; the final attention's softmax."""
-        C, D = self.out.out_features, self.qkv.out_features // 3
-        per_step = 4 * 2 * D + 6 * D + 6 * D + (6 * C if self.sw is not None else 0)
-        weights = sum(w.numel() for w in self.static())
-        size = self.chunk_size if self.scope == "chunk" else T
-        per_chunk = (10 * self.recurrence + 3) * weights / size
-        return (self.recurrence + 1) * per_step + per_chunk + attention_softmax_flops(self.n_heads, T)
 
     def static(self) -> list[torch.Tensor]:
         return [m.weight for m in (self.qkv, self.sw, self.out) if m is not None]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, Size, register
-from ablate.nn.layers import Rotary, mean_keys
+from ablate.nn.layers import Rotary
 
 
 def decays(n_heads: int) -> torch.Tensor:
@@ -122,16 +122,6 @@ class MultiScaleRetention(Mixer):
         """Group norm of the heads' (B, H, T, d) outputs, the swish gate and the output map."""
         y = F.layer_norm(y, (y.size(-1),))  # group norm: each head normalised on its own
         return self.out(F.silu(self.gate(x)) * y.transpose(1, 2).flatten(2))
-
-    def elementwise_flops(self, T):
-        """The decay applied to each score (recurrent: γ·S + k vᵀ, 3 per state entry), group norm (5
-        per element), swish gate (5) and its product."""
-        C, d = self.out.in_features, self.out.in_features // self.n_heads
-        if self.form == "recurrent":
-            decay = 3 * C * d
-        else:
-            decay = self.n_heads * mean_keys(T, self.chunk_size if self.form == "chunkwise" else None)
-        return decay + 11 * C
 
     def state_size(self):
         C = self.out.in_features

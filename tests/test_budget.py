@@ -3,13 +3,16 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from ablate.config import ModelConfig
 from ablate.errors import AblateError
+from ablate.mixers import registry
+from ablate.mixers.registry import Mixer, register
 from ablate.model import build_model
 from ablate.plan import study as study_mod
 from ablate.plan.budget import solve
-from ablate.plan.flops import flops_per_token
+from ablate.plan.flops import ElementwiseCount, flops_per_token
 from ablate.questions import Budget
 from tests.conftest import write_study
 
@@ -71,15 +74,44 @@ def test_an_unreachable_budget_names_the_variant_and_the_closest_count(tmp_path)
     assert abs(closest - 150_000) / 150_000 > 0.001
 
 
-def test_flops_per_token_is_twice_the_matmul_weights_plus_declared_work():
+class _Gated(Mixer):
+    """y = W(σ(x) ⊙ x): two element-wise ops writing T·d elements each, and one product."""
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.out = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.out(torch.sigmoid(x) * x)
+
+
+class _Plain(_Gated):
+    def forward(self, x):
+        return self.out(x)
+
+
+def test_flops_per_token_counts_a_mixers_element_wise_work_without_a_declaration(monkeypatch):
+    """Known answer: a sigmoid and a product per element of (T, d) are 2·d per token and layer;
+    the backbone's own element-wise work (norms, FFN, loss) is left out, as it is every variant's."""
+    monkeypatch.setattr(registry, "_MIXERS", dict(registry._MIXERS))
+    register("test-gated")(_Gated)
+    register("test-plain")(_Plain)
+    shape = {"vocab_size": 64, "context": 16, "d_model": 32, "n_layers": 3, "n_heads": 2, "qkv_dim": 32}
+    gated, plain = (build_model({**shape, "mixer": m}, device="meta") for m in ("test-gated", "test-plain"))
+    assert flops_per_token(gated) - flops_per_token(plain) == 3 * 2 * 32
+    assert flops_per_token(gated, training=True) - flops_per_token(plain, training=True) == 3 * 3 * 2 * 32
+
+
+def test_flops_per_token_is_twice_the_matmul_weights_plus_the_mixers_element_wise_work():
     """aft-simple has no attention product: every counted FLOP is a weight's multiply-add."""
     cfg = {"mixer": "aft-simple", "vocab_size": 512, "context": 32, "d_model": 32, "n_layers": 2, "n_heads": 2}
     cfg |= {"qkv_dim": 32, "ffn_dim": 64}
-    model = build_model(cfg)
+    model = build_model(cfg, device="meta")
     head = 2 * 32 * 512  # the tied output map is a product too; the embedding lookup is not
-    declared = sum(block.mixer.elementwise_flops(32) for block in model.blocks)
-    assert declared > 0
-    assert flops_per_token(model) == pytest.approx(2 * model.n_params(non_embedding=True) + head + declared)
+    with ElementwiseCount(model) as count, torch.no_grad():
+        model(torch.zeros(1, 32, dtype=torch.long, device="meta"))
+    assert count.total > 0
+    assert flops_per_token(model) == pytest.approx(2 * model.n_params(non_embedding=True) + head + count.total / 32)
 
 
 def test_a_flops_budget_is_met_by_every_trial(tmp_path):

@@ -35,10 +35,6 @@ class Mixer(nn.Module):
     The rules:
     - **meta**: the forward runs on the meta device, without data (planning, the budget solver
       and the FLOP count build every trial that way), so it never branches on a tensor's values;
-    - **flops**: `elementwise_flops(T)` declares, per token, the element-wise work (pointwise
-      ops, reductions, scans, softmax) that torch's FLOP counter does not see, within a factor
-      of 4 of what the forward does: a mixer that under-declares would look cheap to an
-      iso-FLOP budget;
     - **causal**: the output at t depends on positions ≤ t of its own sequence only, unless the
       mixer says `causal = False` (a class attribute, or per instance when an option decides);
       the audit measures it either way;
@@ -72,11 +68,6 @@ class Mixer(nn.Module):
     adds_residual: bool = False
     aux_loss: torch.Tensor | None = None
     cannot_decode: str | None = "it defines no prefill and step"
-
-    def elementwise_flops(self, T: int) -> float:
-        """Per token at context T: element-wise work (exp, cumulative sums, softmax) that
-        torch's FLOP counter, which counts matrix products, does not see. A declared estimate."""
-        return 0.0
 
     def residual_maps(self) -> list[nn.Linear]:
         """The linear maps whose outputs the mixer hands to the residual stream."""

@@ -231,19 +231,6 @@ def attention_probs(
     return torch.softmax(scores.masked_fill(~mask, float("-inf")) if slopes is None else scores + mask, dim=-1)
 
 
-def mean_keys(T: int, window: int | None = None) -> float:
-    """How many keys a causal position sees on average over a context of T (at most `window`)."""
-    reach = window or T
-    return sum(min(t + 1, reach) for t in range(T)) / T
-
-
-# Declared element-wise work per token, which torch's FLOP counter (matmuls only) does not see.
-# Counts are operations per element: a softmax is max, subtract, exp, sum and divide.
-def attention_softmax_flops(n_heads: int, T: int, window: int | None = None, alibi: bool = False) -> float:
-    """The softmax over each head's attended scores (and ALiBi's bias added to each)."""
-    return (6 if alibi else 5) * n_heads * mean_keys(T, window)
-
-
 class SwiGLU(nn.Module):
     """FFN (u ⊙ silu(g)) W_out with [u, g] = x W_in: 3·C·F weights."""
 

@@ -8,22 +8,62 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ablate.model import LanguageModel
 
+SCANS = ("cumsum", "cumprod", "cummax", "logcumsumexp", "_softmax", "_log_softmax", "logsumexp")
+
+
+class ElementwiseCount(TorchDispatchMode):
+    """The element-wise work of a model's mixers that torch's FLOP counter does not see: the
+    elements each pointwise op writes, and the elements each reduction, scan or softmax reads,
+    counted only while a mixer's forward runs (the rest of the backbone is the same for every
+    variant of a width)."""
+
+    def __init__(self, model: LanguageModel):
+        super().__init__()
+        self.total, self.inside = 0, 0
+        self.hooks = [
+            hook
+            for block in model.blocks
+            for hook in (
+                block.mixer.register_forward_pre_hook(lambda *_: self._enter(1)),
+                block.mixer.register_forward_hook(lambda *_: self._enter(-1)),
+            )
+        ]
+
+    def _enter(self, step: int) -> None:
+        self.inside += step
+
+    def __exit__(self, *exc):
+        for hook in self.hooks:
+            hook.remove()
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not self.inside:
+            return out
+        if torch.Tag.pointwise in func.tags:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            self.total += sum(o.numel() for o in outs if isinstance(o, torch.Tensor) and o.is_floating_point())
+        elif torch.Tag.reduction in func.tags or any(scan in func.__name__ for scan in SCANS):
+            self.total += args[0].numel()
+        return out
+
 
 def flops_per_token(model: LanguageModel, training: bool = False) -> float:
-    """FLOPs per token over one full context: torch's counter over the matrix products (on the
-    meta device attention is plain matmuls, counted dense), plus each mixer's declared
-    element-wise work. Forward only by default; `training` adds the backward pass, whose
-    products the counter sees and whose element-wise work is taken as twice the forward's."""
+    """FLOPs per token over one full context, counted as the model runs (on the meta device where
+    it is built there): torch's counter over the matrix products (on the meta device attention is
+    plain matmuls, counted dense), plus the mixers' element-wise work (`ElementwiseCount`).
+    Forward only by default; `training` adds the backward pass, whose products the counter sees
+    and whose element-wise work is taken as twice the forward's."""
     T = model.cfg.context
     idx = torch.zeros(1, T, dtype=torch.long, device=model.embed.weight.device)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, ElementwiseCount(model) as elementwise:
         if training:
             model.loss(idx, idx).backward()
         else:
             with torch.no_grad():
                 model(idx)
-    declared = sum(block.mixer.elementwise_flops(T) for block in model.blocks)
-    return counter.get_total_flops() / T + (3 if training else 1) * declared
+    return counter.get_total_flops() / T + (3 if training else 1) * elementwise.total / T
 
 
 NO_TRAFFIC = {torch.ops.aten._unsafe_view, torch.ops.aten.lift_fresh, torch.ops.aten.detach}  # views in all but name

@@ -11,7 +11,6 @@ The AFT family's running softmax means are here too.
 from ablate.nn.ops.aft import (
     causal_biased_softmax_mean,
     causal_softmax_mean,
-    causal_softmax_mean_flops,
     causal_softmax_mean_log_space,
     softmax_mean_state,
     softmax_mean_step,
@@ -35,7 +34,6 @@ from ablate.nn.ops.gla import (
 __all__ = [
     "causal_biased_softmax_mean",
     "causal_softmax_mean",
-    "causal_softmax_mean_flops",
     "causal_softmax_mean_log_space",
     "chunk_delta_rule",
     "chunk_gated_delta_rule",

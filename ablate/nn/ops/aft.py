@@ -120,10 +120,3 @@ def causal_biased_softmax_mean(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor
     log_total = torch.logaddexp(log_diag, log_earlier)
     y = torch.exp(log_diag - log_total) * mean_diag + torch.exp(log_earlier - log_total) * mean_earlier
     return y.reshape(B, -1, C)[:, :T]
-
-
-def causal_softmax_mean_flops(channels: int) -> float:
-    """`causal_softmax_mean` per token and channel: the chunk maximum, the shifted exp, the
-    product with v, two running sums, the carries from earlier chunks (a scale and two
-    multiply-adds) and the division."""
-    return 10 * channels
