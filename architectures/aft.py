@@ -62,7 +62,10 @@ class _AFT(Mixer):
 
 @register("aft-simple")
 class AFTSimple(_AFT):
-    """AFT without position bias: σ(q) ⊙ causal softmax(k)-weighted mean of v, O(T·C)."""
+    """AFT without position bias: σ(q) ⊙ causal softmax(k)-weighted mean of v, O(T·C).
+
+    In log space (`logcumsumexp`), without a bias between positions.
+    """
 
     def __init__(self, cfg, layer_idx, *, qk_norm: bool = False):
         super().__init__(cfg, qk_norm=qk_norm)
@@ -143,7 +146,11 @@ class _BiasedAFT(_AFT):
 
 @register("aft-full")
 class AFTFull(_BiasedAFT):
-    """AFT with a learned bias for every pair t' ≤ t of the context, O(T²·C)."""
+    """AFT with a learned bias for every pair t' ≤ t of the context, O(T²·C).
+
+    context·(context+1)/2 bias parameters per layer; stable for large and growing keys. Its
+    biases end at the context: it decodes no further.
+    """
 
     def __init__(self, cfg, layer_idx, *, qk_norm: bool = False):
         super().__init__(cfg, qk_norm=qk_norm, window=None)
@@ -151,7 +158,10 @@ class AFTFull(_BiasedAFT):
 
 @register("aft-local")
 class AFTLocal(_BiasedAFT):
-    """AFT with a learned bias for t - t' < window; keys further back stay in the sums with bias 0."""
+    """AFT with a learned bias for t - t' < window; keys further back stay in the sums with bias 0.
+
+    The window is `window` positions.
+    """
 
     def __init__(self, cfg, layer_idx, *, window: Size = 32, qk_norm: bool = False):
         super().__init__(cfg, qk_norm=qk_norm, window=window)

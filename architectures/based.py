@@ -39,7 +39,12 @@ from ablate.nn.ops.kernels import Kernel, run_op
 
 @register("based")
 class Based(Mixer):
-    """Based (Arora et al. 2024): Taylor-feature linear attention on a small feature_dim, plus sliding-window softmax."""
+    """Based (Arora et al. 2024): Taylor-feature linear attention on a small feature_dim, plus sliding-window softmax.
+
+    The Taylor map 1 + s + s²/2 of exp on q·k projected to `feature_dim`, plus sliding-window
+    softmax attention in the same layer (rotary on its q and k where the backbone has `pos:
+    rope`), summed; `conv_size` puts a short causal convolution on the linear part's q, k, v.
+    """
 
     def __init__(
         self,

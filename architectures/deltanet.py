@@ -27,7 +27,12 @@ from ablate.nn.ops.kernels import Kernel, run_op
 
 @register("deltanet")
 class DeltaNet(Mixer):
-    """The delta rule (Schlag et al. 2021; Yang et al. 2024): L2-normalised keys, a write strength β per token."""
+    """The delta rule (Schlag et al. 2021; Yang et al. 2024): L2-normalised keys, a write strength β per token.
+
+    q, k, v through a short causal convolution per channel (as fla's layers have them,
+    `conv_size`), swish, and L2-normalised q, k; β = sigmoid(W x); S_t = (I − β k_tᵀk_t)S_{t−1}
+    + β k_tᵀv_t; head RMS norm.
+    """
 
     def __init__(
         self, cfg, layer_idx, *, chunk_size: Size = 64, conv_size: Size | None = 4, kernel: Kernel | None = None
@@ -81,7 +86,11 @@ class DeltaNet(Mixer):
 
 @register("gated-deltanet")
 class GatedDeltaNet(DeltaNet):
-    """Gated DeltaNet (Yang et al. 2024): the delta rule with a decay per head set by the input, and an output gate."""
+    """Gated DeltaNet (Yang et al. 2024): the delta rule with a decay per head set by the input, and an output gate.
+
+    The delta rule times a decay per head α = exp(−exp(A)·softplus(W x + b)), A and b started as
+    Mamba-2 starts them; swish output gate.
+    """
 
     def __init__(
         self, cfg, layer_idx, *, chunk_size: Size = 64, conv_size: Size | None = 4, kernel: Kernel | None = None

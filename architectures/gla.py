@@ -25,7 +25,11 @@ GATE_NORMALIZER = 16.0  # the decay's log is logsigmoid / 16: close to 1, as GLA
 
 @register("gla")
 class GatedLinearAttention(Mixer):
-    """Gated linear attention (Yang et al. 2023): a per-channel decay set by the input through a low-rank gate."""
+    """Gated linear attention (Yang et al. 2023): a per-channel decay set by the input through a low-rank gate.
+
+    The gate is logsigmoid / 16 through a rank-`gate_rank` map; head RMS norm, swish output
+    gate; a d × d state per head.
+    """
 
     def __init__(
         self,

@@ -28,7 +28,10 @@ DEFAULT_PATTERN = ("aft-simple", "aft-simple", "aft-simple", {"mha": {"window": 
 
 @register("hybrid")
 class Hybrid(Mixer):
-    """A layer schedule: layer i runs pattern[i mod len(pattern)] (default 3 AFT layers to 1 local mha)."""
+    """A layer schedule: layer i runs pattern[i mod len(pattern)] (default 3 AFT layers to 1 local mha).
+
+    Each pattern entry is a mixer name or `{name: {options}}`.
+    """
 
     cannot_decode = None  # unless a part cannot: then its reason, per instance
 
@@ -70,7 +73,10 @@ class Hybrid(Mixer):
 class HybridHeads(Mixer):
     """One layer whose heads are split: `aft_heads` run aft-simple, the rest windowed softmax attention.
 
-    The attention heads take rotary and QK-norm where the backbone says so (`pos`, `qk_norm`)."""
+    `aft_heads` defaults to half the heads.
+
+    The attention heads take rotary and QK-norm where the backbone says so (`pos`, `qk_norm`).
+    """
 
     def __init__(self, cfg, layer_idx, *, aft_heads: Size | None = None, window: Size = 64):
         super().__init__()

@@ -22,7 +22,11 @@ from ablate.nn.ops.kernels import Kernel, run_op
 
 @register("linear-attn")
 class LinearAttention(Mixer):
-    """Causal linear attention with elu+1 features (Katharopoulos et al. 2020), normalised."""
+    """Causal linear attention with elu+1 features (Katharopoulos et al. 2020), normalised.
+
+    S_t = S_{t−1} + φ(k_t)ᵀv_t, y_t = φ(q_t)S_t normalised by φ(q_t)·Σφ(k) (`normalize`); a d ×
+    (d + 1) state per head. `conv_size`: a short causal convolution on q, k, v.
+    """
 
     def __init__(
         self,

@@ -24,7 +24,11 @@ from ablate.nn.ops.kernels import Kernel, run_op
 
 @register("mamba2")
 class Mamba2(Mixer):
-    """Mamba-2's SSD (Dao & Gu 2024): a short causal convolution, a decay per head set by the input, a gate."""
+    """Mamba-2's SSD (Dao & Gu 2024): a short causal convolution, a decay per head set by the input, a gate.
+
+    A causal depthwise convolution (width `conv_size`) and swish on x, B, C; a decay per head
+    from dt; y = C S + D x with S_t = a_t S_{t−1} + B_tᵀ(dt·x_t); RMS norm of y ⊙ swish(z).
+    """
 
     def __init__(
         self,

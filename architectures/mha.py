@@ -25,11 +25,15 @@ from ablate.nn.layers import (
 class MultiHeadAttention(Mixer):
     """Causal softmax attention (rotary, QK-norm); `window` makes it sliding-window local.
 
+    Through `scaled_dot_product_attention`. QK-norm carries a learned gain per head (`qk_norm:
+    false`: plain q·k/√d); `window: n` attends to the last n positions.
+
     Rotary and QK-norm apply where both the option and the backbone say so (`pos: rope`,
     `qk_norm: true`); `pos: alibi` adds ALiBi's per-head linear bias −m·(t − t′) to the scores
     instead (Press et al. 2022); the backbone's `bias` gives the maps biases and its `dropout` drops
     attention weights in training. Without rotary and QK-norm, and with biases, this is
-    GPT-2's attention."""
+    GPT-2's attention.
+    """
 
     def __init__(self, cfg, layer_idx, *, window: Size | None = None, rope: bool = True, qk_norm: bool = True):
         super().__init__()

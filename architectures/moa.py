@@ -26,7 +26,14 @@ DEFAULT_EXPERTS = ({"mha": {"window": 64}}, "aft-simple")
 
 @register("moa")
 class MixtureOfAttention(Mixer):
-    """Mixture of attention experts: a causal per-token router weights the top-k of E mixers (default local mha, AFT)."""
+    """Mixture of attention experts: a causal per-token router weights the top-k of E mixers (default local mha, AFT).
+
+    E expert mixers per layer, each over the whole sequence; a router softmax(W x_t) on each
+    token alone keeps its top-k experts and weights their outputs by its probabilities; Switch
+    Transformer's load-balancing loss α·E·Σ f_e·P_e (`aux_weight`) is added to the training loss
+    and logged as `train_aux_loss` (train_loss stays the cross-entropy); budgets count every
+    expert. Experts are names or `{name: {options}}`.
+    """
 
     cannot_decode = None  # unless a part cannot: then its reason, per instance
 

@@ -53,7 +53,14 @@ def project(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 @register("retention")
 class Retention(Mixer):
-    """Input-generated qkv/output weights, refined over R AFT steps, then causal softmax attention."""
+    """Input-generated qkv/output weights, refined over R AFT steps, then causal softmax attention.
+
+    The Strawberry mechanism: qkv and output weights generated from the input, refined by the
+    update rule over R (`recurrence`) AFT steps, then one causal softmax attention; mini-SwiGLU
+    output maps with FFN, plain linear maps without. `scope: chunk` generates each chunk's
+    weights from the chunks up to it (`chunk_size`, below the context); `sequence` and `batch`
+    are the published, non-causal forms (they see later positions, and cannot decode).
+    """
 
     adds_residual = True
     cannot_decode = None

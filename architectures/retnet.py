@@ -65,7 +65,10 @@ def chunkwise(q, k, v, gamma, size: int):
 
 @register("retnet")
 class MultiScaleRetention(Mixer):
-    """RetNet retention: per-head decays, rotary q/k, group norm and swish gate; parallel/chunkwise/recurrent."""
+    """RetNet retention: per-head decays, rotary q/k, group norm and swish gate; parallel/chunkwise/recurrent.
+
+    Decays γ_h = 1 − 2^(−5−h).
+    """
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """The manual holds together: the README is a README, the docs site builds with no broken link
-or page left out of its navigation, and every `ablate` command the README and the docs show
-parses with the real command line."""
+or page left out of its navigation, every `ablate` command the README and the docs show parses
+with the real command line, and the parts drawn from the code (tests/pages.py) are current."""
 
 import re
 import shlex
@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ablate.cli import parser
+from ablate.mixers import registry
+from ablate.mixers.registry import Mixer, Size, register
+from tests import pages
 
 PAGES = [Path("README.md"), *sorted(Path("docs").glob("*.md"))]
 
@@ -62,3 +66,26 @@ def test_every_command_shown_parses(page, line):
             return
         raise AssertionError(f"{page}: `{line}` does not parse") from None
     assert callable(args.func)
+
+
+def test_the_pages_drawn_from_the_code_are_current():
+    assert pages.stale() == [], "a page drawn from the code is stale: run `python -m tests.pages`"
+
+
+class _New(Mixer):
+    """A mixer added without redrawing the docs."""
+
+    def __init__(self, cfg, layer_idx, *, width: Size = 3):
+        super().__init__()
+        self.out = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.out(x)
+
+
+def test_a_mixer_added_without_redrawing_leaves_the_mixers_table_stale(monkeypatch):
+    registry.variants()  # every family loaded before the registry is copied
+    monkeypatch.setattr(registry, "_MIXERS", dict(registry._MIXERS))
+    register("test-new")(_New)
+    assert pages.stale() == ["docs/mixers.md: mixers"]
+    assert "| `test-new` | A mixer added without redrawing the docs. | `width` (3) |" in pages.mixers()

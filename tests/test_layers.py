@@ -3,16 +3,13 @@ or the layers below it, never above, lazy imports inside functions included; no 
 import each other, but for the registry and the variants that plug into it; and no modules import
 one another round a circle.
 
-docs/architecture.md draws these layers; `python tests/test_layers.py` redraws them there."""
+docs/architecture.md draws these layers (`picture`, through tests/pages.py)."""
 
 import ast
-import sys
 import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = ROOT / "docs" / "architecture.md"
-BEGIN, END = "<!-- layers: drawn by tests/test_layers.py -->", "<!-- end of layers -->"
 
 # bottom first: (what the layer is, its modules and packages)
 LAYERS = [
@@ -155,13 +152,6 @@ def picture() -> str:
     return "```\n" + "\n".join(rows) + "\n```"
 
 
-def drawn(text: str) -> str:
-    """The page with its layers block redrawn."""
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{picture()}\n{END}{tail}"
-
-
 def test_no_module_imports_from_a_layer_above_its_own():
     assert upward(modules()) == []
 
@@ -206,13 +196,3 @@ def test_a_mutual_import_is_caught(tmp_path):
     planted.write_text(known["ablate.nn.loss"].read_text() + "\n\nfrom ablate.data import sources\n")
     known["ablate.nn.loss"] = planted  # nn importing data, which imports nn
     assert "ablate.data ⇄ ablate.nn" in mutual(known)
-
-
-def test_the_architecture_page_draws_these_layers():
-    text = PAGE.read_text()
-    assert text == drawn(text), "docs/architecture.md's layers are stale: run `python tests/test_layers.py`"
-
-
-if __name__ == "__main__":
-    PAGE.write_text(drawn(PAGE.read_text()))
-    sys.exit(0)

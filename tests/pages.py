@@ -1,0 +1,120 @@
+"""The parts of the docs drawn from the code, so that they cannot drift from it: the layers (from
+tests/test_layers.py), the mixers (from the registry: each one's docstring, options, defaults and
+state) and the command reference (from the argument parser). Each sits on its page between two
+markers; `python -m tests.pages` redraws them all, and tests/test_docs.py fails while one is stale."""
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# the shape a mixer's state is sized at in the mixers table
+STATE_SHAPE = {"vocab_size": 64, "context": 1024, "d_model": 256, "n_layers": 1, "n_heads": 4, "qkv_dim": 256}
+
+
+def begin(name: str) -> str:
+    return f"<!-- drawn from the code: {name} (python -m tests.pages) -->"
+
+
+def end(name: str) -> str:
+    return f"<!-- end of {name} -->"
+
+
+def layers() -> str:
+    from tests.test_layers import picture
+
+    return picture()
+
+
+def _shown(value) -> str:
+    """An option's value as a study writes it in YAML."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...")
+
+
+def _option(parameter: inspect.Parameter) -> str:
+    from ablate.mixers.registry import _literals
+
+    choices = [c for c in _literals(parameter.annotation) if c is not None]
+    listed = f"; one of {', '.join(map(str, choices))}" if choices else ""
+    return f"`{parameter.name}` ({_shown(parameter.default)}{listed})"
+
+
+def mixers() -> str:
+    """Every registered mixer: what it is (its docstring), its options with their defaults, and
+    the numbers of its state per sequence at STATE_SHAPE."""
+    import ablate
+    from ablate.mixers import registry
+
+    rows = ["| mixer | what | options (default) | state per sequence and layer |", "| --- | --- | --- | --- |"]
+    for name in registry.variants():
+        cls = registry.mixer_class(name)
+        what = " ".join(" ".join(inspect.getdoc(cls).split("\n\n")).split()).replace("|", "\\|")
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        options = ", ".join(_option(p) for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY) or "none"
+        mixer = ablate.build_model({**STATE_SHAPE, "mixer": name}, device="meta").blocks[0].mixer
+        size = mixer.state_size()
+        state = "grows with the sequence" if size is None else f"{size:,}"
+        if mixer.cannot_decode:
+            state = f"does not decode: {mixer.cannot_decode}"
+        rows.append(f"| `{name}` | {what} | {options} | {state} |")
+    shape = ", ".join(f"{k} {v}" for k, v in STATE_SHAPE.items() if k in ("d_model", "n_heads", "context"))
+    return "\n".join(rows) + f"\n\nState sizes at {shape}."
+
+
+def commands() -> str:
+    """Every command's --help, as argparse prints it at 100 columns."""
+    import argparse
+    import os
+
+    from ablate.cli import parser
+
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal's width
+    try:
+        top = parser()
+        (sub,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+        parts = ["```text", top.format_help().rstrip(), "```"]
+        for name, command in sub.choices.items():
+            parts += [f"\n## ablate {name}\n", "```text", command.format_help().rstrip(), "```"]
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    return "\n".join(parts)
+
+
+BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
+    "layers": ("docs/architecture.md", layers),
+    "mixers": ("docs/mixers.md", mixers),
+    "commands": ("docs/cli.md", commands),
+}
+
+
+def drawn(text: str, name: str, content: str) -> str:
+    """The page's text with the block `name` drawn anew."""
+    head, rest = text.split(begin(name))
+    _, tail = rest.split(end(name))
+    return f"{head}{begin(name)}\n{content}\n{end(name)}{tail}"
+
+
+def stale() -> list[str]:
+    """The blocks whose page does not show what the code says now."""
+    found = []
+    for name, (page, draw) in BLOCKS.items():
+        text = (ROOT / page).read_text()
+        if drawn(text, name, draw()) != text:
+            found.append(f"{page}: {name}")
+    return found
+
+
+def main() -> None:
+    for name, (page, draw) in BLOCKS.items():
+        path = ROOT / page
+        path.write_text(drawn(path.read_text(), name, draw()))
+
+
+if __name__ == "__main__":
+    main()
