@@ -86,7 +86,7 @@ class Based(Mixer):
         return lq, lk, lv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        linear, _ = run_op("parallel_based", self.kernel, *self.linear_heads(self.conv(self.linear_input(x))))
+        linear, _ = run_op(ops.parallel_based, self.kernel, *self.linear_heads(self.conv(self.linear_input(x))))
         local = softmax_attention(*self.local_heads(x), min(self.window, x.size(1)), slopes=slopes_of(self.alibi))
         return self.output(linear, local)
 

@@ -19,14 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.mixers.registry import Mixer, Size, register
+from ablate.mixers.recurrent import QKVRecurrent
+from ablate.mixers.registry import Size, register
 from ablate.nn import ops
-from ablate.nn.layers import ShortConv, rms_norm, spread_decays
-from ablate.nn.ops.kernels import Kernel, run_op
+from ablate.nn.layers import rms_norm, spread_decays
+from ablate.nn.ops.kernels import Kernel
 
 
 @register("deltanet")
-class DeltaNet(Mixer):
+class DeltaNet(QKVRecurrent):
     """The delta rule (Schlag et al. 2021; Yang et al. 2024): L2-normalised keys, a write strength β per token.
 
     q, k, v through a short causal convolution per channel (as fla's layers have them,
@@ -34,18 +35,14 @@ class DeltaNet(Mixer):
     + β k_tᵀv_t; head RMS norm.
     """
 
+    chunk, recurrent = staticmethod(ops.chunk_delta_rule), staticmethod(ops.recurrent_delta_rule)
+
     def __init__(
         self, cfg, layer_idx, *, chunk_size: Size = 64, conv_size: Size | None = 4, kernel: Kernel | None = None
     ):
-        super().__init__()
-        self.n_heads, self.chunk_size, self.kernel = cfg.n_heads, chunk_size, kernel
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
-        self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
+        super().__init__(cfg, chunk_size=chunk_size, conv_size=conv_size, kernel=kernel)
         self.beta = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
-
-    cannot_decode = None
-    op = "delta_rule"  # ablate.nn.ops' chunk_delta_rule and recurrent_delta_rule
 
     def heads(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """From x and its convolved projection: q, k, v as (B, T, H, d) and β as (B, T, H)."""
@@ -56,32 +53,9 @@ class DeltaNet(Mixer):
         """The op's arguments: q, k, v and β."""
         return self.heads(x, mixed)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inputs = self.inputs(x, self.conv(self.qkv(x)))
-        o, _ = run_op(f"chunk_{self.op}", self.kernel, *inputs, chunk_size=self.chunk_size)
-        return self.output(x, o)
-
-    def prefill(self, x):
-        mixed, tail = self.conv.prefill(self.qkv(x))
-        o, state = getattr(ops, f"chunk_{self.op}")(
-            *self.inputs(x, mixed), output_final_state=True, chunk_size=self.chunk_size
-        )
-        return self.output(x, o), {"conv": tail, "state": state}
-
-    def step(self, x, state, pos):
-        mixed, tail = self.conv.step(self.qkv(x), state["conv"])
-        o, s = getattr(ops, f"recurrent_{self.op}")(
-            *self.inputs(x, mixed), initial_state=state["state"], output_final_state=True
-        )
-        return self.output(x, o), {"conv": tail, "state": s}
-
     def output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Each head's (B, T, H, d) output normed and mapped back."""
         return self.out(rms_norm(o).flatten(2))
-
-    def state_size(self):
-        C = self.out.in_features
-        return C * (C // self.n_heads) + self.conv.state_size()
 
 
 @register("gated-deltanet")
@@ -91,6 +65,8 @@ class GatedDeltaNet(DeltaNet):
     The delta rule times a decay per head α = exp(−exp(A)·softplus(W x + b)), A and b started as
     Mamba-2 starts them; swish output gate.
     """
+
+    chunk, recurrent = staticmethod(ops.chunk_gated_delta_rule), staticmethod(ops.recurrent_gated_delta_rule)
 
     def __init__(
         self, cfg, layer_idx, *, chunk_size: Size = 64, conv_size: Size | None = 4, kernel: Kernel | None = None
@@ -104,8 +80,6 @@ class GatedDeltaNet(DeltaNet):
     def reset_parameters(self) -> None:
         """Decay rates spread over the heads, as Mamba-2 starts them."""
         spread_decays(self.A_log, self.dt_bias)
-
-    op = "gated_delta_rule"
 
     def inputs(self, x, mixed):
         """q, k, v, the log decay g (B, T, H) and β."""

@@ -15,21 +15,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.mixers.registry import Mixer, Size, register
+from ablate.mixers.recurrent import QKVRecurrent
+from ablate.mixers.registry import Size, register
 from ablate.nn import ops
-from ablate.nn.layers import ShortConv, rms_norm
-from ablate.nn.ops.kernels import Kernel, run_op
+from ablate.nn.layers import rms_norm
+from ablate.nn.ops.kernels import Kernel
 
 GATE_NORMALIZER = 16.0  # the decay's log is logsigmoid / 16: close to 1, as GLA starts it
 
 
 @register("gla")
-class GatedLinearAttention(Mixer):
+class GatedLinearAttention(QKVRecurrent):
     """Gated linear attention (Yang et al. 2023): a per-channel decay set by the input through a low-rank gate.
 
     The gate is logsigmoid / 16 through a rank-`gate_rank` map; head RMS norm, swish output
     gate; a d × d state per head.
     """
+
+    chunk, recurrent = staticmethod(ops.chunk_gla), staticmethod(ops.recurrent_gla)
 
     def __init__(
         self,
@@ -41,41 +44,18 @@ class GatedLinearAttention(Mixer):
         conv_size: Size | None = None,
         kernel: Kernel | None = None,
     ):
-        super().__init__()
-        self.n_heads, self.chunk_size, self.kernel = cfg.n_heads, chunk_size, kernel
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
-        self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
+        super().__init__(cfg, chunk_size=chunk_size, conv_size=conv_size, kernel=kernel)
         self.gate_down = nn.Linear(cfg.d_model, gate_rank, bias=False)
         self.gate_up = nn.Linear(gate_rank, cfg.qkv_dim, bias=True)
         self.out_gate = nn.Linear(cfg.d_model, cfg.qkv_dim, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
-    cannot_decode = None
-
-    def heads(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def inputs(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k, v as (B, T, H, d) from the convolved projection, and the log decay g from x."""
         q, k, v = mixed.unflatten(-1, (3, self.n_heads, -1)).unbind(2)
         g = F.logsigmoid(self.gate_up(self.gate_down(x))).unflatten(-1, (self.n_heads, -1)) / GATE_NORMALIZER
         return q, k, v, g
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o, _ = run_op("chunk_gla", self.kernel, *self.heads(x, self.conv(self.qkv(x))), chunk_size=self.chunk_size)
-        return self.output(x, o)
-
-    def prefill(self, x):
-        mixed, tail = self.conv.prefill(self.qkv(x))
-        o, state = ops.chunk_gla(*self.heads(x, mixed), output_final_state=True, chunk_size=self.chunk_size)
-        return self.output(x, o), {"conv": tail, "state": state}
-
-    def step(self, x, state, pos):
-        mixed, tail = self.conv.step(self.qkv(x), state["conv"])
-        o, s = ops.recurrent_gla(*self.heads(x, mixed), initial_state=state["state"], output_final_state=True)
-        return self.output(x, o), {"conv": tail, "state": s}
-
     def output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Each head's (B, T, H, d) output normed, gated by swish(W_g x) and mapped back."""
         return self.out(rms_norm(o).flatten(2) * F.silu(self.out_gate(x)))
-
-    def state_size(self):
-        C = self.out.in_features
-        return C * (C // self.n_heads) + self.conv.state_size()

@@ -14,19 +14,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.mixers.registry import Mixer, Size, register
+from ablate.mixers.recurrent import QKVRecurrent
+from ablate.mixers.registry import Size, register
 from ablate.nn import ops
-from ablate.nn.layers import ShortConv
-from ablate.nn.ops.kernels import Kernel, run_op
+from ablate.nn.ops.kernels import Kernel
 
 
 @register("linear-attn")
-class LinearAttention(Mixer):
+class LinearAttention(QKVRecurrent):
     """Causal linear attention with elu+1 features (Katharopoulos et al. 2020), normalised.
 
     S_t = S_{t−1} + φ(k_t)ᵀv_t, y_t = φ(q_t)S_t normalised by φ(q_t)·Σφ(k) (`normalize`); a d ×
     (d + 1) state per head. `conv_size`: a short causal convolution on q, k, v.
     """
+
+    chunk, recurrent = staticmethod(ops.chunk_linear_attn), staticmethod(ops.recurrent_linear_attn)
 
     def __init__(
         self,
@@ -38,39 +40,20 @@ class LinearAttention(Mixer):
         conv_size: Size | None = None,
         kernel: Kernel | None = None,
     ):
-        super().__init__()
-        self.n_heads, self.normalize, self.chunk_size, self.kernel = cfg.n_heads, normalize, chunk_size, kernel
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.qkv_dim, bias=False)
-        self.conv = ShortConv(3 * cfg.qkv_dim, conv_size)
+        super().__init__(cfg, chunk_size=chunk_size, conv_size=conv_size, kernel=kernel)
+        self.normalize = normalize
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
-    cannot_decode = None
-
-    def heads(self, mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def inputs(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v as (B, T, H, d) from the convolved projection, q and k through elu + 1."""
         q, k, v = mixed.unflatten(-1, (3, self.n_heads, -1)).unbind(2)
         return F.elu(q) + 1, F.elu(k) + 1, v
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.heads(self.conv(self.qkv(x)))
-        y, _ = run_op("chunk_linear_attn", self.kernel, q, k, v, normalize=self.normalize, chunk_size=self.chunk_size)
-        return self.out(y.flatten(2))
-
-    def prefill(self, x):
-        mixed, tail = self.conv.prefill(self.qkv(x))
-        y, state = ops.chunk_linear_attn(
-            *self.heads(mixed), normalize=self.normalize, output_final_state=True, chunk_size=self.chunk_size
-        )
-        return self.out(y.flatten(2)), {"conv": tail, "state": state}
-
-    def step(self, x, state, pos):
-        mixed, tail = self.conv.step(self.qkv(x), state["conv"])
-        y, s = ops.recurrent_linear_attn(
-            *self.heads(mixed), initial_state=state["state"], output_final_state=True, normalize=self.normalize
-        )
-        return self.out(y.flatten(2)), {"conv": tail, "state": s}
+    def options(self):
+        return {"normalize": self.normalize}
 
     def state_size(self):
+        """A d × (d + 1) state per head (d × d without the normaliser), and the convolution's tail."""
         C = self.out.in_features
         d = C // self.n_heads
         return self.n_heads * d * (d + int(self.normalize)) + self.conv.state_size()

@@ -77,7 +77,7 @@ class Mamba2(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z, xbc, dt = self.split(x)
         xs, ssd = self.inputs(self.conv(xbc), dt)
-        y, _ = run_op("chunk_simple_gla", self.kernel, *ssd, scale=1.0, chunk_size=self.chunk_size)
+        y, _ = run_op(ops.chunk_simple_gla, self.kernel, *ssd, scale=1.0, chunk_size=self.chunk_size)
         return self.output(y, xs, z)
 
     def prefill(self, x):

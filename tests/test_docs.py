@@ -75,6 +75,8 @@ def test_the_pages_drawn_from_the_code_are_current():
 class _New(Mixer):
     """A mixer added without redrawing the docs."""
 
+    __module__ = "ablate.architectures.new"  # as if a file of architectures/ held it
+
     def __init__(self, cfg, layer_idx, *, width: Size = 3):
         super().__init__()
         self.out = torch.nn.Linear(cfg.d_model, cfg.d_model, bias=False)

@@ -7,6 +7,7 @@ import torch
 
 import ablate
 from ablate.errors import AblateError
+from ablate.nn import ops
 from ablate.nn.ops import kernels
 
 FAMILIES = ["linear-attn", "based", "gla", "deltanet", "gated-deltanet", "mamba2"]
@@ -125,11 +126,11 @@ def gla_inputs(T: int = 100):
 
 
 def chunked(*args, **kwargs):
-    return kernels.torch_op("chunk_gla", 16)(*args, **kwargs)
+    return kernels.torch_op(ops.chunk_gla, 16)(*args, **kwargs)
 
 
 def recurrent(*args, **kwargs):
-    return kernels.torch_op("recurrent_gla")(*args, **kwargs)
+    return kernels.torch_op(ops.recurrent_gla)(*args, **kwargs)
 
 
 def test_the_probe_passes_a_kernel_that_computes_the_same_outputs_and_gradients():
@@ -170,9 +171,9 @@ def test_the_probe_runs_inside_inference_mode():
 def test_an_unsound_default_kernel_falls_back_to_torch_with_one_line_once(monkeypatch, capsys):
     calls = []
 
-    def broken(name):
+    def broken(op):
         def call(*args, **kwargs):
-            calls.append(name)
+            calls.append(op.__name__)
             return chunked(*args, **kwargs)[0] * 2, None
 
         return call
@@ -180,9 +181,9 @@ def test_an_unsound_default_kernel_falls_back_to_torch_with_one_line_once(monkey
     monkeypatch.setattr(kernels, "default_kernel", lambda device: "fla")
     monkeypatch.setattr(kernels, "fla_op", broken)
     monkeypatch.setattr(kernels, "_probed", {})
-    want, _ = kernels.run_op("chunk_gla", "torch", *gla_inputs())
+    want, _ = kernels.run_op(ops.chunk_gla, "torch", *gla_inputs())
     for _ in range(3):
-        got, _ = kernels.run_op("chunk_gla", None, *gla_inputs())
+        got, _ = kernels.run_op(ops.chunk_gla, None, *gla_inputs())
         assert torch.equal(got, want)
     assert calls == ["chunk_gla"]  # the probe's one call
     line = "kernel: fla's chunk_gla differs from the torch form (output: error ratio 1 > 0.05) on this device; "
@@ -192,9 +193,9 @@ def test_an_unsound_default_kernel_falls_back_to_torch_with_one_line_once(monkey
 def test_a_sound_default_kernel_is_chosen_after_its_probe(monkeypatch, capsys):
     calls = []
 
-    def sound(name):
+    def sound(op):
         def call(*args, **kwargs):
-            calls.append(name)
+            calls.append(op.__name__)
             return chunked(*args, **kwargs)
 
         return call
@@ -203,7 +204,7 @@ def test_a_sound_default_kernel_is_chosen_after_its_probe(monkeypatch, capsys):
     monkeypatch.setattr(kernels, "fla_op", sound)
     monkeypatch.setattr(kernels, "_probed", {})
     for _ in range(2):
-        kernels.run_op("chunk_gla", None, *gla_inputs())
+        kernels.run_op(ops.chunk_gla, None, *gla_inputs())
     assert calls == ["chunk_gla"] * 3  # the probe, then both calls
     assert capsys.readouterr().err == ""
 

@@ -33,7 +33,9 @@ def print_plan(study: Study, console) -> None:
             f"{t.train.steps * t.train.batch_size * m.context:,}",
         )
     console.print(table)
-    print("FLOPs/token: forward pass, matrix products counted by torch plus each mixer's element-wise work, counted as it runs")
+    print(
+        "FLOPs/token: forward pass, matrix products counted by torch plus each mixer's element-wise work, counted as it runs"
+    )
     print("state: numbers per sequence a decoder carries between tokens ('-': grows with the sequence)")
     print("tokens: what the trial trains on (steps × batch × context)")
     _print_devices(study)

@@ -13,9 +13,12 @@ matrix products are the ones the FLOP count sees. fla's kernels pick their own c
 mixer's `chunk_size` is the torch form's.
 """
 
+import functools
 import importlib
 import importlib.util
+import inspect
 import sys
+from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Literal
 
@@ -23,8 +26,6 @@ import torch
 from pydantic import AfterValidator
 
 from ablate.errors import AblateError, first_line
-
-GATED = ("chunk_gla", "chunk_simple_gla", "chunk_gated_delta_rule")  # their fourth argument is a log decay g
 
 
 @cache
@@ -42,8 +43,8 @@ def _installed(kernel: str) -> str:
 Kernel = Annotated[Literal["torch", "fla"], AfterValidator(_installed)]
 
 
-def uses_fla(kernel: str | None, name: str, args: tuple, kwargs: dict) -> bool:
-    """Whether op `name` on these inputs runs fla's kernel under this `kernel` option."""
+def uses_fla(kernel: str | None, op: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether `op` on these inputs runs fla's kernel of its name under this `kernel` option."""
     x = args[0]
     if kernel == "torch" or x.device.type == "meta":
         return False
@@ -51,7 +52,7 @@ def uses_fla(kernel: str | None, name: str, args: tuple, kwargs: dict) -> bool:
         if not x.is_cuda:
             raise AblateError(f"kernel fla runs on CUDA tensors only, not on {x.device.type}: use kernel: torch")
         return True
-    return default_kernel(x.device) == "fla" and sound(name, args, kwargs)
+    return default_kernel(x.device) == "fla" and sound(op, args, kwargs)
 
 
 def default_kernel(device: str | torch.device) -> str:
@@ -59,29 +60,31 @@ def default_kernel(device: str | torch.device) -> str:
     return "fla" if torch.device(device).type == "cuda" and fla_installed() else "torch"
 
 
-def run_op(name: str, kernel: str | None, *args, chunk_size: int | None = None, **kwargs):
-    """`name(*args, **kwargs)` from fla or from ablate.nn.ops, as `kernel` and the tensors decide;
-    returns (o, final_state) either way (fla's parallel_based returns o alone)."""
-    if uses_fla(kernel, name, args, kwargs):
-        return fla_op(name)(*args, **kwargs)
-    return torch_op(name, chunk_size)(*args, **kwargs)
+def run_op(op: Callable, kernel: str | None, *args, chunk_size: int | None = None, **kwargs):
+    """`op(*args, **kwargs)`, one of ablate.nn.ops, or fla's kernel of the same name, as `kernel` and
+    the tensors decide; returns (o, final_state) either way (fla's parallel_based returns o alone)."""
+    if uses_fla(kernel, op, args, kwargs):
+        return fla_op(op)(*args, **kwargs)
+    return torch_op(op, chunk_size)(*args, **kwargs)
 
 
-def fla_op(name: str):
-    """fla's kernel `name`, called as ablate's ops are: inputs cast as autocast would, (o, state) out."""
-    kernel = getattr(importlib.import_module("fla.ops"), name)
+def fla_op(op: Callable) -> Callable:
+    """fla's kernel of op's name, called as ablate's ops are: inputs cast as autocast would,
+    (o, state) out."""
+    kernel = getattr(importlib.import_module("fla.ops"), op.__name__)
+    parameters = list(inspect.signature(op).parameters)
+    decay = parameters.index("g") if "g" in parameters else None  # a log decay, which fla sums in float32
 
     def call(*args, **kwargs):
-        out = kernel(*_autocast_inputs(name, args), **kwargs)
+        out = kernel(*_autocast_inputs(args, decay), **kwargs)
         return (out, None) if isinstance(out, torch.Tensor) else out
 
     return call
 
 
-def torch_op(name: str, chunk_size: int | None = None):
-    """ablate's own form of op `name`, at `chunk_size` where one is given."""
-    op = getattr(importlib.import_module("ablate.nn.ops"), name)
-    return op if chunk_size is None else lambda *args, **kwargs: op(*args, chunk_size=chunk_size, **kwargs)
+def torch_op(op: Callable, chunk_size: int | None = None) -> Callable:
+    """ablate's own form of op, at `chunk_size` where one is given."""
+    return op if chunk_size is None else functools.partial(op, chunk_size=chunk_size)
 
 
 PROBE_STEPS = 64  # the probe's slice of the first call: batch 1, this many positions
@@ -98,16 +101,17 @@ def fallbacks() -> list[str]:
     return sorted({name for (name, _), ok in _probed.items() if not ok})
 
 
-def sound(name: str, args: tuple, kwargs: dict) -> bool:
-    """Whether fla's `name` agrees with ablate's form on this device: probed on the first call in
-    this process, which prints one line where it does not and the torch form stands in."""
-    key = (name, args[0].device)
+def sound(op: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether fla's kernel for `op` agrees with ablate's form on this device: probed on the first
+    call in this process, which prints one line where it does not and the torch form stands in."""
+    key = (op.__name__, args[0].device)
     if key not in _probed:
-        problem = disagreement(fla_op(name), torch_op(name), args, kwargs)
+        problem = disagreement(fla_op(op), op, args, kwargs)
         _probed[key] = problem is None
         if problem is not None:
             print(
-                f"kernel: fla's {name} {problem} on this device; running ablate's torch form instead", file=sys.stderr
+                f"kernel: fla's {op.__name__} {problem} on this device; running ablate's torch form instead",
+                file=sys.stderr,
             )
     return _probed[key]
 
@@ -154,12 +158,12 @@ def _generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device).manual_seed(0)
 
 
-def _autocast_inputs(name: str, args: tuple) -> tuple:
+def _autocast_inputs(args: tuple, decay: int | None) -> tuple:
     """Under autocast, the inputs in its dtype, as fla's own layers hand them over: a Triton
     kernel is not autocast, and a float32 q from an L2 norm would otherwise reach it (fla's delta
-    rule refuses float32). The log decay g stays as it is: fla sums it in float32."""
+    rule refuses float32). The log decay g (at position `decay`) stays as it is: fla sums it in
+    float32."""
     if not torch.is_autocast_enabled("cuda"):
         return args
     dtype = torch.get_autocast_dtype("cuda")
-    keep = 3 if name in GATED else None  # g's position
-    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and i != keep else a for i, a in enumerate(args))
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and i != decay else a for i, a in enumerate(args))
