@@ -7,10 +7,11 @@ import torch
 
 import ablate
 from ablate.errors import AblateError
+from ablate.mixers import registry
 from ablate.nn import ops
 from ablate.nn.ops import kernels
 
-FAMILIES = ["linear-attn", "based", "gla", "deltanet", "gated-deltanet", "mamba2"]
+FAMILIES = [n for n in registry.variants() if "kernel" in registry.mixer_options(n, {})]  # those with an fla op
 SHAPE = {"vocab_size": 64, "context": 200, "d_model": 64, "n_layers": 2, "n_heads": 2, "qkv_dim": 64}
 
 

@@ -71,11 +71,11 @@ def run_op(op: Callable, kernel: str | None, *args, chunk_size: int | None = Non
 def fla_op(op: Callable) -> Callable:
     """fla's kernel of op's name, called as ablate's ops are: inputs cast as autocast would,
     (o, state) out."""
-    kernel = getattr(importlib.import_module("fla.ops"), op.__name__)
     parameters = list(inspect.signature(op).parameters)
     decay = parameters.index("g") if "g" in parameters else None  # a log decay, which fla sums in float32
 
     def call(*args, **kwargs):
+        kernel = getattr(importlib.import_module("fla.ops"), op.__name__)  # in the probe: a missing one fails it
         out = kernel(*_autocast_inputs(args, decay), **kwargs)
         return (out, None) if isinstance(out, torch.Tensor) else out
 
