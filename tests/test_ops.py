@@ -169,3 +169,29 @@ def test_the_delta_rule_runs_in_bf16_with_its_triangular_solve_in_float32():
     got, _ = chunk_gated_delta_rule(*(t.bfloat16() for t in (q, k, v, decay, beta)), chunk_size=16)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 64])
+def test_hgrn_is_its_gated_recurrence(chunk_size):
+    """h_t = exp(g_t) h_{t-1} + x_t per channel (HGRN, Qin et al. 2023, eq. 3, real form)."""
+    from ablate.nn.ops.hgrn import chunk_hgrn, recurrent_hgrn
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(B, T, K, generator=g, dtype=torch.float64)
+    decay = -3 * torch.rand(B, T, K, generator=g, dtype=torch.float64)
+    state = torch.randn(B, K, generator=g, dtype=torch.float64)
+    want, wrong = torch.zeros_like(x), torch.zeros_like(x)
+    for b in range(B):
+        h, late = state[b].clone(), state[b].clone()
+        for t in range(T):
+            h = decay[b, t].exp() * h + x[b, t]
+            late = (late + x[b, t]) * decay[b, t].exp()  # the mutation: the gate applied after the input
+            want[b, t], wrong[b, t] = h, late
+    kwargs = {"initial_state": state, "output_final_state": True}
+    got, got_state = chunk_hgrn(x, decay, chunk_size=chunk_size, **kwargs)
+    stepped, stepped_state = recurrent_hgrn(x, decay, **kwargs)
+    assert close(got, want) and close(got_state, want[:, -1])
+    assert close(stepped, want) and close(stepped_state, want[:, -1])
+    assert not close(got, wrong)
+    strong, _ = chunk_hgrn(x.float(), 1e4 * decay.float(), chunk_size=64)  # gates near 0 stay finite
+    assert torch.isfinite(strong).all()
