@@ -1,10 +1,13 @@
 """retnet: multi-scale retention (Sun et al., 2023, arXiv:2307.08621), in its three equivalent forms.
 
 Per head h with decay γ_h = 1 - 2^(-5-h), on rotary-rotated q and k (k scaled by 1/√d):
-  parallel    Y = (Q Kᵀ ⊙ D) V,  D_{n,m} = γ^(n-m) for n ≥ m, else 0     O(T²) — training
-  recurrent   S_n = γ S_{n-1} + k_nᵀ v_n,  y_n = q_n S_n                   O(T), a loop — decoding
-  chunkwise   parallel inside chunks, the recurrent state between them     O(T·chunk) — long training
-then a group norm per head (no learned weight), a swish gate and the output map.
+  parallel    Y = (Q Kᵀ ⊙ D) V,  D_{n,m} = γ^(n-m) for n ≥ m, else 0     O(T²): the definition
+  chunkwise   parallel inside chunks, the recurrent state between them     O(T·chunk): training
+  recurrent   S_n = γ S_{n-1} + k_nᵀ v_n,  y_n = q_n S_n                   O(T), a loop: decoding
+then a group norm per head (no learned weight), a swish gate and the output map. The chunkwise and
+recurrent forms are `chunk_simple_gla` and `recurrent_simple_gla` of ablate.nn.ops with the fixed
+log decay log γ_h, so the chunkwise form runs fla's kernel where an unset `kernel` of the other
+recurrent mixers would (RetNet has no `kernel` option of its own: its studies keep their keys).
 """
 
 from typing import Literal
@@ -14,60 +17,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.mixers.registry import Mixer, Size, register
+from ablate.nn import ops
 from ablate.nn.layers import Rotary
+from ablate.nn.ops.kernels import run_op
 
 
 def decays(n_heads: int) -> torch.Tensor:
     return 1 - 2.0 ** (-5 - torch.arange(n_heads, dtype=torch.float64))
 
 
-def _decay_matrix(log_gamma: torch.Tensor, T: int) -> torch.Tensor:
-    """(H, T, T) with γ^(n-m) for n ≥ m and 0 above the diagonal."""
-    lag = torch.arange(T, device=log_gamma.device)
-    lag = lag[:, None] - lag[None, :]
-    powers = torch.exp(lag.clamp_min(0) * log_gamma[:, None, None])
-    return powers.masked_fill(lag < 0, 0.0)
-
-
 def parallel(q, k, v, gamma):
-    return (q @ k.transpose(-1, -2) * _decay_matrix(gamma.log(), q.size(-2)).to(q.dtype)) @ v
-
-
-def recurrent(q, k, v, gamma):
-    B, H, T, d = q.shape
-    gamma = gamma.to(q.dtype)[:, None, None]
-    state = q.new_zeros(B, H, d, v.size(-1))
-    ys = []
-    for n in range(T):
-        state = gamma * state + k[:, :, n, :, None] * v[:, :, n, None, :]
-        ys.append((q[:, :, n, None, :] @ state).squeeze(-2))
-    return torch.stack(ys, dim=2)
-
-
-def chunkwise(q, k, v, gamma, size: int):
-    T = q.size(-2)
-    pad = -T % size
-    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    log_gamma = gamma.log()
-    inner = _decay_matrix(log_gamma, size).to(q.dtype)
-    position = torch.arange(size, device=q.device)
-    into = torch.exp((position + 1) * log_gamma[:, None]).to(q.dtype)[:, :, None]  # γ^(j+1): state → query j
-    out_of = torch.exp((size - 1 - position) * log_gamma[:, None]).to(q.dtype)[:, :, None]  # γ^(size-1-j)
-    across = torch.exp(size * log_gamma).to(q.dtype)[:, None, None]  # γ^size: one whole chunk
-    state = q.new_zeros(*q.shape[:2], q.size(-1), v.size(-1))
-    ys = []
-    for start in range(0, T + pad, size):
-        qc, kc, vc = (t[:, :, start : start + size] for t in (q, k, v))
-        ys.append((qc @ kc.transpose(-1, -2) * inner) @ vc + (qc * into) @ state)
-        state = across * state + (kc * out_of).transpose(-1, -2) @ vc
-    return torch.cat(ys, dim=2)[:, :, :T]
+    """The parallel form on (B, T, H, d) heads: each query's weighted sum over the keys up to it."""
+    T = q.size(1)
+    lag = torch.arange(T, device=q.device)
+    lag = lag[:, None] - lag[None, :]
+    weights = torch.exp(lag.clamp_min(0) * gamma.log()[:, None, None]).masked_fill(lag < 0, 0.0).to(q.dtype)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    return ((q @ k.transpose(-1, -2) * weights) @ v).transpose(1, 2)
 
 
 @register("retnet")
 class MultiScaleRetention(Mixer):
     """RetNet retention: per-head decays, rotary q/k, group norm and swish gate; parallel/chunkwise/recurrent.
 
-    Decays γ_h = 1 − 2^(−5−h).
+    Decays γ_h = 1 − 2^(−5−h). The chunkwise and recurrent forms are simple GLA's ops with the
+    fixed log decay (fla's kernel where the other recurrent mixers' unset `kernel` takes it).
     """
 
     def __init__(
@@ -92,39 +66,40 @@ class MultiScaleRetention(Mixer):
 
     cannot_decode = None
 
-    def heads(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v as (B, H, T, d) for positions start, start + 1, …: q and k rotated, k scaled by 1/√d."""
+    def heads(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, ...]:
+        """q, k, v as (B, T, H, d) for positions start, start + 1, …: q and k rotated, k scaled by
+        1/√d; and the log decay of each head at each position (B, T, H)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        return self.rotary(q, start), self.rotary(k, start) * k.size(-1) ** -0.5, v
+        q, k = self.rotary(q, start), self.rotary(k, start) * k.size(-1) ** -0.5
+        g = self.gamma.log().to(torch.promote_types(q.dtype, torch.float32)).expand(B, T, -1)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), g
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(x, self.retain(*self.heads(x)))
-
-    def retain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Retention over (B, H, T, d) heads in the layer's form."""
+        q, k, v, g = self.heads(x)
         if self.form == "parallel":
-            return parallel(q, k, v, self.gamma)
-        if self.form == "recurrent":
-            return recurrent(q, k, v, self.gamma)
-        return chunkwise(q, k, v, self.gamma, self.chunk_size)
+            y = parallel(q, k, v, self.gamma)
+        elif self.form == "recurrent":
+            y, _ = ops.recurrent_simple_gla(q, k, v, g, scale=1.0)
+        else:
+            y, _ = run_op(ops.chunk_simple_gla, None, q, k, v, g, scale=1.0, chunk_size=self.chunk_size)
+        return self.output(x, y)
 
     def prefill(self, x):
         """The output, and the recurrent form's state after x: S = Σ_m γ^(T−1−m) k_mᵀ v_m per head."""
-        q, k, v = self.heads(x)
-        ages = torch.arange(x.size(1) - 1, -1, -1, device=x.device, dtype=torch.float64)
-        weights = torch.exp(ages * self.gamma.log()[:, None]).to(k.dtype)[:, :, None]  # (H, T, 1)
-        return self.output(x, self.retain(q, k, v)), (k * weights).transpose(-1, -2) @ v
+        y, state = ops.chunk_simple_gla(*self.heads(x), scale=1.0, output_final_state=True, chunk_size=self.chunk_size)
+        return self.output(x, y), state
 
     def step(self, x, state, pos):
-        q, k, v = self.heads(x, pos)
-        state = self.gamma.to(q.dtype)[:, None, None] * state + k.transpose(-1, -2) @ v
-        return self.output(x, q @ state), state
+        y, state = ops.recurrent_simple_gla(
+            *self.heads(x, pos), scale=1.0, initial_state=state, output_final_state=True
+        )
+        return self.output(x, y), state
 
     def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Group norm of the heads' (B, H, T, d) outputs, the swish gate and the output map."""
+        """Group norm of the heads' (B, T, H, d) outputs, the swish gate and the output map."""
         y = F.layer_norm(y, (y.size(-1),))  # group norm: each head normalised on its own
-        return self.out(F.silu(self.gate(x)) * y.transpose(1, 2).flatten(2))
+        return self.out(F.silu(self.gate(x)) * y.flatten(2))
 
     def state_size(self):
         C = self.out.in_features

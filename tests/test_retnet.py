@@ -4,17 +4,21 @@ import pytest
 import torch
 
 import ablate
-from ablate.architectures.retnet import chunkwise, decays, parallel, recurrent
+from ablate.architectures.retnet import decays, parallel
+from ablate.nn import ops
 
 
 def test_forms_agree_on_raw_tensors():
+    """The chunked and recurrent forms are simple GLA's ops with the fixed log decay log γ_h."""
     torch.manual_seed(0)
-    q, k, v = torch.randn(3, 2, 4, 37, 6, dtype=torch.float64)
+    q, k, v = torch.randn(3, 2, 37, 4, 6, dtype=torch.float64)
     gamma = decays(4)
+    g = gamma.log().expand(2, 37, 4)
     expected = parallel(q, k, v, gamma)
-    torch.testing.assert_close(recurrent(q, k, v, gamma), expected, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ops.recurrent_simple_gla(q, k, v, g, scale=1.0)[0], expected, atol=1e-10, rtol=0)
     for size in (1, 8, 37, 64):
-        torch.testing.assert_close(chunkwise(q, k, v, gamma, size), expected, atol=1e-10, rtol=0)
+        got, _ = ops.chunk_simple_gla(q, k, v, g, scale=1.0, chunk_size=size)
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
 
 
 def test_decays_follow_the_paper():
