@@ -21,7 +21,7 @@ PREFIX_POSITIONS = 16  # per window: the positions prefix_val_loss predicts
 def max_leak(model: ModelConfig, batch: int = 3, seed: int = 0) -> float:
     """Largest logit change at positions that must not see the perturbed tokens, for a model
     freshly built (from `seed`). A backbone whose blocks start silent (`init: modern`: residual
-    maps at zero) is built with the seed's draw instead: a silent block shows no leak, and
+    maps at zero) is built with Strawberry's draw instead: a silent block shows no leak, and
     causality is a matter of the wiring, not of the draw."""
     torch.manual_seed(seed)
     config = ModelConfig.model_validate(model)

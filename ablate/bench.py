@@ -120,7 +120,7 @@ Target = tuple[str, ModelConfig, TrainConfig]  # a variant's name, its model and
 
 def targets(study: Path | None, names: list[str], overrides: dict[str, Any], train: dict[str, Any]) -> list[Target]:
     """What to bench: a study's planned variants (all, or those named), or registered mixers at the
-    default shape (the Strawberry seed's); `overrides` (model settings) and `train` on top of
+    default shape (Strawberry's); `overrides` (model settings) and `train` on top of
     each, checked as a study's are."""
     from pydantic import ValidationError
 

@@ -50,7 +50,7 @@ def _safe_name(value: str) -> str:
 
 # A backbone preset: the switches it sets, each overridable in the same `model:` section.
 PRESETS: dict[str, dict[str, Any]] = {
-    "strawberry": {},  # the seed's (ModelConfig's defaults): see the fields below
+    "strawberry": {},  # Strawberry's (ModelConfig's defaults): see the fields below
     # GPT-2 as nanoGPT writes it, biases off as its train.py sets them (`bias: true`: on, norms' too)
     "nanogpt": {
         "pos": "learned",
@@ -60,21 +60,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "init": "gpt2",
         "embed_norm": False,
     },
-    # a strong small backbone of the kind nanochat and modded-nanogpt train: the seed's rotary,
+    # a strong small backbone of the kind nanochat and modded-nanogpt train: Strawberry's rotary,
     # QK-norm and normed embedding, with an untied head, ReLU² and zero-started residual maps
     "modern": {"tie_embeddings": False, "ffn_type": "relu2", "init": "modern"},
 }
 # a study's backbone where its model section names no preset (ModelConfig's own defaults, which
-# saved models load with, stay the seed's); chosen by measurement, see docs/backbones.md
+# saved models load with, stay Strawberry's); chosen by measurement, see docs/backbones.md
 DEFAULT_PRESET = "modern"
 # switches added after the first studies ran: left out of a trial's key at their defaults, so that a
-# study of the seed's backbone keeps its keys (and resumes) across their arrival
+# study of Strawberry's backbone keeps its keys (and resumes) across their arrival
 LATER_SWITCHES = ("pos", "norm", "norm_bias", "tie_embeddings", "bias", "dropout", "qk_norm")
 
 
 class ModelConfig(BaseModel):
     """A model, as `build_model` takes it (and `ablate plan --json` prints per trial); its
-    defaults are the seed's backbone, which `preset` replaces with another's."""
+    defaults are Strawberry's backbone, which `preset` replaces with another's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -93,7 +93,7 @@ class ModelConfig(BaseModel):
     ffn_dim: StrictInt = Field(384, gt=0)
     ffn_type: Literal["swiglu", "gelu", "relu2"] = "swiglu"
     init: Literal["seed", "gpt2", "modern"] = "seed"
-    embed_norm: bool = Field(True, description="norm the embedding output before the first block, as the seed does")
+    embed_norm: bool = Field(True, description="norm the embedding output before the first block, as Strawberry does")
     pos: Literal["rope", "alibi", "learned", "none"] = Field(
         "rope",
         description="rope: rotary in the attention mixers; alibi: ALiBi's linear biases (mha); learned: GPT-2's "
@@ -146,7 +146,7 @@ HOW_IT_RUNS = frozenset({"devices", "micro_steps", "shard"})
 
 
 class TrainConfig(BaseModel):
-    """The `train:` section of a study (defaults: the Strawberry seed recipe)."""
+    """The `train:` section of a study (defaults: Strawberry's recipe)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

@@ -40,7 +40,7 @@ class Imported:
 
 def _strawberry(path: Path) -> Imported:
     """A Strawberry checkpoint (scope batch, as published): its model, its hyperparams and step,
-    and the seed's own last loss estimates (from its leaking forward pass)."""
+    and Strawberry's own last loss estimates (from its leaking forward pass)."""
     checkpoint = strawberry.read_checkpoint(path)
     stats = checkpoint.get("stats") if isinstance(checkpoint.get("stats"), dict) else {}
     reported = {

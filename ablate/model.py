@@ -87,11 +87,11 @@ class LanguageModel(nn.Module):
         draws them, then each mixer's own
         `reset_parameters` for what that draw does not suit (gains).
 
-        `seed` (the seed's): every matrix of a linear map and every embedding uniform in
+        `seed` (Strawberry's): every matrix of a linear map and every embedding uniform in
         ±√3/√fan_in (standard deviation 1/√fan_in, fan_in its input width), no residual
         scaling; any other parameter (a bias) zero. `gpt2`: N(0, 0.02) for everything but the
         linear maps' biases (zero), the maps each block declares as residual outputs
-        (`Block.residual_maps`) at 0.02/√(2·layers). `modern`: the seed's draw with the residual
+        (`Block.residual_maps`) at 0.02/√(2·layers). `modern`: Strawberry's draw with the residual
         output maps at zero, as modded-nanogpt and nanochat start them, so that each block starts
         as the identity. (Their head starts at zero too; with it, mha stayed at chance on MQAR
         for 700 steps, docs/backbones.md, so here the head keeps its draw.)"""

@@ -81,7 +81,7 @@ def sigterm_deferred():
 def keep_freed_memory() -> None:
     """Make glibc's malloc keep freed memory for reuse rather than hand each large block back to
     the OS. A training step on a CPU frees and allocates the same large tensors every step; a
-    block mapped afresh is zero-filled page by page on first touch (retention at the seed's
+    block mapped afresh is zero-filled page by page on first touch (retention at Strawberry's
     shape spent 12 s of a 29 s bench in the kernel so). The cost: the process keeps its peak
     memory. Does nothing where the C library is not glibc."""
     if not sys.platform.startswith("linux"):

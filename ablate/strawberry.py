@@ -1,8 +1,8 @@
-"""The seed's checkpoints as ablate models.
+"""Strawberry's checkpoints as ablate models.
 
-A Strawberry checkpoint is what the seed's train.py saves: {"model": state_dict,
+A Strawberry checkpoint is what Strawberry's train.py saves: {"model": state_dict,
 "hyperparams": {...}, ...}. Its model is ablate's `retention` at scope `batch` with the FFN on,
-so its weights map one to one onto ablate's names and give the seed's logits.
+so its weights map one to one onto ablate's names and give Strawberry's logits.
 """
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from ablate import checkpoints
 from ablate.errors import AblateError
 from ablate.model import LanguageModel
 
-# the seed's hyperparameter → ablate's model key (r_layer goes to the mixer's recurrence)
+# Strawberry's hyperparameter → ablate's model key (r_layer goes to the mixer's recurrence)
 HYPERPARAMS = {
     "vocab_size": "vocab_size",
     "block_size": "context",
@@ -22,9 +22,9 @@ HYPERPARAMS = {
     "n_qkv": "qkv_dim",
     "n_ffn": "ffn_dim",
 }
-UNREAD = ("n_experts", "a_experts")  # fields of the seed's Config that its model never reads
+UNREAD = ("n_experts", "a_experts")  # fields of Strawberry's Config that its model never reads
 
-# a block's weights: the seed's name → ablate's, under blocks.N.
+# a block's weights: Strawberry's name → ablate's, under blocks.N.
 BLOCK_WEIGHTS = {
     "retain.oa.weight": "mixer.produce.weight",
     "retain.t.weight": "mixer.transform.weight",
@@ -41,7 +41,7 @@ def read_checkpoint(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
 
 
 def model_config(hyperparams: dict[str, Any], scope: str = "batch") -> dict[str, Any]:
-    """ablate's model dict for the seed's hyperparameters."""
+    """ablate's model dict for Strawberry's hyperparameters."""
     known = {*HYPERPARAMS, "r_layer", *UNREAD}
     for key in hyperparams:
         if key not in known:
@@ -59,7 +59,7 @@ def model_config(hyperparams: dict[str, Any], scope: str = "batch") -> dict[str,
 
 
 def weight_names(n_layers: int) -> dict[str, str]:
-    """The seed's weight names → ablate's; the seed ties its unembedding to the embedding."""
+    """Strawberry's weight names → ablate's; Strawberry ties its unembedding to the embedding."""
     names = {"embed.weight": "embed.weight", "unembed.weight": "embed.weight"}
     for n in range(n_layers):
         names |= {f"blocks.{n}.{theirs}": f"blocks.{n}.{ours}" for theirs, ours in BLOCK_WEIGHTS.items()}
@@ -67,7 +67,7 @@ def weight_names(n_layers: int) -> dict[str, str]:
 
 
 def load_strawberry(checkpoint: str | Path | dict[str, Any], *, scope: str = "batch") -> LanguageModel:
-    """ablate's model with a Strawberry checkpoint's weights: `model(idx)` gives the seed model's
+    """ablate's model with a Strawberry checkpoint's weights: `model(idx)` gives the Strawberry model's
     logits. The model takes the checkpoint's dtype, so that its weights are the checkpoint's to the
     bit (its rotary tables stay float64, as in every model). `scope` is the published `batch`
     (which leaks across the batch), unless asked otherwise."""

@@ -1,4 +1,4 @@
-"""moa: the seed's planned mixture of attention experts, the local/global hybrid made per token.
+"""moa: Strawberry's planned mixture of attention experts, the local/global hybrid made per token.
 
 Each layer holds E expert mixers (by default windowed softmax attention, local, and aft-simple,
 global). A router reads each token alone, r_t = softmax(W_r x_t), keeps its top-k experts and

@@ -10,8 +10,8 @@ for chunk k come from chunks < k only), `sequence` (the whole sequence: sees the
 or `batch` (every sequence of the batch: what the published code does; leaks across
 sequences). Weights are tensors of shape (B or 1, chunks or 1, out, in).
 
-Every detail the seed's code fixes is kept (the spec's "Seed fidelity"), so that the seed's
-weights give the seed's logits: the rescale's std + 1e-8, the AFT steps' QK-norm over the
+Every detail Strawberry's code fixes is kept (the spec's "Seed fidelity"), so that Strawberry's
+weights give Strawberry's logits: the rescale's std + 1e-8, the AFT steps' QK-norm over the
 full width and unshifted exp(k) with a denominator + 1e-6, the final attention's q, k, v
 interleaved per head and its half-split rotary turned by −θ.
 """
@@ -209,7 +209,7 @@ class Retention(Mixer):
         return project(u * F.silu(g), weights[2])
 
     def aft(self, h: torch.Tensor, weights: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """aft-simple as the seed computes it: q and k normed over the full width (no heads), and
+        """aft-simple as Strawberry computes it: q and k normed over the full width (no heads), and
         exp(k) unshifted, which the norm bounds by exp(√D). Also the running sums Σ exp(k)·v and
         Σ exp(k) at every position, which a decoder carries on."""
         q, k, v = project(h, weights[0]).chunk(3, dim=-1)
@@ -220,7 +220,7 @@ class Retention(Mixer):
 
     def attention_heads(self, h: torch.Tensor, weights: list[torch.Tensor], start: int = 0) -> tuple:
         """q, k, v (B, H, T, d) for positions start, start + 1, …; each head's 3d outputs are
-        [q_h | k_h | v_h], as the seed lays them; q and k rotated, then normed."""
+        [q_h | k_h | v_h], as Strawberry lays them; q and k rotated, then normed."""
         B, T, _ = h.shape
         q, k, v = project(h, weights[0]).view(B, T, self.n_heads, -1).transpose(1, 2).chunk(3, dim=-1)
         return rms_norm(self.rotary(q, start)), rms_norm(self.rotary(k, start)), v

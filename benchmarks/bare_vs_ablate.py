@@ -1,4 +1,4 @@
-"""ablate's Trainer against the bare loop of reference.py, at the seed's mha shape, in one process.
+"""ablate's Trainer against the bare loop of reference.py, at Strawberry's mha shape, in one process.
 
 The two alternate (bare, ablate, ablate, bare, ...) so that drifts of the machine fall on both
 alike. Each run builds a fresh model, trains `--warmup` untimed steps and one eval (compiling
@@ -93,7 +93,7 @@ def main() -> None:
     peak = bench.matmul_peak(torch.device("cpu"))
     flops = flops_per_token(build_model(MHA, device="meta"), training=True)
     print(f"machine: {torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (2048³)")
-    print(f"mha at the seed shape: {flops / 1e6:.2f} MFLOPs per training token; {args.steps} timed steps per run")
+    print(f"mha at the Strawberry shape: {flops / 1e6:.2f} MFLOPs per training token; {args.steps} timed steps per run")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         tracker = Tracker(f"sqlite:///{out / 'mlflow.db'}", out)

@@ -1,4 +1,4 @@
-"""Sampling from state against recomputing, at the seed's shape (context 256, d_model 96, 6
+"""Sampling from state against recomputing, at Strawberry's shape (context 256, d_model 96, 6
 heads, 5 layers, vocabulary 8,192), one fresh model per mixer, batch 1, greedy.
 
 Each mixer generates the same tokens both ways: `ablate.sample.generate` decoding from the

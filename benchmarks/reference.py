@@ -1,8 +1,8 @@
 """A bare nanoGPT-style model and training loop, with no framework: the yardstick for ablate's
 overhead. It imports nothing from ablate. The model computes what ablate's `mha` model does
 (RMS norm without weights, the embedding normed, rotary positions, QK-norm, causal SDPA, SwiGLU,
-tied head, the seed's uniform initialisation), so at one shape both have the same parameters and FLOPs per token; the loop is
-the seed recipe (AdamW, warm-up then cosine, gradient clipping) with nanoGPT's logging and eval.
+tied head, Strawberry's uniform initialisation), so at one shape both have the same parameters and FLOPs per token; the loop is
+the Strawberry recipe (AdamW, warm-up then cosine, gradient clipping) with nanoGPT's logging and eval.
 """
 
 import math

@@ -98,7 +98,7 @@ def _import_parser(sub) -> None:
     imp.add_argument(
         "kind",
         choices=("strawberry", "nanogpt", "hf"),
-        help="the checkpoint's format: strawberry (the seed's train.py), nanogpt (nanoGPT's ckpt.pt) "
+        help="the checkpoint's format: strawberry (Strawberry's train.py), nanogpt (nanoGPT's ckpt.pt) "
         "or hf (a folder `ablate export` wrote)",
     )
     imp.add_argument("checkpoint", type=Path, help="the checkpoint file (for hf: the folder)")

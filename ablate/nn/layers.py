@@ -10,8 +10,8 @@ from ablate.errors import AblateError
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """RMS norm over the last axis without a learned weight and with torch's default eps, as the
-    seed model has it."""
+    """RMS norm over the last axis without a learned weight and with torch's default eps, as
+    Strawberry's model has it."""
     return F.rms_norm(x, (x.size(-1),))
 
 
@@ -83,7 +83,7 @@ class Rotary(_Float64Tables):
 
 
 class HalfSplitRotary(_Float64Tables):
-    """The seed's rotary form for (B, H, T, d) tensors: the two halves x1, x2 of each head's d
+    """Strawberry's rotary form for (B, H, T, d) tensors: the two halves x1, x2 of each head's d
     turned by −θ, y1 = x1·cos + x2·sin, y2 = −x1·sin + x2·cos, angles t·base^(−2i/d). Not a
     relabelling of `Rotary` where the projection weights are generated from the input."""
 
@@ -265,7 +265,7 @@ def ffn(kind: str, d_model: int, ffn_dim: int, bias: bool) -> nn.Module:
 
 
 class RMSNorm(nn.Module):
-    """rms_norm as a module: no weight, as the seed has it."""
+    """rms_norm as a module: no weight, as Strawberry has it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x)

@@ -21,7 +21,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 def optimizers(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> list[torch.optim.Optimizer]:
     """AdamW over every parameter (matrices decayed, vectors not); with `muon`, the blocks'
     matrices go to torch's Muon instead (its update scaled by √max(1, rows/cols), as Keller
-    Jordan's Muon and the seed's have it) and AdamW keeps the embedding and the vectors."""
+    Jordan's Muon and Strawberry's have it) and AdamW keeps the embedding and the vectors."""
     named = list(model.named_parameters())
     to_muon = [p for n, p in named if cfg.optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
     chosen = {id(p) for p in to_muon}
