@@ -5,7 +5,7 @@ takes (to rounding); what changes is the memory each rank needs.
 
 A checkpoint holds the whole model and optimizer state, in the layout a single process writes,
 so that a sharded trial resumes on any number of ranks, sharded or not. Gathering it takes every
-rank, which is why each rank of a sharded group calls `Trainer.save` at the same point.
+rank, which is why each rank of a sharded group takes `Trainer.state_dict` at the same point.
 """
 
 from collections.abc import Iterator
