@@ -68,9 +68,10 @@ def run_op(op: Callable, kernel: str | None, *args, chunk_size: int | None = Non
     return torch_op(op, chunk_size)(*args, **kwargs)
 
 
+@cache
 def fla_op(op: Callable) -> Callable:
     """fla's kernel of op's name, called as ablate's ops are: inputs cast as autocast would,
-    (o, state) out."""
+    (o, state) out. Made once per op: a mixer calls it at every forward."""
     parameters = list(inspect.signature(op).parameters)
     decay = parameters.index("g") if "g" in parameters else None  # a log decay, which fla sums in float32
 
