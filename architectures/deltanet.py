@@ -44,14 +44,11 @@ class DeltaNet(QKVRecurrent):
         self.beta = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
         self.out = nn.Linear(cfg.qkv_dim, cfg.d_model, bias=False)
 
-    def heads(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """From x and its convolved projection: q, k, v as (B, T, H, d) and β as (B, T, H)."""
+    def inputs(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The op's arguments from x and its convolved projection: q, k, v as (B, T, H, d) and β
+        as (B, T, H)."""
         q, k, v = F.silu(mixed).unflatten(-1, (3, self.n_heads, -1)).unbind(2)
         return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, torch.sigmoid(self.beta(x))
-
-    def inputs(self, x: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The op's arguments: q, k, v and β."""
-        return self.heads(x, mixed)
 
     def output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Each head's (B, T, H, d) output normed and mapped back."""
@@ -83,7 +80,7 @@ class GatedDeltaNet(DeltaNet):
 
     def inputs(self, x, mixed):
         """q, k, v, the log decay g (B, T, H) and β."""
-        q, k, v, beta = self.heads(x, mixed)
+        q, k, v, beta = super().inputs(x, mixed)
         return q, k, v, -self.A_log.exp() * F.softplus(self.alpha(x) + self.dt_bias), beta
 
     def output(self, x, o):
