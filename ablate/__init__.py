@@ -1,7 +1,7 @@
 """ablate: architecture ablations for small language models, done honestly.
 
 The public functions load on first use, so that `ablate --help` and validating a study
-(`ablate.config`) do not import torch.
+(`ablate.core.config`) do not import torch.
 """
 
 from importlib import import_module
@@ -12,8 +12,8 @@ __all__ = ["__version__", "build_model", "load_nanogpt", "load_strawberry", "var
 
 _HOMES = {
     "build_model": "ablate.model",
-    "load_nanogpt": "ablate.nanogpt",
-    "load_strawberry": "ablate.strawberry",
+    "load_nanogpt": "ablate.importers.nanogpt",
+    "load_strawberry": "ablate.importers.strawberry",
     "variants": "ablate.mixers.registry",
 }
 

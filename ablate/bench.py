@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablate.config import ModelConfig, TrainConfig
+from ablate.core.config import ModelConfig, TrainConfig
+from ablate.core.errors import AblateError, did_you_mean
 from ablate.data.corpus import Corpus, in_memory
-from ablate.errors import AblateError, did_you_mean
 from ablate.model import build_model
 from ablate.nn.devices import device_named, synchronize
 from ablate.plan.flops import bytes_per_token, flops_per_token

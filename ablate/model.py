@@ -2,6 +2,7 @@
 FFN, a final norm and the head. Its switches (positions, norm, tying, biases, FFN type, dropout,
 initialisation) are ModelConfig's; a preset sets several at once."""
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.config import ModelConfig
-from ablate.errors import AblateError
+from ablate.core.config import ModelConfig
+from ablate.core.errors import AblateError
 from ablate.mixers import registry
 from ablate.nn.layers import ShortConv, ffn, norm
 from ablate.nn.loss import linear_cross_entropy
@@ -173,6 +174,18 @@ class LanguageModel(nn.Module):
         limits = [(b.mixer.decode_limit(), f"{b.mixer.name}'s table of learned biases") for b in self.blocks]
         limits.append((self.cfg.context if self.pos_embed is not None else None, "the learned position table"))
         return min(((n, what) for n, what in limits if n is not None), default=None)
+
+    def state_reach(self) -> tuple[int | float, str | None]:
+        """How many positions decoding from the state reaches, and why no further (None: no end). A
+        fixed state goes on past the training context; a state that grows with the sequence (a KV
+        cache) stops at the context the model was trained at, as do learned tables."""
+        if self.cannot_decode:
+            return 0, f"{self.cfg.mixer} cannot decode from a state: {self.cannot_decode}"
+        limit = self.decode_limit()
+        context = self.cfg.context
+        if self.state_size() is None and (limit is None or limit[0] > context):
+            return context, f"{self.cfg.mixer}'s state grows with the sequence, and it was trained at context {context}"
+        return (math.inf, None) if limit is None else (limit[0], f"{limit[1]} ends at position {limit[0]}")
 
     def check_decodes(self, length: int) -> None:
         """Refuse, in one line, to decode past the limit or from a model that cannot."""

@@ -9,7 +9,7 @@ softmax attention, and their outputs are concatenated before the output map.
 import torch
 from torch import nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.mixers import registry
 from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn.layers import (

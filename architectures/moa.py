@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.mixers import registry
 from ablate.mixers.registry import Mixer, Size, register
 

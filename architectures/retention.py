@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.mixers.registry import Mixer, Size, register
 from ablate.nn.layers import (
     HalfSplitRotary,

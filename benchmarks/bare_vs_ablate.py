@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference
 
 from ablate import bench
-from ablate.config import TrainConfig
+from ablate.core.config import TrainConfig
 from ablate.data.corpus import Corpus, in_memory
 from ablate.model import build_model
 from ablate.plan.flops import flops_per_token

@@ -1,7 +1,7 @@
 """Sampling from state against recomputing, at Strawberry's shape (context 256, d_model 96, 6
 heads, 5 layers, vocabulary 8,192), one fresh model per mixer, batch 1, greedy.
 
-Each mixer generates the same tokens both ways: `ablate.sample.generate` decoding from the
+Each mixer generates the same tokens both ways: `ablate.inference.sample.generate` decoding from the
 model's state (the prompt in one prefill, then one step per token) and with `recompute`, a
 forward over the last `context` tokens per token. A prompt of 8 tokens and 248 new tokens fill
 the context, so the recomputed forwards run over 8 … 255 tokens. The two alternate
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from ablate import sample
+from ablate.inference import sample
 from ablate.model import build_model
 
 SEED_SHAPE = {"vocab_size": 8192, "context": 256, "d_model": 96, "n_layers": 5, "n_heads": 6, "qkv_dim": 96}

@@ -17,11 +17,11 @@ import torch
 import torch.multiprocessing as mp
 
 from ablate import bench
+from ablate.cli.ui import free_port
 from ablate.model import build_model
 from ablate.nn.devices import synchronize
 from ablate.train import distributed, sharded
 from ablate.train.trainer import Trainer, seed_everything
-from ablate.ui import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

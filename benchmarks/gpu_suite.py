@@ -42,9 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablate import bench, inference
-from ablate.config import TrainConfig
-from ablate.errors import first_line
+from ablate import bench
+from ablate.core.config import TrainConfig
+from ablate.core.errors import first_line
+from ablate.inference import cost
 from ablate.model import build_model
 from ablate.nn.devices import autocast, synchronize
 from ablate.nn.ops.kernels import error_ratio, fla_installed
@@ -344,8 +345,8 @@ def part_decode(s: dict, args, device: torch.device, record: Record) -> None:
             model = model.to(torch.bfloat16)
         for batch in s["batches"]:
             try:
-                states, stopped = inference.prefilled(model, batch, list(s["contexts"]), s["steps"])
-                timed_steps = inference.decode_seconds(model, batch, states, s["steps"])
+                states, stopped = cost.prefilled(model, batch, list(s["contexts"]), s["steps"])
+                timed_steps = cost.decode_seconds(model, batch, states, s["steps"])
             except RuntimeError as e:  # the part goes on with the next
                 record(f"{name}/batch {batch}", {"error": f"{type(e).__name__}: {first_line(e)}"})
                 continue

@@ -1,6 +1,6 @@
 """Scoring past the training length must not cost memory quadratic in the length: this scores a
 model (d_model 256, 4 layers, trained context 128, untrained weights: memory does not depend on
-them) with `ablate.lengths.losses` at each length, a batch holding the same number of tokens at
+them) with `ablate.inference.lengths.losses` at each length, a batch holding the same number of tokens at
 every length (batch 16 × 128, as the studies evaluate), and prints the peak growth of the
 process's memory during scoring, each mixer and length in a fresh process.
 
@@ -16,7 +16,7 @@ MEASURE = """
 import resource, sys
 import numpy as np, torch
 import ablate
-from ablate import lengths
+from ablate.inference import lengths
 mixer, length = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
 model = ablate.build_model({"mixer": mixer, "preset": "modern", "vocab_size": 2048, "context": 128,

@@ -17,7 +17,7 @@ from pathlib import Path
 MEASURE = """
 import resource, sys, time
 from pathlib import Path
-from ablate.config import DataConfig
+from ablate.core.config import DataConfig
 from ablate.data.corpus import prepare
 source, cache, tokenizer = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

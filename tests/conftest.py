@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ablate.config import DataConfig
+from ablate.core.config import DataConfig
 from ablate.data.corpus import prepare
 
 # A small slice of the default corpus: the stdlib is on every machine, so tests need nothing else.

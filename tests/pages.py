@@ -1,5 +1,5 @@
 """The parts of the docs drawn from the code, so that they cannot drift from it: the layers (from
-tests/test_layers.py), the mixers (from the registry: each one's docstring, options, defaults and
+tests/test_layers.py), the code map (from each module's docstring), the mixers (from the registry: each one's docstring, options, defaults and
 state) and the command reference (from the argument parser). Each sits on its page between two
 markers; `python -m tests.pages` redraws them all, and tests/test_docs.py fails while one is stale."""
 
@@ -24,6 +24,45 @@ def layers() -> str:
     from tests.test_layers import picture
 
     return picture()
+
+
+def _first_sentence(path: Path) -> str:
+    """The first sentence of a module's docstring, on one line ("et al." ends none)."""
+    import ast
+    import re
+
+    paragraph = " ".join(ast.get_docstring(ast.parse(path.read_text())).split("\n\n")[0].split())
+    return re.split(r"(?<!\bal)\.(?:\s+(?=[A-Z`(])|$)", paragraph, maxsplit=1)[0].rstrip(".:") + "."
+
+
+def _package_map(package: str, known: dict[str, Path], depth: int) -> list[str]:
+    """The package's line, then its modules', then its subpackages', each indented under it."""
+    path = known[package].relative_to(ROOT)
+    lines = [f"{'    ' * depth}- `{path.parent}/`: {_first_sentence(known[package])}"]
+    inside = sorted(n for n in known if n.rpartition(".")[0] == package)
+    for name in inside:
+        if known[name].name != "__init__.py":
+            lines.append(f"{'    ' * (depth + 1)}- `{known[name].name}`: {_first_sentence(known[name])}")
+    for name in inside:
+        if known[name].name == "__init__.py":
+            lines += _package_map(name, known, depth + 1)
+    return lines
+
+
+def code_map() -> str:
+    """Every package and module, in the order of the layers (bottom first), each with the first
+    sentence of its docstring."""
+    from tests.test_layers import LAYERS, modules
+
+    known = modules()
+    lines = []
+    for _, units in LAYERS:
+        for unit in units:
+            if known[unit].name == "__init__.py" and unit != "ablate":
+                lines += _package_map(unit, known, 0)
+            else:
+                lines.append(f"- `{known[unit].relative_to(ROOT)}`: {_first_sentence(known[unit])}")
+    return "\n".join(lines)
 
 
 def _shown(value) -> str:
@@ -90,6 +129,7 @@ def commands() -> str:
 
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "layers": ("docs/architecture.md", layers),
+    "code map": ("docs/architecture.md", code_map),
     "mixers": ("docs/mixers.md", mixers),
     "commands": ("docs/cli.md", commands),
 }

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ablate
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.nn.layers import alibi_slopes
 from tests.test_mixer_contract import SHAPE, violations
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import ablate
-from ablate import audit
-from ablate.config import PRESETS, ModelConfig
-from ablate.errors import AblateError
+from ablate.core.config import PRESETS, ModelConfig
+from ablate.core.errors import AblateError
+from ablate.inference import audit
 from ablate.plan import study as study_mod
 from tests.conftest import TINY_STUDY, write_study
 

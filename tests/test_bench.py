@@ -114,10 +114,10 @@ def test_bench_decode_measures_each_context_and_mhas_cache_is_its_keys_and_value
 
 
 def test_decoding_a_model_whose_context_is_shorter_than_the_timed_steps_times_fewer_steps():
-    from ablate import inference
+    from ablate.inference import cost
 
     tiny = {"vocab_size": 64, "context": 16, "d_model": 16, "n_heads": 2, "qkv_dim": 16, "n_layers": 1}
-    row = inference.measure(ablate.build_model({**tiny, "mixer": "mha", "pos": "learned"}), (16,), steps=32)
+    row = cost.measure(ablate.build_model({**tiny, "mixer": "mha", "pos": "learned"}), (16,), steps=32)
     assert row["stopped"] is None and set(row["ms_per_token"]) == {16}
     assert row["state_bytes"][16] == 2 * 16 * 16 * 4  # the cache holds the 16 positions, not more
 

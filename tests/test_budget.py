@@ -5,15 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.config import ModelConfig
-from ablate.errors import AblateError
+from ablate.core.config import ModelConfig
+from ablate.core.errors import AblateError
+from ablate.core.questions import Budget
 from ablate.mixers import registry
 from ablate.mixers.registry import Mixer, register
 from ablate.model import build_model
 from ablate.plan import study as study_mod
 from ablate.plan.budget import solve
 from ablate.plan.flops import ElementwiseCount, flops_per_token
-from ablate.questions import Budget
 from tests.conftest import write_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,9 +21,9 @@ from ablate.compare.tables import (
     summarize,
     unequal_cost,
 )
-from ablate.errors import AblateError
-from ablate.questions import Budget, Expectation
-from ablate.schema import lower_is_better
+from ablate.core.errors import AblateError
+from ablate.core.questions import Budget, Expectation
+from ablate.core.schema import lower_is_better
 
 BASE = [4.71, 4.68, 4.75, 4.70, 4.73]  # seeds 0-4
 PAIRED = [4.65, 4.66, 4.69, 4.61, 4.70]  # seeds 0-4: paired with the baseline

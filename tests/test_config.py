@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 NO_TORCH = """
 import sys, yaml
-from ablate.config import StudyConfig
+from ablate.core.config import StudyConfig
 from ablate.cli import main
 for path in sys.argv[1:]:
     StudyConfig(**yaml.safe_load(open(path)))
@@ -35,7 +35,7 @@ def test_every_shipped_study_draws_learning_curves_of_ten_points_or_more():
     """The report's curves need evals to show a trend: step 0, every eval_every, and the last."""
     import yaml
 
-    from ablate.config import StudyConfig, TrainConfig
+    from ablate.core.config import StudyConfig, TrainConfig
 
     for path in sorted((ROOT / "studies").glob("*.yaml")):
         config = StudyConfig(**yaml.safe_load(path.read_text()))

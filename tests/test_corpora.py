@@ -9,10 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from ablate.config import DataConfig
+from ablate.core.config import DataConfig
+from ablate.core.errors import AblateError
 from ablate.data import stream
 from ablate.data.corpus import prepare
-from ablate.errors import AblateError
 from tests.conftest import run_python
 
 DOCS = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * (1 + i % 5) for i in range(400)]
@@ -138,7 +138,7 @@ MEASURE = textwrap.dedent(
     """\
     import resource, sys
     from pathlib import Path
-    from ablate.config import DataConfig
+    from ablate.core.config import DataConfig
     from ablate.data.corpus import prepare
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     corpus = prepare(DataConfig(source=sys.argv[1], tokenizer="byte"), Path(sys.argv[2]))
@@ -373,7 +373,7 @@ def test_a_vocabulary_past_uint16_is_stored_as_uint32(tmp_path):
 TWICE = """
 import sys
 from pathlib import Path
-from ablate.config import DataConfig
+from ablate.core.config import DataConfig
 from ablate.data import stream
 from ablate.data.corpus import prepare
 stream.CHUNK_CHARS = 500  # many chunks, so that the two builds overlap

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from ablate.config import DataConfig
+from ablate.core.config import DataConfig
+from ablate.core.errors import AblateError
 from ablate.data.build import split
 from ablate.data.corpus import Batches, prepare, val_batches
-from ablate.errors import AblateError
 
 
 def test_text_corpus_is_built_once_then_loaded_from_cache(tmp_path):

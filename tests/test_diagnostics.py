@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ablate
-from ablate.config import TrainConfig
+from ablate.core.config import TrainConfig
 from ablate.nn.layers import rms_norm
 from ablate.train.diagnostics import attention_entropy, effective_rank, per_block
 from ablate.train.trainer import Trainer, seed_everything

@@ -18,13 +18,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ablate.config import TrainConfig
+from ablate.cli.ui import free_port
+from ablate.core.config import TrainConfig
 from ablate.data.corpus import in_memory
 from ablate.model import build_model
 from ablate.train import distributed, sharded
 from ablate.train.distributed import Group
 from ablate.train.trainer import Trainer, seed_everything
-from ablate.ui import free_port
 from tests.conftest import clean_env, run_ablate, write_study
 
 SHAPE = {"mixer": "mha", "vocab_size": 64, "context": 16, "d_model": 32, "n_layers": 2, "n_heads": 2, "qkv_dim": 32}

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
-from ablate.errors import did_you_mean, environment_error
+from ablate.core.errors import did_you_mean, environment_error
 
 
 def _autoflush(message: str) -> sqlalchemy.exc.OperationalError:

@@ -100,8 +100,8 @@ def test_a_checkpoint_that_is_no_model_is_one_line_and_writes_nothing(damage, sa
 
 def test_the_audit_of_non_finite_logits_is_refused_not_reported_causal():
     import ablate
-    from ablate import audit
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
+    from ablate.inference import audit
 
     shape = {"mixer": "mha", "vocab_size": 32, "context": 16, "d_model": 16, "n_layers": 1, "n_heads": 2}
     model = ablate.build_model({**shape, "qkv_dim": 16, "ffn_dim": 32})

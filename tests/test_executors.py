@@ -6,7 +6,7 @@ import time
 import pytest
 
 from ablate.cli import main
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.run import claims, status
 from ablate.run.executors.base import Resources, shared_stores
 from ablate.run.executors.local import gpu_slots

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import ablate
-from ablate import harness
 from ablate.cli import main
+from ablate.core.errors import AblateError
 from ablate.data import tokenize
-from ablate.errors import AblateError
+from ablate.inference import harness
 from tests.conftest import TINY_DATA, run_ablate, write_study
 from tests.test_end_to_end import store_of, trial_runs
 
@@ -39,7 +39,7 @@ def scored(tmp_path_factory):
     torch.manual_seed(0)
     config = {"vocab_size": 300, "context": 128, "d_model": 32, "n_layers": 2, "n_heads": 2, "qkv_dim": 32}
     model = ablate.build_model({**config, "mixer": "gla", "ffn_dim": 64}).eval()
-    metrics = harness.evaluate(model, folder / "tokenizer.json", ["ablate_choice", "ablate_text"], TASKS)
+    metrics = harness.lm_eval_scores(model, folder / "tokenizer.json", ["ablate_choice", "ablate_text"], TASKS)
     return model, tokenizer, metrics
 
 
@@ -85,10 +85,10 @@ def test_a_model_without_text_or_that_reads_the_future_is_refused_in_one_line(tm
     torch.manual_seed(0)
     shape = {"vocab_size": 64, "context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "qkv_dim": 32}
     with pytest.raises(AblateError, match="trained on token ids with no tokenizer"):
-        harness.evaluate(ablate.build_model({**shape, "mixer": "mha"}), None, ["ablate_text"], TASKS)
+        harness.lm_eval_scores(ablate.build_model({**shape, "mixer": "mha"}), None, ["ablate_text"], TASKS)
     leaky = ablate.build_model({**shape, "mixer": "retention", "mixer_options": {"scope": "batch"}})
     with pytest.raises(AblateError, match="retention is not causal here"):
-        harness.evaluate(leaky, tmp_path / "tokenizer.json", ["ablate_text"], TASKS)
+        harness.lm_eval_scores(leaky, tmp_path / "tokenizer.json", ["ablate_text"], TASKS)
 
 
 def test_an_unknown_task_is_one_line_before_anything_runs(finished, tmp_path, capsys):

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import ablate
-from ablate import sample
 from ablate.cli import main
-from ablate.config import PRESETS
+from ablate.core.config import PRESETS
 from ablate.hf import folder
+from ablate.inference import sample
 from ablate.mixers import registry
 from tests.conftest import run_python
 from tests.test_end_to_end import store_of, trial_runs

@@ -8,8 +8,8 @@ import mlflow
 import pytest
 
 from ablate.cli import main
-from ablate.config import StudyConfig
-from ablate.schema import lower_is_better
+from ablate.core.config import StudyConfig
+from ablate.core.schema import lower_is_better
 from tests.conftest import write_study
 
 STUDY = """\

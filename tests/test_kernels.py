@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ablate
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.mixers import registry
 from ablate.nn import ops
 from ablate.nn.ops import kernels

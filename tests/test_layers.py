@@ -13,34 +13,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # bottom first: (what the layer is, its modules and packages)
 LAYERS = [
-    (
-        "core: errors, processes, the study schema and the names runs are tracked by (no torch)",
-        ["ablate.errors", "ablate.processes", "ablate.config", "ablate.questions", "ablate.schema"],
-    ),
+    ("core: errors, processes, the study schema and the names runs are tracked by (no torch)", ["ablate.core"]),
     ("layers, ops and devices", ["ablate.nn"]),
     ("the mixer contract and registry, and the variants registered in it", ["ablate.mixers", "ablate.architectures"]),
     ("the backbone", ["ablate.model"]),
     ("data: sources, tokenizers, corpora, synthetic tasks", ["ablate.data"]),
     (
-        "what is done with one model: train, audit, load, sample, decode, export, score",
-        [
-            "ablate.train",
-            "ablate.audit",
-            "ablate.checkpoints",
-            "ablate.strawberry",
-            "ablate.nanogpt",
-            "ablate.sample",
-            "ablate.inference",
-            "ablate.hf",
-            "ablate.lengths",
-            "ablate.harness",
-        ],
+        "what is done with one model: train it, import it, run it (audit, sample, decode, score), export it",
+        ["ablate.train", "ablate.importers", "ablate.inference", "ablate.hf"],
     ),
     ("planning: a study's YAML to typed trials, budgets, FLOPs", ["ablate.plan"]),
     ("benchmarks of planned trials", ["ablate.bench"]),
     ("tracking: the MLflow store, a run's records, the UI's views", ["ablate.tracking"]),
-    ("running and reading studies", ["ablate.run", "ablate.compare", "ablate.evaluate"]),
-    ("the interface: the command line, the UI's server, the package's API", ["ablate.cli", "ablate.ui", "ablate"]),
+    ("running and reading studies, importing and evaluating runs", ["ablate.run", "ablate.compare"]),
+    ("the interface: the command line, the UIs' servers, the package's API", ["ablate.cli", "ablate"]),
 ]
 # a pair of packages allowed to import each other: the registry loads the variants, which register in it
 PLUGINS = {frozenset({"ablate.mixers", "ablate.architectures"})}

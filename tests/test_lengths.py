@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import ablate
-from ablate import lengths
 from ablate.cli import main
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.inference import lengths
 from ablate.mixers import registry
 from tests.conftest import TINY_DATA, run_ablate, write_study
 from tests.test_end_to_end import store_of, trial_runs
@@ -50,7 +50,7 @@ def test_every_length_scores_the_same_val_tokens_in_consecutive_windows(finished
     assert main(["eval", run_id, "--data", str(study), "--contexts", "64,128", *store]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"val_loss_at/64", "val_loss_at/128", "val_loss_at/128/positions_96-127"}
-    model = ablate.evaluate.load_model(ablate.tracking.store.client(store_of(results)), run_id)
+    model = ablate.run.evaluations.load_model(ablate.tracking.store.client(store_of(results)), run_id)
     from ablate.data import open_source
     from ablate.plan import study as study_mod
 

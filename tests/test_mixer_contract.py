@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import ablate
-from ablate import audit
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
+from ablate.inference import audit
 from ablate.mixers import registry
 from ablate.mixers.registry import Mixer, register
 

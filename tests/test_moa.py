@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import ablate
-from ablate.config import TrainConfig
-from ablate.errors import AblateError
-from ablate.schema import Metric
+from ablate.core.config import TrainConfig
+from ablate.core.errors import AblateError
+from ablate.core.schema import Metric
 from ablate.train.trainer import Trainer, seed_everything
 
 SHAPE = {"vocab_size": 64, "context": 32, "d_model": 16, "n_layers": 1, "n_heads": 2, "qkv_dim": 16}

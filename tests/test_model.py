@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ablate
-from ablate import audit
+from ablate.inference import audit
 from ablate.plan import study
 from ablate.train import diagnostics
 

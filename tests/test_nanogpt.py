@@ -11,7 +11,7 @@ import torch
 
 import ablate
 from ablate.cli import main
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 ARGS = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 12, "vocab_size": 40, "dropout": 0.0}
 

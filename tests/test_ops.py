@@ -1,8 +1,8 @@
-"""Every op of `ablate.nn.ops` against its paper's recurrence, written out here step by step in
-float64 (one sequence, one head, one token at a time): the chunked and the recurrent form agree
-with it to 1e-10, across chunk boundaries, from an initial state and to the final state. Each
-reference has a mutation (a decay one step late, a write without its correction, ...) that the
-ops must not match: the comparison can fail."""
+"""Every op of `ablate.nn.ops` against its naive reference (`naive_*`, beside the op: its paper's
+recurrence written out in float64, one sequence, one head, one token at a time): the chunked and the
+recurrent form agree with it to 1e-10, across chunk boundaries, from an initial state and to the
+final state. Each reference has a mutation here (a decay one step late, a write without its
+correction, ...) that the ops must not match: the comparison can fail."""
 
 import math
 
@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from ablate.nn import ops
+from ablate.nn.ops import based, delta_rule, gla
+from ablate.nn.ops.reference import each_head
 
 B, T, H, K, V = 2, 13, 2, 4, 3
 TOL = 1e-10
@@ -26,31 +28,20 @@ def draw(seed: int = 0):
     return q, k, v, head_decay, channel_decay, beta, state
 
 
-def each_head(step, q, k, v, *per_step, state=None, width=V):
-    """Run `step(S, q_t, k_t, v_t, *x_t) -> (S, o_t)` over every sequence and head, token by token
-    (S: K × width)."""
-    out = torch.zeros(B, T, H, V, dtype=torch.float64)
-    final = []
-    for b in range(B):
-        for h in range(H):
-            S = torch.zeros(K, width, dtype=torch.float64) if state is None else state[b, h].clone()
-            for t in range(T):
-                S, out[b, t, h] = step(S, q[b, t, h], k[b, t, h], v[b, t, h], *(x[b, t, h] for x in per_step))
-            final.append(S)
-    return out, torch.stack(final).view(B, H, *final[0].shape)
+def late_decay(scale):
+    """gla's mutation: the decay applied after the write."""
 
-
-def gla_step(scale, late=False):
     def step(S, q, k, v, g):
         decay = g.exp()[:, None] if g.dim() else g.exp()
-        S = S + torch.outer(k, v) if late else decay * S + torch.outer(k, v)
-        S = decay * S if late else S  # the mutation: the decay applied after the write
+        S = decay * (S + torch.outer(k, v))
         return S, scale * q @ S
 
     return step
 
 
 def delta_step(scale, late=False, uncorrected=False):
+    """The delta rule's mutations: the decay applied after the write, or a write without its correction."""
+
     def step(S, q, k, v, g, beta):
         S = S if late else g.exp() * S
         error = v if uncorrected else v - k @ S
@@ -69,12 +60,12 @@ def close(a, b):
 def test_gated_linear_attention_per_channel_and_per_head(chunk_size):
     q, k, v, head_g, channel_g, _, state = draw()
     scale = K**-0.5
-    for g, chunk, recurrent in [
-        (channel_g, ops.chunk_gla, ops.recurrent_gla),
-        (head_g, ops.chunk_simple_gla, ops.recurrent_simple_gla),
+    for g, chunk, recurrent, naive in [
+        (channel_g, ops.chunk_gla, ops.recurrent_gla, gla.naive_gla),
+        (head_g, ops.chunk_simple_gla, ops.recurrent_simple_gla, gla.naive_simple_gla),
     ]:
-        want, want_state = each_head(gla_step(scale), q, k, v, g, state=state)
-        wrong, _ = each_head(gla_step(scale, late=True), q, k, v, g, state=state)
+        want, want_state = naive(q, k, v, g, initial_state=state)
+        wrong, _ = each_head(late_decay(scale), q, k, v, g, initial_state=state)
         kwargs = {"initial_state": state, "output_final_state": True}
         got, got_state = chunk(q, k, v, g, chunk_size=chunk_size, **kwargs)
         stepped, stepped_state = recurrent(q, k, v, g, **kwargs)
@@ -92,16 +83,17 @@ def test_delta_rule_and_gated_delta_rule(chunk_size):
         (head_g, ops.chunk_gated_delta_rule, ops.recurrent_gated_delta_rule),
         (torch.zeros_like(head_g), None, None),
     ]:
-        want, want_state = each_head(delta_step(scale), q, k, v, g, beta, state=state)
+        want, want_state = delta_rule.naive_gated_delta_rule(q, k, v, g, beta, initial_state=state)
         kwargs = {"initial_state": state, "output_final_state": True}
         if chunk is None:  # the ungated rule: g = 0
             got, got_state = ops.chunk_delta_rule(q, k, v, beta, chunk_size=chunk_size, **kwargs)
             stepped, stepped_state = ops.recurrent_delta_rule(q, k, v, beta, **kwargs)
-            wrong, _ = each_head(delta_step(scale, uncorrected=True), q, k, v, g, beta, state=state)
+            assert close(delta_rule.naive_delta_rule(q, k, v, beta, initial_state=state)[0], want)
+            wrong, _ = each_head(delta_step(scale, uncorrected=True), q, k, v, g, beta, initial_state=state)
         else:
             got, got_state = chunk(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
             stepped, stepped_state = recurrent(q, k, v, g, beta, **kwargs)
-            wrong, _ = each_head(delta_step(scale, late=True), q, k, v, g, beta, state=state)
+            wrong, _ = each_head(delta_step(scale, late=True), q, k, v, g, beta, initial_state=state)
         assert close(got, want) and close(got_state, want_state)
         assert close(stepped, want) and close(stepped_state, want_state)
         assert not close(got, wrong)
@@ -110,33 +102,25 @@ def test_delta_rule_and_gated_delta_rule(chunk_size):
 def test_linear_attention_normalised_and_not():
     q, k, v, *_ = draw(2)
     q, k = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1  # positive features
-
-    def normalised(S, q, k, v):  # S holds Σ kᵀv and, as its last column, Σ k
-        S = S + torch.outer(k, torch.cat([v, torch.ones(1, dtype=v.dtype)]))
-        return S, (q @ S[:, :-1]) / (q @ S[:, -1])
-
-    want, want_state = each_head(normalised, q, k, v, width=V + 1)
+    want, want_state = gla.naive_linear_attn(q, k, v)
     got, got_state = ops.chunk_linear_attn(q, k, v, output_final_state=True, chunk_size=4)
     stepped, _ = ops.recurrent_linear_attn(q, k, v)
     assert close(got, want) and close(stepped, want) and close(got_state, want_state)
     plain, _ = ops.chunk_linear_attn(q, k, v, normalize=False, chunk_size=4)
     assert not close(plain, want)  # the mutation: no normaliser
-    want_plain, _ = each_head(gla_step(K**-0.5), q, k, v, torch.zeros(B, T, H, dtype=torch.float64))
+    want_plain, _ = gla.naive_linear_attn(q, k, v, normalize=False)
     assert close(plain, want_plain)
 
 
 def test_based_parallel_and_recurrent_are_the_taylor_attention():
     q, k, v, *_ = draw(3)
     scale = K**-0.5
-    want = torch.zeros(B, T, H, V, dtype=torch.float64)
-    wrong = torch.zeros_like(want)
+    want = based.naive_based(q, k, v)
+    wrong = torch.zeros_like(want)  # the mutation: the Taylor series cut one term short
     for b in range(B):
         for h in range(H):
             for t in range(T):
-                s = scale * k[b, : t + 1, h] @ q[b, t, h]
-                weights = 1 + s + s * s / 2
-                want[b, t, h] = weights @ v[b, : t + 1, h] / weights.sum()
-                first_order = 1 + s  # the mutation: the Taylor series cut one term short
+                first_order = 1 + scale * k[b, : t + 1, h] @ q[b, t, h]
                 wrong[b, t, h] = first_order @ v[b, : t + 1, h] / first_order.sum()
     got, _ = ops.parallel_based(q, k, v)
     stepped, state = ops.recurrent_based(q, k, v, output_final_state=True)
@@ -174,19 +158,19 @@ def test_the_delta_rule_runs_in_bf16_with_its_triangular_solve_in_float32():
 @pytest.mark.parametrize("chunk_size", [4, 64])
 def test_hgrn_is_its_gated_recurrence(chunk_size):
     """h_t = exp(g_t) h_{t-1} + x_t per channel (HGRN, Qin et al. 2023, eq. 3, real form)."""
-    from ablate.nn.ops.hgrn import chunk_hgrn, recurrent_hgrn
+    from ablate.nn.ops.hgrn import chunk_hgrn, naive_hgrn, recurrent_hgrn
 
     g = torch.Generator().manual_seed(5)
     x = torch.randn(B, T, K, generator=g, dtype=torch.float64)
     decay = -3 * torch.rand(B, T, K, generator=g, dtype=torch.float64)
     state = torch.randn(B, K, generator=g, dtype=torch.float64)
-    want, wrong = torch.zeros_like(x), torch.zeros_like(x)
+    want, _ = naive_hgrn(x, decay, state)
+    wrong = torch.zeros_like(x)
     for b in range(B):
-        h, late = state[b].clone(), state[b].clone()
+        late = state[b].clone()
         for t in range(T):
-            h = decay[b, t].exp() * h + x[b, t]
             late = (late + x[b, t]) * decay[b, t].exp()  # the mutation: the gate applied after the input
-            want[b, t], wrong[b, t] = h, late
+            wrong[b, t] = late
     kwargs = {"initial_state": state, "output_final_state": True}
     got, got_state = chunk_hgrn(x, decay, chunk_size=chunk_size, **kwargs)
     stepped, stepped_state = recurrent_hgrn(x, decay, **kwargs)

@@ -14,8 +14,8 @@ import urllib.request
 
 import pytest
 
+from ablate.cli.ui import free_port, stop_group
 from ablate.run import claims
-from ablate.ui import free_port, stop_group
 from tests.test_resume import assert_each_trial_once, two_workers
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server

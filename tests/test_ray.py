@@ -14,8 +14,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from ablate.cli.ui import free_port
 from ablate.run import claims
-from ablate.ui import free_port
 from tests.conftest import clean_env, engine_study, planned_keys, run_ablate, write_study
 
 pytestmark = pytest.mark.slow  # a real Ray cluster

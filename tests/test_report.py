@@ -10,9 +10,9 @@ import yaml
 from rich.console import Console
 
 from ablate.compare import build, console, plots, report
-from ablate.config import StudyConfig
+from ablate.core.config import StudyConfig
+from ablate.core.questions import Budget
 from ablate.plan.forms import sized
-from ablate.questions import Budget
 from ablate.tracking.records import StudyRecord
 from tests.test_compare import BASE, PAIRED, frame
 

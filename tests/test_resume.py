@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ablate.cli import main
-from ablate.config import TrainConfig
+from ablate.core.config import TrainConfig
 from ablate.model import build_model
 from ablate.train.trainer import Trainer, seed_everything
 from tests.conftest import TINY_STUDY, clean_env, run_ablate, write_study
@@ -434,7 +434,7 @@ def test_sigterm_lets_the_step_finish_saves_a_checkpoint_and_the_resumed_run_end
 ):
     """What SLURM sends before a time limit or a preemption: the step in flight ends, the
     trainer keeps it in a checkpoint, then stops; resumed, it ends where an uninterrupted run does."""
-    from ablate.errors import Terminated
+    from ablate.core.errors import Terminated
 
     whole = trainer(corpus).fit()
     stopped = trainer(corpus)

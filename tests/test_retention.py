@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ablate
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.nn.layers import rms_norm
 
 C, D, H, T, CHUNK = 8, 12, 2, 13, 4  # T is not a multiple of CHUNK

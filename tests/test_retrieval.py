@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ablate.config import TaskConfig
+from ablate.core.config import TaskConfig
+from ablate.core.errors import AblateError
 from ablate.data import retrieval
 from ablate.data.tasks import IGNORE, TaskData, depths_of, generate
-from ablate.errors import AblateError
 from tests.conftest import write_study
 from tests.test_tasks import _oracle
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import ablate
-from ablate import sample
+from ablate.core.errors import AblateError
 from ablate.data import tokenize
-from ablate.errors import AblateError
+from ablate.inference import sample
 
 DOCS = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n"] * 20
 
@@ -68,15 +68,15 @@ def test_decoding_from_state_draws_what_recomputing_draws(mixer, options):
 
 def test_a_fixed_state_decodes_past_the_context_and_a_growing_one_hands_over_to_recomputing():
     gla = _model(mixer="gla")
-    assert sample.state_reach(gla) == (math.inf, None)
+    assert gla.state_reach() == (math.inf, None)
     assert len(sample.generate(gla, PROMPT, 40, 1.0, None, seed=0)) == 40
     mha = _model(mixer="mha")
-    assert sample.state_reach(mha) == (32, "mha's state grows with the sequence, and it was trained at context 32")
+    assert mha.state_reach() == (32, "mha's state grows with the sequence, and it was trained at context 32")
     past = sample.generate(mha, PROMPT, 40, 0.0, None, seed=0)
     assert past == sample.generate(mha, PROMPT, 40, 0.0, None, seed=0, recompute=True)  # within it from state
     long_prompt = list(range(40))  # longer than the context: recomputed over its last 32, as before
     assert sample.generate(mha, long_prompt, 3, 0.0, None, 0) == sample.generate(
         mha, long_prompt, 3, 0.0, None, 0, True
     )
-    assert sample.state_reach(_model(mixer="gla", pos="learned"))[0] == 32
-    assert "cannot decode" in sample.state_reach(_model(mixer="retention", mixer_options={"scope": "batch"}))[1]
+    assert _model(mixer="gla", pos="learned").state_reach()[0] == 32
+    assert "cannot decode" in _model(mixer="retention", mixer_options={"scope": "batch"}).state_reach()[1]

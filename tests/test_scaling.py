@@ -9,7 +9,7 @@ import pytest
 from ablate.cli import main
 from ablate.compare import scaling
 from ablate.compare.scaling import Law, crossing, fit, fit_law
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.plan.study import load
 from tests.conftest import write_study
 

@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from ablate.cli import main
-from ablate.plan.search import SearchConfig
+from ablate.plan.space import SearchConfig
 from ablate.run import search
 from tests.conftest import TINY_STUDY, WINDOW, clean_env, write_study
 

@@ -6,7 +6,7 @@ from seed_checkpoints import PUBLISHED, seed_checkpoint
 from test_retention import reference_logits
 
 import ablate
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 @pytest.mark.parametrize(

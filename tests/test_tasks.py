@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ablate.config import TaskConfig
+from ablate.core.config import TaskConfig
+from ablate.core.errors import AblateError
 from ablate.data import retrieval
 from ablate.data.tasks import IGNORE, TASKS, TaskData, generate, memorization_table
-from ablate.errors import AblateError
 from ablate.plan import study as study_mod
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import ablate
-from ablate.config import TrainConfig
+from ablate.core.config import TrainConfig
 from ablate.mixers.registry import Mixer, mixer_class, register
 from ablate.train.optimizers import lr_factor
 from ablate.train.trainer import Trainer, seed_everything

@@ -10,7 +10,7 @@ import threading
 
 import ablate
 from ablate.cli import models, results, scores, study
-from ablate.errors import AblateError, Terminated, environment_error
+from ablate.core.errors import AblateError, Terminated, environment_error
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 DEFAULT_RESULTS = "results"
 SMOKE_HELP = "the smoke form: 20 steps, the first seed, experiment NAME-smoke (a quick look on a CPU)"
@@ -164,7 +164,7 @@ def positive_number(text: str) -> float:
 
 def study_name(text: str) -> str:
     """A study (MLflow experiment) name as `ablate run` allows it: it names a folder of the store."""
-    from ablate.config import name_problem
+    from ablate.core.config import name_problem
 
     problem = name_problem(text)
     if problem:

@@ -16,7 +16,7 @@ from ablate.cli.common import (
     study_name,
     uri,
 )
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 def add_commands(sub) -> None:
@@ -159,7 +159,7 @@ def _bench_decode(args, chosen) -> int:
     """Each variant, freshly built at its shape on the device, decoded from its state."""
     import torch
 
-    from ablate import inference
+    from ablate.inference import cost
     from ablate.model import build_model
     from ablate.nn.devices import device_named
     from ablate.train.trainer import seed_everything
@@ -170,15 +170,15 @@ def _bench_decode(args, chosen) -> int:
         model = build_model(model_cfg, device=device)
         row = {"variant": name, "mixer": model_cfg.mixer, "device": str(device), "threads": torch.get_num_threads()}
         row |= {"n_params_non_embedding": model.n_params(non_embedding=True)}
-        rows.append(row | inference.measure(model, args.contexts))
+        rows.append(row | cost.measure(model, args.contexts))
         if not args.json:
             print(f"{name}: {rows[-1]['decode_tokens_per_s']:,.0f} decoded tokens/s", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    inference.print_table(rows, device, console())
+    cost.print_table(rows, device, console())
     check_writable(args.plots, "--plots")
-    paths = inference.plot(rows, args.plots, device)
+    paths = cost.plot(rows, args.plots, device)
     print(f"plots: {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -202,7 +202,7 @@ def sample_command(args) -> int:
     where = stored(args)
     import tempfile
 
-    from ablate import sample
+    from ablate.inference import sample
     from ablate.tracking import store
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +210,7 @@ def sample_command(args) -> int:
     prompt = sample.prompt_ids(tokenizer, args.prompt)
     if max(prompt) >= model.cfg.vocab_size or min(prompt) < 0:
         raise AblateError(f"--prompt: token ids must lie in 0..{model.cfg.vocab_size - 1}")
-    reach, why = sample.state_reach(model)
+    reach, why = model.state_reach()
     if args.recompute:
         print("sample: recomputing the forward for every token (--recompute)", file=sys.stderr)
     elif len(prompt) + args.tokens - 1 > reach:
@@ -232,21 +232,21 @@ def sample_command(args) -> int:
 
 
 def import_command(args) -> int:
-    from ablate import evaluate
+    from ablate.run import evaluations
 
     check_writable(args.results)
     experiment = args.study or f"{args.kind}-imports"
-    run_id = evaluate.import_checkpoint(uri(args), args.results, args.kind, args.checkpoint, experiment)
+    run_id = evaluations.import_checkpoint(uri(args), args.results, args.kind, args.checkpoint, experiment)
     print(f"imported {args.checkpoint} as run {run_id} in experiment {experiment}")
     print(f"next: ablate eval {run_id} --data STUDY.yaml|TOKENS.bin{store_hint(args)}")
     return 0
 
 
 def export_command(args) -> int:
-    from ablate.hf import folder
+    from ablate.run import evaluations
     from ablate.tracking import store
 
-    folder.export(store.client(stored(args)), args.run_id, args.folder, args.force)
+    evaluations.export_run(store.client(stored(args)), args.run_id, args.folder, args.force)
     print(f"exported run {args.run_id} to {args.folder}")
     print(f"next: AutoModelForCausalLM.from_pretrained({str(args.folder)!r}, trust_remote_code=True)")
     return 0

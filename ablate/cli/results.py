@@ -14,7 +14,7 @@ from ablate.cli.common import (
     stored,
     study_name,
 )
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 COMPARE_TERMS = """terms (the glossary in docs/statistics.md says more):
   paired        tested on the per-seed differences (one seed: same init and data order); else Welch's t-test
@@ -129,7 +129,7 @@ def compare_command(args) -> int:
     from ablate import compare
     from ablate.compare import console as draw
     from ablate.compare import report, tables
-    from ablate.schema import lower_is_better
+    from ablate.core.schema import lower_is_better
     from ablate.tracking import store
 
     lower = lower_is_better(args.metric, args.lower_is_better)
@@ -162,7 +162,7 @@ def compare_command(args) -> int:
 
 
 def ui_command(args) -> int:
-    from ablate import ui
+    from ablate.cli import ui
     from ablate.tracking import store
     from ablate.tracking.views import VIEW_TAG, runs_page
 
@@ -182,7 +182,7 @@ def ui_command(args) -> int:
 
 def _optuna_ui(args, port: int) -> int:
     """optuna-dashboard on the study's search storage (each variant's search is study NAME/VARIANT)."""
-    from ablate import ui
+    from ablate.cli import ui
     from ablate.run.workers import Stores
 
     storage = existing_storage(

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ablate.cli.common import contexts, positive, store_options, stored
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 def add_commands(sub) -> None:
@@ -64,7 +64,7 @@ def eval_command(args) -> int:
     where = stored(args)
     import tempfile
 
-    from ablate import evaluate
+    from ablate.run import evaluations
     from ablate.tracking.store import Tracker
 
     if args.lm_eval is None and (args.limit or args.include_path):
@@ -78,20 +78,20 @@ def eval_command(args) -> int:
         return _lm_eval(args, tracker)
     if args.contexts is not None:
         return _lengths(args, tracker)
-    model = evaluate.load_model(tracker.client, args.run_id)
+    model = evaluations.load_model(tracker.client, args.run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = evaluate.eval_data(
+        corpus = evaluations.eval_data(
             tracker.client, args.run_id, args.data, model.cfg.vocab_size, args.results, Path(tmp)
         )
-    metrics = evaluate.evaluate(model, corpus, args.batch_size, args.batches, args.device)
+    metrics = evaluations.score(model, corpus, args.batch_size, args.batches, args.device)
     params = {"data.source": corpus.meta.source, "data.fingerprint": corpus.meta.fingerprint}
     params |= {"batch_size": str(args.batch_size), "batches": str(args.batches)}
-    eval_id = evaluate.log_evaluation(tracker, args.run_id, metrics, params)
+    eval_id = evaluations.log_evaluation(tracker, args.run_id, metrics, params)
     if args.json:
         print(json.dumps({"run_id": args.run_id, "evaluation_run_id": eval_id, **metrics}))
     else:
         print(corpus.describe())
-        evaluate.print_result(metrics)
+        evaluations.print_result(metrics)
         print(f"logged as evaluation run {eval_id}, nested under run {args.run_id}")
     return 0
 
@@ -100,14 +100,17 @@ def _lengths(args, tracker) -> int:
     """The run's model scored at each length, logged on the run itself."""
     import tempfile
 
-    from ablate import evaluate, lengths
+    from ablate.core.schema import Tag
+    from ablate.inference import lengths
     from ablate.nn.devices import device_named
-    from ablate.schema import Tag
+    from ablate.run import evaluations
 
-    model = evaluate.load_model(tracker.client, args.run_id).to(device_named(args.device))
+    model = evaluations.load_model(tracker.client, args.run_id).to(device_named(args.device))
     lengths.reach(model, args.contexts)  # a model that leaks is refused before its data is built
     with tempfile.TemporaryDirectory() as tmp:
-        data = evaluate.eval_data(tracker.client, args.run_id, args.data, model.cfg.vocab_size, args.results, Path(tmp))
+        data = evaluations.eval_data(
+            tracker.client, args.run_id, args.data, model.cfg.vocab_size, args.results, Path(tmp)
+        )
     batch_tokens = args.batch_size * model.cfg.context
     metrics, kept, stopped = lengths.scores(model, data, args.contexts, batch_tokens, args.batches)
     tracker.log_final(args.run_id, metrics)
@@ -124,12 +127,12 @@ def _lm_eval(args, tracker) -> int:
     """lm-evaluation-harness's metrics for the run's model, logged on the run itself."""
     import tempfile
 
-    from ablate import harness, sample
+    from ablate.inference import harness, sample
     from ablate.nn.devices import device_named
 
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = sample.load(tracker.client, args.run_id, Path(tmp))
-        metrics = harness.evaluate(
+        metrics = harness.lm_eval_scores(
             model,
             sample.tokenizer_file(Path(tmp)),
             args.lm_eval,

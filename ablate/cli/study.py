@@ -23,7 +23,7 @@ from ablate.cli.common import (
     uri,
     work_options,
 )
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 def add_commands(sub) -> None:
@@ -114,9 +114,9 @@ def _status_hint(args) -> str:
 
 def worker_command(args) -> int:
     """One worker of a study: the stores are made by whoever comes first; units are claimed one by one."""
+    from ablate.core.processes import stop_with_parent
     from ablate.data import open_source
     from ablate.plan import study as study_mod
-    from ablate.processes import stop_with_parent
     from ablate.run.prepare import prepare
     from ablate.run.schedule import work
     from ablate.run.trial import follow
@@ -172,7 +172,7 @@ def plan_command(args) -> int:
 
 def audit_command(args) -> int:
     """Exit 1 when a model leaks, unless the study says allow_leaky: true."""
-    from ablate import audit
+    from ablate.inference import audit
     from ablate.plan import study as study_mod
 
     if not args.study and not args.variant:

@@ -34,9 +34,9 @@ from ablate.compare.tables import (
     summarize,
     unequal_cost,
 )
-from ablate.errors import AblateError
-from ablate.questions import Budget
-from ablate.schema import Param, Tag, lower_is_better, param_column, tag_column
+from ablate.core.errors import AblateError
+from ablate.core.questions import Budget
+from ablate.core.schema import Param, Tag, lower_is_better, param_column, tag_column
 from ablate.tracking import store as tracking_store
 from ablate.tracking.records import StudyRecord
 

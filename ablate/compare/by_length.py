@@ -12,7 +12,7 @@ import pandas as pd
 from ablate.compare import Comparison
 from ablate.compare.figures import panels, plt, save
 from ablate.compare.runs import VARIANT
-from ablate.schema import Metric, Param, metric_column, param_column
+from ablate.core.schema import Metric, Param, metric_column, param_column
 
 DEPTH = re.compile(re.escape(metric_column(Metric.VAL_EXACT_AT)) + r"(\d+)/depth_(\d+)$")
 

@@ -13,7 +13,7 @@ from ablate.compare import Comparison, cells, scaling
 from ablate.compare.figures import panels, plt, save
 from ablate.compare.runs import VARIANT
 from ablate.compare.stats import POWER
-from ablate.schema import LOWER_IS_BETTER_PREFIXES, Metric, Param, Tag, metric_column, param_column, tag_column
+from ablate.core.schema import LOWER_IS_BETTER_PREFIXES, Metric, Param, Tag, metric_column, param_column, tag_column
 
 RANK = metric_column(Metric.RANK)
 VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}  # anything else: grey

@@ -24,7 +24,7 @@ from ablate.compare.plots import (
 )
 from ablate.compare.runs import SEED, VARIANT
 from ablate.compare.stats import POWER
-from ablate.schema import (
+from ablate.core.schema import (
     Metric,
 )
 from ablate.tracking import store

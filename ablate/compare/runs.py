@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from ablate.errors import AblateError
-from ablate.schema import Metric, Param, Tag, param_column, tag_column
+from ablate.core.errors import AblateError
+from ablate.core.schema import Metric, Param, Tag, param_column, tag_column
 from ablate.tracking import store
 from ablate.tracking.records import StudyRecord
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq, minimize_scalar
 
-from ablate.schema import Param, Tag, metric_column, param_column, tag_column
+from ablate.core.schema import Param, Tag, metric_column, param_column, tag_column
 
 BOOTSTRAP = 1000
 MAX_ALPHA = 4.0

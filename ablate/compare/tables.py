@@ -9,9 +9,9 @@ import pandas as pd
 
 from ablate.compare.runs import SEED, VARIANT
 from ablate.compare.stats import ALPHA, against, borderline, describe, detectable, holm, verdict
-from ablate.errors import AblateError
-from ablate.questions import Budget, Expectation
-from ablate.schema import Param, Tag, metric_column, param_column, tag_column
+from ablate.core.errors import AblateError
+from ablate.core.questions import Budget, Expectation
+from ablate.core.schema import Param, Tag, metric_column, param_column, tag_column
 
 
 def summarize(

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from ablate.config import DataConfig, TaskConfig
+from ablate.core.config import DataConfig, TaskConfig
 from ablate.data.corpus import prepare
 from ablate.data.meta import DataMeta
 from ablate.data.tasks import TaskData

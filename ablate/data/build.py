@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate import processes
-from ablate.config import DataConfig
+from ablate.core import processes
+from ablate.core.config import DataConfig
+from ablate.core.errors import AblateError
 from ablate.data import stream, tokenize
 from ablate.data.meta import DataMeta
 from ablate.data.sources import (
@@ -27,7 +28,6 @@ from ablate.data.sources import (
 )
 from ablate.data.stream import fingerprint, unigram_entropy
 from ablate.data.tokenize import token_dtype
-from ablate.errors import AblateError
 
 BUILDING = ".building-"  # + owner + "-" + random: a cache entry being written
 

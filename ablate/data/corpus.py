@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablate.config import DataConfig
+from ablate.core.config import DataConfig
+from ablate.core.errors import AblateError
 from ablate.data.build import build, remove_stale_builds, token_meta
 from ablate.data.meta import DataMeta
 from ablate.data.sources import source_files, tokenizer_file
 from ablate.data.stream import locked
-from ablate.errors import AblateError
 
 CACHE_VERSION = 2
 

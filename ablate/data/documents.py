@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
 
 TABLES = (".jsonl", ".parquet", ".arrow")
 ROWS = 1024  # rows of a table read at once

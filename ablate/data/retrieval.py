@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate.config import TaskConfig
+from ablate.core.config import TaskConfig
+from ablate.core.errors import AblateError
 from ablate.data.sources import stdlib_files
-from ablate.errors import AblateError
 from ablate.nn.loss import IGNORE_INDEX as IGNORE
 
 TASKS = ("passkey", "niah", "variable_tracking")

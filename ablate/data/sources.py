@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate.config import DataConfig
+from ablate.core.config import DataConfig
+from ablate.core.errors import AblateError, first_line
 from ablate.data import documents, stream, tokenize
 from ablate.data.tokenize import token_dtype
-from ablate.errors import AblateError, first_line
 
 LLMC_MAGIC, LLMC_VERSION, LLMC_HEADER = 20240520, 1, 256  # llm.c's shards: 256 int32, then uint16 tokens
 

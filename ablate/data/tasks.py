@@ -28,7 +28,7 @@ Tasks (after Zoology, Arora et al. 2023, and MAD, Poli et al. 2024):
 - memorization: key-value pairs from one fixed table (drawn from `seed`) shared by every
   sequence, train and val alike: the answers can only come from the weights.
 - passkey, niah, variable_tracking: long-context retrieval (`ablate.data.retrieval`), scored at
-  `eval_seq_lens` past their training length too (`ablate.lengths.task_scores`).
+  `eval_seq_lens` past their training length too (`ablate.inference.lengths.task_scores`).
 
 Each task has a chance level (`chance_accuracy`): the expected val_accuracy of the best
 guess that lacks the capability under test, computed exactly on the val set. Recall:
@@ -46,11 +46,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablate.config import TaskConfig
+from ablate.core.config import TaskConfig
+from ablate.core.errors import AblateError, did_you_mean
 from ablate.data import retrieval
 from ablate.data.meta import DataMeta
 from ablate.data.stream import unigram_entropy
-from ablate.errors import AblateError, did_you_mean
 from ablate.nn.loss import IGNORE_INDEX as IGNORE
 
 # Each generator returns the sequence of seq_len + 1 tokens and the answers: the token to be

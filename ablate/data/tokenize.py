@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 EOT = "<|endoftext|>"
 GPT2 = "gpt2"  # data.tokenizer: GPT-2's BPE, through tiktoken
@@ -131,3 +131,22 @@ def _last_merge(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
 
 
 TOKENIZERS = {"bpe": bpe, "char": char, "byte": byte}
+
+
+def start_token(tokenizer) -> int:
+    """Where an empty prompt starts: the end-of-text token that separates documents (bpe), or a
+    newline where documents follow each other (char, byte), as nanoGPT samples its char models."""
+    for token in (EOT, "\n"):
+        ids = tokenizer.token_to_id(token) if token == EOT else known_token(tokenizer, token)
+        if ids is not None:
+            return ids
+    raise AblateError("this run's vocabulary has neither an end-of-text token nor a newline: give --prompt")
+
+
+def known_token(tokenizer, text: str) -> int | None:
+    """The one token `text` encodes to, None when the vocabulary lacks it."""
+    try:
+        ids = tokenizer.encode(text).ids
+    except Exception:  # noqa: BLE001 - tokenizers raises a bare Exception where a word-level vocabulary lacks the text
+        return None
+    return ids[0] if len(ids) == 1 else None

@@ -3,7 +3,7 @@ registered here with the Auto classes, so that an exported folder loads with
 `AutoModelForCausalLM.from_pretrained(DIR)` wherever ablate is imported (remote code serves the
 rest)."""
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 try:
     from transformers import AutoConfig, AutoModelForCausalLM

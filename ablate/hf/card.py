@@ -1,7 +1,7 @@
 """The README model card of an exported run: what it is (variant, study, parameters, data) and
 what it measured, read from the tracking store, and how to load it."""
 
-from ablate.schema import Param, Tag
+from ablate.core.schema import Param, Tag
 
 LOADING = """\
 ## Loading

@@ -1,4 +1,4 @@
-"""A Hugging Face model folder for an ablate model, and back.
+"""A Hugging Face model folder for an ablate model (`ablate.importers.hf` reads one back).
 
 The folder holds what `from_pretrained` reads: config.json (model_type `ablate`, with an `auto_map`
 to the two small code files beside it, which `trust_remote_code=True` runs and which import the
@@ -7,15 +7,12 @@ one) and a README model card. It is written beside its destination and moved the
 a failed export leaves nothing half-written.
 """
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
-from ablate.errors import AblateError
-from ablate.hf.modeling import MODEL_TYPE, AblateForCausalLM
+from ablate.core.errors import AblateError
+from ablate.hf.modeling import AblateForCausalLM
 from ablate.model import LanguageModel
 
 WEIGHTS = "model.safetensors"
@@ -29,17 +26,6 @@ AUTO_MAP = {
     "AutoConfig": "configuration_ablate.AblateConfig",
     "AutoModelForCausalLM": "modeling_ablate.AblateForCausalLM",
 }
-
-
-def export(client, run_id: str, folder: Path, force: bool) -> None:
-    """The run's saved model (a finished final trial's or an import's) as a folder at `folder`."""
-    from ablate import sample
-    from ablate.hf.card import card
-
-    check_destination(folder, force)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, _ = sample.load(client, run_id, Path(tmp))
-        write(model, sample.tokenizer_file(Path(tmp)), folder, card(client.get_run(run_id), folder.name), force)
 
 
 def check_destination(folder: Path, force: bool) -> None:
@@ -75,53 +61,10 @@ def hf_tokenizer(path: Path, context: int):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from ablate.data.tokenize import EOT
-    from ablate.sample import start_token
+    from ablate.data.tokenize import EOT, start_token
 
     tokens = Tokenizer.from_file(str(path))
     special = {"bos_token": tokens.id_to_token(start_token(tokens))}
     if tokens.token_to_id(EOT) is not None:
         special["eos_token"] = EOT
     return PreTrainedTokenizerFast(tokenizer_object=tokens, model_max_length=context, **special)
-
-
-def read(folder: Path) -> tuple[LanguageModel, Path | None]:
-    """The model an exported folder holds (float32, eval mode), checked as `ablate import` checks
-    every checkpoint: its config first, the weights' shapes on a model that holds no memory, no
-    non-finite weight; and its tokenizer file (None where it has none)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ablate import checkpoints
-
-    config_file, weights = folder / "config.json", folder / WEIGHTS
-    if not config_file.is_file():
-        raise AblateError(f"{folder} has no config.json: not a Hugging Face model folder")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise AblateError(f"{config_file} is not JSON: {e}") from None
-    if (
-        not isinstance(config, dict)
-        or config.get("model_type") != MODEL_TYPE
-        or not isinstance(config.get("ablate"), dict)
-    ):
-        found = config.get("model_type") if isinstance(config, dict) else None
-        raise AblateError(f"{folder} holds no ablate model: its config.json has model_type {found!r}, not 'ablate'")
-    if not weights.is_file():
-        raise AblateError(f"{folder} has no {WEIGHTS}")
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError) as e:
-        raise AblateError(f"cannot read {weights}: {e}") from None
-    prefix = AblateForCausalLM.base_model_prefix + "."
-    names = lambda cfg: {prefix + key: key for key in _state_keys(cfg)}
-    model = checkpoints.loaded(config["ablate"], "config.json's ablate", state, names)
-    tokenizer = folder / "tokenizer.json"
-    return model.float().eval(), tokenizer if tokenizer.is_file() else None
-
-
-def _state_keys(cfg) -> list[str]:
-    from ablate.model import build_model
-
-    return list(build_model(cfg, device=torch.device("meta")).state_dict())

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ablate.config import ModelConfig
+from ablate.core.config import ModelConfig
 from ablate.model import Decoding, LanguageModel, build_model
-from ablate.sample import state_reach
 
 MODEL_TYPE = "ablate"
 
@@ -101,7 +100,7 @@ class AblateForCausalLM(PreTrainedModel, GenerationMixin):
                 logits.append(step)
                 cache = AblateCache(decoding)
             logits = torch.cat(logits, dim=1)
-        elif use_cache and input_ids.size(1) <= state_reach(self.model)[0]:
+        elif use_cache and input_ids.size(1) <= self.model.state_reach()[0]:
             logits, decoding = self.model.prefill(input_ids)
             cache = AblateCache(decoding)
         else:
@@ -122,7 +121,7 @@ class AblateForCausalLM(PreTrainedModel, GenerationMixin):
         """The next forward's inputs, as `ablate sample` decodes: from the state while the sequence
         is within its reach, else the forward over the last `context` tokens. The attention mask
         goes along, so that a padded batch is refused rather than read as tokens."""
-        if not use_cache or input_ids.size(1) > state_reach(self.model)[0]:
+        if not use_cache or input_ids.size(1) > self.model.state_reach()[0]:
             inputs = {"input_ids": input_ids[:, -self.model.cfg.context :], "use_cache": False}
         elif cache is None:
             inputs = {"input_ids": input_ids, "use_cache": True}

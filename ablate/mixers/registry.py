@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ablate.errors import AblateError, did_you_mean
+from ablate.core.errors import AblateError, did_you_mean
 
 _MIXERS: dict[str, type["Mixer"]] = {}
 

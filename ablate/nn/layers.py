@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,11 @@ parameter count (or forward FLOPs per token), within a tolerance."""
 import math
 from collections.abc import Callable
 
-from ablate.config import ModelConfig
-from ablate.errors import AblateError, first_line
+from ablate.core.config import ModelConfig
+from ablate.core.errors import AblateError, first_line
+from ablate.core.questions import Budget
 from ablate.model import build_model
 from ablate.plan.flops import flops_per_token
-from ablate.questions import Budget
 
 FINE_STEP = 8  # the second, finer dimension moves in multiples of 8
 FINE_SPREAD = 4  # the finer dimension is tried at this many primary steps either side of the solution

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from ablate.config import (
+from ablate.core.config import (
     Budget,
     DataConfig,
     Expectation,
@@ -16,8 +16,8 @@ from ablate.config import (
     TrainConfig,
     VariantConfig,
 )
-from ablate.errors import AblateError, did_you_mean
-from ablate.plan.search import KINDS, SearchConfig
+from ablate.core.errors import AblateError, did_you_mean
+from ablate.plan.space import KINDS, SearchConfig
 
 
 def known_keys(parent: tuple, document: dict) -> list[str]:

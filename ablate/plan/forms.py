@@ -1,8 +1,8 @@
 """A study's other forms, as configs: its smoke form (`--smoke`), and a scaling study written out
 as one variant per variant and size."""
 
-from ablate.config import StudyConfig
-from ablate.questions import sized_name
+from ablate.core.config import StudyConfig
+from ablate.core.questions import sized_name
 
 # `--smoke`: the same models and data, trained just long enough to see every part run on a CPU.
 SMOKE_TRAIN = {"steps": 20, "warmup": 2, "eval_every": 20, "eval_batches": 2, "log_every": 5}

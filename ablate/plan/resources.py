@@ -3,7 +3,7 @@ a study with absurd sizes stops with one line instead of exhausting the machine.
 
 import os
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 FLOAT = 4  # bytes: weights, gradients, Adam moments and activations are float32 (bf16 on CUDA is less)
 

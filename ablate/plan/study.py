@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ablate.config import (
+from ablate.core.config import (
     DEFAULT_PRESET,
     HOW_IT_RUNS,
     LATER_SWITCHES,
@@ -19,18 +19,18 @@ from ablate.config import (
     TrainConfig,
     VariantConfig,
 )
+from ablate.core.errors import AblateError
+from ablate.core.questions import Budget, sized_name
 from ablate.data import tasks
 from ablate.data.sources import source_files
 from ablate.data.sources import vocab_size as data_vocab_size
-from ablate.errors import AblateError
 from ablate.model import LanguageModel, build_model
 from ablate.plan.budget import solve
 from ablate.plan.explain import Document
 from ablate.plan.flops import flops_per_token
 from ablate.plan.forms import sized, smoke
 from ablate.plan.resources import DoesNotFit, check_fits
-from ablate.plan.search import SearchConfig, check_space
-from ablate.questions import Budget, sized_name
+from ablate.plan.space import SearchConfig, check_space
 from ablate.train import sharded
 
 # data settings added after studies ran: keyed only away from their default
@@ -176,7 +176,7 @@ def load(
 def _check_eval(config: StudyConfig, lines: Document, base_dir: Path) -> None:
     """`eval:` on a corpus (lengths and lm-eval's tasks score text), its tasks known to lm-eval
     before anything trains."""
-    from ablate import harness
+    from ablate.inference import harness
 
     if isinstance(config.data, TaskConfig):
         raise AblateError(f"{lines.at(('eval',))}: eval: scores a corpus; this study trains on a synthetic task")

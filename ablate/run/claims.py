@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from ablate import processes
+from ablate.core import processes
 
 RUNNING, OPEN, DONE, FAILED = "running", "open", "done", "failed"
 ENDED = (DONE, FAILED)

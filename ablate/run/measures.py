@@ -4,10 +4,10 @@ its run: what it costs to decode from its state (`decode:`), its loss at other l
 
 from collections.abc import Callable
 
-from ablate import harness, inference, lengths
+from ablate.core.schema import Tag
 from ablate.data.tasks import TaskData
+from ablate.inference import cost, harness, lengths
 from ablate.run.prepare import PreparedStudy
-from ablate.schema import Tag
 from ablate.tracking.store import RunLog
 from ablate.train.trainer import Trainer
 
@@ -24,8 +24,8 @@ def decode(p: PreparedStudy, say: Callable[[str], None], label: str, trainer: Tr
     if asked is None:
         return
     say(f"{label}: decoding from its state at {', '.join(map(str, asked.contexts))}")
-    row = inference.measure(trainer.model, tuple(asked.contexts), asked.steps)
-    run.metrics(trainer.cfg.steps, inference.metrics(row))
+    row = cost.measure(trainer.model, tuple(asked.contexts), asked.steps)
+    run.metrics(trainer.cfg.steps, cost.metrics(row))
     if row["stopped"]:
         say(f"{label}: decoding stopped {row['stopped']}")
         run.tag(Tag.DECODE_STOPPED, row["stopped"])
@@ -59,7 +59,7 @@ def lm_eval(p: PreparedStudy, say: Callable[[str], None], label: str, trainer: T
         return
     say(f"{label}: lm-eval on {', '.join(asked.lm_eval)}")
     include = harness.include_folder(asked, p.study.path.parent)
-    metrics = harness.evaluate(
+    metrics = harness.lm_eval_scores(
         trainer.model, p.data.tokenizer_path, asked.lm_eval, include, asked.limit, trainer.device
     )
     run.metrics(trainer.cfg.steps, metrics)

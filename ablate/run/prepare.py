@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablate import audit, processes
+from ablate.core import processes
+from ablate.core.errors import AblateError
+from ablate.core.schema import Role, Tag
 from ablate.data import DataSource, open_source
-from ablate.errors import AblateError
+from ablate.inference import audit
 from ablate.plan.study import Study
 from ablate.run import claims, search
 from ablate.run.claims import Claim, WorkList
 from ablate.run.workers import Stores
-from ablate.schema import Role, Tag
 from ablate.tracking import records
 from ablate.tracking.store import Tracker
 

@@ -9,7 +9,7 @@ import os
 import runpy
 import sys
 
-from ablate.processes import stop_with_parent, watched_by_me
+from ablate.core.processes import stop_with_parent, watched_by_me
 
 if __name__ == "__main__":
     stop_with_parent()

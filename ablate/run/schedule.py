@@ -9,7 +9,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from ablate import errors
+from ablate.core import errors
+from ablate.core.schema import Metric, Tag
 from ablate.data.meta import DataMeta
 from ablate.plan.study import Study, Trial
 from ablate.run import claims
@@ -18,7 +19,6 @@ from ablate.run.prepare import POLL_S, PreparedStudy, prepare
 from ablate.run.progress import PROGRESS_COLUMNS
 from ablate.run.trial import Outcome, Status, TrialRunner
 from ablate.run.workers import Stores, WorkerSpec
-from ablate.schema import Metric, Tag
 from ablate.train.distributed import ALONE, Group
 
 

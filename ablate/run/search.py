@@ -12,7 +12,7 @@ import itertools
 import warnings
 from typing import Any
 
-from ablate.plan.search import Distribution, SearchConfig
+from ablate.plan.space import Distribution, SearchConfig
 from ablate.run.claims import HEARTBEAT_S, STALE_AFTER_S, retry_races
 
 RUN_ID = "ablate.run_id"  # Optuna user attr: the MLflow run of a search trial (kept by a retry)

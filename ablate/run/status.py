@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.run import claims
 
 SETUP = "setup"  # the unit that creates the stores: not work a user waits on

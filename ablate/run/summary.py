@@ -3,10 +3,10 @@ where to look next."""
 
 from rich.table import Table
 
+from ablate.core.schema import Metric
 from ablate.plan.study import Study
 from ablate.run.schedule import StudyRun
 from ablate.run.workers import Stores
-from ablate.schema import Metric
 
 
 def print_summary(study: Study, run: StudyRun, stores: Stores, hint: str, console) -> None:

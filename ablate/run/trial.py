@@ -11,18 +11,18 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from ablate import audit, sample
+from ablate.core.errors import Terminated
+from ablate.core.schema import Metric, Phase, Tag
 from ablate.data import DataSource
-from ablate.errors import Terminated
+from ablate.inference import audit, sample
 from ablate.model import build_model
 from ablate.nn.ops import kernels
-from ablate.plan.search import search_train, with_params
+from ablate.plan.space import search_train, with_params
 from ablate.plan.study import Trial
 from ablate.run import claims, measures, search
 from ablate.run.claims import Claim
 from ablate.run.prepare import Deferred, PreparedStudy
 from ablate.run.progress import Pace, clock
-from ablate.schema import Metric, Phase, Tag
 from ablate.tracking import records
 from ablate.tracking.store import RunLog
 from ablate.train.checkpoint import DamagedCheckpoint

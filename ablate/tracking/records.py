@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ablate import processes
-from ablate.config import DataConfig, TaskConfig
-from ablate.questions import Budget, Expectation
-from ablate.schema import Param, Tag
+from ablate.core import processes
+from ablate.core.config import DataConfig, TaskConfig
+from ablate.core.questions import Budget, Expectation
+from ablate.core.schema import Param, Tag
 from ablate.tracking.views import VIEW_TAG, runs_view
 
 if TYPE_CHECKING:  # the records read a planned study and its data; importing them would import torch

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablate.errors import AblateError
-from ablate.schema import Metric, Phase, Role, Tag, metric_column, param_column, quoted, tag_column
+from ablate.core.errors import AblateError
+from ablate.core.schema import Metric, Phase, Role, Tag, metric_column, param_column, quoted, tag_column
 
 if TYPE_CHECKING:
     import pandas as pd

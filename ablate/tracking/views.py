@@ -8,7 +8,7 @@ to expand), sorted by variant, with what a comparison reads first.
 
 from typing import Any
 
-from ablate.schema import Metric, Param, Phase, Tag, quoted
+from ablate.core.schema import Metric, Param, Phase, Tag, quoted
 
 VIEW_KEY = "ablate-trials"
 VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablate import processes
-from ablate.errors import first_line, full_disk
+from ablate.core import processes
+from ablate.core.errors import first_line, full_disk
 
 
 class DamagedCheckpoint(Exception):

@@ -10,8 +10,8 @@ import math
 
 import torch
 
+from ablate.core.schema import Metric
 from ablate.nn.layers import rms_norm
-from ablate.schema import Metric
 from ablate.train import sharded
 from ablate.train.distributed import Group
 

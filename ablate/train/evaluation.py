@@ -4,15 +4,15 @@ accuracy over a fixed set of batches, and, for a model that leaks, its honest pr
 import torch
 import torch.nn.functional as F
 
-from ablate import audit
+from ablate.core.schema import Metric
+from ablate.inference import audit
 from ablate.nn.devices import autocast
 from ablate.nn.loss import IGNORE_INDEX as IGNORE
-from ablate.schema import Metric
 from ablate.train.distributed import ALONE, Group
 
 
 @torch.no_grad()
-def evaluate(model, batches: list, forward=None, group: Group = ALONE) -> dict[str, float]:
+def val_metrics(model, batches: list, forward=None, group: Group = ALONE) -> dict[str, float]:
     """val_loss and val_accuracy (the share of scored positions whose most likely token is the
     target) over the batches, on the model's device; positions with target IGNORE are not
     scored. `forward`: the model as it runs (compiled), if not the model itself. In a group,

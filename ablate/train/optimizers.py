@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ablate.config import TrainConfig
+from ablate.core.config import TrainConfig
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from ablate import processes
-from ablate.config import TrainConfig
+from ablate.core import processes
+from ablate.core.config import TrainConfig
+from ablate.core.errors import Terminated, first_line
+from ablate.core.schema import Metric
 from ablate.data import DataSource
-from ablate.errors import Terminated, first_line
 from ablate.nn.devices import autocast, device_named
-from ablate.schema import Metric
 from ablate.train import checkpoint, diagnostics, sharded
 from ablate.train.distributed import ALONE, STOP, Group, LossOf
-from ablate.train.evaluation import evaluate, prefix_losses
+from ablate.train.evaluation import prefix_losses, val_metrics
 from ablate.train.optimizers import lr_factor, optimizers
 
 # callback(step, metrics, kind): kind is "log" every log_every steps, "eval" after each eval, and
@@ -128,9 +128,9 @@ class Trainer:
             return self._built()[0](x, y)
 
     def evaluate(self) -> dict[str, float]:
-        """val_loss and val_accuracy over the val batches (`evaluation.evaluate`), each rank of a
+        """val_loss and val_accuracy over the val batches (`evaluation.val_metrics`), each rank of a
         group scoring its rows."""
-        return evaluate(self.model, self.val, self.forward, self.group)
+        return val_metrics(self.model, self.val, self.forward, self.group)
 
     def state_dict(self) -> dict:
         """Everything a resumed trial needs to take the same steps an uninterrupted one would; of

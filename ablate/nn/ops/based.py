@@ -40,3 +40,18 @@ def recurrent_based(q, k, v, scale=None, initial_state=None, output_final_state=
     return recurrent_linear_attn(
         feature_map(q * scale), feature_map(k), v, 1.0, initial_state, output_final_state, normalize=True
     )
+
+
+def naive_based(q, k, v, scale: float | None = None) -> torch.Tensor:
+    """The reference: o_t = Σ_{s≤t} w_ts v_s / Σ_{s≤t} w_ts with w = 1 + s + s²/2, s = scale · q_t·k_s,
+    one sequence, head and position at a time."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    B, T, H, _ = q.shape
+    out = q.new_zeros(B, T, H, v.shape[-1])
+    for b in range(B):
+        for h in range(H):
+            for t in range(T):
+                s = scale * k[b, : t + 1, h] @ q[b, t, h]
+                weights = 1 + s + s * s / 2
+                out[b, t, h] = weights @ v[b, : t + 1, h] / weights.sum()
+    return out

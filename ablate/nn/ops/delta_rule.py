@@ -18,6 +18,7 @@ pseudo-values u solve the unit lower-triangular system
 import torch
 
 from ablate.nn.ops.gla import _chunks, _unchunk
+from ablate.nn.ops.reference import each_head
 
 
 def solve_unit_lower(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -76,3 +77,21 @@ def recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None,
 def recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False):
     g = q.new_zeros(q.shape[:3])
     return recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state)
+
+
+def naive_gated_delta_rule(q, k, v, g, beta, scale: float | None = None, initial_state=None):
+    """The reference: S' = exp(g_t) S_{t-1}, S_t = S' + β_t k_tᵀ (v_t − k_t S'), o_t = scale · q_t S_t,
+    token by token."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+
+    def step(S, q, k, v, g, beta):
+        S = g.exp() * S
+        S = S + beta * torch.outer(k, v - k @ S)
+        return S, scale * q @ S
+
+    return each_head(step, q, k, v, g, beta, initial_state=initial_state)
+
+
+def naive_delta_rule(q, k, v, beta, scale: float | None = None, initial_state=None):
+    """The reference of the ungated rule: g = 0."""
+    return naive_gated_delta_rule(q, k, v, torch.zeros_like(beta), beta, scale, initial_state)

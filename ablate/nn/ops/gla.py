@@ -15,6 +15,8 @@ chunk with exp(b_L − b_s). Every factor is a decay, never a growth, so long ch
 import torch
 import torch.nn.functional as F
 
+from ablate.nn.ops.reference import each_head
+
 
 def _chunks(x: torch.Tensor, L: int) -> torch.Tensor:
     """(B, T, H, ...) → (B, H, N, L, ...), padded with zeros to N·L steps (a zero log decay and
@@ -115,3 +117,33 @@ def recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_final_
         return recurrent_simple_gla(q, k, values, g, scale, initial_state, output_final_state)
 
     return _normalised(run, v) if normalize else run(v)
+
+
+def naive_gla(q, k, v, g, scale: float | None = None, initial_state=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: S_t = exp(g_t) ⊙ S_{t-1} + k_tᵀ v_t, o_t = scale · q_t S_t, token by token,
+    with g per key channel (B, T, H, K)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+
+    def step(S, q, k, v, g):
+        S = g.exp()[:, None] * S + torch.outer(k, v)
+        return S, scale * q @ S
+
+    return each_head(step, q, k, v, g, initial_state=initial_state)
+
+
+def naive_simple_gla(q, k, v, g, scale: float | None = None, initial_state=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference with one log decay per head (B, T, H)."""
+    return naive_gla(q, k, v, g[..., None].expand_as(k), scale, initial_state)
+
+
+def naive_linear_attn(q, k, v, scale: float | None = None, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference of linear attention: normalised, o_t = q_t Σ kᵀv / q_t Σ kᵀ (the state holds
+    Σ kᵀ as an extra column, and `scale` cancels); else gla with no decay."""
+    if not normalize:
+        return naive_simple_gla(q, k, v, torch.zeros(q.shape[:3], dtype=q.dtype), scale)
+
+    def step(S, q, k, v):
+        S = S + torch.outer(k, torch.cat([v, v.new_ones(1)]))
+        return S, (q @ S[:, :-1]) / (q @ S[:, -1])
+
+    return each_head(step, q, k, v, width=v.shape[-1] + 1)

@@ -43,3 +43,14 @@ def recurrent_hgrn(x, g, initial_state=None, output_final_state=False):
         h = g[:, t].exp() * h + x[:, t]
         out.append(h)
     return torch.stack(out, 1), (h if output_final_state else None)
+
+
+def naive_hgrn(x, g, initial_state=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: h_t = exp(g_t) ⊙ h_{t-1} + x_t, one sequence and token at a time."""
+    out = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        h = x.new_zeros(x.shape[-1]) if initial_state is None else initial_state[b].clone()
+        for t in range(x.shape[1]):
+            h = g[b, t].exp() * h + x[b, t]
+            out[b, t] = h
+    return out, out[:, -1]

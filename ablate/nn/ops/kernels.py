@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import AfterValidator
 
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
 
 
 @cache

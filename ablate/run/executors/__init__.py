@@ -3,7 +3,7 @@ machine, as Ray tasks, as a SLURM job array) and waits for them; each worker cla
 from the study's work list, so a retried, requeued or repeated launch trains nothing twice.
 One implementation per engine: `local`, `ray`, `slurm`, each an `Executor` (base.py)."""
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.run.executors.base import Executor, Options, Resources
 
 NAMES = ("local", "ray", "slurm")

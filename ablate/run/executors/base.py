@@ -4,7 +4,7 @@ Options, and the stores that workers on other hosts need."""
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.run.workers import Stores, WorkerSpec
 
 

@@ -4,8 +4,8 @@ import math
 import os
 import subprocess
 
-from ablate.errors import AblateError
-from ablate.processes import watched_by_me
+from ablate.core.errors import AblateError
+from ablate.core.processes import watched_by_me
 from ablate.run.executors.base import Executor, Resources
 from ablate.run.workers import WorkerSpec
 

@@ -9,8 +9,8 @@ import signal
 import socket
 import subprocess
 
-from ablate.errors import AblateError, Terminated
-from ablate.processes import sigterm_deferred, watched_by_me
+from ablate.core.errors import AblateError, Terminated
+from ablate.core.processes import sigterm_deferred, watched_by_me
 from ablate.run.executors.base import Executor, Resources, shared_stores
 from ablate.run.workers import Stores, WorkerSpec
 

@@ -12,8 +12,8 @@ import signal
 import subprocess
 import time
 
-from ablate.errors import AblateError, first_line
-from ablate.processes import watched_by_me
+from ablate.core.errors import AblateError, first_line
+from ablate.core.processes import watched_by_me
 from ablate.run.executors.base import Executor, Options, Resources
 from ablate.run.workers import WorkerSpec
 

@@ -8,11 +8,11 @@ reports the largest logit change it saw; above TOLERANCE the model leaks.
 import torch
 import torch.nn.functional as F
 
-from ablate.config import ModelConfig
-from ablate.errors import AblateError
+from ablate.core.config import ModelConfig
+from ablate.core.errors import AblateError
+from ablate.core.schema import Metric
 from ablate.mixers import registry
 from ablate.model import LanguageModel, build_model
-from ablate.schema import Metric
 
 TOLERANCE = 1e-5  # float32, as the spec fixes it
 PREFIX_POSITIONS = 16  # per window: the positions prefix_val_loss predicts

@@ -8,81 +8,29 @@ result is an evaluation run, nested under the run it evaluates.
 """
 
 import hashlib
-import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from ablate import audit, checkpoints, nanogpt, sample, strawberry
-from ablate.config import DataConfig
-from ablate.errors import AblateError
-from ablate.model import LanguageModel
+from ablate import importers
+from ablate.core.config import DataConfig
+from ablate.core.errors import AblateError
+from ablate.core.schema import Metric, Param, Role, Tag
+from ablate.inference import audit, sample
 from ablate.nn import devices
-from ablate.schema import Metric, Param, Role, Tag
 from ablate.tracking.records import flatten
 from ablate.tracking.store import Tracker
 from ablate.train import evaluation
 
 
-@dataclass
-class Imported:
-    """What an importer reads off a checkpoint: the model, the checkpoint's own settings (params),
-    its step, the losses it reports, its tokenizer file (None where it has none) and the file whose
-    hash identifies it."""
-
-    model: LanguageModel
-    params: dict[str, str]
-    step: int
-    reported: dict[str, float]
-    identity: Path
-    tokenizer: Path | None = None
-
-
-def _strawberry(path: Path) -> Imported:
-    """A Strawberry checkpoint (scope batch, as published): its model, its hyperparams and step,
-    and Strawberry's own last loss estimates (from its leaking forward pass)."""
-    checkpoint = strawberry.read_checkpoint(path)
-    stats = checkpoint.get("stats") if isinstance(checkpoint.get("stats"), dict) else {}
-    reported = {
-        Metric.REPORTED.format(split): checkpoints.number(losses[-1], f"stats.loss.{split}")
-        for split, losses in (stats.get("loss") or {}).items()
-        if split in ("train", "val") and len(losses)
-    }
-    params = flatten("hyperparams", checkpoint["hyperparams"])
-    step = checkpoints.number(stats.get("step", 0), "stats.step", int)
-    return Imported(strawberry.load_strawberry(checkpoint), params, step, reported, path)
-
-
-def _nanogpt(path: Path) -> Imported:
-    """A nanoGPT checkpoint: its model, its model_args and iteration, and its best val loss."""
-    checkpoint = nanogpt.read_checkpoint(path)
-    best = checkpoint.get("best_val_loss")
-    reported = {Metric.REPORTED.format("val"): checkpoints.number(best, "best_val_loss")} if best is not None else {}
-    params = flatten("model_args", checkpoint["model_args"])
-    step = checkpoints.number(checkpoint.get("iter_num", 0), "iter_num", int)
-    return Imported(nanogpt.load_nanogpt(checkpoint), params, step, reported, path)
-
-
-def _hf(path: Path) -> Imported:
-    """A folder `ablate export` wrote (its model and tokenizer), as Hugging Face holds it."""
-    from ablate.hf import folder
-
-    model, tokenizer = folder.read(path)
-    params = flatten("hf", {k: v for k, v in json.loads((path / "config.json").read_text()).items() if k != "ablate"})
-    return Imported(model, params, 0, {}, path / folder.WEIGHTS, tokenizer)
-
-
-IMPORTERS = {"strawberry": _strawberry, "nanogpt": _nanogpt, "hf": _hf}
-
-
 def import_checkpoint(uri: str, results: Path, kind: str, path: Path, experiment: str) -> str:
     """Record another trainer's checkpoint as a finished run with its model (for eval and sample)
     in the store at `uri`, opened once the checkpoint has been read; its run id."""
-    imported = IMPORTERS[kind](path)
+    imported = importers.importer(kind).imported(path)
     tracker = Tracker(uri, results)
     model = imported.model.float()
     tags = {Tag.ROLE: Role.IMPORT, Tag.SOURCE_CHECKPOINT: str(path.resolve()), Tag.CAUSAL: str(model.causal).lower()}
-    params = imported.params | {
+    settings = [flatten(section, values) for section, values in imported.settings.items()]
+    params = {key: value for section in settings for key, value in section.items()} | {
         **flatten(Param.MODEL, model.cfg.model_dump()),
         "checkpoint_sha256": hashlib.sha256(imported.identity.read_bytes()).hexdigest(),
         "checkpoint_step": str(imported.step),
@@ -95,6 +43,18 @@ def import_checkpoint(uri: str, results: Path, kind: str, path: Path, experiment
     sample.save(run, model, model.cfg, tokenizer=imported.tokenizer)
     run.end("FINISHED")
     return run.run_id
+
+
+def export_run(client, run_id: str, folder: Path, force: bool) -> None:
+    """The run's saved model (a finished final trial's or an import's) as a Hugging Face folder at
+    `folder`, with its tokenizer and a model card."""
+    from ablate.hf.card import card
+    from ablate.hf.folder import check_destination, write
+
+    check_destination(folder, force)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = sample.load(client, run_id, Path(tmp))
+        write(model, sample.tokenizer_file(Path(tmp)), folder, card(client.get_run(run_id), folder.name), force)
 
 
 def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: Path, folder: Path):
@@ -131,7 +91,7 @@ def eval_data(client, run_id: str, data: str | None, vocab_size: int, results: P
     return corpus
 
 
-def evaluate(model, corpus, batch_size: int, batches: int, device: str) -> dict[str, float]:
+def score(model, corpus, batch_size: int, batches: int, device: str) -> dict[str, float]:
     """val_loss and val_accuracy; max_leak from the audit; for a leaking model, prefix_val_loss
     (each position predicted from its own prefix alone) and the teacher-forced loss beside it."""
     if corpus.meta.vocab_size > model.cfg.vocab_size:
@@ -146,7 +106,7 @@ def evaluate(model, corpus, batch_size: int, batches: int, device: str) -> dict[
         )
     model.to(devices.device_named(device))
     leak = audit.model_leak(model)
-    metrics = evaluation.evaluate(model, val) | {Metric.MAX_LEAK: leak}
+    metrics = evaluation.val_metrics(model, val) | {Metric.MAX_LEAK: leak}
     if not audit.is_causal(leak):
         metrics |= evaluation.prefix_losses(model, val[0])
     return metrics

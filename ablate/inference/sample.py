@@ -7,15 +7,14 @@ contract's `decode` rule). `--recompute` (and any position past what the state r
 forward over the last `context` tokens for every new token instead.
 """
 
-import math
 import tempfile
 from pathlib import Path
 
 import torch
 
-from ablate.config import ModelConfig
-from ablate.data.tokenize import EOT
-from ablate.errors import AblateError
+from ablate.core.config import ModelConfig
+from ablate.core.errors import AblateError
+from ablate.data.tokenize import known_token, start_token
 from ablate.model import LanguageModel, build_model
 
 ARTIFACTS = "model"
@@ -57,19 +56,6 @@ def tokenizer_file(folder: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def state_reach(model: LanguageModel) -> tuple[int | float, str | None]:
-    """How many positions `generate` decodes from the model's state, and why no further (None: no
-    end). A fixed state goes on past the training context; a state that grows with the sequence
-    (a KV cache) stops at the context the model was trained at, as do learned tables."""
-    if model.cannot_decode:
-        return 0, f"{model.cfg.mixer} cannot decode from a state: {model.cannot_decode}"
-    limit = model.decode_limit()
-    context = model.cfg.context
-    if model.state_size() is None and (limit is None or limit[0] > context):
-        return context, f"{model.cfg.mixer}'s state grows with the sequence, and it was trained at context {context}"
-    return (math.inf, None) if limit is None else (limit[0], f"{limit[1]} ends at position {limit[0]}")
-
-
 @torch.inference_mode()  # a model loaded to sample from: no autograd bookkeeping (10% of a decoding step)
 def generate(
     model: LanguageModel,
@@ -84,10 +70,10 @@ def generate(
     most likely (all when None); temperature 0 takes the most likely token.
 
     Decoded from the model's state: the prompt in one forward (prefill), then one step per
-    token. Past the state's reach (`state_reach`), or everywhere with `recompute`, each token
+    token. Past the state's reach (`LanguageModel.state_reach`), or everywhere with `recompute`, each token
     recomputes the forward over the last `context` tokens instead."""
     generator = torch.Generator().manual_seed(seed)
-    reach = 0 if recompute else state_reach(model)[0]
+    reach = 0 if recompute else model.state_reach()[0]
     ids, decoding = list(prompt), None
     for _ in range(n):
         if len(ids) > reach:
@@ -129,30 +115,11 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def start_token(tokenizer) -> int:
-    """Where an empty prompt starts: the end-of-text token that separates documents (bpe), or a
-    newline where documents follow each other (char, byte), as nanoGPT samples its char models."""
-    for token in (EOT, "\n"):
-        ids = tokenizer.token_to_id(token) if token == EOT else _known(tokenizer, token)
-        if ids is not None:
-            return ids
-    raise AblateError("this run's vocabulary has neither an end-of-text token nor a newline: give --prompt")
-
-
-def _known(tokenizer, text: str) -> int | None:
-    """The one token `text` encodes to, None when the vocabulary lacks it."""
-    try:
-        ids = tokenizer.encode(text).ids
-    except Exception:  # noqa: BLE001 - tokenizers raises a bare Exception where a word-level vocabulary lacks the text
-        return None
-    return ids[0] if len(ids) == 1 else None
-
-
 def _encoded(tokenizer, prompt: str) -> list[int]:
     """The prompt's tokens; one line naming the characters a char vocabulary does not hold."""
     try:
         return tokenizer.encode(prompt).ids
     except Exception:  # noqa: BLE001 - a bare Exception from tokenizers, naming no character: find them
-        missing = sorted({c for c in prompt if _known(tokenizer, c) is None})
+        missing = sorted({c for c in prompt if known_token(tokenizer, c) is None})
         shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
         raise AblateError(f"--prompt has characters this run's vocabulary does not hold: {shown}") from None

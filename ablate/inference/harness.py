@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.core.questions import EvalConfig
+from ablate.core.schema import Metric
 from ablate.model import LanguageModel
-from ablate.questions import EvalConfig
-from ablate.schema import Metric
 
 # what loglikelihood scoring costs beside a forward over the batch: lm-eval sorts and pads requests
 BATCH_SIZE = 1
@@ -52,7 +52,7 @@ def check_tasks(tasks: list[str], manager) -> None:
         )
 
 
-def evaluate(
+def lm_eval_scores(
     model: LanguageModel,
     tokenizer: Path | None,
     tasks: list[str],

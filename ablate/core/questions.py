@@ -18,8 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from ablate.errors import AblateError, did_you_mean
-from ablate.schema import lower_is_better
+from ablate.core.errors import AblateError, did_you_mean
+from ablate.core.schema import lower_is_better
 
 
 class Budget(BaseModel):
@@ -105,7 +105,7 @@ def sized_name(name: str, size: float) -> str:
 class DecodeConfig(BaseModel):
     """`decode:`: after training, each final trial's model decodes from its state on the trial's
     device, and its run logs prefill and decode speed and the state's bytes at these contexts
-    (`ablate.inference`)."""
+    (`ablate.inference.cost`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -117,8 +117,8 @@ class DecodeConfig(BaseModel):
 
 class EvalConfig(BaseModel):
     """`eval:`: after training, each final trial's model is scored at other lengths (its run logs
-    val_loss_at/T, `ablate.lengths`) and by lm-evaluation-harness on its tasks (lm_eval/TASK/METRIC,
-    `ablate.harness`)."""
+    val_loss_at/T, `ablate.inference.lengths`) and by lm-evaluation-harness on its tasks (lm_eval/TASK/METRIC,
+    `ablate.inference.harness`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from ablate.errors import did_you_mean
-from ablate.questions import Budget, DecodeConfig, EvalConfig, Expectation, checked_contrast, checked_expectation
+from ablate.core.errors import did_you_mean
+from ablate.core.questions import Budget, DecodeConfig, EvalConfig, Expectation, checked_contrast, checked_expectation
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 NAME_RULE = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ablate.errors import AblateError, first_line
+from ablate.core.errors import AblateError, first_line
 
 if TYPE_CHECKING:
     from ablate.model import LanguageModel

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ablate.config import TrainConfig
+from ablate.core.config import TrainConfig
 
 # train keys a search may not touch: they define the budget and the bookkeeping, not the recipe
 FIXED = (

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 START_S = 180  # a busy machine takes tens of seconds to import and start the server
 

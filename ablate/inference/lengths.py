@@ -18,13 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ablate.core.errors import AblateError
+from ablate.core.schema import Metric
 from ablate.data import tasks
 from ablate.data.tasks import TaskData
-from ablate.errors import AblateError
 from ablate.model import LanguageModel
 from ablate.nn.devices import autocast
 from ablate.nn.loss import IGNORE_INDEX as IGNORE
-from ablate.schema import Metric
 
 BUCKETS = 4  # position ranges per length
 METHOD = "forward over consecutive windows of T tokens"  # of the same val text, or of a task's examples drawn at T

@@ -2,7 +2,7 @@
 and every reader, so that searching one constant finds both. No MLflow here: the trainer and the
 study schema use the names too."""
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 class Tag:
@@ -38,7 +38,7 @@ class Tag:
     SOURCE_CHECKPOINT = "ablate.source_checkpoint"  # an import's file
     EVALUATES = "ablate.evaluates"  # an evaluation's run
     DECODE_STOPPED = "ablate.decode_stopped"  # where decoding from state stopped short of the asked contexts
-    LENGTH_METHOD = "ablate.length_method"  # how val_loss@T was measured (ablate.lengths)
+    LENGTH_METHOD = "ablate.length_method"  # how val_loss@T was measured (ablate.inference.lengths)
     LENGTH_STOPPED = "ablate.length_stopped"  # why the longer lengths were not measured
     FLA_FALLBACKS = "ablate.fla_fallbacks"  # fla ops its worker runs in torch's form: their probe failed there
 
@@ -94,8 +94,8 @@ class Metric:
     DECODE_TOKENS_PER_S = "decode_tokens_per_s"
     DECODE_MS_PER_TOKEN = "decode_ms_per_token/"  # ... + the context: decode_ms_per_token/4096
     STATE_BYTES = "state_bytes/"  # + the context
-    VAL_LOSS_AT = "val_loss_at/"  # + a length: val_loss_at/2048 (ablate.lengths), and .../positions_A-B
-    VAL_ACCURACY_AT = "val_accuracy_at/"  # + a length: a task's answer tokens right (ablate.lengths) ...
+    VAL_LOSS_AT = "val_loss_at/"  # + a length: val_loss_at/2048 (ablate.inference.lengths), and .../positions_A-B
+    VAL_ACCURACY_AT = "val_accuracy_at/"  # + a length: a task's answer tokens right (ablate.inference.lengths) ...
     VAL_EXACT_AT = "val_exact_at/"  # ... and its examples answered whole; a needle's also .../depth_P (percent)
     LM_EVAL = "lm_eval/{task}/{metric}"  # lm-evaluation-harness's: lm_eval/arc_easy/acc
 

@@ -10,8 +10,9 @@ ablate's names and give nanoGPT's logits.
 from pathlib import Path
 from typing import Any
 
-from ablate import checkpoints
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.core.schema import Metric
+from ablate.importers import Imported, weights
 from ablate.model import LanguageModel
 
 ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")  # dropout too: training only
@@ -27,7 +28,7 @@ BLOCK = {
 
 
 def read_checkpoint(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
-    return checkpoints.read(checkpoint, "nanoGPT", ("model", "model_args"))
+    return weights.read(checkpoint, "nanoGPT", ("model", "model_args"))
 
 
 def model_config(args: dict[str, Any]) -> dict[str, Any]:
@@ -71,4 +72,13 @@ def load_nanogpt(checkpoint: str | Path | dict[str, Any]) -> LanguageModel:
     checkpoint = read_checkpoint(checkpoint)
     state = {k: v for k, v in checkpoint["model"].items() if not k.endswith(".attn.bias")}  # a causal mask buffer
     names = lambda cfg: weight_names(cfg.n_layers, cfg.bias)
-    return checkpoints.loaded(model_config(checkpoint["model_args"]), "model_args", state, names)
+    return weights.loaded(model_config(checkpoint["model_args"]), "model_args", state, names)
+
+
+def imported(path: Path) -> Imported:
+    """A nanoGPT checkpoint: its model, its model_args and iteration, and its best val loss."""
+    checkpoint = read_checkpoint(path)
+    best = checkpoint.get("best_val_loss")
+    reported = {Metric.REPORTED.format("val"): weights.number(best, "best_val_loss")} if best is not None else {}
+    step = weights.number(checkpoint.get("iter_num", 0), "iter_num", int)
+    return Imported(load_nanogpt(checkpoint), {"model_args": checkpoint["model_args"]}, step, reported, path)

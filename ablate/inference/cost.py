@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.core.schema import Metric
 from ablate.model import LanguageModel
 from ablate.nn.devices import synchronize
-from ablate.schema import Metric
 
 DEFAULT_CONTEXTS = (256, 1024, 4096, 16384)
 DEFAULT_STEPS = 32  # timed decoding steps per context

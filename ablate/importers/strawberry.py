@@ -8,8 +8,9 @@ so its weights map one to one onto ablate's names and give Strawberry's logits.
 from pathlib import Path
 from typing import Any
 
-from ablate import checkpoints
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
+from ablate.core.schema import Metric
+from ablate.importers import Imported, weights
 from ablate.model import LanguageModel
 
 # Strawberry's hyperparameter → ablate's model key (r_layer goes to the mixer's recurrence)
@@ -37,7 +38,7 @@ BLOCK_WEIGHTS = {
 
 
 def read_checkpoint(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
-    return checkpoints.read(checkpoint, "Strawberry", ("model", "hyperparams"))
+    return weights.read(checkpoint, "Strawberry", ("model", "hyperparams"))
 
 
 def model_config(hyperparams: dict[str, Any], scope: str = "batch") -> dict[str, Any]:
@@ -73,4 +74,18 @@ def load_strawberry(checkpoint: str | Path | dict[str, Any], *, scope: str = "ba
     (which leaks across the batch), unless asked otherwise."""
     checkpoint = read_checkpoint(checkpoint)
     config = model_config(checkpoint["hyperparams"], scope)
-    return checkpoints.loaded(config, "hyperparams", checkpoint["model"], lambda cfg: weight_names(cfg.n_layers))
+    return weights.loaded(config, "hyperparams", checkpoint["model"], lambda cfg: weight_names(cfg.n_layers))
+
+
+def imported(path: Path) -> Imported:
+    """A Strawberry checkpoint (scope batch, as published): its model, its hyperparams and step,
+    and Strawberry's own last loss estimates (from its leaking forward pass)."""
+    checkpoint = read_checkpoint(path)
+    stats = checkpoint.get("stats") if isinstance(checkpoint.get("stats"), dict) else {}
+    reported = {
+        Metric.REPORTED.format(split): weights.number(losses[-1], f"stats.loss.{split}")
+        for split, losses in (stats.get("loss") or {}).items()
+        if split in ("train", "val") and len(losses)
+    }
+    step = weights.number(stats.get("step", 0), "stats.step", int)
+    return Imported(load_strawberry(checkpoint), {"hyperparams": checkpoint["hyperparams"]}, step, reported, path)
