@@ -139,3 +139,20 @@ variants: [{{name: mha, model: {{mixer: mha}}}}]
     err = capsys.readouterr().err
     assert "sequences are 64 tokens, longer than the model's context 32" in err and len(err.strip().splitlines()) == 1
     assert len(client.search_runs([exp_id])) == len(before)  # nothing logged
+
+
+def test_every_import_format_is_an_importer_the_command_offers():
+    """`ablate import KIND` offers exactly the formats of ablate.importers, each read by a module
+    answering the Importer protocol: `imported(path) -> Imported`."""
+    import inspect
+
+    from ablate import importers
+    from ablate.cli import parser
+
+    (sub,) = [a for a in parser()._actions if a.dest == "command"]
+    (kind,) = [a for a in sub.choices["import"]._actions if a.dest == "kind"]
+    assert tuple(kind.choices) == importers.KINDS
+    for name in importers.KINDS:
+        imported = importers.importer(name).imported
+        assert list(inspect.signature(imported).parameters) == ["path"]
+        assert inspect.signature(imported).return_annotation in (importers.Imported, "Imported")

@@ -17,6 +17,7 @@ from ablate.cli.common import (
     uri,
 )
 from ablate.core.errors import AblateError
+from ablate.importers import KINDS
 
 
 def add_commands(sub) -> None:
@@ -97,7 +98,7 @@ def _import_parser(sub) -> None:
     imp = sub.add_parser("import", help="record a model trained elsewhere as a finished run (with its model)")
     imp.add_argument(
         "kind",
-        choices=("strawberry", "nanogpt", "hf"),
+        choices=KINDS,
         help="the checkpoint's format: strawberry (Strawberry's train.py), nanogpt (nanoGPT's ckpt.pt) "
         "or hf (a folder `ablate export` wrote)",
     )
