@@ -1,20 +1,12 @@
-"""The AFT family's numerics in float64: the stable sums against the definitions, and its identities."""
+"""The AFT family's numerics in float64: the stable sums against the definition (`naive_softmax_mean`,
+beside the ops), and its identities."""
 
 import pytest
 import torch
 
 import ablate
 from ablate.nn.ops import causal_biased_softmax_mean, causal_softmax_mean, causal_softmax_mean_log_space
-
-
-def _reference_mean(k, v, w=None):
-    """O(T²) float64 weighted means, the definition written out with a softmax over t' ≤ t."""
-    k, v = k.double(), v.double()
-    T = k.size(1)
-    w = torch.zeros(T, T, dtype=torch.float64) if w is None else w.double()
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
-    scores = (k[:, None] + w[None, :, :, None]).masked_fill(~mask[None, :, :, None], float("-inf"))
-    return (torch.softmax(scores, dim=2) * v[:, None]).sum(2)
+from ablate.nn.ops.aft import naive_softmax_mean
 
 
 def _naive_mean(k, v, w):
@@ -27,7 +19,7 @@ def _naive_mean(k, v, w):
 def test_aft_sums_match_the_definition():
     torch.manual_seed(0)
     k, v = torch.randn(2, 40, 6), torch.randn(2, 40, 6)
-    torch.testing.assert_close(causal_softmax_mean(k, v).double(), _reference_mean(k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(causal_softmax_mean(k, v).double(), naive_softmax_mean(k, v), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("T, chunk", [(300, 64), (64, 64), (7, 4), (129, 16)])
@@ -37,7 +29,7 @@ def test_chunked_sums_match_the_definition_across_chunks(T, chunk):
     k = (torch.randn(2, T, 5, dtype=torch.float64) * 3).requires_grad_()
     v = torch.randn(2, T, 5, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda k, v: causal_softmax_mean(k, v, chunk=chunk), (k[:, :40], v[:, :40]))
-    torch.testing.assert_close(causal_softmax_mean(k, v, chunk=chunk), _reference_mean(k, v), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(causal_softmax_mean(k, v, chunk=chunk), naive_softmax_mean(k, v), atol=1e-10, rtol=1e-10)
 
 
 def test_chunked_sums_stay_exact_when_keys_climb_steadily():
@@ -47,7 +39,7 @@ def test_chunked_sums_stay_exact_when_keys_climb_steadily():
     T = 1024
     k = torch.arange(T, dtype=torch.float32)[None, :, None] * 0.5 + torch.randn(1, T, 4)
     v = torch.randn(1, T, 4)
-    torch.testing.assert_close(causal_softmax_mean(k, v).double(), _reference_mean(k, v), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(causal_softmax_mean(k, v).double(), naive_softmax_mean(k, v), atol=2e-5, rtol=1e-4)
 
 
 def test_keys_that_jump_within_a_chunk_take_the_log_space_path():
@@ -57,7 +49,7 @@ def test_keys_that_jump_within_a_chunk_take_the_log_space_path():
     v = torch.randn(1, 64, 2)
     y = causal_softmax_mean(k, v)
     assert torch.isfinite(y).all()
-    torch.testing.assert_close(y.double(), _reference_mean(k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y.double(), naive_softmax_mean(k, v), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(y, causal_softmax_mean_log_space(k, v))
 
 
@@ -69,7 +61,7 @@ def test_aft_is_stable_for_long_sequences_with_large_keys():
     assert torch.isfinite(y).all()
     y.sum().backward()
     assert torch.isfinite(k.grad).all()
-    ref = _reference_mean(k.detach()[:, :400], v[:, :400])
+    ref = naive_softmax_mean(k.detach()[:, :400], v[:, :400])
     # At |k| ≈ 1000 one float32 ulp of a key is 6e-5, and the weights move by that much.
     torch.testing.assert_close(y.detach()[:, :400].double(), ref, atol=5e-4, rtol=0)
     assert y.abs().max() <= v.abs().max() + 1e-4  # a weighted mean stays inside the values
@@ -94,7 +86,7 @@ def test_biased_sums_stay_finite_with_keys_that_grow_along_the_sequence():
     assert torch.isfinite(y).all()
     y.sum().backward()
     assert torch.isfinite(k.grad).all()
-    torch.testing.assert_close(y.detach().double(), _reference_mean(k.detach(), v, w), atol=1e-4, rtol=0)
+    torch.testing.assert_close(y.detach().double(), naive_softmax_mean(k.detach(), v, w), atol=1e-4, rtol=0)
     # the same keys shifted by the whole sequence's maximum leave early positions 0/0
     shifted = k.detach() - k.detach().amax(dim=1, keepdim=True)
     assert not torch.isfinite(_naive_mean(shifted, v, w)).all()

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 NO_TORCH = """
@@ -36,11 +38,39 @@ def test_every_shipped_study_draws_learning_curves_of_ten_points_or_more():
     import yaml
 
     from ablate.core.config import StudyConfig, TrainConfig
+    from ablate.core.overlay import written
 
     for path in sorted((ROOT / "studies").glob("*.yaml")):
         config = StudyConfig(**yaml.safe_load(path.read_text()))
         for variant in config.variants:
-            train = TrainConfig(**{**config.train, **variant.train})
+            train = TrainConfig(**written(config.train) | written(variant.train))
             points = len({0, train.steps, *range(train.eval_every, train.steps + 1, train.eval_every)})
             if path.stem not in NANOGPT_EVAL_INTERVAL:
                 assert points >= 10, f"{path.name}: {variant.name} has {points} evals per curve"
+
+
+def test_a_study_and_its_variants_write_typed_overlays_merged_as_what_each_sets():
+    """A variant's model and train are partial ModelConfig and TrainConfig: a wrong value is refused
+    where it is written, before anything merges, and the merge takes what each part sets."""
+    from pydantic import ValidationError
+
+    from ablate.core.config import StudyConfig
+    from ablate.core.overlay import written
+
+    config = StudyConfig(
+        name="s",
+        model={"mixer": "mha", "d_model": 64},
+        train={"steps": 10, "lr": 1e-3},
+        variants=[{"name": "a", "model": {"n_layers": 2}, "train": {"lr": 2e-3}}],
+    )
+    variant = config.variants[0]
+    assert written(config.model) | written(variant.model) == {"mixer": "mha", "d_model": 64, "n_layers": 2}
+    assert written(config.train) | written(variant.train) == {"steps": 10, "lr": 2e-3}
+    for bad, where in [
+        ({"model": {"d_model": "wide"}}, ("variants", 0, "model", "d_model")),
+        ({"train": {"steps": 0}}, ("variants", 0, "train", "steps")),
+        ({"model": {"d_modle": 64}}, ("variants", 0, "model", "d_modle")),
+    ]:
+        with pytest.raises(ValidationError) as e:
+            StudyConfig(name="s", variants=[{"name": "a", **bad}])
+        assert e.value.errors()[0]["loc"] == where

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from ablate.core.errors import did_you_mean
+from ablate.core.overlay import overlay
 from ablate.core.questions import Budget, DecodeConfig, EvalConfig, Expectation, checked_contrast, checked_expectation
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -320,12 +321,15 @@ class TaskConfig(BaseModel):
         return self.vocab
 
 
+ModelOverlay, TrainOverlay = overlay(ModelConfig), overlay(TrainConfig)
+
+
 class VariantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
+    model: ModelOverlay = Field(default_factory=ModelOverlay, description="the study's model, overridden")
+    train: TrainOverlay = Field(default_factory=TrainOverlay, description="the study's train, overridden")
     scale: Literal["d_model", "n_layers", "ffn_dim", "qkv_dim", "width"] | None = Field(
         None,
         description="the dimension that absorbs the study's budget (default d_model); width: d_model with "
@@ -351,8 +355,8 @@ class StudyConfig(BaseModel):
     data: Annotated[
         Annotated[DataConfig, Tag("corpus")] | Annotated[TaskConfig, Tag("task")], Discriminator(_data_kind)
     ] = Field(default_factory=DataConfig, description="a corpus (source: ...) or a synthetic task (task: ...)")
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
+    model: ModelOverlay = Field(default_factory=ModelOverlay, description="every variant's model (ModelConfig)")
+    train: TrainOverlay = Field(default_factory=TrainOverlay, description="every variant's training (TrainConfig)")
     variants: list[VariantConfig] = Field(min_length=1)
     seeds: list[Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
     budget: Budget | None = None

@@ -17,12 +17,13 @@ def smoke(config: StudyConfig) -> StudyConfig:
         return {**search, **SMOKE_SEARCH} if isinstance(search, dict) else search
 
     variants = [
-        v.model_copy(update={"train": {**v.train, **SMOKE_TRAIN}, "search": shrink(v.search)}) for v in config.variants
+        v.model_copy(update={"train": v.train.model_copy(update=SMOKE_TRAIN), "search": shrink(v.search)})
+        for v in config.variants
     ]
     return config.model_copy(
         update={
             "name": f"{config.name}-smoke",
-            "train": {**config.train, **SMOKE_TRAIN},
+            "train": config.train.model_copy(update=SMOKE_TRAIN),
             "variants": variants,
             "seeds": config.seeds[:1],
             "search": shrink(config.search),

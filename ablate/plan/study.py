@@ -20,6 +20,7 @@ from ablate.core.config import (
     VariantConfig,
 )
 from ablate.core.errors import AblateError
+from ablate.core.overlay import written
 from ablate.core.questions import Budget, sized_name
 from ablate.data import tasks
 from ablate.data.sources import source_files
@@ -243,20 +244,24 @@ class _Place:
             return ("data", "vocab" if task else "vocab_size")
         if loc[0] == "context" and task:
             return ("data", "seq_len")
-        return (self.own if loc[0] in self.variant.model or loc[0] not in self.config.model else ()) + ("model",) + loc
+        return (
+            (self.own if loc[0] in written(self.variant.model) or loc[0] not in written(self.config.model) else ())
+            + ("model",)
+            + loc
+        )
 
     def train(self, loc: tuple) -> tuple:
-        return (self.own if not loc or loc[0] in self.variant.train else ()) + ("train",) + loc
+        return (self.own if not loc or loc[0] in written(self.variant.train) else ()) + ("train",) + loc
 
 
 def _model_settings(place: _Place, lines: Document, vocab: int) -> dict[str, Any]:
     """The variant's model settings over the study's, with the data's vocabulary (and a task's
     sequence length as the context)."""
     config, variant = place.config, place.variant
-    merged = {"preset": DEFAULT_PRESET, **config.model, **variant.model, "vocab_size": vocab}
+    merged = {"preset": DEFAULT_PRESET, **written(config.model), **written(variant.model), "vocab_size": vocab}
     if isinstance(config.data, TaskConfig):  # a task fixes the sequence length too
         if merged.get("context", config.data.seq_len) != config.data.seq_len:
-            where = place.own if "context" in variant.model else ()
+            where = place.own if "context" in written(variant.model) else ()
             raise AblateError(
                 f"{lines.at(where + ('model', 'context'))}: model.context: a task sets it (data.seq_len "
                 f"{config.data.seq_len}); leave it out"
@@ -271,9 +276,9 @@ def _resolve(
     """A variant's full model and train settings (defaults merged with its overrides) and sizes,
     solved to meet the budget (one size of the study's)."""
     place = _Place(config, variant, index)
-    written = {**config.train, **variant.train}
+    written_train = written(config.train) | written(variant.train)
     try:
-        train_cfg = TrainConfig(**written)
+        train_cfg = TrainConfig(**written_train)
     except ValidationError as e:
         raise AblateError(lines.explain(e, place.train)) from None
     if train_cfg.shard and (why := sharded.missing()):
@@ -296,7 +301,7 @@ def _resolve(
             raise AblateError(f"{scale_at}: variant {variant.name!r}: {e}") from None
         built = build_model(model, device="meta")
     if train_cfg.tokens_per_param is not None:
-        train_cfg = _steps_from_tokens(train_cfg, written, built, budget, place.train, lines)
+        train_cfg = _steps_from_tokens(train_cfg, written_train, built, budget, place.train, lines)
     return {
         "model": model,
         "train": train_cfg,

@@ -120,3 +120,14 @@ def causal_biased_softmax_mean(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor
     log_total = torch.logaddexp(log_diag, log_earlier)
     y = torch.exp(log_diag - log_total) * mean_diag + torch.exp(log_earlier - log_total) * mean_earlier
     return y.reshape(B, -1, C)[:, :T]
+
+
+def naive_softmax_mean(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference, O(T²) in float64: y_t = Σ_{t'≤t} softmax_{t'}(k_{t'} + w_{t,t'}) v_{t'}, the
+    definition written out with a softmax over the prefix (w: pair biases (T, T), none where None)."""
+    k, v = k.double(), v.double()
+    T = k.size(1)
+    w = torch.zeros(T, T, dtype=torch.float64) if w is None else w.double()
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    scores = (k[:, None] + w[None, :, :, None]).masked_fill(~mask[None, :, :, None], float("-inf"))
+    return (torch.softmax(scores, dim=2) * v[:, None]).sum(2)
