@@ -1,6 +1,6 @@
 """The parts of the docs drawn from the code, so that they cannot drift from it: the layers (from
 tests/test_layers.py), the code map (from each module's docstring), the mixers (from the registry: each one's docstring, options, defaults and
-state) and the command reference (from the argument parser). Each sits on its page between two
+state, in the docs and, shorter, in the README) and the command reference (from the argument parser). Each sits on its page between two
 markers; `python -m tests.pages` redraws them all, and tests/test_docs.py fails while one is stale."""
 
 import inspect
@@ -26,13 +26,19 @@ def layers() -> str:
     return picture()
 
 
-def _first_sentence(path: Path) -> str:
-    """The first sentence of a module's docstring, on one line ("et al." ends none)."""
-    import ast
+def first_sentence(docstring: str) -> str:
+    """A docstring's first sentence, on one line ("et al." ends none)."""
     import re
 
-    paragraph = " ".join(ast.get_docstring(ast.parse(path.read_text())).split("\n\n")[0].split())
+    paragraph = " ".join(docstring.split("\n\n")[0].split())
     return re.split(r"(?<!\bal)\.(?:\s+(?=[A-Z`(])|$)", paragraph, maxsplit=1)[0].rstrip(".:") + "."
+
+
+def _first_sentence(path: Path) -> str:
+    """The first sentence of a module's docstring."""
+    import ast
+
+    return first_sentence(ast.get_docstring(ast.parse(path.read_text())))
 
 
 def _package_map(package: str, known: dict[str, Path], depth: int) -> list[str]:
@@ -87,10 +93,8 @@ def mixers() -> str:
     from ablate.mixers import registry
 
     rows = ["| mixer | what | options (default) | state per sequence and layer |", "| --- | --- | --- | --- |"]
-    for name in registry.variants():
+    for name in _shipped():
         cls = registry.mixer_class(name)
-        if not cls.__module__.startswith("ablate.architectures."):  # a test's own mixer
-            continue
         what = " ".join(" ".join(inspect.getdoc(cls).split("\n\n")).split()).replace("|", "\\|")
         parameters = inspect.signature(cls.__init__).parameters.values()
         options = ", ".join(_option(p) for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY) or "none"
@@ -102,6 +106,26 @@ def mixers() -> str:
         rows.append(f"| `{name}` | {what} | {options} | {state} |")
     shape = ", ".join(f"{k} {v}" for k, v in STATE_SHAPE.items() if k in ("d_model", "n_heads", "context"))
     return "\n".join(rows) + f"\n\nState sizes at {shape}."
+
+
+def _shipped() -> list[str]:
+    """The mixers of architectures/, in the registry's order (a test may register its own)."""
+    from ablate.mixers import registry
+
+    return [n for n in registry.variants() if registry.mixer_class(n).__module__.startswith("ablate.architectures.")]
+
+
+def mixer_list() -> str:
+    """The README's table: each mixer with its docstring's first sentence."""
+    import inspect
+
+    from ablate.mixers import registry
+
+    rows = ["| mixer | what it is |", "| --- | --- |"]
+    for name in _shipped():
+        what = first_sentence(inspect.getdoc(registry.mixer_class(name))).replace("|", "\\|")
+        rows.append(f"| `{name}` | {what} |")
+    return "\n".join(rows)
 
 
 def commands() -> str:
@@ -131,6 +155,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "layers": ("docs/architecture.md", layers),
     "code map": ("docs/architecture.md", code_map),
     "mixers": ("docs/mixers.md", mixers),
+    "mixer list": ("README.md", mixer_list),
     "commands": ("docs/cli.md", commands),
 }
 

@@ -85,9 +85,21 @@ class _New(Mixer):
         return self.out(x)
 
 
-def test_a_mixer_added_without_redrawing_leaves_the_mixers_table_stale(monkeypatch):
+def test_a_mixer_added_without_redrawing_leaves_the_mixers_tables_stale(monkeypatch):
     registry.variants()  # every family loaded before the registry is copied
     monkeypatch.setattr(registry, "_MIXERS", dict(registry._MIXERS))
     register("test-new")(_New)
-    assert pages.stale() == ["docs/mixers.md: mixers"]
+    assert pages.stale() == ["docs/mixers.md: mixers", "README.md: mixer list"]
     assert "| `test-new` | A mixer added without redrawing the docs. | `width` (3) |" in pages.mixers()
+    assert "| `test-new` | A mixer added without redrawing the docs. |" in pages.mixer_list()
+    assert sorted(measured_rows()) != sorted(pages._shipped())
+
+
+def measured_rows() -> list[str]:
+    """The mixers docs/mixers.md's table of measured figures has a row for, in its order."""
+    text = Path("docs/mixers.md").read_text().split("## What they measured")[1].split("\n## ")[0]
+    return [line.split("`")[1] for line in text.splitlines() if line.startswith("| `")]
+
+
+def test_every_mixer_has_a_row_of_measured_figures_or_says_it_was_not_measured():
+    assert sorted(measured_rows()) == sorted(pages._shipped())
