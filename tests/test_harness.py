@@ -50,6 +50,7 @@ def _logprobs(model, ids: list[int]) -> torch.Tensor:
     return logits.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
 
 
+@pytest.mark.slow  # runs lm-evaluation-harness's engine (its task index takes seconds to build)
 def test_the_perplexity_task_scores_what_ablates_forward_gives(scored):
     """Each document after the end-of-text token that starts documents, all its tokens scored."""
     model, tokenizer, metrics = scored
@@ -64,6 +65,7 @@ def test_the_perplexity_task_scores_what_ablates_forward_gives(scored):
     assert metrics["lm_eval/ablate_text/bits_per_byte"] == pytest.approx(-total / size / math.log(2), rel=1e-4)
 
 
+@pytest.mark.slow  # runs lm-evaluation-harness's engine (its task index takes seconds to build)
 def test_the_multiple_choice_task_picks_the_choice_ablates_forward_finds_likelier(scored):
     model, tokenizer, metrics = scored
     right = right_norm = 0
@@ -91,6 +93,7 @@ def test_a_model_without_text_or_that_reads_the_future_is_refused_in_one_line(tm
         harness.lm_eval_scores(leaky, tmp_path / "tokenizer.json", ["ablate_text"], TASKS)
 
 
+@pytest.mark.slow  # runs lm-evaluation-harness's engine (its task index takes seconds to build)
 def test_an_unknown_task_is_one_line_before_anything_runs(finished, tmp_path, capsys):
     _, results, _ = finished
     run_id = trial_runs(store_of(results), "tiny").iloc[0]["run_id"]
