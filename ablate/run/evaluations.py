@@ -1,10 +1,12 @@
-"""`ablate import` and `ablate eval`: what a model is worth, measured the same way for every model.
+"""`ablate import`, `ablate export` and `ablate eval`: a model across ablate's border, and what it is
+worth, measured the same way for every model.
 
-`import strawberry`, `import nanogpt` and `import hf` (a folder `ablate export` wrote) record a
-checkpoint as a finished run with its model artifacts. `eval` takes any run with a saved model (a finished final trial or an import) and measures,
-on data it names: val_loss and val_accuracy, the causality audit and, for a model that
-leaks, the honest prefix_val_loss beside the teacher-forced loss at the same positions. The
-result is an evaluation run, nested under the run it evaluates.
+`import strawberry`, `import nanogpt` and `import hf` (a folder `export` wrote) record a
+checkpoint as a finished run with its model artifacts (`ablate.importers` reads it). `eval` takes
+any run with a saved model (a finished final trial or an import) and measures, on data it names:
+val_loss and val_accuracy, the causality audit and, for a model that leaks, the honest
+prefix_val_loss beside the teacher-forced loss at the same positions. The result is an evaluation
+run, nested under the run it evaluates.
 """
 
 import hashlib
@@ -29,8 +31,8 @@ def import_checkpoint(uri: str, results: Path, kind: str, path: Path, experiment
     tracker = Tracker(uri, results)
     model = imported.model.float()
     tags = {Tag.ROLE: Role.IMPORT, Tag.SOURCE_CHECKPOINT: str(path.resolve()), Tag.CAUSAL: str(model.causal).lower()}
-    settings = [flatten(section, values) for section, values in imported.settings.items()]
-    params = {key: value for section in settings for key, value in section.items()} | {
+    settings = {k: v for section, values in imported.settings.items() for k, v in flatten(section, values).items()}
+    params = settings | {
         **flatten(Param.MODEL, model.cfg.model_dump()),
         "checkpoint_sha256": hashlib.sha256(imported.identity.read_bytes()).hexdigest(),
         "checkpoint_step": str(imported.step),
