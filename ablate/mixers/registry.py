@@ -1,6 +1,7 @@
 """Name → mixer class. Each module of `ablate.architectures` (the top-level `architectures/`,
 one mixer family per file) registers its mixers on import."""
 
+import functools
 import importlib
 import inspect
 import math
@@ -124,6 +125,7 @@ def register(name: str):
     return add
 
 
+@functools.cache  # once: planning asks for mixers hundreds of times
 def _load_families() -> None:
     from ablate import architectures
 

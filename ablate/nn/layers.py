@@ -22,12 +22,13 @@ def head_rms_norm(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def rotary_angles(head_dim: int, positions: int | range, base: float = 10000.0) -> torch.Tensor:
     """(positions, head_dim/2) angles t·base^(−2i/d) for t in `positions` (range(n) for an int),
-    in float64 so that a float64 model rotates exactly."""
+    in float64 so that a float64 model rotates exactly; on the CPU, whatever the default device, so
+    that every device gets the same numbers (and a model built on meta does not run meta kernels)."""
     if head_dim % 2:
         raise AblateError(f"rotary needs an even head width, got qkv_dim/n_heads = {head_dim}")
     positions = range(positions) if isinstance(positions, int) else positions
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    return torch.outer(torch.arange(positions.start, positions.stop, dtype=torch.float64), inv_freq)
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim)
+    return torch.outer(torch.arange(positions.start, positions.stop, dtype=torch.float64, device="cpu"), inv_freq)
 
 
 class _Float64Tables(nn.Module):
@@ -41,7 +42,7 @@ class _Float64Tables(nn.Module):
         super().__init__()
         self.head_dim, self.context = head_dim, context
         for name, table in self.derived_buffers().items():  # meta where a model is only measured
-            self.register_buffer(name, table, persistent=False)
+            self.register_buffer(name, table.to(torch.get_default_device()), persistent=False)
 
     def derived_buffers(self) -> dict[str, torch.Tensor]:
         """The tables, computed afresh: what a loader that restores no buffers sets them to."""
