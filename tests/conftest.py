@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -126,10 +127,24 @@ def database():
         return admin.url.set(database=name).render_as_string(hide_password=False)
 
     yield make
-    with admin.connect() as c:
-        for name in made:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    for name in made:
+        _drop(admin, name)
     admin.dispose()
+
+
+def _drop(admin, name: str, tries: int = 40) -> None:
+    """Drop a test database. FORCE ends its sessions, but this role may not end an autovacuum
+    worker that happens to be in it (PostgreSQL refuses: "must be a member of the role whose
+    process is being terminated"); such a worker is done in moments, so the drop is tried again."""
+    for attempt in range(tries):
+        try:
+            with admin.connect() as c:
+                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except sa.exc.ProgrammingError as e:
+            if "member of the role" not in str(e) or attempt == tries - 1:
+                raise
+            time.sleep(0.25)
 
 
 def planned_keys(study: Path) -> set[str]:
