@@ -1,6 +1,7 @@
 """The parts of the docs drawn from the code, so that they cannot drift from it: the layers (from
-tests/test_layers.py), the code map (from each module's docstring), the mixers (from the registry: each one's docstring, options, defaults and
-state, in the docs and, shorter, in the README) and the command reference (from the argument parser). Each sits on its page between two
+tests/test_layers.py), the code map (from each module's docstring), the mixers (from the
+registry: each one's docstring, options, defaults and state, in the docs and, shorter, in the
+README) and the command reference (from the argument parser). Each sits on its page between two
 markers; `python -m tests.pages` redraws them all, and tests/test_docs.py fails while one is stale."""
 
 import inspect
@@ -117,8 +118,6 @@ def _shipped() -> list[str]:
 
 def mixer_list() -> str:
     """The README's table: each mixer with its docstring's first sentence."""
-    import inspect
-
     from ablate.mixers import registry
 
     rows = ["| mixer | what it is |", "| --- | --- |"]
