@@ -55,7 +55,8 @@ class _Float64Tables(nn.Module):
         """The cos and sin rows of positions start … start + T − 1, in `dtype`; past the tables'
         end they grow to twice what is asked (once per doubling, not once per decoded token)."""
         if start + T > self.cos.size(0):
-            self.cos, self.sin = self.tables(rotary_angles(self.head_dim, 2 * (start + T)).to(self.cos.device))
+            grown = self.tables(rotary_angles(self.head_dim, 2 * (start + T)))  # on the CPU, as at the start
+            self.cos, self.sin = (table.to(self.cos.device) for table in grown)
         return self.cos[start : start + T].to(dtype), self.sin[start : start + T].to(dtype)
 
     def _apply(self, fn, recurse=True):
