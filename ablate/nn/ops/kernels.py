@@ -13,13 +13,12 @@ matrix products are the ones the FLOP count sees. fla's kernels pick their own c
 mixer's `chunk_size` is the torch form's.
 """
 
-import functools
 import importlib
 import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from typing import Annotated, Literal
 
 import torch
@@ -85,7 +84,7 @@ def fla_op(op: Callable) -> Callable:
 
 def torch_op(op: Callable, chunk_size: int | None = None) -> Callable:
     """ablate's own form of op, at `chunk_size` where one is given."""
-    return op if chunk_size is None else functools.partial(op, chunk_size=chunk_size)
+    return op if chunk_size is None else partial(op, chunk_size=chunk_size)
 
 
 PROBE_STEPS = 64  # the probe's slice of the first call: batch 1, this many positions
