@@ -4,30 +4,29 @@ as an ablate model."""
 import json
 from pathlib import Path
 
-import torch
-
 from ablate.core.errors import AblateError
 from ablate.hf.folder import WEIGHTS
 from ablate.hf.modeling import MODEL_TYPE, AblateForCausalLM
 from ablate.importers import Imported, weights
-from ablate.model import LanguageModel
+from ablate.model import LanguageModel, build_model
 
 
 def imported(path: Path) -> Imported:
-    """The folder's model and tokenizer, and its config.json (less ablate's own section) as settings."""
-    model, tokenizer = read(path)
-    settings = {k: v for k, v in json.loads((path / "config.json").read_text()).items() if k != "ablate"}
-    return Imported(model, {"hf": settings}, 0, {}, path / WEIGHTS, tokenizer)
-
-
-def read(folder: Path) -> tuple[LanguageModel, Path | None]:
     """The model an exported folder holds (float32, eval mode), checked as `ablate import` checks
     every checkpoint: its config first, the weights' shapes on a model that holds no memory, no
-    non-finite weight; and its tokenizer file (None where it has none)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    non-finite weight; its tokenizer file (None where it has none); and its config.json, less
+    ablate's own section, as settings."""
+    config = _config(path)
+    tokenizer = path / "tokenizer.json"
+    settings = {k: v for k, v in config.items() if k != "ablate"}
+    return Imported(
+        _model(path, config), {"hf": settings}, 0, {}, path / WEIGHTS, tokenizer if tokenizer.is_file() else None
+    )
 
-    config_file, tensors = folder / "config.json", folder / WEIGHTS
+
+def _config(folder: Path) -> dict:
+    """The folder's config.json, refused in one line unless it describes an ablate model."""
+    config_file = folder / "config.json"
     if not config_file.is_file():
         raise AblateError(f"{folder} has no config.json: not a Hugging Face model folder")
     try:
@@ -41,6 +40,15 @@ def read(folder: Path) -> tuple[LanguageModel, Path | None]:
     ):
         found = config.get("model_type") if isinstance(config, dict) else None
         raise AblateError(f"{folder} holds no ablate model: its config.json has model_type {found!r}, not 'ablate'")
+    return config
+
+
+def _model(folder: Path, config: dict) -> LanguageModel:
+    """The model of config.json's ablate section, holding the folder's weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tensors = folder / WEIGHTS
     if not tensors.is_file():
         raise AblateError(f"{folder} has no {WEIGHTS}")
     try:
@@ -48,13 +56,5 @@ def read(folder: Path) -> tuple[LanguageModel, Path | None]:
     except (SafetensorError, OSError) as e:
         raise AblateError(f"cannot read {tensors}: {e}") from None
     prefix = AblateForCausalLM.base_model_prefix + "."
-    names = lambda cfg: {prefix + key: key for key in _state_keys(cfg)}
-    model = weights.loaded(config["ablate"], "config.json's ablate", state, names)
-    tokenizer = folder / "tokenizer.json"
-    return model.float().eval(), tokenizer if tokenizer.is_file() else None
-
-
-def _state_keys(cfg) -> list[str]:
-    from ablate.model import build_model
-
-    return list(build_model(cfg, device=torch.device("meta")).state_dict())
+    names = lambda cfg: {prefix + key: key for key in build_model(cfg, device="meta").state_dict()}
+    return weights.loaded(config["ablate"], "config.json's ablate", state, names).float().eval()
