@@ -12,9 +12,9 @@ The parts:
      same card with the same batch and bench.py's settings.
   2. The Strawberry recipe (studies/strawberry_seed.yaml's mha): tokens/s, and the wall time of
      the whole recipe (the Trainer's 10k steps with its evals) alone and with 5 seeds at once.
-  3. The recurrent mixers alone at d_model 1024, 16 heads, contexts 2k and 16k, forward and
-     backward under bf16 autocast: kernel fla against kernel torch against mha; and fla against
-     torch on the same weights through a 2-layer model (logits and every gradient).
+  3. Every mixer with a `kernel` option, alone at d_model 1024, 16 heads, contexts 2k and 16k,
+     forward and backward under bf16 autocast: kernel fla against kernel torch against mha; and
+     fla against torch on the same weights through a 2-layer model (logits and every gradient).
   4. Decoding from state: ms per token at contexts 1k and 16k, batch 1 and 64.
   5. Packing: 1, 2, 4 and 8 copies of a small trial training at once on the card, trials per second.
 
@@ -24,6 +24,7 @@ log beside them. It installs nothing. `--dry-run` runs every part at tiny shapes
 """
 
 import argparse
+import inspect
 import json
 import multiprocessing
 import os
@@ -46,6 +47,7 @@ from ablate import bench
 from ablate.core.config import TrainConfig
 from ablate.core.errors import first_line
 from ablate.inference import cost
+from ablate.mixers import registry
 from ablate.model import build_model
 from ablate.nn.devices import autocast, synchronize
 from ablate.nn.ops.kernels import error_ratio, fla_installed
@@ -63,7 +65,7 @@ PEAKS = (
     ("GH200", 989e12),
     ("A100", 312e12),
 )
-RECURRENT = ("linear-attn", "based", "gla", "deltanet", "gated-deltanet", "mamba2")
+RECURRENT = tuple(n for n in registry.variants() if "kernel" in inspect.signature(registry.mixer_class(n)).parameters)
 DECODERS = ("mha", "retnet", "gla", "gated-deltanet", "mamba2")
 
 GPT2 = {"mixer": "mha", "preset": "nanogpt", "vocab_size": 50304, "context": 1024, "d_model": 768, "n_layers": 12}

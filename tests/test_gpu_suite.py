@@ -48,7 +48,7 @@ def test_the_dry_run_runs_every_part_on_the_cpu_and_writes_its_report(tmp_path):
     assert recipe["one_trial"]["processes"] == 1 and recipe["packed"]["processes"] == 2
     mixers = parts["3"]["figures"]
     assert {k for k in mixers if k.endswith("@64")} == {"mha@64"} | {
-        f"{m}/torch@64" for m in ("linear-attn", "based", "gla", "deltanet", "gated-deltanet", "mamba2")
+        f"{m}/torch@64" for m in ("linear-attn", "based", "gla", "deltanet", "gated-deltanet", "mamba2", "hgrn")
     }
     assert all(row["tokens_per_s"] > 0 for key, row in mixers.items() if "@" in key)
     decode = parts["4"]["figures"]["mha/batch 4"]
