@@ -24,7 +24,6 @@ log beside them. It installs nothing. `--dry-run` runs every part at tiny shapes
 """
 
 import argparse
-import inspect
 import json
 import multiprocessing
 import os
@@ -65,7 +64,7 @@ PEAKS = (
     ("GH200", 989e12),
     ("A100", 312e12),
 )
-RECURRENT = tuple(n for n in registry.variants() if "kernel" in inspect.signature(registry.mixer_class(n)).parameters)
+RECURRENT = tuple(n for n in registry.variants() if "kernel" in registry.mixer_options(n, {}))  # fla or torch
 DECODERS = ("mha", "retnet", "gla", "gated-deltanet", "mamba2")
 
 GPT2 = {"mixer": "mha", "preset": "nanogpt", "vocab_size": 50304, "context": 1024, "d_model": 768, "n_layers": 12}
